@@ -1,1 +1,45 @@
-//! placeholder
+//! The Handover agent: the local authority on one host.
+//!
+//! It listens for coordinators over mutually authenticated QUIC ([`server`]) and for
+//! operators on a local socket ([`control`]); both hand a decoded request to
+//! [`dispatch`], which runs one of the agent's built-in actions. The agent never
+//! calls anyone: coordinators dial it, as SSH clients dial sshd.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod deploy;
+pub mod dispatch;
+pub mod drain;
+pub mod haproxy;
+pub mod hoststats;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Mutex;
+
+pub use config::AgentConfig;
+
+/// Everything a running agent shares between its connections.
+pub struct Agent {
+    /// The validated config.
+    pub config: AgentConfig,
+    /// When the daemon started (for `status`).
+    pub started: Instant,
+    /// CPU and memory sampler (CPU use is measured between two refreshes).
+    pub host: Mutex<hoststats::HostSampler>,
+}
+
+impl Agent {
+    /// An agent for `config`.
+    pub fn new(config: AgentConfig) -> Arc<Self> {
+        Arc::new(Agent {
+            config,
+            started: Instant::now(),
+            host: Mutex::new(hoststats::HostSampler::new()),
+        })
+    }
+}

@@ -1,1 +1,144 @@
-fn main() {}
+//! `handover-agent`: the daemon (`run`) and the local operator's commands, which
+//! talk to the running daemon through its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use handover_agent::config::{AgentConfig, DEFAULT_CONFIG};
+use handover_agent::control::{self, ControlSocket};
+use handover_agent::server::QuicServer;
+use handover_agent::Agent;
+use handover_common::proto::{Reply, Request};
+
+/// The Handover agent: the local authority on one host.
+#[derive(Parser)]
+#[command(name = "handover-agent", version, about, long_about = None)]
+struct Cli {
+    /// Agent config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG, env = "HANDOVER_AGENT_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: serve coordinators over QUIC and operators on the control socket.
+    Run,
+    /// Show this host's state, asked of the running daemon.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("handover-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run_command(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("handover-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run => {
+            init_logging();
+            run_daemon(&cli.config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = AgentConfig::load(&cli.config)?;
+            let reply = control::call(&config.control_socket, Request::Status, |_| {}).await?;
+            let Reply::Status(report) = reply else {
+                anyhow::bail!("the agent answered status with {reply:?}");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("name      {}", report.name);
+                println!("version   {}", report.version);
+                println!("uptime    {}s", report.uptime_secs);
+                println!(
+                    "load      {:.2} {:.2} {:.2}",
+                    report.host.load[0], report.host.load[1], report.host.load[2]
+                );
+                println!(
+                    "memory    {} / {} MiB (agent RSS {} KiB)",
+                    report.host.memory_used >> 20,
+                    report.host.memory_total >> 20,
+                    report.host.agent_rss >> 10
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
+    handover_common::tls::install_crypto_provider();
+    let config = AgentConfig::load(config_path)?;
+    let creds = config.credentials()?;
+    config.ensure_state_dir()?;
+    let agent = Agent::new(config);
+    let quic = QuicServer::bind(&agent, creds)?;
+    let control = ControlSocket::bind(&agent.config.control_socket).await?;
+    tracing::info!(
+        name = %agent.config.name,
+        listen = %quic.local_addr().context("reading the bound address")?,
+        control = %agent.config.control_socket.display(),
+        "agent ready"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let quic_task = tokio::spawn(quic.run(agent.clone(), stopped(stop_rx.clone())));
+    let control_task = tokio::spawn(control.run(agent.clone(), stopped(stop_rx)));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = quic_task.await;
+    let _ = control_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,1 +1,10 @@
-//! placeholder
+//! The Handover coordinator: fleet-wide sequencing, run by an operator from a
+//! bastion host. It dials agents (never the other way round), so nothing of it needs
+//! to keep running between commands.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cmd;
+pub mod config;
+pub mod fleet;
+pub mod output;

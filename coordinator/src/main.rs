@@ -1,1 +1,73 @@
-fn main() {}
+//! `handover`: the coordinator's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use handover::cmd;
+use handover::config::{CoordinatorConfig, DEFAULT_CONFIG};
+
+/// Zero-downtime upgrades of application servers behind HAProxy.
+#[derive(Parser)]
+#[command(name = "handover", version, about, long_about = None)]
+struct Cli {
+    /// Coordinator config (inventory and credentials).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG, env = "HANDOVER_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the private CA and issue certificates.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCommand),
+    /// Show every host (or those named): reachable, version, uptime, load, memory.
+    Status {
+        /// Hosts to ask (default: the whole inventory).
+        hosts: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("handover: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("handover: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let load = || CoordinatorConfig::load(&cli.config);
+    match cli.command {
+        Command::Ca(command) => {
+            cmd::ca::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
+    }
+}

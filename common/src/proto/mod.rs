@@ -1,0 +1,147 @@
+//! The messages between a coordinator (or a local operator) and an agent.
+//!
+//! One stream carries one exchange: the caller sends one [`RequestFrame`] and
+//! finishes its side; the agent answers with zero or more [`Response::Progress`]
+//! and then exactly one [`Response::Done`] or [`Response::Failed`]. Long actions
+//! (a drain wait, a deploy) push progress on the open stream instead of being
+//! polled.
+//!
+//! There is one enum per direction, and the agent dispatches on the enum: there is
+//! no string-to-handler table and no way to name a command the agent does not
+//! already know.
+
+use serde::{Deserialize, Serialize};
+
+pub mod deploy;
+pub mod drain;
+pub mod lb;
+pub mod status;
+
+/// Bumped whenever the encoding of these types changes.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// What the caller sends first on a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// The caller's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The rollout this call belongs to, for calls that change a host.
+    pub rollout: Option<String>,
+    /// What to do.
+    pub request: Request,
+}
+
+impl RequestFrame {
+    /// A request outside any rollout.
+    pub fn new(request: Request) -> Self {
+        RequestFrame {
+            version: PROTOCOL_VERSION,
+            rollout: None,
+            request,
+        }
+    }
+}
+
+/// Caller → agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Host stats and the state of everything this agent manages.
+    Status,
+    /// Health-check file and session counting (runbook steps 12–13).
+    Drain(drain::DrainRequest),
+    /// HAProxy runtime API on `lb` hosts (runbook steps 11 and 14).
+    Lb(lb::LbRequest),
+    /// Code revisions and hooks (runbook steps 4, 6, 7).
+    Deploy(deploy::DeployRequest),
+}
+
+/// Agent → caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Interim news about a long action.
+    Progress(Progress),
+    /// The action finished; the stream ends after this.
+    Done(Reply),
+    /// The action was refused or failed; the stream ends after this.
+    Failed(Failure),
+}
+
+/// Interim news, per feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Progress {
+    /// Sessions still on a draining host.
+    Drain(drain::DrainProgress),
+    /// A deploy step finished.
+    Deploy(deploy::DeployProgress),
+    /// A load-balancer action is waiting on HAProxy.
+    Lb(lb::LbProgress),
+}
+
+/// Final answers, per feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Answer to [`Request::Status`].
+    Status(Box<status::StatusReport>),
+    /// Answer to a [`Request::Drain`].
+    Drain(drain::DrainReply),
+    /// Answer to a [`Request::Lb`].
+    Lb(lb::LbReply),
+    /// Answer to a [`Request::Deploy`].
+    Deploy(deploy::DeployReply),
+}
+
+/// Why an action did not happen, with a message that names the problem and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Failure {
+    /// What kind of failure, so callers can react without parsing text.
+    pub kind: FailureKind,
+    /// For the operator.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The request itself is malformed or names something invalid.
+    BadRequest,
+    /// The caller speaks another protocol version.
+    VersionMismatch,
+    /// This agent's config does not enable the feature asked for.
+    NotConfigured,
+    /// The agent's own policy refuses it (repo not allowed, hook not configured).
+    Refused,
+    /// Another rollout holds this host.
+    Leased,
+    /// A wait ran out of time; the host is left as the message says.
+    Timeout,
+    /// The action was attempted and failed.
+    Failed,
+    /// Something inside the agent went wrong.
+    Internal,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureKind::BadRequest => "bad request",
+            FailureKind::VersionMismatch => "protocol version mismatch",
+            FailureKind::NotConfigured => "not configured",
+            FailureKind::Refused => "refused",
+            FailureKind::Leased => "held by another rollout",
+            FailureKind::Timeout => "timed out",
+            FailureKind::Failed => "failed",
+            FailureKind::Internal => "internal error",
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! rustls + quinn configuration for both sides, one function per side.
+//!
+//! Mutual TLS 1.3 against the private CA only, ALPN `handover/1`. On top of webpki's
+//! chain, validity and key-usage checks, our verifiers read the Handover identity
+//! from the peer's certificate *during the handshake*, so a wrong peer never gets
+//! a connection:
+//! * an agent accepts only a `coordinator` certificate;
+//! * a coordinator accepts only an `agent` certificate whose name is the host it
+//!   dialled (webpki also matches that name against the DNS SANs).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+
+use crate::names::Role;
+use crate::pki::{self, Identity, PkiError};
+
+/// The ALPN protocol both sides must speak.
+pub const ALPN: &[u8] = b"handover/1";
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A private key file that cannot be read or parsed.
+    #[error("{path}: cannot read a private key: {why} (expected the PEM key written by `handover ca issue`)")]
+    Key {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// Our own certificate has the wrong role for this side.
+    #[error("{path} is a certificate for {found}, but this side needs a {expected} certificate: issue one with `handover ca issue --role {expected}`")]
+    WrongOwnRole {
+        /// The certificate file.
+        path: String,
+        /// The role it carries.
+        found: Identity,
+        /// The role this side needs.
+        expected: Role,
+    },
+    /// rustls refused the configuration (key does not match certificate, ...).
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The CA file cannot serve as a trust anchor.
+    #[error("{path}: not a usable CA certificate: {why}")]
+    BadCa {
+        /// The CA file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// quinn refused the rustls configuration.
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+}
+
+/// Installs ring as rustls' process-wide crypto provider. Idempotent; call once at
+/// start (rustls' builders panic without a provider).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The files one side presents and trusts.
+#[derive(Debug, Clone)]
+pub struct CredentialFiles<'a> {
+    /// The private CA certificate (trust anchor).
+    pub ca: &'a Path,
+    /// Our certificate.
+    pub cert: &'a Path,
+    /// Our private key.
+    pub key: &'a Path,
+}
+
+/// Loaded credentials: trust anchors, our chain and key, and who we are.
+#[derive(Debug)]
+pub struct Credentials {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Who our own certificate says we are.
+    pub identity: Identity,
+}
+
+impl Credentials {
+    /// Loads and checks the files: key mode 0600, a Handover identity with the
+    /// expected role in our certificate.
+    pub fn load(files: &CredentialFiles<'_>, expected: Role) -> Result<Self, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+
+        let ca_certs = pki::read_cert_chain(files.ca)?;
+        let mut roots = RootCertStore::empty();
+        for cert in ca_certs {
+            roots.add(cert).map_err(|e| TlsError::BadCa {
+                path: files.ca.display().to_string(),
+                why: e.to_string(),
+            })?;
+        }
+        let chain = pki::read_cert_chain(files.cert)?;
+        let identity = pki::identity_of(&chain[0]).map_err(|e| match e {
+            PkiError::NoIdentity => PkiError::Parse(format!(
+                "{}: no Handover identity in it: issue it with `handover ca issue`",
+                files.cert.display()
+            )),
+            other => other,
+        })?;
+        if identity.role != expected {
+            return Err(TlsError::WrongOwnRole {
+                path: files.cert.display().to_string(),
+                found: identity,
+                expected,
+            });
+        }
+        pki::check_private_key_mode(files.key)?;
+        let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| TlsError::Key {
+            path: files.key.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Ok(Credentials {
+            roots: Arc::new(roots),
+            chain,
+            key,
+            identity,
+        })
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    // Drain waits hold a stream open for as long as sessions last: keep the
+    // connection alive, and notice a vanished peer within half a minute.
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    if let Ok(idle) = Duration::from_secs(30).try_into() {
+        transport.max_idle_timeout(Some(idle));
+    }
+    transport.max_concurrent_bidi_streams(64u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    Arc::new(transport)
+}
+
+/// The agent side: accepts only coordinators from our CA.
+pub fn agent_server_config(creds: Credentials) -> Result<quinn::ServerConfig, TlsError> {
+    let inner = WebPkiClientVerifier::builder(creds.roots.clone())
+        .build()
+        .map_err(|e| TlsError::BadCa {
+            path: "CA".into(),
+            why: e.to_string(),
+        })?;
+    let verifier = Arc::new(RequireRole {
+        inner,
+        role: Role::Coordinator,
+    });
+    let mut tls = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain, creds.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// The coordinator side: accepts only an agent certificate named as the host dialled.
+pub fn coordinator_client_config(creds: Credentials) -> Result<quinn::ClientConfig, TlsError> {
+    let inner = WebPkiServerVerifier::builder(creds.roots.clone())
+        .build()
+        .map_err(|e| TlsError::BadCa {
+            path: "CA".into(),
+            why: e.to_string(),
+        })?;
+    let verifier = Arc::new(RequireAgentNamed { inner });
+    let mut tls = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(creds.chain, creds.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// The identity of the peer on an established connection.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
+    let any = conn.peer_identity()?;
+    let chain = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    pki::identity_of(chain.first()?).ok()
+}
+
+fn refuse(why: String) -> rustls::Error {
+    #[derive(Debug)]
+    struct Refused(String);
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Refused {}
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refused(why)))))
+}
+
+fn identity_with_role(cert: &CertificateDer<'_>, role: Role) -> Result<Identity, rustls::Error> {
+    let identity = pki::identity_of(cert).map_err(|e| refuse(e.to_string()))?;
+    if identity.role != role {
+        return Err(refuse(format!(
+            "peer presented a certificate for {identity}, but only a {role} may connect here"
+        )));
+    }
+    Ok(identity)
+}
+
+/// Client verifier for agents: webpki's checks, then role = coordinator.
+#[derive(Debug)]
+struct RequireRole {
+    inner: Arc<dyn ClientCertVerifier>,
+    role: Role,
+}
+
+impl ClientCertVerifier for RequireRole {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        identity_with_role(end_entity, self.role)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Server verifier for coordinators: webpki's checks (chain, validity, serverAuth,
+/// DNS name), then role = agent and identity name = the name dialled.
+#[derive(Debug)]
+struct RequireAgentNamed {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for RequireAgentNamed {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let identity = identity_with_role(end_entity, Role::Agent)?;
+        let dialled = server_name.to_str();
+        if identity.name.as_str() != dialled {
+            return Err(refuse(format!(
+                "dialled host {dialled:?} but its agent certificate is for {:?}",
+                identity.name.as_str()
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

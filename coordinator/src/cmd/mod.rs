@@ -1,0 +1,4 @@
+//! One module per `handover` subcommand.
+
+pub mod ca;
+pub mod status;

@@ -1,0 +1,104 @@
+//! `handover status`: ask every agent (or those named) how its host is.
+
+use std::process::ExitCode;
+
+use handover_common::proto::{Reply, Request, status::StatusReport};
+use serde::Serialize;
+
+use crate::config::{CoordinatorConfig, HostEntry};
+use crate::fleet::Fleet;
+use crate::output::{Table, bytes, short_duration};
+
+/// One host's line of `status --json`.
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    /// Inventory name.
+    pub name: String,
+    /// Inventory roles.
+    pub roles: Vec<String>,
+    /// Whether the agent answered.
+    pub reachable: bool,
+    /// Why not, when it did not.
+    pub error: Option<String>,
+    /// What it said, when it did.
+    pub report: Option<StatusReport>,
+}
+
+/// Asks the hosts and prints one row per host; exit status 1 if any failed.
+pub async fn run(config: &CoordinatorConfig, names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let hosts = config.select(names)?;
+    let fleet = Fleet::new(config)?;
+    let results = fleet.call_each(&hosts, |_| Request::Status).await;
+    fleet.close().await;
+    let statuses: Vec<HostStatus> = results
+        .into_iter()
+        .map(|(host, result)| to_status(&host, result))
+        .collect();
+    let failed = statuses.iter().filter(|s| !s.reachable).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+    } else {
+        print!("{}", render(&statuses));
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) -> HostStatus {
+    let roles = host.roles.iter().map(|r| r.to_string()).collect();
+    match result {
+        Ok(Reply::Status(report)) => HostStatus {
+            name: host.name.to_string(),
+            roles,
+            reachable: true,
+            error: None,
+            report: Some(*report),
+        },
+        #[allow(unreachable_patterns)]
+        Ok(other) => HostStatus {
+            name: host.name.to_string(),
+            roles,
+            reachable: false,
+            error: Some(format!("unexpected answer to status: {other:?}")),
+            report: None,
+        },
+        Err(e) => HostStatus {
+            name: host.name.to_string(),
+            roles,
+            reachable: false,
+            error: Some(e.to_string()),
+            report: None,
+        },
+    }
+}
+
+fn render(statuses: &[HostStatus]) -> String {
+    let mut table = Table::new(&["HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY"]);
+    let mut errors = Vec::new();
+    for s in statuses {
+        let roles = if s.roles.is_empty() { "-".into() } else { s.roles.join(",") };
+        match &s.report {
+            Some(r) => table.row(vec![
+                s.name.clone(),
+                roles,
+                "yes".into(),
+                r.version.clone(),
+                short_duration(r.uptime_secs),
+                format!("{:.2}", r.host.load[0]),
+                format!("{}/{}", bytes(r.host.memory_used), bytes(r.host.memory_total)),
+            ]),
+            None => {
+                table.row(vec![s.name.clone(), roles, "NO".into()]);
+                errors.push(format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")));
+            }
+        }
+    }
+    let mut out = table.render();
+    for e in errors {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    out
+}

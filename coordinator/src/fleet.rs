@@ -1,0 +1,246 @@
+//! The coordinator's side of the wire: one QUIC endpoint, a connection per agent
+//! (dialled on first use, reused after), one stream per call, and bounded fan-out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use handover_common::names::{HostName, Role};
+use handover_common::proto::{Failure, Progress, Reply, Request, RequestFrame, Response};
+use handover_common::tls::{self, CredentialFiles, Credentials};
+use handover_common::wire::{self, WireError};
+use tokio::sync::Mutex;
+
+use crate::config::{CoordinatorConfig, HostEntry};
+
+/// How long to wait for an agent to complete the handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call to an agent failed. The text is what `status` shows as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The address does not resolve.
+    #[error("cannot resolve address {address:?}: {why}")]
+    Resolve {
+        /// The inventory address.
+        address: String,
+        /// What the resolver said.
+        why: String,
+    },
+    /// Nothing answered.
+    #[error("no answer from {address} within {}s: is handover-agent running there and UDP reachable?", CONNECT_TIMEOUT.as_secs())]
+    Timeout {
+        /// The address dialled.
+        address: SocketAddr,
+    },
+    /// The handshake or the connection failed; the text says which side refused.
+    #[error("{0}")]
+    Connection(String),
+    /// The agent refused or failed the action.
+    #[error("{0}")]
+    Agent(Failure),
+    /// The exchange broke.
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    /// The agent ended the stream without a final answer.
+    #[error("the agent closed the stream without an answer (see its log)")]
+    NoAnswer,
+}
+
+impl FleetError {
+    /// The agent's own failure, if it answered with one.
+    pub fn agent_failure(&self) -> Option<&Failure> {
+        match self {
+            FleetError::Agent(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// Explains a QUIC connection error in the operator's terms.
+fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    let text = err.to_string();
+    let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") || text.contains("error 48") {
+        " — the certificates are not from the same CA: check `ca` in both configs"
+    } else if text.contains("Expired") || text.contains("expired") {
+        " — a certificate has expired: issue a new one with `handover ca issue`"
+    } else if text.contains("dialled host") {
+        " — fix `name` in [[hosts]] or issue the agent a certificate for this name"
+    } else if text.contains("only a coordinator") || text.contains("only a agent") {
+        " — use a certificate of the right role (`handover ca issue --role ...`)"
+    } else {
+        ""
+    };
+    match err {
+        E::TimedOut => format!("connection to {host} timed out (agent unreachable?)"),
+        E::ConnectionClosed(c) => format!(
+            "the agent closed the connection: {}{hint}",
+            String::from_utf8_lossy(&c.reason)
+        ),
+        E::ApplicationClosed(c) => format!(
+            "the agent closed the connection: {}",
+            String::from_utf8_lossy(&c.reason)
+        ),
+        _ => format!("{text}{hint}"),
+    }
+}
+
+/// Connections to the agents of one inventory.
+pub struct Fleet {
+    endpoint: quinn::Endpoint,
+    connections: Mutex<HashMap<HostName, quinn::Connection>>,
+    /// How many agents to talk to at once.
+    pub concurrency: usize,
+}
+
+impl Fleet {
+    /// Loads the coordinator's credentials and opens a client endpoint.
+    pub fn new(config: &CoordinatorConfig) -> anyhow::Result<Self> {
+        tls::install_crypto_provider();
+        let creds = Credentials::load(
+            &CredentialFiles {
+                ca: &config.ca,
+                cert: &config.cert,
+                key: &config.key,
+            },
+            Role::Coordinator,
+        )?;
+        let client = tls::coordinator_client_config(creds)?;
+        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .context("cannot open a UDP socket for QUIC")?;
+        endpoint.set_default_client_config(client);
+        Ok(Fleet {
+            endpoint,
+            connections: Mutex::new(HashMap::new()),
+            concurrency: config.concurrency,
+        })
+    }
+
+    async fn resolve(host: &HostEntry) -> Result<SocketAddr, FleetError> {
+        if let Ok(addr) = host.address.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        if let Ok(ip) = host.address.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, handover_common::DEFAULT_PORT));
+        }
+        let target = if host.address.contains(':') {
+            host.address.clone()
+        } else {
+            format!("{}:{}", host.address, handover_common::DEFAULT_PORT)
+        };
+        let mut addrs = tokio::net::lookup_host(&target)
+            .await
+            .map_err(|e| FleetError::Resolve {
+                address: host.address.clone(),
+                why: e.to_string(),
+            })?;
+        addrs.find(SocketAddr::is_ipv4).ok_or(FleetError::Resolve {
+            address: host.address.clone(),
+            why: "no IPv4 address".into(),
+        })
+    }
+
+    /// The connection to `host`, dialling it if there is none alive.
+    pub async fn connection(&self, host: &HostEntry) -> Result<quinn::Connection, FleetError> {
+        if let Some(conn) = self.connections.lock().await.get(&host.name)
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
+        }
+        let addr = Self::resolve(host).await?;
+        let connecting = self
+            .endpoint
+            .connect(addr, host.name.as_str())
+            .map_err(|e| FleetError::Connection(format!("cannot dial {}: {e}", host.name)))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(FleetError::Timeout { address: addr }),
+            Ok(Err(e)) => return Err(FleetError::Connection(describe(&host.name, &e))),
+            Ok(Ok(conn)) => conn,
+        };
+        self.connections
+            .lock()
+            .await
+            .insert(host.name.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `request` to `host`, passes progress to `on_progress`, returns the reply.
+    pub async fn call(
+        &self,
+        host: &HostEntry,
+        rollout: Option<&str>,
+        request: Request,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Result<Reply, FleetError> {
+        let conn = self.connection(host).await?;
+        let lost = |e: quinn::ConnectionError| FleetError::Connection(describe(&host.name, &e));
+        let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
+        let mut frame = RequestFrame::new(request);
+        frame.rollout = rollout.map(str::to_owned);
+        wire::write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| self.explain_stream_error(&conn, host, e))?;
+        let _ = send.finish();
+        loop {
+            let response = wire::read_frame::<_, Response>(&mut recv)
+                .await
+                .map_err(|e| self.explain_stream_error(&conn, host, e))?;
+            match response {
+                Some(Response::Progress(p)) => on_progress(p),
+                Some(Response::Done(reply)) => return Ok(reply),
+                Some(Response::Failed(f)) => return Err(FleetError::Agent(f)),
+                None => {
+                    return Err(match conn.close_reason() {
+                        Some(e) => lost(e),
+                        None => FleetError::NoAnswer,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A stream error on a connection the agent closed is really the connection's
+    /// error (a refused client certificate surfaces here, after `connect` succeeded).
+    fn explain_stream_error(
+        &self,
+        conn: &quinn::Connection,
+        host: &HostEntry,
+        err: WireError,
+    ) -> FleetError {
+        match conn.close_reason() {
+            Some(reason) => FleetError::Connection(describe(&host.name, &reason)),
+            None => FleetError::Wire(err),
+        }
+    }
+
+    /// Calls every host in `hosts` with the request `make` builds for it, at most
+    /// `concurrency` at a time; results come back in `hosts` order.
+    pub async fn call_each<F>(
+        &self,
+        hosts: &[HostEntry],
+        make: F,
+    ) -> Vec<(HostEntry, Result<Reply, FleetError>)>
+    where
+        F: Fn(&HostEntry) -> Request,
+    {
+        let calls = hosts.iter().enumerate().map(|(i, host)| {
+            let request = make(host);
+            async move { (i, host.clone(), self.call(host, None, request, |_| {}).await) }
+        });
+        let mut results: Vec<_> = futures::stream::iter(calls)
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _, _)| *i);
+        results.into_iter().map(|(_, h, r)| (h, r)).collect()
+    }
+
+    /// Closes every connection politely.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
