@@ -36,6 +36,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `generate completions|man` for packaging; kept out of `Cli` so it stays out
+    // of --help, the completions and the man pages it writes.
+    if let Some(code) = handover_common::clidocs::intercept::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -104,6 +109,7 @@ fn init_logging() {
 async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     handover_common::tls::install_crypto_provider();
     let config = AgentConfig::load(config_path)?;
+    explain_missing_credentials(&config);
     let creds = config.credentials()?;
     config.ensure_state_dir()?;
     let agent = Agent::new(config);
@@ -115,6 +121,8 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
         control = %agent.config.control_socket.display(),
         "agent ready"
     );
+    // systemd (Type=notify) holds dependent units until the sockets are bound.
+    notify_systemd(sd_notify::NotifyState::Ready);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -125,6 +133,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(true);
     let _ = quic_task.await;
     let _ = control_task.await;
@@ -141,4 +150,29 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Tells systemd about a state change; does nothing when not started by systemd
+/// (`NOTIFY_SOCKET` unset). A failure is logged, never fatal: the agent serves anyway.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Logs what to run when the CA, certificate or key is not on this host yet: a
+/// freshly installed package has a config but no credentials.
+fn explain_missing_credentials(config: &AgentConfig) {
+    let missing: Vec<String> = [&config.ca, &config.cert, &config.key]
+        .into_iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        tracing::error!(
+            "missing {}: on the host holding the CA run `handover ca issue --dir CA_DIR --role agent --name {} --print-install` and copy the files it names to this host",
+            missing.join(", "),
+            config.name
+        );
+    }
 }

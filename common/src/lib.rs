@@ -24,3 +24,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Default UDP port agents listen on.
 pub const DEFAULT_PORT: u16 = 7443;
+
+#[cfg(feature = "cli-docs")]
+pub mod clidocs;

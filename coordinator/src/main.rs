@@ -34,6 +34,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `generate completions|man` for packaging; kept out of `Cli` so it stays out
+    // of --help, the completions and the man pages it writes.
+    if let Some(code) = handover_common::clidocs::intercept::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
