@@ -1,0 +1,4 @@
+# handover-agent %preun: on erase (not upgrade), stop and disable the service.
+if [ "$1" -eq 0 ] && [ -d /run/systemd/system ]; then
+    systemctl --no-reload disable --now handover-agent.service >/dev/null 2>&1 || :
+fi
