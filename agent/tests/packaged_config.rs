@@ -1,0 +1,54 @@
+//! The agent.toml the handover-agent package installs as /etc/handover/agent.toml
+//! must load as it ships: a conffile the agent rejects would greet every new host
+//! with a config error instead of the "copy your certificates" hint.
+
+use std::path::Path;
+
+use handover_agent::config::AgentConfig;
+
+#[test]
+fn the_packaged_agent_toml_loads_and_names_the_packaged_paths() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent/agent.toml");
+    let config = AgentConfig::load(&path).expect("packaging/agent/agent.toml must load");
+    assert_eq!(config.name.as_str(), "change-me");
+    assert_eq!(config.listen.port(), handover_common::DEFAULT_PORT);
+    // The unit's ConditionPathExists=, StateDirectory= and RuntimeDirectory= name these.
+    assert_eq!(config.ca, Path::new("/etc/handover/ca.pem"));
+    assert_eq!(config.cert, Path::new("/etc/handover/agent.pem"));
+    assert_eq!(config.key, Path::new("/etc/handover/agent.key"));
+    assert_eq!(config.state_dir, Path::new("/var/lib/handover-agent"));
+    assert_eq!(
+        config.control_socket,
+        Path::new("/run/handover-agent/control.sock")
+    );
+    assert!(
+        config.health.is_none()
+            && config.app.is_none()
+            && config.haproxy.is_none()
+            && config.deploy.is_none()
+    );
+    assert!(
+        config.hooks.is_empty(),
+        "feature sections ship commented out"
+    );
+}
+
+#[test]
+fn the_unit_checks_for_the_files_the_packaged_config_names() {
+    let unit = include_str!("../../packaging/agent/handover-agent.service");
+    for line in [
+        "ConditionPathExists=/etc/handover/agent.toml",
+        "ConditionPathExists=/etc/handover/ca.pem",
+        "ConditionPathExists=/etc/handover/agent.pem",
+        "ConditionPathExists=/etc/handover/agent.key",
+        "ExecStart=/usr/bin/handover-agent run --config /etc/handover/agent.toml",
+        "StateDirectory=handover-agent",
+        "RuntimeDirectory=handover-agent",
+        "Type=notify",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "handover-agent.service lacks `{line}`"
+        );
+    }
+}
