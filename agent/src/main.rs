@@ -111,6 +111,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = AgentConfig::load(config_path)?;
     explain_missing_credentials(&config);
     let creds = config.credentials()?;
+    let stop_requested = wait_for_signal()?;
     config.ensure_state_dir()?;
     let agent = Agent::new(config);
     let quic = QuicServer::bind(&agent, creds)?;
@@ -131,7 +132,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let quic_task = tokio::spawn(quic.run(agent.clone(), stopped(stop_rx.clone())));
     let control_task = tokio::spawn(control.run(agent.clone(), stopped(stop_rx)));
 
-    wait_for_signal().await?;
+    stop_requested.await;
     tracing::info!("shutting down");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_tx.send(true);
@@ -141,15 +142,19 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now and returns the wait for either.
+/// Installed before READY=1: a `systemctl stop` right after start must be a clean
+/// shutdown, not the default SIGTERM death.
+fn wait_for_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Tells systemd about a state change; does nothing when not started by systemd
