@@ -14,14 +14,13 @@ use nix::fcntl::{Flock, FlockArg};
 
 pub use crate::apache::{Apache, ApacheOptions};
 pub use crate::haproxy::{
-    BackendSpec, Haproxy, HaproxyOptions, ServerStat, is_up_status, parse_show_stat, runtime_at,
+    BackendSpec, Haproxy, HaproxyOptions, SLOT_SERVER, SLOT_SERVER_IP_ONLY, ServerStat,
+    is_up_status, parse_show_stat, runtime_at,
 };
 pub use crate::http::{Conn, Response, get};
 pub use crate::monitor::{UpMonitor, UpReport, Violation};
-pub use crate::ports::{free_tcp_port, free_udp_port, host_ip};
-pub use crate::traffic::{
-    HeldConnection, Traffic, TrafficOptions, TrafficReport, hold_connection,
-};
+pub use crate::ports::{established_connections, free_tcp_port, free_udp_port, host_ip};
+pub use crate::traffic::{HeldConnection, Traffic, TrafficOptions, TrafficReport, hold_connection};
 pub use crate::workdir::{Workdir, stray_processes};
 
 /// Directory of the cross-process lock file.

@@ -89,8 +89,10 @@ impl Conn {
         );
         let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .with_context(|| format!("connect {addr}"))?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).context("set_read_timeout")?;
-        s.set_write_timeout(Some(IO_TIMEOUT)).context("set_write_timeout")?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .context("set_read_timeout")?;
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .context("set_write_timeout")?;
         s.set_nodelay(true).context("set_nodelay")?;
         Ok(Self {
             reader: BufReader::new(s),
@@ -174,8 +176,9 @@ impl Conn {
         } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
             loop {
                 let size_line = self.read_line().context("read chunk size")?;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                    .with_context(|| format!("bad chunk size {size_line:?}"))?;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                        .with_context(|| format!("bad chunk size {size_line:?}"))?;
                 if size == 0 {
                     // Trailers until the empty line.
                     while !self.read_line()?.is_empty() {}
@@ -184,7 +187,9 @@ impl Conn {
                 anyhow::ensure!(body.len() + size <= MAX_BODY, "body too large");
                 let start = body.len();
                 body.resize(start + size, 0);
-                self.reader.read_exact(&mut body[start..]).context("read chunk")?;
+                self.reader
+                    .read_exact(&mut body[start..])
+                    .context("read chunk")?;
                 self.read_line().context("read chunk end")?;
             }
         } else if status != 204 && status != 304 {

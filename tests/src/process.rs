@@ -39,7 +39,9 @@ impl ChildGuard {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        let child = cmd.spawn().with_context(|| format!("spawn {name}: {cmd:?}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
         Ok(Self {
             child,
             name: name.to_owned(),

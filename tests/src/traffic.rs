@@ -140,6 +140,15 @@ impl Traffic {
         self.snapshot()
     }
 
+    /// Waits until every client reached its cap (`max_requests` or `max_duration`)
+    /// and returns the counts; for tests that want an exact number of requests.
+    pub fn wait(mut self) -> TrafficReport {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.snapshot()
+    }
+
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
@@ -274,7 +283,9 @@ impl HeldConnection {
     /// Local address of the held socket.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         let g = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        g.as_ref().context("held connection already closed")?.local_addr()
+        g.as_ref()
+            .context("held connection already closed")?
+            .local_addr()
     }
 
     /// Whether the harness still holds the socket (the peer may have closed it).
