@@ -214,7 +214,8 @@ impl Apache {
         &self.error_log
     }
 
-    /// Apache's access log (combined format plus `%{SERVERID}C`-free defaults).
+    /// Apache's access log: client, request line, status and the Cookie header
+    /// (shows which pinned sessions still arrive).
     pub fn access_log(&self) -> &Path {
         &self.access_log
     }
