@@ -2,12 +2,14 @@
 //! certificates from `handover ca`, config files in a temporary directory.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::ports::free_udp_port;
 
 /// Path of a workspace binary (`handover`, `handover-agent`), next to the test
 /// executable's `deps/` directory. `cargo test --workspace` builds them.
@@ -24,12 +26,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A free UDP port on `ip` (bound, read, released).
-pub fn free_udp_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
-    let socket = UdpSocket::bind((ip, 0)).with_context(|| format!("binding UDP on {ip}"))?;
-    Ok(socket.local_addr()?.port())
 }
 
 /// Runs `handover` with `args` (no config) and fails on a non-zero exit.

@@ -11,6 +11,7 @@ use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki
 use handover_tests::rawquic;
 
 struct OneAgent {
+    _serial: handover_tests::fleet::SerialGuard,
     dir: tempfile::TempDir,
     pki: Pki,
     agent: AgentProcess,
@@ -18,6 +19,7 @@ struct OneAgent {
 }
 
 fn one_agent(ip: Ipv4Addr) -> OneAgent {
+    let serial = handover_tests::fleet::serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
     let agent = AgentProcess::start(
@@ -38,6 +40,7 @@ fn one_agent(ip: Ipv4Addr) -> OneAgent {
     )
     .expect("coordinator config");
     OneAgent {
+        _serial: serial,
         dir,
         pki,
         agent,
