@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod drain;
 pub mod haproxy;
 pub mod hoststats;
+pub mod lease;
 pub mod server;
 
 use std::sync::Arc;
@@ -31,15 +32,18 @@ pub struct Agent {
     pub started: Instant,
     /// CPU and memory sampler (CPU use is measured between two refreshes).
     pub host: Mutex<hoststats::HostSampler>,
+    /// Which rollout may change this host now.
+    pub lease: Mutex<lease::Lease>,
 }
 
 impl Agent {
     /// An agent for `config`.
     pub fn new(config: AgentConfig) -> Arc<Self> {
         Arc::new(Agent {
-            config,
             started: Instant::now(),
             host: Mutex::new(hoststats::HostSampler::new()),
+            lease: Mutex::new(lease::Lease::load(&config.state_dir)),
+            config,
         })
     }
 }

@@ -7,4 +7,5 @@
 pub mod cmd;
 pub mod config;
 pub mod fleet;
+pub mod journal;
 pub mod output;
