@@ -31,6 +31,8 @@ pub struct Agent {
     pub started: Instant,
     /// CPU and memory sampler (CPU use is measured between two refreshes).
     pub host: Mutex<hoststats::HostSampler>,
+    /// HAProxy membership and what the reconciler saw (on `lb` hosts).
+    pub lb: haproxy::LbState,
 }
 
 impl Agent {
@@ -40,6 +42,7 @@ impl Agent {
             config,
             started: Instant::now(),
             host: Mutex::new(hoststats::HostSampler::new()),
+            lb: haproxy::LbState::default(),
         })
     }
 }
