@@ -8,3 +8,4 @@ pub mod cmd;
 pub mod config;
 pub mod fleet;
 pub mod output;
+pub mod lb;

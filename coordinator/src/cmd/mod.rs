@@ -2,3 +2,4 @@
 
 pub mod ca;
 pub mod status;
+pub mod lb;
