@@ -73,7 +73,8 @@ impl AgentConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         if let Some(h) = &config.haproxy {
-            h.validate().with_context(|| format!("invalid agent config {}", path.display()))?;
+            h.validate()
+                .with_context(|| format!("invalid agent config {}", path.display()))?;
         }
         for name in config.hooks.keys() {
             handover_common::names::HookName::new(name.clone())

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use handover_common::names::{HostName, HostRole};
-use handover_common::proto::lb::{LbProgress, LbReply, LbRequest, ServerState, ServerStats, StatusKind};
+use handover_common::proto::lb::{
+    LbProgress, LbReply, LbRequest, ServerState, ServerStats, StatusKind,
+};
 use handover_common::proto::{Progress, Reply, Request};
 use serde::Serialize;
 
@@ -34,7 +36,12 @@ impl LbView {
     pub fn in_flight(&self, host: &HostName) -> Option<u64> {
         let mut total = 0;
         for reading in self.hosts.get(host)?.values() {
-            total += reading.as_ref().ok()?.iter().map(|s| s.scur + s.qcur).sum::<u64>();
+            total += reading
+                .as_ref()
+                .ok()?
+                .iter()
+                .map(|s| s.scur + s.qcur)
+                .sum::<u64>();
         }
         Some(total)
     }
@@ -68,14 +75,20 @@ pub fn lb_hosts(config: &CoordinatorConfig, names: &[String]) -> anyhow::Result<
     if names.is_empty() {
         let all = config.with_role(HostRole::Lb);
         if all.is_empty() {
-            bail!("the inventory has no host with roles = [\"lb\"]: add your load balancers to [[hosts]]");
+            bail!(
+                "the inventory has no host with roles = [\"lb\"]: add your load balancers to [[hosts]]"
+            );
         }
         return Ok(all);
     }
     let hosts = config.select(names)?;
     for h in &hosts {
         if !h.roles.contains(&HostRole::Lb) {
-            bail!("{} is not a load balancer (its roles are {}): name an `lb` host with --lb", h.name, h.roles_text());
+            bail!(
+                "{} is not a load balancer (its roles are {}): name an `lb` host with --lb",
+                h.name,
+                h.roles_text()
+            );
         }
     }
     Ok(hosts)
@@ -109,10 +122,17 @@ pub async fn lb_view(fleet: &Fleet, config: &CoordinatorConfig, hosts: &[HostNam
         }
         for h in names {
             let entry = match &reading {
-                Ok(servers) => Ok(servers.iter().filter(|s| s.host.as_ref() == Some(&h)).cloned().collect()),
+                Ok(servers) => Ok(servers
+                    .iter()
+                    .filter(|s| s.host.as_ref() == Some(&h))
+                    .cloned()
+                    .collect()),
                 Err(e) => Err(e.clone()),
             };
-            view.hosts.entry(h).or_default().insert(lb.name.clone(), entry);
+            view.hosts
+                .entry(h)
+                .or_default()
+                .insert(lb.name.clone(), entry);
         }
     }
     view
@@ -124,13 +144,18 @@ pub fn app_address(host: &HostEntry) -> anyhow::Result<SocketAddr> {
         format!("{} has no `app = \"ADDR:PORT\"` in [[hosts]]: say where the load balancers reach its app server", host.name)
     })?;
     app.parse().with_context(|| {
-        format!("{}: app = {app:?} is not ADDR:PORT (write it like \"10.0.0.5:8080\")", host.name)
+        format!(
+            "{}: app = {app:?} is not ADDR:PORT (write it like \"10.0.0.5:8080\")",
+            host.name
+        )
     })
 }
 
 /// One line of progress, for people.
 pub fn describe_progress(lb: &HostName, progress: &Progress) -> Option<String> {
-    let Progress::Lb(p) = progress else { return None };
+    let Progress::Lb(p) = progress else {
+        return None;
+    };
     Some(match p {
         LbProgress::WaitingForUp(s) => format!(
             "{lb}: {} in {}/{} is {} (check {}), waiting for UP",
@@ -172,23 +197,26 @@ pub async fn call_lbs(
     on_progress: &(dyn Fn(&HostName, &Progress) + Sync),
 ) -> Vec<LbOutcome> {
     use futures::StreamExt;
-    let calls = hosts.iter().flat_map(|h| lbs.iter().map(move |lb| (h, lb))).map(|(h, lb)| {
-        let request = make(h);
-        async move {
-            let result = fleet
-                .call(lb, None, request, |p| on_progress(&lb.name, &p))
-                .await;
-            LbOutcome {
-                host: h.name.clone(),
-                lb: lb.name.clone(),
-                result: match result {
-                    Ok(Reply::Lb(reply)) => Ok(reply),
-                    Ok(other) => Err(format!("unexpected answer: {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                },
+    let calls = hosts
+        .iter()
+        .flat_map(|h| lbs.iter().map(move |lb| (h, lb)))
+        .map(|(h, lb)| {
+            let request = make(h);
+            async move {
+                let result = fleet
+                    .call(lb, None, request, |p| on_progress(&lb.name, &p))
+                    .await;
+                LbOutcome {
+                    host: h.name.clone(),
+                    lb: lb.name.clone(),
+                    result: match result {
+                        Ok(Reply::Lb(reply)) => Ok(reply),
+                        Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    },
+                }
             }
-        }
-    });
+        });
     futures::stream::iter(calls)
         .buffer_unordered(fleet.concurrency)
         .collect()
@@ -280,7 +308,9 @@ pub async fn set_state(
 pub fn render_status_section<'a>(
     lbs: impl Iterator<Item = (&'a str, &'a handover_common::proto::lb::LbStatus)>,
 ) -> String {
-    let mut table = crate::output::Table::new(&["APP HOST", "LB", "BACKEND", "SERVER", "STATUS", "SCUR", "QCUR", "STOT"]);
+    let mut table = crate::output::Table::new(&[
+        "APP HOST", "LB", "BACKEND", "SERVER", "STATUS", "SCUR", "QCUR", "STOT",
+    ]);
     let mut problems = Vec::new();
     let mut rows = 0;
     for (lb, status) in lbs {

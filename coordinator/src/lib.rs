@@ -7,5 +7,5 @@
 pub mod cmd;
 pub mod config;
 pub mod fleet;
-pub mod output;
 pub mod lb;
+pub mod output;

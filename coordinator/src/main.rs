@@ -117,15 +117,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
-        Command::Attach { hosts, lbs, timeout, json } => {
-            cmd::lb::run(&load()?, cmd::lb::Action::Attach, &hosts, &lbs, timeout, json).await
+        Command::Attach {
+            hosts,
+            lbs,
+            timeout,
+            json,
+        } => {
+            cmd::lb::run(
+                &load()?,
+                cmd::lb::Action::Attach,
+                &hosts,
+                &lbs,
+                timeout,
+                json,
+            )
+            .await
         }
-        Command::Detach { hosts, lbs, force, timeout, json } => {
+        Command::Detach {
+            hosts,
+            lbs,
+            force,
+            timeout,
+            json,
+        } => {
             let action = cmd::lb::Action::Detach { force };
             cmd::lb::run(&load()?, action, &hosts, &lbs, timeout, json).await
         }
-        Command::LbState { mut args, lbs, json } => {
-            let state = args.pop().unwrap_or_default().parse().map_err(anyhow::Error::msg)?;
+        Command::LbState {
+            mut args,
+            lbs,
+            json,
+        } => {
+            let state = args
+                .pop()
+                .unwrap_or_default()
+                .parse()
+                .map_err(anyhow::Error::msg)?;
             let action = cmd::lb::Action::State(state);
             cmd::lb::run(&load()?, action, &args, &lbs, None, json).await
         }

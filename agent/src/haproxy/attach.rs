@@ -28,7 +28,10 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Reads `show stat`.
 pub async fn read_stat(runtime: &Runtime) -> Result<Stat, Failure> {
-    let text = runtime.run(&cmd::show_stat().map_err(runtime_failure)?).await.map_err(runtime_failure)?;
+    let text = runtime
+        .run(&cmd::show_stat().map_err(runtime_failure)?)
+        .await
+        .map_err(runtime_failure)?;
     parse_stat(&text).map_err(|e| Failure::new(FailureKind::Failed, e.to_string()))
 }
 
@@ -37,9 +40,16 @@ fn backend_server(backend: &str, server: &str) -> String {
 }
 
 /// Runs a command built from validated names.
-async fn run(runtime: &Runtime, command: Result<super::runtime::Command, super::runtime::RuntimeError>) -> Result<(), Failure> {
+async fn run(
+    runtime: &Runtime,
+    command: Result<super::runtime::Command, super::runtime::RuntimeError>,
+) -> Result<(), Failure> {
     let command = command.map_err(runtime_failure)?;
-    runtime.run(&command).await.map(drop).map_err(runtime_failure)
+    runtime
+        .run(&command)
+        .await
+        .map(drop)
+        .map_err(runtime_failure)
 }
 
 /// Drain, `health down`, ready: the server reads DOWN until fresh checks pass.
@@ -52,20 +62,23 @@ pub async fn make_check_fresh(runtime: &Runtime, bs: &str) -> Result<(), Failure
 /// Points a slot at `app` and puts it in `state` (ready with a fresh check).
 pub async fn apply_slot(runtime: &Runtime, backend: &str, member: &Member) -> Result<(), Failure> {
     let bs = backend_server(backend, &member.haproxy_name);
-    run(runtime, cmd::set_addr(&bs, &member.app.ip().to_string(), member.app.port())).await?;
+    run(
+        runtime,
+        cmd::set_addr(&bs, &member.app.ip().to_string(), member.app.port()),
+    )
+    .await?;
     run(runtime, cmd::enable_health(&bs)).await?;
     apply_state(runtime, &bs, member.state).await
 }
 
 /// Adds a dynamic server for `member` (it starts in maintenance) and puts it in
 /// `state`.
-pub async fn apply_dynamic(
-    lb: &Lb<'_>,
-    backend: &str,
-    member: &Member,
-) -> Result<(), Failure> {
+pub async fn apply_dynamic(lb: &Lb<'_>, backend: &str, member: &Member) -> Result<(), Failure> {
     let bs = backend_server(backend, &member.haproxy_name);
-    let inter = lb.config.check_inter.map(|d| format!("{}ms", d.as_millis()));
+    let inter = lb
+        .config
+        .check_inter
+        .map(|d| format!("{}ms", d.as_millis()));
     let rise = lb.config.check_rise.map(|n| n.to_string());
     let fall = lb.config.check_fall.map(|n| n.to_string());
     let mut args: Vec<&str> = Vec::new();
@@ -88,7 +101,10 @@ async fn apply_state(runtime: &Runtime, bs: &str, state: ServerState) -> Result<
 }
 
 /// The backends a request is about: the named one (which must be managed) or all.
-fn target_backends(lb: &Lb<'_>, backend: Option<&BackendName>) -> Result<Vec<BackendName>, Failure> {
+fn target_backends(
+    lb: &Lb<'_>,
+    backend: Option<&BackendName>,
+) -> Result<Vec<BackendName>, Failure> {
     let managed = lb.config.managed_backends();
     match backend {
         None => Ok(managed),
@@ -104,7 +120,10 @@ fn target_backends(lb: &Lb<'_>, backend: Option<&BackendName>) -> Result<Vec<Bac
 }
 
 fn names(list: &[BackendName]) -> String {
-    list.iter().map(BackendName::as_str).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(BackendName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn check_backend_exists(stat: &Stat, backend: &str) -> Result<(), Failure> {
@@ -137,7 +156,11 @@ fn free_slot(lb: &Lb<'_>, stat: &Stat, members: &Membership, backend: &str) -> O
         .filter(|r| members.host_of(backend, &r.server).is_none())
         .filter(|r| StatusKind::parse(&r.status) == StatusKind::Maint)
         .collect();
-    free.sort_by_key(|r| r.server[lb.config.slot_prefix.len()..].parse::<u64>().unwrap_or(u64::MAX));
+    free.sort_by_key(|r| {
+        r.server[lb.config.slot_prefix.len()..]
+            .parse::<u64>()
+            .unwrap_or(u64::MAX)
+    });
     free.first().map(|r| r.server.clone())
 }
 
@@ -226,7 +249,8 @@ pub async fn attach(
                     match (member.kind, row) {
                         (ServerKind::Dynamic, None) => apply_dynamic(lb, b, &member).await?,
                         (ServerKind::Dynamic, Some(_)) => {
-                            make_check_fresh(&lb.runtime, &backend_server(b, &member.haproxy_name)).await?
+                            make_check_fresh(&lb.runtime, &backend_server(b, &member.haproxy_name))
+                                .await?
                         }
                         _ => apply_slot(&lb.runtime, b, &member).await?,
                     }
@@ -310,7 +334,9 @@ async fn wait_until_up(
             let Some(row) = stat.server(b, name) else {
                 return Err(Failure::new(
                     FailureKind::Failed,
-                    format!("{b}/{name} (carrying {server}) vanished from HAProxy while waiting for it to come UP (was HAProxy reloaded? the agent re-applies it; run attach again)"),
+                    format!(
+                        "{b}/{name} (carrying {server}) vanished from HAProxy while waiting for it to come UP (was HAProxy reloaded? the agent re-applies it; run attach again)"
+                    ),
                 ));
             };
             if StatusKind::parse(&row.status) != StatusKind::Up {
@@ -322,12 +348,18 @@ async fn wait_until_up(
                         ServerKind::Dynamic
                     };
                     let stats = stats_of(row, Some(server), kind);
-                    if !reporter.progress(Progress::Lb(LbProgress::WaitingForUp(stats))).await {
+                    if !reporter
+                        .progress(Progress::Lb(LbProgress::WaitingForUp(stats)))
+                        .await
+                    {
                         return Err(Failure::new(FailureKind::Failed, "the caller went away"));
                     }
                     last.insert(b.clone(), text);
                 }
-                pending.push(format!("{b}/{name} is {} (last check {})", row.status, row.check_status));
+                pending.push(format!(
+                    "{b}/{name} is {} (last check {})",
+                    row.status, row.check_status
+                ));
             }
         }
         if pending.is_empty() {
@@ -386,7 +418,12 @@ pub async fn detach(
     let mut guard = lb.lock().await?;
     for (b, member) in &targets {
         let bs = backend_server(b, &member.haproxy_name);
-        if let Some(m) = guard.get().backends.get_mut(b).and_then(|m| m.get_mut(server)) {
+        if let Some(m) = guard
+            .get()
+            .backends
+            .get_mut(b)
+            .and_then(|m| m.get_mut(server))
+        {
             m.state = ServerState::Maint;
         }
         guard.save()?;
@@ -407,7 +444,8 @@ pub async fn detach(
         guard.save()?;
         tracing::info!(%server, backend = %b, haproxy_name = %member.haproxy_name, force, "detached");
         removed.push(Removed {
-            backend: BackendName::new(b.clone()).map_err(|e| Failure::new(FailureKind::Internal, e.to_string()))?,
+            backend: BackendName::new(b.clone())
+                .map_err(|e| Failure::new(FailureKind::Internal, e.to_string()))?,
             server: server.clone(),
             haproxy_name: member.haproxy_name.clone(),
             sessions_cut,
@@ -429,13 +467,21 @@ async fn wait_for_sessions(
         let stat = read_stat(&lb.runtime).await?;
         let busy: Vec<ServerStats> = targets
             .iter()
-            .filter_map(|(b, m)| stat.server(b, &m.haproxy_name).map(|r| to_stats(r, Some((server, m)))))
+            .filter_map(|(b, m)| {
+                stat.server(b, &m.haproxy_name)
+                    .map(|r| to_stats(r, Some((server, m))))
+            })
             .filter(|s| s.scur > 0 || s.qcur > 0)
             .collect();
-        let Some(first) = busy.first() else { return Ok(()) };
+        let Some(first) = busy.first() else {
+            return Ok(());
+        };
         let now = (first.scur, first.qcur);
         if last != Some(now) {
-            if !reporter.progress(Progress::Lb(LbProgress::WaitingForSessions(first.clone()))).await {
+            if !reporter
+                .progress(Progress::Lb(LbProgress::WaitingForSessions(first.clone())))
+                .await
+            {
                 return Err(Failure::new(FailureKind::Failed, "the caller went away"));
             }
             last = Some(now);
@@ -443,7 +489,12 @@ async fn wait_for_sessions(
         if tokio::time::Instant::now() >= deadline {
             let held: Vec<String> = busy
                 .iter()
-                .map(|s| format!("{}/{} has scur {} qcur {}", s.backend, s.haproxy_name, s.scur, s.qcur))
+                .map(|s| {
+                    format!(
+                        "{}/{} has scur {} qcur {}",
+                        s.backend, s.haproxy_name, s.scur, s.qcur
+                    )
+                })
                 .collect();
             return Err(Failure::new(
                 FailureKind::Timeout,
@@ -455,15 +506,25 @@ async fn wait_for_sessions(
 }
 
 /// `del server` once HAProxy lets go of the server's connections.
-async fn delete_when_idle(lb: &Lb<'_>, bs: &str, deadline: tokio::time::Instant) -> Result<(), Failure> {
+async fn delete_when_idle(
+    lb: &Lb<'_>,
+    bs: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(), Failure> {
     loop {
-        match lb.runtime.run(&cmd::del_server(bs).map_err(runtime_failure)?).await {
+        match lb
+            .runtime
+            .run(&cmd::del_server(bs).map_err(runtime_failure)?)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) if e.answer().is_some_and(|a| a.contains("No such server")) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(Failure::new(
                     FailureKind::Timeout,
-                    format!("{bs} is in maintenance but could not be deleted: {e}; it serves no new requests — run detach again later"),
+                    format!(
+                        "{bs} is in maintenance but could not be deleted: {e}; it serves no new requests — run detach again later"
+                    ),
                 ));
             }
             Err(_) => tokio::time::sleep(POLL).await,
@@ -491,12 +552,19 @@ pub async fn set_state(
         if targets.is_empty() {
             return Err(Failure::new(
                 FailureKind::BadRequest,
-                format!("{server} is not attached to this load balancer: attach it first (handover attach {server})"),
+                format!(
+                    "{server} is not attached to this load balancer: attach it first (handover attach {server})"
+                ),
             ));
         }
         let stat = read_stat(&lb.runtime).await?;
         for (b, member) in targets {
-            if let Some(m) = guard.get().backends.get_mut(&b).and_then(|m| m.get_mut(server)) {
+            if let Some(m) = guard
+                .get()
+                .backends
+                .get_mut(&b)
+                .and_then(|m| m.get_mut(server))
+            {
                 m.state = state;
             }
             guard.save()?;
@@ -514,7 +582,14 @@ pub async fn set_state(
         }
     }
     if !wanted.is_empty() {
-        wait_until_up(lb, server, &wanted, timeout.unwrap_or(lb.config.attach_timeout), reporter).await?;
+        wait_until_up(
+            lb,
+            server,
+            &wanted,
+            timeout.unwrap_or(lb.config.attach_timeout),
+            reporter,
+        )
+        .await?;
     }
     let mut guard = lb.lock().await?;
     let stat = read_stat(&lb.runtime).await?;

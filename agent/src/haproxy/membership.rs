@@ -53,7 +53,9 @@ pub enum MembershipError {
         source: std::io::Error,
     },
     /// The file is not what this agent wrote.
-    #[error("{path} is corrupt ({why}): restore it from a backup, or remove it and re-attach the servers")]
+    #[error(
+        "{path} is corrupt ({why}): restore it from a backup, or remove it and re-attach the servers"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -149,7 +151,10 @@ mod tests {
     fn survives_a_round_trip_and_a_missing_file_is_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = Membership::path(dir.path());
-        assert_eq!(Membership::load(&path).expect("missing is fine"), Membership::default());
+        assert_eq!(
+            Membership::load(&path).expect("missing is fine"),
+            Membership::default()
+        );
         let mut m = Membership::default();
         m.insert(
             "web",
@@ -165,7 +170,10 @@ mod tests {
         m.save(&path).expect("saves");
         let back = Membership::load(&path).expect("loads");
         assert_eq!(back, m);
-        assert_eq!(back.host_of("web", "slot1").map(|(h, _)| h.as_str()), Some("web-1"));
+        assert_eq!(
+            back.host_of("web", "slot1").map(|(h, _)| h.as_str()),
+            Some("web-1")
+        );
         let mut back = back;
         back.remove("web", &host("web-1"));
         assert!(back.backends.is_empty());

@@ -43,13 +43,22 @@ pub struct HaproxyConfig {
     #[serde(default = "default_slot_prefix")]
     pub slot_prefix: String,
     /// How long attach waits for UP.
-    #[serde(default = "default_timeout", with = "handover_common::duration::serde_human")]
+    #[serde(
+        default = "default_timeout",
+        with = "handover_common::duration::serde_human"
+    )]
     pub attach_timeout: Duration,
     /// How long detach waits for sessions to end.
-    #[serde(default = "default_timeout", with = "handover_common::duration::serde_human")]
+    #[serde(
+        default = "default_timeout",
+        with = "handover_common::duration::serde_human"
+    )]
     pub detach_timeout: Duration,
     /// How often the agent looks for an HAProxy reload.
-    #[serde(default = "default_reconcile", with = "handover_common::duration::serde_human")]
+    #[serde(
+        default = "default_reconcile",
+        with = "handover_common::duration::serde_human"
+    )]
     pub reconcile_interval: Duration,
     /// Check interval for dynamic servers (they do not inherit `default-server`).
     #[serde(default, with = "handover_common::duration::serde_human_opt")]
@@ -110,7 +119,8 @@ impl HaproxyConfig {
     pub fn runtime(&self) -> Runtime {
         // `validate` ran at load; a bad socket here still yields an honest error.
         Runtime::new(
-            Endpoint::parse(&self.socket).unwrap_or_else(|_| Endpoint::Unix(PathBuf::from(&self.socket))),
+            Endpoint::parse(&self.socket)
+                .unwrap_or_else(|_| Endpoint::Unix(PathBuf::from(&self.socket))),
         )
     }
 }

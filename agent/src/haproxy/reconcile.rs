@@ -22,7 +22,10 @@ use crate::Agent;
 
 /// Reads `show info`.
 pub async fn read_info(runtime: &Runtime) -> Result<(ProcessId, HaproxyInfo), Failure> {
-    let text = runtime.run(&cmd::show_info().map_err(runtime_failure)?).await.map_err(runtime_failure)?;
+    let text = runtime
+        .run(&cmd::show_info().map_err(runtime_failure)?)
+        .await
+        .map_err(runtime_failure)?;
     parse_info(&text).map_err(|e| Failure::new(FailureKind::Failed, e.to_string()))
 }
 
@@ -71,7 +74,9 @@ pub async fn reconcile_once(lb: &Lb<'_>) -> Result<(), Failure> {
                 (ServerKind::Dynamic, None) => apply_dynamic(lb, backend, member).await,
                 (_, None) => Err(Failure::new(
                     FailureKind::Failed,
-                    format!("{bs} (carrying {host}) is not in HAProxy's config any more: restore the server-template or detach {host}"),
+                    format!(
+                        "{bs} (carrying {host}) is not in HAProxy's config any more: restore the server-template or detach {host}"
+                    ),
                 )),
                 (_, Some(row)) => {
                     let kind = StatusKind::parse(&row.status);
@@ -82,7 +87,9 @@ pub async fn reconcile_once(lb: &Lb<'_>) -> Result<(), Failure> {
                         ServerState::Ready if member.kind == ServerKind::Dynamic => {
                             make_check_fresh(&lb.runtime, &bs).await
                         }
-                        _ if member.kind == ServerKind::Slot => apply_slot(&lb.runtime, backend, member).await,
+                        _ if member.kind == ServerKind::Slot => {
+                            apply_slot(&lb.runtime, backend, member).await
+                        }
                         state => {
                             let c = cmd::set_state(&bs, state.as_str()).map_err(runtime_failure)?;
                             lb.runtime.run(&c).await.map(drop).map_err(runtime_failure)

@@ -55,7 +55,9 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// Nothing listens there.
-    #[error("cannot reach HAProxy's runtime API at {endpoint}: {source} — is HAProxy running with `stats socket {endpoint} level admin`? (fix `[haproxy] socket` in the agent config)")]
+    #[error(
+        "cannot reach HAProxy's runtime API at {endpoint}: {source} — is HAProxy running with `stats socket {endpoint} level admin`? (fix `[haproxy] socket` in the agent config)"
+    )]
     Unreachable {
         /// The endpoint.
         endpoint: String,
@@ -189,22 +191,26 @@ impl Runtime {
         let exchange = async {
             match &self.endpoint {
                 Endpoint::Unix(path) => {
-                    let stream = tokio::net::UnixStream::connect(path).await.map_err(|source| {
-                        RuntimeError::Unreachable {
+                    let stream = tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(|source| RuntimeError::Unreachable {
                             endpoint: self.endpoint.to_string(),
                             source,
-                        }
-                    })?;
-                    exchange(stream, &command.text).await.map_err(|e| io_err(e.to_string()))
+                        })?;
+                    exchange(stream, &command.text)
+                        .await
+                        .map_err(|e| io_err(e.to_string()))
                 }
                 Endpoint::Tcp(addr) => {
-                    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|source| {
-                        RuntimeError::Unreachable {
+                    let stream = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(|source| RuntimeError::Unreachable {
                             endpoint: self.endpoint.to_string(),
                             source,
-                        }
-                    })?;
-                    exchange(stream, &command.text).await.map_err(|e| io_err(e.to_string()))
+                        })?;
+                    exchange(stream, &command.text)
+                        .await
+                        .map_err(|e| io_err(e.to_string()))
                 }
             }
         };
@@ -223,7 +229,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream.write_all(format!("{line}\n").as_bytes()).await?;
     stream.flush().await?;
     let mut buf = Vec::new();
-    (&mut stream).take(MAX_ANSWER + 1).read_to_end(&mut buf).await?;
+    (&mut stream)
+        .take(MAX_ANSWER + 1)
+        .read_to_end(&mut buf)
+        .await?;
     if buf.len() as u64 > MAX_ANSWER {
         return Err(std::io::Error::other("answer too large"));
     }
@@ -269,7 +278,11 @@ pub mod cmd {
     }
 
     /// `add server B/S ADDR:PORT check [ARGS]`.
-    pub fn add_server(bs: &str, addr_port: &str, check_args: &[&str]) -> Result<Command, RuntimeError> {
+    pub fn add_server(
+        bs: &str,
+        addr_port: &str,
+        check_args: &[&str],
+    ) -> Result<Command, RuntimeError> {
         let mut words = vec!["add", "server", bs, addr_port, "check"];
         words.extend_from_slice(check_args);
         Command::new(&words, Expect::Prefix("New server registered"))
@@ -305,7 +318,12 @@ mod tests {
 
     #[test]
     fn injection_never_reaches_the_socket() {
-        for bad in ["web/s1;shutdown", "web/s1\nshutdown frontend fe", "web s1", ""] {
+        for bad in [
+            "web/s1;shutdown",
+            "web/s1\nshutdown frontend fe",
+            "web s1",
+            "",
+        ] {
             assert!(cmd::set_state(bad, "ready").is_err(), "{bad:?}");
         }
         assert!(cmd::set_state("web/slot1", "ready").is_ok());
@@ -319,6 +337,9 @@ mod tests {
         assert_eq!(err.answer(), Some("No such server."));
         let add = cmd::add_server("dyn/web-1", "127.0.0.1:80", &[]).expect("valid");
         assert!(add.check("New server registered.\n".into()).is_ok());
-        assert!(add.check("'cookie' option is not accepted for dynamic server\n".into()).is_err());
+        assert!(
+            add.check("'cookie' option is not accepted for dynamic server\n".into())
+                .is_err()
+        );
     }
 }

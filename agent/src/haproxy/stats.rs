@@ -77,7 +77,11 @@ pub fn parse_stat(csv: &str) -> Result<Stat, StatError> {
         col("qcur")?,
         col("stot")?,
     );
-    let (check, h5xx, addr) = (col("check_status").ok(), col("hrsp_5xx").ok(), col("addr").ok());
+    let (check, h5xx, addr) = (
+        col("check_status").ok(),
+        col("hrsp_5xx").ok(),
+        col("addr").ok(),
+    );
     let mut rows = Vec::new();
     let mut backends = Vec::new();
     for line in lines.filter(|l| !l.trim().is_empty()) {
@@ -190,7 +194,13 @@ mod tests {
     fn info_gives_the_process_identity() {
         let text = "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 17176\nUptime_sec: 33\nStart_time_sec: 1795669384\n";
         let (id, info) = parse_info(text).expect("parses");
-        assert_eq!(id, ProcessId { pid: 17176, started: 1795669384 });
+        assert_eq!(
+            id,
+            ProcessId {
+                pid: 17176,
+                started: 1795669384
+            }
+        );
         assert_eq!(info.version, "2.6.12-1+deb12u4");
     }
 }

@@ -65,7 +65,9 @@ pub async fn run(
 }
 
 fn render(outcomes: &[LbOutcome]) -> String {
-    let mut table = Table::new(&["HOST", "LB", "BACKEND", "SERVER", "STATUS", "CHECK", "SCUR", "QCUR"]);
+    let mut table = Table::new(&[
+        "HOST", "LB", "BACKEND", "SERVER", "STATUS", "CHECK", "SCUR", "QCUR",
+    ]);
     let mut errors = Vec::new();
     for o in outcomes {
         match &o.result {
@@ -84,7 +86,13 @@ fn render(outcomes: &[LbOutcome]) -> String {
                 }
             }
             Ok(LbReply::Detached(removed)) if removed.is_empty() => {
-                table.row(vec![o.host.to_string(), o.lb.to_string(), "-".into(), "-".into(), "not attached".into()]);
+                table.row(vec![
+                    o.host.to_string(),
+                    o.lb.to_string(),
+                    "-".into(),
+                    "-".into(),
+                    "not attached".into(),
+                ]);
             }
             Ok(LbReply::Detached(removed)) => {
                 for r in removed {
@@ -103,7 +111,13 @@ fn render(outcomes: &[LbOutcome]) -> String {
                 }
             }
             Err(e) => {
-                table.row(vec![o.host.to_string(), o.lb.to_string(), "-".into(), "-".into(), "FAILED".into()]);
+                table.row(vec![
+                    o.host.to_string(),
+                    o.lb.to_string(),
+                    "-".into(),
+                    "-".into(),
+                    "FAILED".into(),
+                ]);
                 errors.push(format!("{} on {}: {e}", o.host, o.lb));
             }
         }

@@ -1,5 +1,5 @@
 //! One module per `handover` subcommand.
 
 pub mod ca;
-pub mod status;
 pub mod lb;
+pub mod status;
