@@ -32,6 +32,8 @@ pub struct Agent {
     pub started: Instant,
     /// CPU and memory sampler (CPU use is measured between two refreshes).
     pub host: Mutex<hoststats::HostSampler>,
+    /// HAProxy membership and what the reconciler saw (on `lb` hosts).
+    pub lb: haproxy::LbState,
     /// Which rollout may change this host now.
     pub lease: Mutex<lease::Lease>,
 }
@@ -44,6 +46,7 @@ impl Agent {
             host: Mutex::new(hoststats::HostSampler::new()),
             lease: Mutex::new(lease::Lease::load(&config.state_dir)),
             config,
+            lb: haproxy::LbState::default(),
         })
     }
 }
