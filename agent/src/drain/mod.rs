@@ -7,6 +7,7 @@
 //! holds the config sections and turns requests into those steps.
 
 pub mod apache;
+pub mod cli;
 pub mod health;
 pub mod sessions;
 pub mod wait;
