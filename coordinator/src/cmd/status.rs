@@ -76,20 +76,28 @@ fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) 
 }
 
 fn render(statuses: &[HostStatus]) -> String {
-    let mut table = Table::new(&["HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY"]);
+    let mut table = Table::new(&[
+        "HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY", "DRAINED", "SESSIONS",
+        "APACHE(B/I)",
+    ]);
     let mut errors = Vec::new();
     for s in statuses {
         let roles = if s.roles.is_empty() { "-".into() } else { s.roles.join(",") };
         match &s.report {
-            Some(r) => table.row(vec![
-                s.name.clone(),
-                roles,
-                "yes".into(),
-                r.version.clone(),
-                short_duration(r.uptime_secs),
-                format!("{:.2}", r.host.load[0]),
-                format!("{}/{}", bytes(r.host.memory_used), bytes(r.host.memory_total)),
-            ]),
+            Some(r) => table.row(
+                [
+                    s.name.clone(),
+                    roles,
+                    "yes".into(),
+                    r.version.clone(),
+                    short_duration(r.uptime_secs),
+                    format!("{:.2}", r.host.load[0]),
+                    format!("{}/{}", bytes(r.host.memory_used), bytes(r.host.memory_total)),
+                ]
+                .into_iter()
+                .chain(crate::cmd::drain::status_cells(r))
+                .collect(),
+            ),
             None => {
                 table.row(vec![s.name.clone(), roles, "NO".into()]);
                 errors.push(format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")));
