@@ -2,3 +2,4 @@
 //! at a time (each takes the harness's serial guard).
 
 mod spine;
+mod drain;
