@@ -25,7 +25,9 @@ const MAX_RESPONSE: u64 = 256 * 1024;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApacheError {
     /// The body has no mod_status key at all.
-    #[error("not mod_status ?auto output ({0}): check that `[app] status_url` ends in /server-status?auto")]
+    #[error(
+        "not mod_status ?auto output ({0}): check that `[app] status_url` ends in /server-status?auto"
+    )]
     NotModStatus(String),
     /// A field that must be a number is not.
     #[error("mod_status field {key:?} has the non-numeric value {value:?}")]
@@ -171,12 +173,14 @@ impl TryFrom<String> for StatusUrl {
             None => (rest, "/"),
         };
         if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!("status_url {url:?} has spaces or control characters; {hint}"));
+            return Err(format!(
+                "status_url {url:?} has spaces or control characters; {hint}"
+            ));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("status_url {url:?}: unclosed '[' in the address; {hint}"))?;
+            let (host, after) = v6.split_once(']').ok_or_else(|| {
+                format!("status_url {url:?}: unclosed '[' in the address; {hint}")
+            })?;
             (host, after.strip_prefix(':'))
         } else {
             match authority.split_once(':') {
@@ -216,7 +220,12 @@ pub async fn fetch(url: &StatusUrl, timeout: Duration) -> Result<ModStatus, Apac
     };
     let body = tokio::time::timeout(timeout, get(url))
         .await
-        .map_err(|_| http(format!("no answer within {}", handover_common::duration::format(timeout))))?
+        .map_err(|_| {
+            http(format!(
+                "no answer within {}",
+                handover_common::duration::format(timeout)
+            ))
+        })?
         .map_err(http)?;
     parse(&body)
 }
@@ -314,7 +323,11 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_value() {
-        for body in [fixture("garbage.txt"), "".into(), "<html><body>It works</body></html>".into()] {
+        for body in [
+            fixture("garbage.txt"),
+            "".into(),
+            "<html><body>It works</body></html>".into(),
+        ] {
             assert!(
                 matches!(parse(&body), Err(ApacheError::NotModStatus(_))),
                 "{body:?}"
@@ -333,7 +346,10 @@ mod tests {
     fn status_urls_are_checked_when_the_config_loads() {
         let ok = StatusUrl::try_from("http://127.0.1.1:8080/server-status?auto".to_string())
             .expect("valid");
-        assert_eq!((ok.host.as_str(), ok.port, ok.path.as_str()), ("127.0.1.1", 8080, "/server-status?auto"));
+        assert_eq!(
+            (ok.host.as_str(), ok.port, ok.path.as_str()),
+            ("127.0.1.1", 8080, "/server-status?auto")
+        );
         let v6 = StatusUrl::try_from("http://[::1]/server-status?auto".to_string()).expect("v6");
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 80));
         for bad in [

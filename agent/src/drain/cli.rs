@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use handover_common::proto::drain::{
-    ApacheReading, DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait,
-    SessionReading,
+    ApacheReading, DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait, SessionReading,
 };
 use handover_common::proto::{FailureKind, Progress, Reply, Request};
 

@@ -266,7 +266,10 @@ mod tests {
 
         assert_eq!(health.undrain().expect("undrain"), Change::Done);
         assert_eq!(fs::read(health.path()).expect("read back"), content);
-        let mode = fs::metadata(health.path()).expect("meta").permissions().mode();
+        let mode = fs::metadata(health.path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o640);
         assert!(!health.saved_path().exists());
         assert_eq!(health.undrain().expect("second undrain"), Change::Already);

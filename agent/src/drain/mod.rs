@@ -225,10 +225,7 @@ pub fn describe_timeout(host: &str, plan: &wait::WaitPlan, last: &DrainProgress)
 
 async fn status_report(agent: &Agent) -> DrainStatus {
     let (drained, health_file) = match health_file(agent) {
-        Ok(h) => (
-            h.is_drained().ok(),
-            Some(h.path().display().to_string()),
-        ),
+        Ok(h) => (h.is_drained().ok(), Some(h.path().display().to_string())),
         Err(_) => (None, None),
     };
     let (sessions, apache) = match &agent.config.app {

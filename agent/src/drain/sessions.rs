@@ -22,7 +22,9 @@ pub type Connection = (SocketAddr, SocketAddr);
 #[derive(Debug, thiserror::Error)]
 pub enum SessionsError {
     /// Both sources failed.
-    #[error("cannot count connections: netlink sock_diag failed ({netlink}) and so did /proc/net/tcp ({proc})")]
+    #[error(
+        "cannot count connections: netlink sock_diag failed ({netlink}) and so did /proc/net/tcp ({proc})"
+    )]
     Unavailable {
         /// The netlink error.
         netlink: String,
@@ -81,7 +83,11 @@ pub fn tally(listen: SocketAddr, conns: &[Connection], source: &str) -> SessionC
             connections,
         })
         .collect();
-    holders.sort_by(|a, b| b.connections.cmp(&a.connections).then(a.remote.cmp(&b.remote)));
+    holders.sort_by(|a, b| {
+        b.connections
+            .cmp(&a.connections)
+            .then(a.remote.cmp(&b.remote))
+    });
     SessionCount {
         total: holders.iter().map(|h| h.connections).sum(),
         holders,
@@ -310,7 +316,11 @@ mod tests {
             Err(SessionsError::Malformed { .. })
         ));
         assert!(parse_proc_net_tcp("header\n   0: short\n", false, "tcp").is_err());
-        assert!(parse_proc_net_tcp("header\n", false, "tcp").expect("empty").is_empty());
+        assert!(
+            parse_proc_net_tcp("header\n", false, "tcp")
+                .expect("empty")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub async fn wait_for_sessions_to_end(plan: &WaitPlan, reporter: &Reporter) -> W
     let mut apache: Option<ApacheReading> = None;
     let mut apache_read_at: Option<Instant> = None;
     loop {
-        ticker.tick().await;
+        // The tick's scheduled instant, not "now": quiet periods then come out as
+        // whole numbers of ticks instead of needing one more tick for a few µs.
+        let tick = ticker.tick().await.into_std();
         if reporter.is_closed() {
             return WaitEnd::CallerGone;
         }
@@ -87,7 +89,7 @@ pub async fn wait_for_sessions_to_end(plan: &WaitPlan, reporter: &Reporter) -> W
             Ok(count) => count,
             Err(e) => return WaitEnd::CannotCount(e),
         };
-        let now = Instant::now();
+        let now = tick;
         let blocking = blocking_connections(&sessions, &plan.exempt);
         if blocking == 0 {
             quiet_since.get_or_insert(now);
@@ -144,6 +146,52 @@ pub fn blocking_connections(sessions: &SessionCount, exempt: &[IpAddr]) -> u32 {
 mod tests {
     use super::*;
     use handover_common::proto::drain::Holder;
+
+    fn plan(listen: SocketAddr, timeout: Duration) -> WaitPlan {
+        WaitPlan {
+            listen,
+            status_url: None,
+            timeout,
+            quiet: Duration::from_millis(200),
+            exempt: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_stops_when_the_caller_goes_away() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listen = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(listen).expect("connect");
+        let _server = listener.accept().expect("accept");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(rx);
+        let end =
+            wait_for_sessions_to_end(&plan(listen, Duration::from_secs(600)), &Reporter::new(tx))
+                .await;
+        assert!(matches!(end, WaitEnd::CallerGone), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_wait_reports_who_holds_the_sessions() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listen = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(listen).expect("connect");
+        let _server = listener.accept().expect("accept");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let drain_rx = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let end = wait_for_sessions_to_end(
+            &plan(listen, Duration::from_millis(300)),
+            &Reporter::new(tx),
+        )
+        .await;
+        let WaitEnd::TimedOut(last) = end else {
+            panic!("expected a timeout, got {end:?}");
+        };
+        assert_eq!(last.blocking, 1);
+        let local = client.local_addr().expect("client addr");
+        assert_eq!(last.sessions.holders[0].remote, local.ip());
+        drain_rx.abort();
+    }
 
     #[test]
     fn exempt_addresses_do_not_block() {

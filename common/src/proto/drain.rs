@@ -178,7 +178,11 @@ impl ApacheReading {
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let plural = if self.connections == 1 { "" } else { "s" };
-        write!(f, "{} ({} connection{plural})", self.remote, self.connections)
+        write!(
+            f,
+            "{} ({} connection{plural})",
+            self.remote, self.connections
+        )
     }
 }
 

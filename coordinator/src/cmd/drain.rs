@@ -151,7 +151,11 @@ fn secs(d: Duration) -> String {
 /// "3 sessions (127.0.0.1 ×2, 10.0.0.4 ×1)  elapsed 4.2s  ETA 6.0s  apache 2/73".
 fn progress_text(p: &DrainProgress, eta: Option<Duration>) -> String {
     let mut text = if p.blocking == 0 {
-        format!("no sessions, quiet {} of {}", secs(p.quiet_for), secs(p.quiet))
+        format!(
+            "no sessions, quiet {} of {}",
+            secs(p.quiet_for),
+            secs(p.quiet)
+        )
     } else {
         let plural = if p.blocking == 1 { "" } else { "s" };
         format!(
@@ -360,14 +364,13 @@ pub async fn drain(
             display.show(w, p);
         }
     }
-    fleet.close().await;
-
     let mut all_idle = true;
     for (i, outcome) in outcomes {
         let Some(w) = watches.get(i) else { continue };
         let ok = report(w, &outcome, options, &display);
         all_idle &= ok;
     }
+    fleet.close().await;
     Ok(if all_idle {
         ExitCode::SUCCESS
     } else {
@@ -417,7 +420,9 @@ fn report(w: &Watch, outcome: &Outcome, options: &DrainOptions, display: &Displa
         Outcome::TimedOut(message) => (
             false,
             "timeout",
-            format!("TIMED OUT: {message}\n  to put {name} back in service: handover undrain {name}"),
+            format!(
+                "TIMED OUT: {message}\n  to put {name} back in service: handover undrain {name}"
+            ),
         ),
         Outcome::Failed(message) => (false, "failed", format!("FAILED: {message}")),
     };
@@ -498,7 +503,9 @@ pub async fn undrain(
                 } else if already {
                     println!("{name}: already in service (health-check file in place)");
                 } else {
-                    println!("{name}: undrained: health-check file restored, HAProxy will send sessions again");
+                    println!(
+                        "{name}: undrained: health-check file restored, HAProxy will send sessions again"
+                    );
                 }
             }
             other => {
@@ -569,7 +576,10 @@ mod tests {
         assert_eq!(eta_from_decay([(ms(0), 3), (ms(900), 3)].into_iter()), None);
         assert_eq!(eta_from_decay([(ms(0), 3), (ms(900), 4)].into_iter()), None);
         assert_eq!(eta_from_decay(std::iter::empty()), None);
-        assert_eq!(eta_from_decay([(ms(5), 0)].into_iter()), Some(Duration::ZERO));
+        assert_eq!(
+            eta_from_decay([(ms(5), 0)].into_iter()),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]

@@ -85,7 +85,10 @@ impl DrainHost {
     }
 
     /// `handover drain web-1 --wait --json ...` running in the background.
-    fn spawn_drain_wait(&self, timeout: &str) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    fn spawn_drain_wait(
+        &self,
+        timeout: &str,
+    ) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
         let mut child = self
             .coordinator
             .command(&["drain", "web-1", "--wait", "--timeout", timeout, "--json"])
@@ -128,7 +131,11 @@ fn drain_makes_the_health_check_404_and_undrain_restores_the_same_bytes() {
 
     let out = h.coordinator.run(&["drain", "web-1"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(h.health_status(), 404, "drained host must answer the check with 404");
+    assert_eq!(
+        h.health_status(),
+        404,
+        "drained host must answer the check with 404"
+    );
     assert!(!h.apache.health_file().exists());
 
     // Idempotent, and status says so.
@@ -147,7 +154,10 @@ fn drain_makes_the_health_check_404_and_undrain_restores_the_same_bytes() {
     let back = get(h.apache.addr(), "/health.html", None).expect("GET /health.html");
     assert_eq!(back.status, 200);
     assert_eq!(back.body.as_bytes(), original.as_slice());
-    assert_eq!(std::fs::read(h.apache.health_file()).expect("read"), original);
+    assert_eq!(
+        std::fs::read(h.apache.health_file()).expect("read"),
+        original
+    );
 
     let again = h.coordinator.run(&["undrain", "web-1"]);
     assert!(again.status.success(), "{}", output_text(&again));
@@ -207,12 +217,14 @@ fn a_drain_wait_that_times_out_names_the_holder_and_leaves_the_host_drained() {
     assert!(stderr.contains(&format!("held by {holder}")), "{stderr}");
     assert!(stderr.contains("stays drained"), "{stderr}");
     assert!(held.is_held(), "the session must not be cut");
-    assert_eq!(h.health_status(), 404, "a timed-out drain leaves the host drained");
+    assert_eq!(
+        h.health_status(),
+        404,
+        "a timed-out drain leaves the host drained"
+    );
 
     // The local CLI says the same through the control socket.
-    let local = h
-        .agent
-        .cli(&["drain", "--wait", "--timeout", "1s"]);
+    let local = h.agent.cli(&["drain", "--wait", "--timeout", "1s"]);
     assert_eq!(local.status.code(), Some(1), "{}", output_text(&local));
     assert!(
         String::from_utf8_lossy(&local.stderr).contains(&holder),
@@ -220,7 +232,12 @@ fn a_drain_wait_that_times_out_names_the_holder_and_leaves_the_host_drained() {
         output_text(&local)
     );
     // The held connection still works: draining cut nothing.
-    assert_eq!(held.get("/index.html", None).expect("request on held").status, 200);
+    assert_eq!(
+        held.get("/index.html", None)
+            .expect("request on held")
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -252,7 +269,10 @@ fn a_restarted_agent_still_knows_it_is_drained_and_undrain_restores_the_file() {
     let out = h.agent.cli(&["undrain"]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(h.health_status(), 200);
-    assert_eq!(std::fs::read(h.apache.health_file()).expect("read"), original);
+    assert_eq!(
+        std::fs::read(h.apache.health_file()).expect("read"),
+        original
+    );
 }
 
 #[test]
@@ -271,5 +291,8 @@ fn status_reads_sessions_and_apache_workers_from_the_live_server() {
     let figures = &drain["apache"]["Figures"];
     assert!(figures["busy_workers"].as_u64().unwrap_or(0) >= 1, "{json}");
     assert!(figures["idle_workers"].as_u64().is_some(), "{json}");
-    assert!(figures["total_accesses"].as_u64().unwrap_or(0) >= 3, "{json}");
+    assert!(
+        figures["total_accesses"].as_u64().unwrap_or(0) >= 3,
+        "{json}"
+    );
 }
