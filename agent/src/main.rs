@@ -33,6 +33,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take this host out of rotation: remove its health-check file (idempotent).
+    Drain {
+        /// Then wait until no session is left, printing the count as it falls.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (the host stays drained).
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        timeout: std::time::Duration,
+        /// With --wait: idle means no session for this long (default: `[app] quiet_period`).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        quiet: Option<std::time::Duration>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put this host back in rotation: restore its health-check file byte for byte.
+    Undrain {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,8 +108,25 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.host.memory_total >> 20,
                     report.host.agent_rss >> 10
                 );
+                if let Some(drain) = &report.drain {
+                    print!("{}", handover_agent::drain::cli::status_lines(drain));
+                }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain {
+            wait,
+            timeout,
+            quiet,
+            json,
+        } => {
+            let config = AgentConfig::load(&cli.config)?;
+            handover_agent::drain::cli::drain(&config.control_socket, wait, timeout, quiet, json)
+                .await
+        }
+        Command::Undrain { json } => {
+            let config = AgentConfig::load(&cli.config)?;
+            handover_agent::drain::cli::undrain(&config.control_socket, json).await
         }
     }
 }

@@ -76,6 +76,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take hosts out of rotation (remove their health-check file); --wait until idle.
+    Drain {
+        /// Hosts to drain.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Wait until no session is left on every host, showing the count as it falls.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (the hosts stay drained).
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        timeout: std::time::Duration,
+        /// With --wait: idle means no session for this long (default: each agent's quiet_period).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        quiet: Option<std::time::Duration>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put hosts back in rotation: restore their health-check file byte for byte.
+    Undrain {
+        /// Hosts to undrain.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -156,5 +183,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let action = cmd::lb::Action::State(state);
             cmd::lb::run(&load()?, action, &args, &lbs, None, json).await
         }
+        Command::Drain {
+            hosts,
+            wait,
+            timeout,
+            quiet,
+            json,
+        } => {
+            let options = cmd::drain::DrainOptions {
+                wait,
+                timeout,
+                quiet,
+                json,
+            };
+            cmd::drain::drain(&load()?, &hosts, &options).await
+        }
+        Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
     }
 }

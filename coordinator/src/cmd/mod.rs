@@ -2,4 +2,5 @@
 
 pub mod ca;
 pub mod lb;
+pub mod drain;
 pub mod status;

@@ -88,6 +88,9 @@ fn render(statuses: &[HostStatus]) -> String {
         "UPTIME",
         "LOAD",
         "MEMORY",
+        "DRAINED",
+        "SESSIONS",
+        "APACHE(B/I)",
     ]);
     let mut errors = Vec::new();
     for s in statuses {
@@ -97,19 +100,24 @@ fn render(statuses: &[HostStatus]) -> String {
             s.roles.join(",")
         };
         match &s.report {
-            Some(r) => table.row(vec![
-                s.name.clone(),
-                roles,
-                "yes".into(),
-                r.version.clone(),
-                short_duration(r.uptime_secs),
-                format!("{:.2}", r.host.load[0]),
-                format!(
-                    "{}/{}",
-                    bytes(r.host.memory_used),
-                    bytes(r.host.memory_total)
-                ),
-            ]),
+            Some(r) => table.row(
+                [
+                    s.name.clone(),
+                    roles,
+                    "yes".into(),
+                    r.version.clone(),
+                    short_duration(r.uptime_secs),
+                    format!("{:.2}", r.host.load[0]),
+                    format!(
+                        "{}/{}",
+                        bytes(r.host.memory_used),
+                        bytes(r.host.memory_total)
+                    ),
+                ]
+                .into_iter()
+                .chain(crate::cmd::drain::status_cells(r))
+                .collect(),
+            ),
             None => {
                 table.row(vec![s.name.clone(), roles, "NO".into()]);
                 errors.push(format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")));
