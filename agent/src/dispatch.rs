@@ -78,6 +78,9 @@ pub async fn handle(
     }
     let result = match frame.request {
         Request::Lease(req) => agent.lease.lock().await.handle(req).map(Reply::Lease),
+        Request::CheckHealth(check) => crate::probe::check_health(agent, check)
+            .await
+            .map(Reply::Health),
         Request::Status => Ok(Reply::Status(Box::new(status(agent).await))),
         Request::Drain(req) => crate::drain::handle(agent, caller, req, reporter)
             .await

@@ -14,7 +14,9 @@ pub mod dispatch;
 pub mod drain;
 pub mod haproxy;
 pub mod hoststats;
+pub mod http;
 pub mod lease;
+pub mod probe;
 pub mod server;
 
 use std::sync::Arc;

@@ -16,10 +16,8 @@ use std::time::Duration;
 
 use handover_common::proto::drain::ApacheFigures;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// At most this much of mod_status's answer is read.
-const MAX_RESPONSE: u64 = 256 * 1024;
 
 /// Why mod_status could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -231,40 +229,16 @@ pub async fn fetch(url: &StatusUrl, timeout: Duration) -> Result<ModStatus, Apac
 }
 
 async fn get(url: &StatusUrl) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let host_header = if url.host.contains(':') {
-        format!("[{}]", url.host)
-    } else {
-        url.host.clone()
-    };
-    let request = format!(
-        "GET {} HTTP/1.0\r\nHost: {host_header}\r\nUser-Agent: handover-agent\r\nConnection: close\r\n\r\n",
-        url.path
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "the answer has no HTTP header".to_string())?;
-    let status_line = head.lines().next().unwrap_or("");
-    let code = status_line.split_whitespace().nth(1).unwrap_or("");
-    if code != "200" {
+    // The caller bounds the time; this bound only keeps a stuck socket from
+    // outliving it.
+    let answer = crate::http::get(&url.host, url.port, &url.path, Duration::from_secs(3600)).await?;
+    if answer.status != 200 {
         return Err(format!(
-            "answered {status_line:?}: is mod_status enabled and allowed from this host?"
+            "answered {:?}: is mod_status enabled and allowed from this host?",
+            answer.status_line
         ));
     }
-    Ok(body.to_owned())
+    Ok(answer.body)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod deploy;
 pub mod drain;
+pub mod health;
 pub mod lb;
 pub mod lease;
 pub mod status;
@@ -56,6 +57,8 @@ pub enum Request {
     Deploy(deploy::DeployRequest),
     /// The rollout lease.
     Lease(lease::LeaseRequest),
+    /// Check the release on this host before it is attached.
+    CheckHealth(health::HealthCheck),
 }
 
 impl Request {
@@ -63,7 +66,7 @@ impl Request {
     /// Reads (status, session counts, stats, release lists) never wait on a lease.
     pub fn changes_host(&self) -> bool {
         match self {
-            Request::Status | Request::Lease(_) => false,
+            Request::Status | Request::Lease(_) | Request::CheckHealth(_) => false,
             Request::Drain(r) => r.changes_host(),
             Request::Lb(r) => r.changes_host(),
             Request::Deploy(r) => r.changes_host(),
@@ -106,6 +109,8 @@ pub enum Reply {
     Deploy(deploy::DeployReply),
     /// Answer to a [`Request::Lease`].
     Lease(lease::LeaseReply),
+    /// Answer to a [`Request::CheckHealth`].
+    Health(health::HealthReport),
 }
 
 /// Why an action did not happen, with a message that names the problem and the fix.
