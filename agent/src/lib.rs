@@ -31,6 +31,8 @@ pub struct Agent {
     pub started: Instant,
     /// CPU and memory sampler (CPU use is measured between two refreshes).
     pub host: Mutex<hoststats::HostSampler>,
+    /// Held by every deploy action that changes the host, so two never interleave.
+    pub deploy_lock: Mutex<()>,
 }
 
 impl Agent {
@@ -40,6 +42,7 @@ impl Agent {
             config,
             started: Instant::now(),
             host: Mutex::new(hoststats::HostSampler::new()),
+            deploy_lock: Mutex::new(()),
         })
     }
 }
