@@ -1,4 +1,5 @@
 //! One module per `handover` subcommand.
 
 pub mod ca;
+pub mod deploy;
 pub mod status;

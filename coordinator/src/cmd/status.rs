@@ -76,7 +76,7 @@ fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) 
 }
 
 fn render(statuses: &[HostStatus]) -> String {
-    let mut table = Table::new(&["HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY"]);
+    let mut table = Table::new(&["HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY", "RELEASE"]);
     let mut errors = Vec::new();
     for s in statuses {
         let roles = if s.roles.is_empty() { "-".into() } else { s.roles.join(",") };
@@ -89,6 +89,7 @@ fn render(statuses: &[HostStatus]) -> String {
                 short_duration(r.uptime_secs),
                 format!("{:.2}", r.host.load[0]),
                 format!("{}/{}", bytes(r.host.memory_used), bytes(r.host.memory_total)),
+                release_cell(r),
             ]),
             None => {
                 table.row(vec![s.name.clone(), roles, "NO".into()]);
@@ -101,4 +102,12 @@ fn render(statuses: &[HostStatus]) -> String {
         out.push_str(&format!("error: {e}\n"));
     }
     out
+}
+
+/// "v2 1a2b3c4" for the current release; "-" without `[deploy]` or a release.
+fn release_cell(r: &StatusReport) -> String {
+    match r.release.as_ref().and_then(|d| d.current.as_ref()) {
+        Some(c) => format!("{} {}", c.rev, c.short_sha()),
+        None => "-".into(),
+    }
 }
