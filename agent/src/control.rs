@@ -39,9 +39,8 @@ impl ControlSocket {
             std::fs::remove_file(path)
                 .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
-        let listener = UnixListener::bind(path).with_context(|| {
-            format!("cannot bind control socket {}", path.display())
-        })?;
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot bind control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot chmod 600 {}", path.display()))?;
         Ok(ControlSocket {
@@ -84,7 +83,9 @@ impl Drop for ControlSocket {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The daemon is not there.
-    #[error("cannot reach the agent at {path}: {source} — is handover-agent running? (systemctl status handover-agent)")]
+    #[error(
+        "cannot reach the agent at {path}: {source} — is handover-agent running? (systemctl status handover-agent)"
+    )]
     NotRunning {
         /// The socket path.
         path: PathBuf,

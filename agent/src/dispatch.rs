@@ -125,30 +125,32 @@ where
 {
     use handover_common::wire;
 
-    let frame =
-        match tokio::time::timeout(REQUEST_TIMEOUT, wire::read_frame::<_, RequestFrame>(recv))
-            .await
-        {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(%caller, error = %e, "refused a malformed request");
-                let failure = Failure::new(
-                    FailureKind::BadRequest,
-                    format!("{e}; a stream carries one handover/1 request frame"),
-                );
-                let _ = wire::write_frame(send, &Response::Failed(failure)).await;
-                return Err(e);
-            }
-            Err(_) => {
-                let failure = Failure::new(
-                    FailureKind::BadRequest,
-                    format!("no request within {}s", REQUEST_TIMEOUT.as_secs()),
-                );
-                let _ = wire::write_frame(send, &Response::Failed(failure)).await;
-                return Ok(());
-            }
-        };
+    let frame = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        wire::read_frame::<_, RequestFrame>(recv),
+    )
+    .await
+    {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(%caller, error = %e, "refused a malformed request");
+            let failure = Failure::new(
+                FailureKind::BadRequest,
+                format!("{e}; a stream carries one handover/1 request frame"),
+            );
+            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            return Err(e);
+        }
+        Err(_) => {
+            let failure = Failure::new(
+                FailureKind::BadRequest,
+                format!("no request within {}s", REQUEST_TIMEOUT.as_secs()),
+            );
+            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            return Ok(());
+        }
+    };
 
     let (tx, mut rx) = mpsc::channel(32);
     let reporter = Reporter::new(tx.clone());

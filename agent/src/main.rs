@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use handover_agent::Agent;
 use handover_agent::config::{AgentConfig, DEFAULT_CONFIG};
 use handover_agent::control::{self, ControlSocket};
-use handover_agent::server::QuicServer;
-use handover_agent::Agent;
 use handover_agent::deploy;
+use handover_agent::server::QuicServer;
 use handover_common::proto::{Reply, Request};
 
 /// The Handover agent: the local authority on one host.
@@ -100,6 +100,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let config = AgentConfig::load(&cli.config)?;
             let reply = control::call(&config.control_socket, Request::Status, |_| {}).await?;
+            #[allow(irrefutable_let_patterns)] // until other replies exist
             let Reply::Status(report) = reply else {
                 anyhow::bail!("the agent answered status with {reply:?}");
             };

@@ -63,7 +63,10 @@ impl FleetError {
 fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     let text = err.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") || text.contains("error 48") {
+    let hint = if text.contains("UnknownIssuer")
+        || text.contains("BadSignature")
+        || text.contains("error 48")
+    {
         " — the certificates are not from the same CA: check `ca` in both configs"
     } else if text.contains("Expired") || text.contains("expired") {
         " — a certificate has expired: issue a new one with `handover ca issue`"
@@ -131,12 +134,13 @@ impl Fleet {
         } else {
             format!("{}:{}", host.address, handover_common::DEFAULT_PORT)
         };
-        let mut addrs = tokio::net::lookup_host(&target)
-            .await
-            .map_err(|e| FleetError::Resolve {
-                address: host.address.clone(),
-                why: e.to_string(),
-            })?;
+        let mut addrs =
+            tokio::net::lookup_host(&target)
+                .await
+                .map_err(|e| FleetError::Resolve {
+                    address: host.address.clone(),
+                    why: e.to_string(),
+                })?;
         addrs.find(SocketAddr::is_ipv4).ok_or(FleetError::Resolve {
             address: host.address.clone(),
             why: "no IPv4 address".into(),
@@ -228,7 +232,13 @@ impl Fleet {
     {
         let calls = hosts.iter().enumerate().map(|(i, host)| {
             let request = make(host);
-            async move { (i, host.clone(), self.call(host, None, request, |_| {}).await) }
+            async move {
+                (
+                    i,
+                    host.clone(),
+                    self.call(host, None, request, |_| {}).await,
+                )
+            }
         });
         let mut results: Vec<_> = futures::stream::iter(calls)
             .buffer_unordered(self.concurrency)

@@ -25,7 +25,11 @@ pub struct HostStatus {
 }
 
 /// Asks the hosts and prints one row per host; exit status 1 if any failed.
-pub async fn run(config: &CoordinatorConfig, names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: &CoordinatorConfig,
+    names: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let hosts = config.select(names)?;
     let fleet = Fleet::new(config)?;
     let results = fleet.call_each(&hosts, |_| Request::Status).await;
@@ -76,10 +80,23 @@ fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) 
 }
 
 fn render(statuses: &[HostStatus]) -> String {
-    let mut table = Table::new(&["HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY", "RELEASE"]);
+    let mut table = Table::new(&[
+        "HOST",
+        "ROLES",
+        "REACHABLE",
+        "VERSION",
+        "UPTIME",
+        "LOAD",
+        "MEMORY",
+        "RELEASE",
+    ]);
     let mut errors = Vec::new();
     for s in statuses {
-        let roles = if s.roles.is_empty() { "-".into() } else { s.roles.join(",") };
+        let roles = if s.roles.is_empty() {
+            "-".into()
+        } else {
+            s.roles.join(",")
+        };
         match &s.report {
             Some(r) => table.row(vec![
                 s.name.clone(),
@@ -88,7 +105,11 @@ fn render(statuses: &[HostStatus]) -> String {
                 r.version.clone(),
                 short_duration(r.uptime_secs),
                 format!("{:.2}", r.host.load[0]),
-                format!("{}/{}", bytes(r.host.memory_used), bytes(r.host.memory_total)),
+                format!(
+                    "{}/{}",
+                    bytes(r.host.memory_used),
+                    bytes(r.host.memory_total)
+                ),
                 release_cell(r),
             ]),
             None => {

@@ -1,0 +1,4 @@
+//! The end-to-end suite: one binary, so fleet tests share one process and run one
+//! at a time (each takes the harness's serial guard).
+
+mod spine;
