@@ -53,9 +53,9 @@ enum Command {
         json: bool,
     },
     /// Switch `current` to another release (rollback).
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["release", "previous"]))]
     Activate {
         /// The release to switch to (see `releases`).
-        #[arg(required_unless_present = "previous", conflicts_with = "previous")]
         release: Option<handover_common::names::ReleaseName>,
         /// Switch back to the release that was current before the last switch.
         #[arg(long)]

@@ -58,12 +58,13 @@ enum Command {
         json: bool,
     },
     /// Switch hosts back to their previous release (or a named one).
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["previous", "release"]))]
     Activate {
         /// Hosts to switch.
         #[arg(required = true)]
         hosts: Vec<String>,
         /// The release that was current before the last switch.
-        #[arg(long, required_unless_present = "release", conflicts_with = "release")]
+        #[arg(long)]
         previous: bool,
         /// A release by name (see `handover releases HOST`).
         #[arg(long)]
@@ -73,9 +74,10 @@ enum Command {
         json: bool,
     },
     /// Run one of the agents' [hooks] on hosts: `handover hook HOST... NAME`.
+    #[command(override_usage = "handover hook [--json] HOST... NAME")]
     Hook {
         /// Hosts, then the hook's name.
-        #[arg(required = true, num_args = 2.., value_name = "HOST... NAME")]
+        #[arg(required = true, num_args = 2.., value_name = "HOST_THEN_NAME")]
         args: Vec<String>,
         /// Print JSON.
         #[arg(long)]

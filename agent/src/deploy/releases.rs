@@ -193,18 +193,23 @@ impl Layout {
             if let Some(parent) = in_release.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let release_has_it = in_release.symlink_metadata().is_ok();
+            let in_release_meta = in_release.symlink_metadata().ok();
+            // A symlink shipped in the release is not content to seed shared/ with:
+            // moving it there would make shared/ point wherever the link does.
+            let seedable = in_release_meta.is_some_and(|m| !m.file_type().is_symlink());
             if in_shared.symlink_metadata().is_err() {
                 if let Some(parent) = in_shared.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                if release_has_it {
+                if seedable {
                     std::fs::rename(&in_release, &in_shared)?;
                 } else {
                     std::fs::create_dir_all(&in_shared)?;
                 }
-            } else if release_has_it {
-                if in_release.symlink_metadata()?.is_dir() {
+            }
+            // Whatever the release still has there (not moved to shared/) gives way.
+            if let Ok(meta) = in_release.symlink_metadata() {
+                if meta.is_dir() {
                     std::fs::remove_dir_all(&in_release)?;
                 } else {
                     std::fs::remove_file(&in_release)?;
@@ -344,6 +349,25 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(second.join("config/app.env")).expect("read"),
             "SEED=1\n"
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_the_release_is_replaced_not_moved_into_shared() {
+        let (_dir, layout) = layout();
+        let shared = vec![SharedPath::try_from("storage".to_string()).expect("valid")];
+        let release = layout.release_dir(&name("20260101T000000Z-aaaaaaa"));
+        std::fs::create_dir_all(&release).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", release.join("storage")).expect("symlink");
+        layout.link_shared(&release, &shared).expect("link");
+        let in_shared = layout.shared_dir().join("storage");
+        assert!(
+            in_shared.symlink_metadata().expect("created").is_dir(),
+            "shared/storage must be a real directory"
+        );
+        assert_eq!(
+            std::fs::read_link(release.join("storage")).expect("link"),
+            in_shared
         );
     }
 
