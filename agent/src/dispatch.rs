@@ -69,7 +69,15 @@ pub async fn handle(
         ));
     }
     tracing::debug!(%caller, request = ?frame.request, "request");
+    // Checked, not held, for the action: a long drain wait must not block an
+    // operator's `undrain` or the holder's own lease renewals.
+    if frame.request.changes_host()
+        && let Err(failure) = agent.lease.lock().await.admit(frame.rollout.as_deref(), caller)
+    {
+        return Response::Failed(failure);
+    }
     let result = match frame.request {
+        Request::Lease(req) => agent.lease.lock().await.handle(req).map(Reply::Lease),
         Request::Status => Ok(Reply::Status(Box::new(status(agent).await))),
         Request::Drain(req) => crate::drain::handle(agent, caller, req, reporter)
             .await

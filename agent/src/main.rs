@@ -173,6 +173,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     };
     let quic_task = tokio::spawn(quic.run(agent.clone(), stopped(stop_rx.clone())));
     let control_task = tokio::spawn(control.run(agent.clone(), stopped(stop_rx)));
+    handover_agent::haproxy::spawn_reconciler(&agent);
 
     wait_for_signal().await?;
     tracing::info!("shutting down");

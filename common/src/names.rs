@@ -131,6 +131,14 @@ simple_name!(
     64
 );
 
+simple_name!(
+    /// An HAProxy backend's name, as written in the HAProxy config. It reaches the
+    /// runtime API, so it follows the same rule as host names.
+    BackendName,
+    "backend name",
+    64
+);
+
 /// What a certificate entitles its holder to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

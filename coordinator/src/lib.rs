@@ -7,4 +7,6 @@
 pub mod cmd;
 pub mod config;
 pub mod fleet;
+pub mod journal;
+pub mod lb;
 pub mod output;

@@ -31,6 +31,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attach app hosts to every load balancer (or those named) and wait until each reports them UP after a fresh health check.
+    Attach {
+        /// App hosts to attach.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Only these load balancers (default: every `lb` host).
+        #[arg(long = "lb")]
+        lbs: Vec<String>,
+        /// How long to wait for UP (default: each agent's attach_timeout).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        timeout: Option<std::time::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach app hosts from the load balancers; refused while they still have sessions.
+    Detach {
+        /// App hosts to detach.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Only these load balancers (default: every `lb` host).
+        #[arg(long = "lb")]
+        lbs: Vec<String>,
+        /// Cut remaining sessions instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for sessions to end (default: each agent's detach_timeout).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        timeout: Option<std::time::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set app hosts' admin state in the load balancers: HOST... ready|drain|maint.
+    LbState {
+        /// App hosts, then the state.
+        #[arg(required = true, num_args = 2.., value_name = "HOST... STATE")]
+        args: Vec<String>,
+        /// Only these load balancers (default: every `lb` host).
+        #[arg(long = "lb")]
+        lbs: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply a revision on hosts: fetch, new release, hooks, switch (no LB steps).
     Deploy {
         /// Hosts to deploy to.
@@ -139,5 +184,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => cmd::deploy::activate(&load()?, &hosts, release, json).await,
         Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
+        Command::Attach {
+            hosts,
+            lbs,
+            timeout,
+            json,
+        } => {
+            cmd::lb::run(
+                &load()?,
+                cmd::lb::Action::Attach,
+                &hosts,
+                &lbs,
+                timeout,
+                json,
+            )
+            .await
+        }
+        Command::Detach {
+            hosts,
+            lbs,
+            force,
+            timeout,
+            json,
+        } => {
+            let action = cmd::lb::Action::Detach { force };
+            cmd::lb::run(&load()?, action, &hosts, &lbs, timeout, json).await
+        }
+        Command::LbState {
+            mut args,
+            lbs,
+            json,
+        } => {
+            let state = args
+                .pop()
+                .unwrap_or_default()
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let action = cmd::lb::Action::State(state);
+            cmd::lb::run(&load()?, action, &args, &lbs, None, json).await
+        }
     }
 }

@@ -178,3 +178,11 @@ pub struct ReleaseStatus {
     /// How many releases are on disk.
     pub releases: u32,
 }
+
+impl DeployRequest {
+    /// Whether this request changes the host (see [`super::Request::changes_host`]).
+    /// Listing releases does not; applying, activating and running a hook do.
+    pub fn changes_host(&self) -> bool {
+        !matches!(self, DeployRequest::Releases)
+    }
+}

@@ -18,3 +18,10 @@ pub enum DrainReply {}
 /// Drain part of the status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainStatus {}
+
+impl DrainRequest {
+    /// Whether this request changes the host (see [`super::Request::changes_host`]).
+    pub fn changes_host(&self) -> bool {
+        match *self {}
+    }
+}

@@ -2,4 +2,5 @@
 
 pub mod ca;
 pub mod deploy;
+pub mod lb;
 pub mod status;

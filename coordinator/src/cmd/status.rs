@@ -119,6 +119,11 @@ fn render(statuses: &[HostStatus]) -> String {
         }
     }
     let mut out = table.render();
+    out.push_str(&crate::lb::render_status_section(
+        statuses
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), s.report.as_ref()?.lb.as_ref()?))),
+    ));
     for e in errors {
         out.push_str(&format!("error: {e}\n"));
     }

@@ -2,4 +2,5 @@
 //! at a time (each takes the harness's serial guard).
 
 mod deploy;
+mod lb;
 mod spine;
