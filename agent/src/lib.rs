@@ -34,6 +34,8 @@ pub struct Agent {
     pub started: Instant,
     /// CPU and memory sampler (CPU use is measured between two refreshes).
     pub host: Mutex<hoststats::HostSampler>,
+    /// Held by every deploy action that changes the host, so two never interleave.
+    pub deploy_lock: Mutex<()>,
     /// HAProxy membership and what the reconciler saw (on `lb` hosts).
     pub lb: haproxy::LbState,
     /// Which rollout may change this host now.
@@ -49,6 +51,7 @@ impl Agent {
             lease: Mutex::new(lease::Lease::load(&config.state_dir)),
             config,
             lb: haproxy::LbState::default(),
+            deploy_lock: Mutex::new(()),
         })
     }
 }

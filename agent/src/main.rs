@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use handover_agent::Agent;
 use handover_agent::config::{AgentConfig, DEFAULT_CONFIG};
 use handover_agent::control::{self, ControlSocket};
+use handover_agent::deploy;
 use handover_agent::server::QuicServer;
 use handover_common::proto::{Reply, Request};
 
@@ -53,6 +54,38 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Apply a revision: fetch, export a new release, run hooks, switch `current`.
+    Deploy {
+        /// Repository URL, exactly as in [deploy] allowed_repos.
+        #[arg(long)]
+        repo: handover_common::names::RepoUrl,
+        /// Branch, tag or commit id.
+        #[arg(long = "ref", allow_hyphen_values = true)]
+        rev: handover_common::names::Revision,
+        /// An agent hook (from [hooks]) to run in the new release before the switch.
+        #[arg(long = "hook")]
+        hooks: Vec<handover_common::names::HookName>,
+    },
+    /// List the releases on this host.
+    Releases {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch `current` to another release (rollback).
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["release", "previous"]))]
+    Activate {
+        /// The release to switch to (see `releases`).
+        release: Option<handover_common::names::ReleaseName>,
+        /// Switch back to the release that was current before the last switch.
+        #[arg(long)]
+        previous: bool,
+    },
+    /// Run one of this agent's [hooks] by name.
+    Hook {
+        /// The hook's name.
+        name: handover_common::names::HookName,
     },
 }
 
@@ -128,6 +161,22 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = AgentConfig::load(&cli.config)?;
             handover_agent::drain::cli::undrain(&config.control_socket, json).await
         }
+        Command::Deploy { repo, rev, hooks } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::deploy(&config.control_socket, repo, rev, hooks).await
+        }
+        Command::Releases { json } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::releases(&config.control_socket, json).await
+        }
+        Command::Activate { release, .. } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::activate(&config.control_socket, release).await
+        }
+        Command::Hook { name } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::hook(&config.control_socket, name).await
+        }
     }
 }
 
@@ -146,6 +195,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let creds = config.credentials()?;
     config.ensure_state_dir()?;
     let agent = Agent::new(config);
+    deploy::recover(&agent).context("cleaning up after an interrupted deploy")?;
     let quic = QuicServer::bind(&agent, creds)?;
     let control = ControlSocket::bind(&agent.config.control_socket).await?;
     tracing::info!(

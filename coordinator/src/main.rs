@@ -103,6 +103,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply a revision on hosts: fetch, new release, hooks, switch (no LB steps).
+    Deploy {
+        /// Hosts to deploy to.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Repository URL, exactly as in the agents' allowed_repos.
+        #[arg(long)]
+        repo: handover_common::names::RepoUrl,
+        /// Branch, tag or commit id.
+        #[arg(long = "ref", allow_hyphen_values = true)]
+        rev: handover_common::names::Revision,
+        /// An agent hook to run in the new release before the switch.
+        #[arg(long = "hook")]
+        hooks: Vec<handover_common::names::HookName>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a host's releases.
+    Releases {
+        /// The host.
+        host: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch hosts back to their previous release (or a named one).
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["previous", "release"]))]
+    Activate {
+        /// Hosts to switch.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// The release that was current before the last switch.
+        #[arg(long)]
+        previous: bool,
+        /// A release by name (see `handover releases HOST`).
+        #[arg(long)]
+        release: Option<handover_common::names::ReleaseName>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one of the agents' [hooks] on hosts: `handover hook HOST... NAME`.
+    #[command(override_usage = "handover hook [--json] HOST... NAME")]
+    Hook {
+        /// Hosts, then the hook's name.
+        #[arg(required = true, num_args = 2.., value_name = "HOST_THEN_NAME")]
+        args: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +196,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
+        Command::Deploy {
+            hosts,
+            repo,
+            rev,
+            hooks,
+            json,
+        } => cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, json).await,
+        Command::Releases { host, json } => cmd::deploy::releases(&load()?, &host, json).await,
+        Command::Activate {
+            hosts,
+            release,
+            json,
+            ..
+        } => cmd::deploy::activate(&load()?, &hosts, release, json).await,
+        Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
         Command::Attach {
             hosts,
             lbs,

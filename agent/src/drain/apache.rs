@@ -17,8 +17,6 @@ use std::time::Duration;
 use handover_common::proto::drain::ApacheFigures;
 use serde::Deserialize;
 
-/// At most this much of mod_status's answer is read.
-
 /// Why mod_status could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApacheError {
@@ -231,7 +229,8 @@ pub async fn fetch(url: &StatusUrl, timeout: Duration) -> Result<ModStatus, Apac
 async fn get(url: &StatusUrl) -> Result<String, String> {
     // The caller bounds the time; this bound only keeps a stuck socket from
     // outliving it.
-    let answer = crate::http::get(&url.host, url.port, &url.path, Duration::from_secs(3600)).await?;
+    let answer =
+        crate::http::get(&url.host, url.port, &url.path, Duration::from_secs(3600)).await?;
     if answer.status != 200 {
         return Err(format!(
             "answered {:?}: is mod_status enabled and allowed from this host?",

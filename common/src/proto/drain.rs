@@ -186,6 +186,13 @@ impl std::fmt::Display for Holder {
     }
 }
 
+impl DrainRequest {
+    /// Whether this request changes the host (see [`super::Request::changes_host`]).
+    pub fn changes_host(&self) -> bool {
+        !matches!(self, DrainRequest::Sessions)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,12 +236,5 @@ mod tests {
                 .expect("decode");
             assert_eq!(back, Some(progress));
         });
-    }
-}
-
-impl DrainRequest {
-    /// Whether this request changes the host (see [`super::Request::changes_host`]).
-    pub fn changes_host(&self) -> bool {
-        !matches!(self, DrainRequest::Sessions)
     }
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Why a health path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("health path {0:?} must start with '/' and hold no spaces or control characters (e.g. \"/health.html\")")]
+#[error(
+    "health path {0:?} must start with '/' and hold no spaces or control characters (e.g. \"/health.html\")"
+)]
 pub struct BadHealthPath(pub String);
 
 /// A URL path safe to put in a request line.

@@ -246,6 +246,13 @@ pub struct HaproxyInfo {
     pub uptime_secs: u64,
 }
 
+impl LbRequest {
+    /// Whether this request changes the host (see [`super::Request::changes_host`]).
+    pub fn changes_host(&self) -> bool {
+        !matches!(self, LbRequest::Stats { .. })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,12 +285,5 @@ mod tests {
         assert_eq!("drain".parse::<ServerState>(), Ok(ServerState::Drain));
         let err = "up".parse::<ServerState>().expect_err("up is not a state");
         assert!(err.contains("ready, drain or maint"), "{err}");
-    }
-}
-
-impl LbRequest {
-    /// Whether this request changes the host (see [`super::Request::changes_host`]).
-    pub fn changes_host(&self) -> bool {
-        !matches!(self, LbRequest::Stats { .. })
     }
 }

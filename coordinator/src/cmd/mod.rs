@@ -1,6 +1,7 @@
 //! One module per `handover` subcommand.
 
 pub mod ca;
-pub mod lb;
+pub mod deploy;
 pub mod drain;
+pub mod lb;
 pub mod status;

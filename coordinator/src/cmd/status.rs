@@ -91,6 +91,7 @@ fn render(statuses: &[HostStatus]) -> String {
         "DRAINED",
         "SESSIONS",
         "APACHE(B/I)",
+        "RELEASE",
     ]);
     let mut errors = Vec::new();
     for s in statuses {
@@ -116,6 +117,7 @@ fn render(statuses: &[HostStatus]) -> String {
                 ]
                 .into_iter()
                 .chain(crate::cmd::drain::status_cells(r))
+                .chain([release_cell(r)])
                 .collect(),
             ),
             None => {
@@ -134,4 +136,12 @@ fn render(statuses: &[HostStatus]) -> String {
         out.push_str(&format!("error: {e}\n"));
     }
     out
+}
+
+/// "v2 1a2b3c4" for the current release; "-" without `[deploy]` or a release.
+fn release_cell(r: &StatusReport) -> String {
+    match r.release.as_ref().and_then(|d| d.current.as_ref()) {
+        Some(c) => format!("{} {}", c.rev, c.short_sha()),
+        None => "-".into(),
+    }
 }
