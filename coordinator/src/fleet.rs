@@ -97,6 +97,10 @@ pub struct Fleet {
     connections: Mutex<HashMap<HostName, quinn::Connection>>,
     /// How many agents to talk to at once.
     pub concurrency: usize,
+    /// Who this coordinator is (its certificate), for lease owners and logs.
+    pub identity: handover_common::pki::Identity,
+    /// The rollout every call belongs to, when a rollout runs (see [`Fleet::set_rollout`]).
+    rollout: Option<String>,
 }
 
 impl Fleet {
@@ -111,6 +115,7 @@ impl Fleet {
             },
             Role::Coordinator,
         )?;
+        let identity = creds.identity.clone();
         let client = tls::coordinator_client_config(creds)?;
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
             .context("cannot open a UDP socket for QUIC")?;
@@ -119,6 +124,8 @@ impl Fleet {
             endpoint,
             connections: Mutex::new(HashMap::new()),
             concurrency: config.concurrency,
+            identity,
+            rollout: None,
         })
     }
 
@@ -145,6 +152,12 @@ impl Fleet {
             address: host.address.clone(),
             why: "no IPv4 address".into(),
         })
+    }
+
+    /// Makes every later call carry `rollout` (unless the call names one), so the
+    /// agents' lease lets it through and refuses everyone else's.
+    pub fn set_rollout(&mut self, rollout: Option<String>) {
+        self.rollout = rollout;
     }
 
     /// The connection to `host`, dialling it if there is none alive.
@@ -183,7 +196,7 @@ impl Fleet {
         let lost = |e: quinn::ConnectionError| FleetError::Connection(describe(&host.name, &e));
         let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut frame = RequestFrame::new(request);
-        frame.rollout = rollout.map(str::to_owned);
+        frame.rollout = rollout.or(self.rollout.as_deref()).map(str::to_owned);
         wire::write_frame(&mut send, &frame)
             .await
             .map_err(|e| self.explain_stream_error(&conn, host, e))?;

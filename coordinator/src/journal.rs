@@ -314,6 +314,28 @@ impl Journal {
         self.write(STEPS, &key, &serde_json::to_vec(&record)?)
     }
 
+    /// Marks steps as undone (their work was reversed by a repair), keeping their
+    /// history: `resume` runs them again.
+    pub fn mark_undone(&self, id: &str, phase: &str, indices: &[usize]) -> anyhow::Result<()> {
+        for step in self.steps(id)? {
+            if step.phase == phase
+                && indices.contains(&step.index)
+                && step.outcome == Some(StepOutcome::Ok)
+            {
+                let mut step = step;
+                step.outcome = Some(StepOutcome::Failed(
+                    "undone: the wave was put back in service when the rollout stopped".into(),
+                ));
+                self.write(
+                    STEPS,
+                    &step_key(id, phase, step.index),
+                    &serde_json::to_vec(&step)?,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every step of a rollout, in order.
     pub fn steps(&self, id: &str) -> anyhow::Result<Vec<StepRecord>> {
         if !self.path.exists() {

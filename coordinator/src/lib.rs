@@ -10,3 +10,5 @@ pub mod fleet;
 pub mod journal;
 pub mod lb;
 pub mod output;
+pub mod plan;
+pub mod rollout;

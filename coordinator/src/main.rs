@@ -155,6 +155,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate a rollout plan against the inventory and print its steps with the
+    /// capacity (servers UP in every LB) after each.
+    Plan {
+        /// The plan file.
+        plan: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a rollout plan: wave by wave, drain → wait → detach → deploy → verify → attach.
+    Rollout {
+        /// The plan file.
+        plan: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        #[arg(long)]
+        break_lease: bool,
+    },
+    /// Finish a rollout that was interrupted (coordinator killed, SSH dropped).
+    Resume {
+        /// The rollout id (default: the one unfinished rollout).
+        rollout: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        #[arg(long)]
+        break_lease: bool,
+    },
+    /// Put the hosts of a rollout back on the release they had before it.
+    Rollback {
+        /// The rollout id (default: the newest rollout).
+        rollout: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        #[arg(long)]
+        break_lease: bool,
+    },
+    /// List the rollouts in the journal.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one rollout's steps: what ran, when, and how it ended.
+    Show {
+        /// The rollout id.
+        rollout: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -266,5 +328,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
+        Command::Plan { plan, json } => cmd::rollout::plan(&load()?, &plan, json),
+        Command::Rollout {
+            plan,
+            yes,
+            json,
+            break_lease,
+        } => cmd::rollout::rollout(load()?, &plan, yes, json, break_lease).await,
+        Command::Resume {
+            rollout,
+            json,
+            break_lease,
+        } => cmd::rollout::resume(load()?, rollout.as_deref(), json, break_lease).await,
+        Command::Rollback {
+            rollout,
+            yes,
+            json,
+            break_lease,
+        } => cmd::rollout::rollback(load()?, rollout.as_deref(), yes, json, break_lease).await,
+        Command::History { json } => cmd::rollout::history(&load()?, json),
+        Command::Show { rollout, json } => cmd::rollout::show(&load()?, &rollout, json),
     }
 }

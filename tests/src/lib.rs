@@ -10,11 +10,13 @@
 pub mod agents;
 pub mod apache;
 pub mod fleet;
+pub mod git;
 pub mod haproxy;
 pub mod http;
 pub mod monitor;
 pub mod ports;
 pub mod process;
 pub mod rawquic;
+pub mod scenario;
 pub mod traffic;
 pub mod workdir;

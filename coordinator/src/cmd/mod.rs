@@ -4,4 +4,5 @@ pub mod ca;
 pub mod deploy;
 pub mod drain;
 pub mod lb;
+pub mod rollout;
 pub mod status;

@@ -4,4 +4,5 @@
 mod deploy;
 mod drain;
 mod lb;
+mod rollout;
 mod spine;
