@@ -72,7 +72,11 @@ pub async fn handle(
     // Checked, not held, for the action: a long drain wait must not block an
     // operator's `undrain` or the holder's own lease renewals.
     if frame.request.changes_host()
-        && let Err(failure) = agent.lease.lock().await.admit(frame.rollout.as_deref(), caller)
+        && let Err(failure) = agent
+            .lease
+            .lock()
+            .await
+            .admit(frame.rollout.as_deref(), caller)
     {
         return Response::Failed(failure);
     }

@@ -177,7 +177,12 @@ impl Journal {
         })
     }
 
-    fn write(&self, table: TableDefinition<'_, &str, &[u8]>, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    fn write(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        key: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<()> {
         let db = self.open()?;
         let txn = db.begin_write()?;
         {
@@ -254,7 +259,10 @@ impl Journal {
                     [one] => Ok(one.clone()),
                     many => bail!(
                         "several unfinished rollouts ({}): name the one to resume",
-                        many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+                        many.iter()
+                            .map(|r| r.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 }
             }
@@ -262,7 +270,13 @@ impl Journal {
     }
 
     /// Records a step as started (or restarted).
-    pub fn step_started(&self, id: &str, phase: &str, index: usize, title: &str) -> anyhow::Result<()> {
+    pub fn step_started(
+        &self,
+        id: &str,
+        phase: &str,
+        index: usize,
+        title: &str,
+    ) -> anyhow::Result<()> {
         let record = StepRecord {
             phase: phase.to_owned(),
             index,
@@ -272,7 +286,11 @@ impl Journal {
             outcome: None,
             outputs: BTreeMap::new(),
         };
-        self.write(STEPS, &step_key(id, phase, index), &serde_json::to_vec(&record)?)
+        self.write(
+            STEPS,
+            &step_key(id, phase, index),
+            &serde_json::to_vec(&record)?,
+        )
     }
 
     /// Records how a step ended.
@@ -368,11 +386,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::new(dir.path());
         journal.save_rollout(&record("r-1")).expect("save");
-        journal.step_started("r-1", "forward", 0, "drain web-1").expect("start");
+        journal
+            .step_started("r-1", "forward", 0, "drain web-1")
+            .expect("start");
         journal
             .step_ended("r-1", "forward", 0, StepOutcome::Ok, BTreeMap::new())
             .expect("end");
-        journal.step_started("r-1", "forward", 1, "wait web-1").expect("start");
+        journal
+            .step_started("r-1", "forward", 1, "wait web-1")
+            .expect("start");
 
         let journal = Journal::new(dir.path());
         let steps = journal.steps("r-1").expect("steps");
@@ -382,7 +404,9 @@ mod tests {
         assert_eq!(journal.find(None).expect("unfinished").id, "r-1");
         // Another rollout's steps are not mixed in.
         journal.save_rollout(&record("r-10")).expect("save");
-        journal.step_started("r-10", "forward", 0, "x").expect("start");
+        journal
+            .step_started("r-10", "forward", 0, "x")
+            .expect("start");
         assert_eq!(journal.steps("r-1").expect("steps").len(), 2);
     }
 

@@ -1,6 +1,6 @@
 //! One module per `handover` subcommand.
 
 pub mod ca;
-pub mod lb;
 pub mod drain;
+pub mod lb;
 pub mod status;

@@ -1,6 +1,6 @@
 //! The end-to-end suite: one binary, so fleet tests share one process and run one
 //! at a time (each takes the harness's serial guard).
 
-mod lb;
 mod drain;
+mod lb;
 mod spine;
