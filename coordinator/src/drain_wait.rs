@@ -508,7 +508,7 @@ pub async fn wait_for_sessions_to_end(
                 servers: Vec::new(),
                 unreadable: lbs
                     .iter()
-                    .map(|lb| (lb.name.clone(), "not read yet".to_string()))
+                    .map(|lb| (lb.name.clone(), "no answer yet".to_string()))
                     .collect(),
             },
             agent_idle: false,

@@ -3,4 +3,5 @@
 
 mod drain;
 mod lb;
+mod lbdrain;
 mod spine;
