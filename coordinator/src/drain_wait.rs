@@ -145,6 +145,9 @@ pub enum Hold {
     Arriving(LbServer),
     /// Requests in flight or queued in an LB.
     InFlight(LbServer),
+    /// The health-check file is back (undrained during the wait): HAProxy sends
+    /// new clients again.
+    Undrained,
     /// An LB could not be read: not known to be idle.
     LbUnknown {
         /// The LB.
@@ -168,6 +171,7 @@ impl Hold {
                     .join(",")
             ),
             Hold::HostNotQuiet { .. } => "host-quiet".into(),
+            Hold::Undrained => "undrained".into(),
             Hold::Arriving(s) => format!("arriving {}:{}/{}", s.lb, s.backend, s.server),
             Hold::InFlight(s) => format!("in-flight {}:{}/{}", s.lb, s.backend, s.server),
             Hold::LbUnknown { lb, .. } => format!("unknown {lb}"),
@@ -226,6 +230,9 @@ impl std::fmt::Display for Hold {
                 s.backend,
                 s.server
             ),
+            Hold::Undrained => f.write_str(
+                "the health-check file is back (undrained during the wait): HAProxy sends it new clients again",
+            ),
             Hold::LbUnknown { lb, why } => write!(
                 f,
                 "load balancer {lb} could not be read, so it is not known to be idle: {why}"
@@ -253,11 +260,7 @@ pub fn what_holds(e: &IdleEvidence<'_>) -> Vec<Hold> {
         _ => {}
     }
     if e.last.is_some_and(|p| !p.drained) {
-        // The health-check file is back: HAProxy will send new clients again.
-        holds.push(Hold::HostNotQuiet {
-            quiet_for: Duration::ZERO,
-            quiet: e.quiet,
-        });
+        holds.push(Hold::Undrained);
     }
     for (lb, why) in &e.lbs.unreadable {
         holds.push(Hold::LbUnknown {
@@ -531,7 +534,6 @@ pub async fn wait_for_sessions_to_end(
         });
         Box::pin(async move {
             let call = fleet.call(host, rollout, request, move |p| {
-                #[allow(irrefutable_let_patterns)]
                 if let Progress::Drain(p) = p {
                     let _ = tx.send((i, p));
                 }
