@@ -919,4 +919,41 @@ mod tests {
             (2, ms(500))
         );
     }
+
+    #[test]
+    fn lb_source_addresses_default_to_the_ip_of_their_address() {
+        let toml = r#"
+            ca = "ca.pem"
+            cert = "ops.pem"
+            key = "ops.key"
+            state_dir = "state"
+            [[hosts]]
+            name = "lb-1"
+            address = "10.0.0.2:7443"
+            roles = ["lb"]
+            [[hosts]]
+            name = "lb-2"
+            address = "10.0.0.3"
+            roles = ["lb"]
+            source = ["192.0.2.10", "::ffff:192.0.2.11"]
+            [[hosts]]
+            name = "web-1"
+            address = "10.0.0.5:7443"
+            roles = ["app"]
+        "#;
+        let config: CoordinatorConfig = toml::from_str(toml).expect("config parses");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let exempt = rt.block_on(exempt_addresses(&config)).expect("addresses");
+        let want: Vec<IpAddr> = ["10.0.0.2", "192.0.2.10", "192.0.2.11"]
+            .iter()
+            .map(|a| a.parse().expect("literal"))
+            .collect();
+        assert_eq!(
+            exempt, want,
+            "app hosts are never exempt; sources replace the address"
+        );
+    }
 }
