@@ -6,6 +6,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod drain_wait;
 pub mod fleet;
 pub mod journal;
 pub mod lb;

@@ -122,6 +122,9 @@ impl Scenario {
             ip: host_ip(100),
             backends: vec![BackendSpec::slots(BACKEND, 8)],
             parent: Some(work.path().to_owned()),
+            // HAProxy reaches the app servers from the LB host's own address, as on
+            // a real network: the drain wait tells its pooled connections apart.
+            extra_defaults: vec![format!("source {}", host_ip(100))],
             ..HaproxyOptions::default()
         })?;
         let lb_agent = AgentProcess::start(

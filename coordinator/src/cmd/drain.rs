@@ -1,37 +1,31 @@
 //! `handover drain HOST... [--wait]` and `handover undrain HOST...`: the ad-hoc
-//! single-host drain, and runbook steps 12–13 for the rollout engine to reuse.
+//! single-host drain (runbook steps 12–13).
 //!
-//! Each named agent removes its health-check file; with `--wait` it stays on the
-//! stream pushing its session count until idle, and every host is watched at once.
-//! Whether a host counts as idle is decided in one place, [`host_is_idle`], from
-//! [`IdleEvidence`]: today the agent's own verdict; the HAProxy issue adds the load
-//! balancers' figures there (scur = 0 and qcur = 0 on every LB, stot not rising
-//! for the quiet period) and passes the LBs' addresses as [`DrainWait::exempt`] so
-//! their pooled connections, counted by the host but carrying no session, do not
-//! hold the agent's wait. That is why holders are kept by remote address.
+//! Each named agent removes its health-check file. With `--wait`, whether a host
+//! is idle is judged by its agent *and* every load balancer, in
+//! [`crate::drain_wait`] (the rollout engine calls the same function); this
+//! module only shows the progress and the end.
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
-use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use handover_common::duration;
 use handover_common::proto::drain::{
-    ApacheReading, DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait, Holder,
-    SessionReading,
+    ApacheReading, DrainProgress, DrainReply, DrainRequest, Holder, SessionReading,
 };
 use handover_common::proto::status::StatusReport;
-use handover_common::proto::{FailureKind, Progress, Reply, Request};
+use handover_common::proto::{Reply, Request};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::{Fleet, FleetError};
+use crate::drain_wait::{
+    Hold, HostDrained, HostProgress, HostResult, LbEvidence, WaitOptions, wait_for_sessions_to_end,
+};
+pub use crate::drain_wait::{IdleEvidence, host_is_idle};
+use crate::fleet::Fleet;
 
-/// How long past the agent's own timeout the coordinator waits for its answer.
-const ANSWER_GRACE: Duration = Duration::from_secs(15);
 /// The ETA is estimated from the decay over this much recent history.
 const ETA_WINDOW: Duration = Duration::from_secs(30);
 
@@ -48,53 +42,21 @@ pub struct DrainOptions {
     pub json: bool,
 }
 
-/// Everything known about one host's remaining sessions, for [`host_is_idle`].
-#[derive(Debug, Clone, Copy)]
-pub struct IdleEvidence<'a> {
-    /// The agent saw no blocking session for its quiet period and said so.
-    pub agent_idle: bool,
-    /// The agent's last sample, if any.
-    pub last: Option<&'a DrainProgress>,
-    // The HAProxy issue adds here: the LBs' scur/qcur/stot figures for this host.
-}
-
-/// The one decision "this host is drained and idle".
-pub fn host_is_idle(evidence: &IdleEvidence<'_>) -> bool {
-    evidence.agent_idle && evidence.last.is_none_or(|p| p.blocking == 0 && p.drained)
-}
-
-/// Load balancer addresses whose connections must not hold a drain. Empty until
-/// the HAProxy issue supplies the LB hosts' addresses.
-fn exempt_addresses(_config: &CoordinatorConfig) -> Vec<IpAddr> {
-    Vec::new()
-}
-
-/// How one host's drain ended.
-#[derive(Debug)]
-enum Outcome {
-    /// Drained (and idle, if waited on).
-    Drained {
-        already: bool,
-        waited: Option<Duration>,
-        status: DrainStatus,
-    },
-    /// The wait ran out; the host stays drained.
-    TimedOut(String),
-    /// Anything else.
-    Failed(String),
-}
-
 /// One host being watched.
 struct Watch {
     host: HostEntry,
     samples: VecDeque<(Duration, u32)>,
-    last: Option<DrainProgress>,
+    last_elapsed: Option<Duration>,
     bar: Option<ProgressBar>,
     last_line: String,
 }
 
 impl Watch {
-    fn record(&mut self, p: DrainProgress) {
+    fn record(&mut self, p: &DrainProgress) {
+        if self.last_elapsed == Some(p.elapsed) {
+            return;
+        }
+        self.last_elapsed = Some(p.elapsed);
         self.samples.push_back((p.elapsed, p.blocking));
         while self
             .samples
@@ -103,7 +65,6 @@ impl Watch {
         {
             self.samples.pop_front();
         }
-        self.last = Some(p);
     }
 
     fn eta(&self) -> Option<Duration> {
@@ -177,6 +138,49 @@ fn progress_text(p: &DrainProgress, eta: Option<Duration>) -> String {
     text
 }
 
+/// "  lb-1 be_app/slot1 NOLB scur 0 qcur 0 stot +12 (0.1s ago)" per LB server.
+fn lbs_text(lbs: &LbEvidence) -> String {
+    let mut text = String::new();
+    for s in &lbs.servers {
+        text.push_str(&format!(
+            "  {} {}/{} {} scur {} qcur {} stot +{} ({} ago)",
+            s.lb,
+            s.backend,
+            s.server,
+            s.status,
+            s.scur,
+            s.qcur,
+            s.arrived,
+            secs(s.steady_for)
+        ));
+    }
+    for (lb, _) in &lbs.unreadable {
+        text.push_str(&format!("  {lb} unreadable"));
+    }
+    text
+}
+
+/// One LB server in the JSON lines.
+#[derive(Serialize)]
+struct JsonLbServer<'a> {
+    lb: &'a str,
+    backend: &'a str,
+    server: &'a str,
+    status: &'a str,
+    scur: u64,
+    qcur: u64,
+    stot: u64,
+    arrived: u64,
+    steady_ms: u128,
+}
+
+/// An LB that could not be read, in the JSON lines.
+#[derive(Serialize)]
+struct JsonLbError<'a> {
+    lb: &'a str,
+    error: &'a str,
+}
+
 /// One JSON line of `drain --wait --json`.
 #[derive(Serialize)]
 struct JsonEvent<'a> {
@@ -194,6 +198,12 @@ struct JsonEvent<'a> {
     apache_busy: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     apache_idle: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lbs: Option<Vec<JsonLbServer<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lb_errors: Option<Vec<JsonLbError<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holding: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     drained: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,10 +223,53 @@ impl<'a> JsonEvent<'a> {
             eta_ms: None,
             apache_busy: None,
             apache_idle: None,
+            lbs: None,
+            lb_errors: None,
+            holding: None,
             drained: None,
             already: None,
             message: None,
         }
+    }
+
+    /// The agent's last sample and the LBs' figures.
+    fn with_evidence(mut self, last: Option<&'a DrainProgress>, lbs: &'a LbEvidence) -> Self {
+        if let Some(p) = last {
+            let figures = p.apache.as_ref().and_then(|a| a.figures());
+            self.sessions = Some(p.blocking);
+            self.holders = Some(&p.sessions.holders);
+            self.elapsed_ms = Some(p.elapsed.as_millis());
+            self.apache_busy = figures.and_then(|f| f.busy_workers);
+            self.apache_idle = figures.and_then(|f| f.idle_workers);
+        }
+        self.lbs = Some(
+            lbs.servers
+                .iter()
+                .map(|s| JsonLbServer {
+                    lb: s.lb.as_str(),
+                    backend: &s.backend,
+                    server: &s.server,
+                    status: &s.status,
+                    scur: s.scur,
+                    qcur: s.qcur,
+                    stot: s.stot,
+                    arrived: s.arrived,
+                    steady_ms: s.steady_for.as_millis(),
+                })
+                .collect(),
+        );
+        if !lbs.unreadable.is_empty() {
+            self.lb_errors = Some(
+                lbs.unreadable
+                    .iter()
+                    .map(|(lb, error)| JsonLbError {
+                        lb: lb.as_str(),
+                        error,
+                    })
+                    .collect(),
+            );
+        }
+        self
     }
 
     fn print(&self) {
@@ -235,37 +288,54 @@ enum Display {
 }
 
 impl Display {
-    fn show(&self, w: &mut Watch, p: DrainProgress) {
-        w.record(p);
-        let Some(p) = &w.last else { return };
+    fn show(&self, w: &mut Watch, progress: &HostProgress<'_>) {
+        if let Some(p) = progress.agent {
+            w.record(p);
+        }
         let eta = w.eta();
         let name = w.host.name.as_str();
+        let host_text = match progress.agent {
+            Some(p) => progress_text(p, eta),
+            None => format!(
+                "removing the health-check file…  elapsed {}",
+                secs(progress.elapsed)
+            ),
+        };
+        let text = format!("{host_text}{}", lbs_text(progress.lbs));
         match self {
             Display::Bars(_) => {
                 if let Some(bar) = &w.bar {
-                    bar.set_message(progress_text(p, eta));
+                    bar.set_message(text);
                 }
             }
             Display::Lines => {
                 // Only changes, not ten identical lines a second.
-                let key = format!("{} {}", p.blocking, holders_text(&p.sessions.holders));
+                let key = format!(
+                    "{} {} | {}",
+                    progress.agent.map_or(0, |p| p.blocking),
+                    progress
+                        .agent
+                        .map(|p| holders_text(&p.sessions.holders))
+                        .unwrap_or_default(),
+                    progress
+                        .holds
+                        .iter()
+                        .map(Hold::label)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 if key != w.last_line {
-                    println!("{name}  {}", progress_text(p, eta));
+                    println!("{name}  {text}");
                     w.last_line = key;
                 }
             }
             Display::Json => {
-                let figures = p.apache.as_ref().and_then(|a| a.figures());
-                JsonEvent {
-                    sessions: Some(p.blocking),
-                    holders: Some(&p.sessions.holders),
-                    elapsed_ms: Some(p.elapsed.as_millis()),
-                    eta_ms: eta.map(|e| e.as_millis()),
-                    apache_busy: figures.and_then(|f| f.busy_workers),
-                    apache_idle: figures.and_then(|f| f.idle_workers),
-                    ..JsonEvent::new(name, "progress")
-                }
-                .print();
+                let mut event =
+                    JsonEvent::new(name, "progress").with_evidence(progress.agent, progress.lbs);
+                event.eta_ms = eta.map(|e| e.as_millis());
+                event.elapsed_ms = Some(progress.elapsed.as_millis());
+                event.holding = Some(progress.holds.iter().map(ToString::to_string).collect());
+                event.print();
             }
         }
     }
@@ -278,15 +348,13 @@ pub async fn drain(
     options: &DrainOptions,
 ) -> anyhow::Result<ExitCode> {
     let hosts = config.select(names)?;
+    if !options.wait {
+        return drain_now(config, &hosts, options.json).await;
+    }
     let fleet = Fleet::new(config)?;
-    let wait = options.wait.then(|| DrainWait {
-        timeout: options.timeout,
-        quiet: options.quiet,
-        exempt: exempt_addresses(config),
-    });
     let display = if options.json {
         Display::Json
-    } else if options.wait && std::io::stdout().is_terminal() {
+    } else if std::io::stdout().is_terminal() {
         Display::Bars(MultiProgress::new())
     } else {
         Display::Lines
@@ -296,7 +364,7 @@ pub async fn drain(
         .map(|host| Watch {
             host: host.clone(),
             samples: VecDeque::new(),
-            last: None,
+            last_elapsed: None,
             bar: match &display {
                 Display::Bars(multi) => {
                     let bar = multi.add(ProgressBar::new_spinner());
@@ -314,63 +382,22 @@ pub async fn drain(
             last_line: String::new(),
         })
         .collect();
-
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, DrainProgress)>();
-    let calls = hosts.iter().enumerate().map(|(i, host)| {
-        let request = Request::Drain(DrainRequest::Drain { wait: wait.clone() });
-        let tx = tx.clone();
-        let fleet = &fleet;
-        async move {
-            let call = fleet.call(host, None, request, move |progress| {
-                // Irrefutable until the other features fill their progress enums.
-                #[allow(irrefutable_let_patterns)]
-                if let Progress::Drain(p) = progress {
-                    let _ = tx.send((i, p));
-                }
-            });
-            let limit = options.timeout + ANSWER_GRACE;
-            let result = if options.wait {
-                tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                    Err(FleetError::Connection(format!(
-                        "no answer within {} (the agent's timeout plus {})",
-                        duration::format(limit),
-                        duration::format(ANSWER_GRACE)
-                    )))
-                })
-            } else {
-                call.await
-            };
-            (i, outcome(result))
-        }
-    });
-    let calls: Vec<_> = calls.collect();
-    // Only the calls hold senders now: the channel closes when they are done.
-    drop(tx);
-    let all = futures::future::join_all(calls);
-    tokio::pin!(all);
-    let outcomes = loop {
-        tokio::select! {
-            Some((i, p)) = rx.recv() => {
-                if let Some(w) = watches.get_mut(i) {
-                    display.show(w, p);
-                }
-            }
-            outcomes = &mut all => break outcomes,
-        }
+    let wait = WaitOptions {
+        timeout: options.timeout,
+        quiet: options.quiet,
     };
-    // Progress sent just before each answer is still in the channel.
-    while let Ok((i, p)) = rx.try_recv() {
-        if let Some(w) = watches.get_mut(i) {
-            display.show(w, p);
+    let outcome = wait_for_sessions_to_end(&fleet, config, &hosts, wait, None, &mut |progress| {
+        if let Some(w) = watches.iter_mut().find(|w| &w.host.name == progress.host) {
+            display.show(w, progress);
         }
-    }
-    let mut all_idle = true;
-    for (i, outcome) in outcomes {
-        let Some(w) = watches.get(i) else { continue };
-        let ok = report(w, &outcome, options, &display);
-        all_idle &= ok;
-    }
+    })
+    .await;
     fleet.close().await;
+    let outcome = outcome?;
+    let mut all_idle = true;
+    for (w, drained) in watches.iter().zip(&outcome.hosts) {
+        all_idle &= report_wait(w, drained, options, &display);
+    }
     Ok(if all_idle {
         ExitCode::SUCCESS
     } else {
@@ -378,80 +405,128 @@ pub async fn drain(
     })
 }
 
-fn outcome(result: Result<Reply, FleetError>) -> Outcome {
-    match result {
-        Ok(Reply::Drain(DrainReply::Drained {
-            already,
-            waited,
-            status,
-        })) => Outcome::Drained {
-            already,
-            waited,
-            status,
-        },
-        Ok(other) => Outcome::Failed(format!("unexpected answer to drain: {other:?}")),
-        Err(FleetError::Agent(f)) if f.kind == FailureKind::Timeout => Outcome::TimedOut(f.message),
-        Err(e) => Outcome::Failed(e.to_string()),
+/// `handover drain` without `--wait`: remove the health-check files, report.
+async fn drain_now(
+    config: &CoordinatorConfig,
+    hosts: &[HostEntry],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let fleet = Fleet::new(config)?;
+    let results = fleet
+        .call_each(hosts, |_| {
+            Request::Drain(DrainRequest::Drain { wait: None })
+        })
+        .await;
+    fleet.close().await;
+    let mut failed = 0;
+    for (host, result) in results {
+        let name = host.name.as_str();
+        match result {
+            Ok(Reply::Drain(DrainReply::Drained {
+                already, status, ..
+            })) => {
+                if json {
+                    JsonEvent {
+                        sessions: status
+                            .sessions
+                            .as_ref()
+                            .and_then(|s| s.count())
+                            .map(|c| c.total),
+                        drained: Some(true),
+                        already: Some(already),
+                        ..JsonEvent::new(name, "drained")
+                    }
+                    .print();
+                } else {
+                    println!("{name}: {}", drained_text(already));
+                }
+            }
+            other => {
+                failed += 1;
+                let message = match other {
+                    Err(e) => e.to_string(),
+                    Ok(reply) => format!("unexpected answer to drain: {reply:?}"),
+                };
+                print_failure(name, message, json);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn drained_text(already: bool) -> &'static str {
+    if already {
+        "already drained (health-check file was removed)"
+    } else {
+        "drained: health-check file removed, HAProxy sends no new sessions"
     }
 }
 
-/// Prints one host's result; `true` if it is drained (and idle when waited on).
-fn report(w: &Watch, outcome: &Outcome, options: &DrainOptions, display: &Display) -> bool {
-    let name = w.host.name.as_str();
-    let (ok, event, text) = match outcome {
-        Outcome::Drained {
-            already, waited, ..
-        } => {
-            let idle = !options.wait
-                || host_is_idle(&IdleEvidence {
-                    agent_idle: waited.is_some(),
-                    last: w.last.as_ref(),
-                });
-            let mut text = if *already {
-                "already drained (health-check file was removed)".to_string()
-            } else {
-                "drained: health-check file removed, HAProxy sends no new sessions".to_string()
-            };
-            if let Some(waited) = waited {
-                text.push_str(&format!("; idle after {}", secs(*waited)));
-            }
-            (idle, if idle { "drained" } else { "not-idle" }, text)
+fn print_failure(name: &str, message: String, json: bool) {
+    if json {
+        JsonEvent {
+            message: Some(message),
+            ..JsonEvent::new(name, "failed")
         }
-        Outcome::TimedOut(message) => (
+        .print();
+    } else {
+        eprintln!("{name}: FAILED: {message}");
+    }
+}
+
+/// Prints one host's end of a wait; `true` if it is drained and idle.
+fn report_wait(
+    w: &Watch,
+    drained: &HostDrained,
+    options: &DrainOptions,
+    display: &Display,
+) -> bool {
+    let name = w.host.name.as_str();
+    let (ok, event, text) = match &drained.result {
+        HostResult::Idle { already, waited } => (
+            true,
+            "drained",
+            format!(
+                "{}; idle after {} (host and every load balancer)",
+                drained_text(*already),
+                secs(*waited)
+            ),
+        ),
+        HostResult::TimedOut { .. } => (
             false,
             "timeout",
             format!(
-                "TIMED OUT: {message}\n  to put {name} back in service: handover undrain {name}"
+                "TIMED OUT: {}\n  to put {name} back in service: handover undrain {name}",
+                drained
+                    .timeout_text(options.timeout)
+                    .unwrap_or_else(|| "timed out".into())
             ),
         ),
-        Outcome::Failed(message) => (false, "failed", format!("FAILED: {message}")),
+        HostResult::Failed(message) => (false, "failed", format!("FAILED: {message}")),
     };
     match display {
         Display::Json => {
-            let (already, drained) = match outcome {
-                Outcome::Drained { already, .. } => (Some(*already), Some(true)),
-                Outcome::TimedOut(_) => (None, Some(true)),
-                Outcome::Failed(_) => (None, None),
-            };
-            let last = w.last.as_ref();
-            let counted = match outcome {
-                Outcome::Drained { status, .. } => status
-                    .sessions
-                    .as_ref()
-                    .and_then(|s| s.count())
-                    .map(|c| c.total),
-                _ => None,
-            };
-            JsonEvent {
-                sessions: last.map(|p| p.blocking).or(counted),
-                holders: last.map(|p| p.sessions.holders.as_slice()),
-                elapsed_ms: last.map(|p| p.elapsed.as_millis()),
-                drained,
-                already,
-                message: (!ok).then(|| text.clone()),
-                ..JsonEvent::new(name, event)
+            let mut event =
+                JsonEvent::new(name, event).with_evidence(drained.last.as_ref(), &drained.lbs);
+            match &drained.result {
+                HostResult::Idle { already, waited } => {
+                    event.drained = Some(true);
+                    event.already = Some(*already);
+                    event.elapsed_ms = Some(waited.as_millis());
+                    event.holding = Some(Vec::new());
+                }
+                HostResult::TimedOut { holds, .. } => {
+                    event.drained = Some(true);
+                    event.holding = Some(holds.iter().map(ToString::to_string).collect());
+                    event.message = Some(text.clone());
+                }
+                HostResult::Failed(_) => event.message = Some(text.clone()),
             }
-            .print();
+            event.print();
         }
         Display::Bars(_) => {
             if let Some(bar) = &w.bar {
@@ -580,35 +655,5 @@ mod tests {
             eta_from_decay([(ms(5), 0)].into_iter()),
             Some(Duration::ZERO)
         );
-    }
-
-    #[test]
-    fn idle_needs_the_agents_verdict_and_a_zero_last_sample() {
-        let mut p = DrainProgress {
-            sessions: handover_common::proto::drain::SessionCount {
-                total: 0,
-                holders: vec![],
-                source: "test".into(),
-            },
-            blocking: 0,
-            apache: None,
-            elapsed: ms(400),
-            quiet_for: ms(300),
-            quiet: ms(300),
-            drained: true,
-        };
-        assert!(host_is_idle(&IdleEvidence {
-            agent_idle: true,
-            last: Some(&p)
-        }));
-        assert!(!host_is_idle(&IdleEvidence {
-            agent_idle: false,
-            last: Some(&p)
-        }));
-        p.blocking = 1;
-        assert!(!host_is_idle(&IdleEvidence {
-            agent_idle: true,
-            last: Some(&p)
-        }));
     }
 }

@@ -241,49 +241,64 @@ async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
     .await
 }
 
+/// Runbook step 13: the same decision as `handover drain --wait` — idle on the
+/// host (no direct connection) and on every LB (scur and qcur 0, stot not rising)
+/// at the same moment, for the quiet period.
 async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
-    use handover_common::proto::drain::DrainWait;
+    use crate::drain_wait::{HostResult, WaitOptions};
     let r = &ctx.plan.file.rollout;
-    let results = join_all(hosts.iter().map(|h| async move {
-        let wait = DrainWait {
+    let entries = ctx.entries(hosts)?;
+    let mut last_shown: BTreeMap<HostName, String> = BTreeMap::new();
+    let outcome = crate::drain_wait::wait_for_sessions_to_end(
+        ctx.fleet,
+        ctx.config,
+        &entries,
+        WaitOptions {
             timeout: r.drain_timeout,
             quiet: Some(r.quiet),
-            exempt: Vec::new(),
-        };
-        let result = call(
-            ctx,
-            h,
-            Request::Drain(DrainRequest::Drain { wait: Some(wait) }),
-        )
-        .await;
-        (h, result)
-    }))
-    .await;
+        },
+        None,
+        &mut |p| {
+            let text = if p.holds.is_empty() {
+                "idle, waiting out the quiet period".to_string()
+            } else {
+                p.holds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            if last_shown.get(p.host) != Some(&text) {
+                last_shown.insert(p.host.clone(), text.clone());
+                ctx.progress(p.host, text);
+            }
+        },
+    )
+    .await?;
     let mut outputs = Outputs::new();
     let mut held = Vec::new();
-    for (host, result) in results {
-        match result {
-            Ok(Reply::Drain(DrainReply::Drained { waited, .. })) => {
+    for host in &outcome.hosts {
+        match &host.result {
+            HostResult::Idle { waited, .. } => {
                 outputs.insert(
-                    format!("sessions/{host}"),
-                    format!(
-                        "idle after {}",
-                        handover_common::duration::format(waited.unwrap_or_default())
-                    ),
+                    format!("sessions/{}", host.host.name),
+                    format!("idle after {}", handover_common::duration::format(*waited)),
                 );
             }
-            Ok(other) => bail!("{host}: unexpected answer to drain: {other:?}"),
-            Err(e) => held.push((host, e.to_string())),
+            _ => held.push((
+                host.host.name.clone(),
+                host.timeout_text(r.drain_timeout)
+                    .unwrap_or_else(|| format!("{:?}", host.result)),
+            )),
         }
     }
     if held.is_empty() {
         return Ok(outputs);
     }
-    let text: Vec<String> = held.iter().map(|(h, why)| format!("{h}: {why}")).collect();
+    let text: Vec<String> = held.iter().map(|(_, why)| why.clone()).collect();
     match r.on_drain_timeout {
         OnDrainTimeout::Abort => bail!(
-            "sessions did not end within {}: {} ([rollout] on_drain_timeout = \"abort\")",
-            handover_common::duration::format(r.drain_timeout),
+            "sessions did not end: {} ([rollout] on_drain_timeout = \"abort\")",
             text.join("; ")
         ),
         OnDrainTimeout::Proceed => {

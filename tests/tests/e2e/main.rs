@@ -4,5 +4,6 @@
 mod deploy;
 mod drain;
 mod lb;
+mod lbdrain;
 mod rollout;
 mod spine;
