@@ -129,7 +129,10 @@ fn report_progress(ctx: &Ctx<'_>, host: &HostName, progress: &Progress) {
             format!("{step}: {detail}")
         }
         Progress::Lb(_) => match crate::lb::describe_progress(host, progress) {
-            Some(text) => text,
+            Some(text) => text
+                .strip_prefix(&format!("{host}: "))
+                .map(str::to_owned)
+                .unwrap_or(text),
             None => return,
         },
     };

@@ -78,7 +78,13 @@ pub enum Event {
 pub struct Ui {
     mode: Mode,
     bar: Mutex<Option<ProgressBar>>,
+    /// When each host's progress was last printed as a plain line.
+    last_plain: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// Plain lines for one host's progress: at most one a second, so a log stays
+/// readable while a drain is watched every 100 ms.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 enum Mode {
     Terminal,
@@ -99,6 +105,7 @@ impl Ui {
         Ui {
             mode,
             bar: Mutex::new(None),
+            last_plain: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -119,6 +126,18 @@ impl Ui {
                 }
             }
             Mode::Plain => {
+                if let Event::Progress { host, .. } = &event
+                    && let Ok(mut last) = self.last_plain.lock()
+                {
+                    let now = std::time::Instant::now();
+                    if last
+                        .get(host)
+                        .is_some_and(|t| now.duration_since(*t) < PLAIN_PROGRESS_EVERY)
+                    {
+                        return;
+                    }
+                    last.insert(host.clone(), now);
+                }
                 if let Some(line) = plain(&event) {
                     println!("{line}");
                 }
