@@ -72,6 +72,10 @@ impl AgentConfig {
             .with_context(|| format!("invalid agent config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        if let Some(h) = &config.haproxy {
+            h.validate()
+                .with_context(|| format!("invalid agent config {}", path.display()))?;
+        }
         for name in config.hooks.keys() {
             handover_common::names::HookName::new(name.clone())
                 .with_context(|| format!("{}: [hooks]", path.display()))?;

@@ -39,9 +39,8 @@ impl ControlSocket {
             std::fs::remove_file(path)
                 .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
-        let listener = UnixListener::bind(path).with_context(|| {
-            format!("cannot bind control socket {}", path.display())
-        })?;
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot bind control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot chmod 600 {}", path.display()))?;
         Ok(ControlSocket {
@@ -84,12 +83,15 @@ impl Drop for ControlSocket {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The daemon is not there.
-    #[error("cannot reach the agent at {path}: {source} — is handover-agent running? (systemctl status handover-agent)")]
+    #[error(
+        "cannot reach the agent at {path}: {error} — is handover-agent running? (systemctl status handover-agent)"
+    )]
     NotRunning {
         /// The socket path.
         path: PathBuf,
-        /// What connect said.
-        source: std::io::Error,
+        /// What connect said (not a `source`: the message already includes it,
+        /// and a source would print it twice in `{:#}`).
+        error: std::io::Error,
     },
     /// The agent answered with a failure.
     #[error("{0}")]
@@ -111,9 +113,9 @@ pub async fn call(
 ) -> Result<Reply, CallError> {
     let stream = UnixStream::connect(socket)
         .await
-        .map_err(|source| CallError::NotRunning {
+        .map_err(|error| CallError::NotRunning {
             path: socket.to_owned(),
-            source,
+            error,
         })?;
     let (mut recv, mut send) = stream.into_split();
     wire::write_frame(&mut send, &RequestFrame::new(request)).await?;

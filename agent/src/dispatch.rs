@@ -69,7 +69,22 @@ pub async fn handle(
         ));
     }
     tracing::debug!(%caller, request = ?frame.request, "request");
+    // Checked, not held, for the action: a long drain wait must not block an
+    // operator's `undrain` or the holder's own lease renewals.
+    if frame.request.changes_host()
+        && let Err(failure) = agent
+            .lease
+            .lock()
+            .await
+            .admit(frame.rollout.as_deref(), caller)
+    {
+        return Response::Failed(failure);
+    }
     let result = match frame.request {
+        Request::Lease(req) => agent.lease.lock().await.handle(req).map(Reply::Lease),
+        Request::CheckHealth(check) => crate::probe::check_health(agent, check)
+            .await
+            .map(Reply::Health),
         Request::Status => Ok(Reply::Status(Box::new(status(agent).await))),
         Request::Drain(req) => crate::drain::handle(agent, caller, req, reporter)
             .await
@@ -125,30 +140,32 @@ where
 {
     use handover_common::wire;
 
-    let frame =
-        match tokio::time::timeout(REQUEST_TIMEOUT, wire::read_frame::<_, RequestFrame>(recv))
-            .await
-        {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(%caller, error = %e, "refused a malformed request");
-                let failure = Failure::new(
-                    FailureKind::BadRequest,
-                    format!("{e}; a stream carries one handover/1 request frame"),
-                );
-                let _ = wire::write_frame(send, &Response::Failed(failure)).await;
-                return Err(e);
-            }
-            Err(_) => {
-                let failure = Failure::new(
-                    FailureKind::BadRequest,
-                    format!("no request within {}s", REQUEST_TIMEOUT.as_secs()),
-                );
-                let _ = wire::write_frame(send, &Response::Failed(failure)).await;
-                return Ok(());
-            }
-        };
+    let frame = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        wire::read_frame::<_, RequestFrame>(recv),
+    )
+    .await
+    {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(%caller, error = %e, "refused a malformed request");
+            let failure = Failure::new(
+                FailureKind::BadRequest,
+                format!("{e}; a stream carries one handover/1 request frame"),
+            );
+            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            return Err(e);
+        }
+        Err(_) => {
+            let failure = Failure::new(
+                FailureKind::BadRequest,
+                format!("no request within {}s", REQUEST_TIMEOUT.as_secs()),
+            );
+            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            return Ok(());
+        }
+    };
 
     let (tx, mut rx) = mpsc::channel(32);
     let reporter = Reporter::new(tx.clone());

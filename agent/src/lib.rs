@@ -14,6 +14,9 @@ pub mod dispatch;
 pub mod drain;
 pub mod haproxy;
 pub mod hoststats;
+pub mod http;
+pub mod lease;
+pub mod probe;
 pub mod server;
 
 use std::sync::Arc;
@@ -31,15 +34,24 @@ pub struct Agent {
     pub started: Instant,
     /// CPU and memory sampler (CPU use is measured between two refreshes).
     pub host: Mutex<hoststats::HostSampler>,
+    /// Held by every deploy action that changes the host, so two never interleave.
+    pub deploy_lock: Mutex<()>,
+    /// HAProxy membership and what the reconciler saw (on `lb` hosts).
+    pub lb: haproxy::LbState,
+    /// Which rollout may change this host now.
+    pub lease: Mutex<lease::Lease>,
 }
 
 impl Agent {
     /// An agent for `config`.
     pub fn new(config: AgentConfig) -> Arc<Self> {
         Arc::new(Agent {
-            config,
             started: Instant::now(),
             host: Mutex::new(hoststats::HostSampler::new()),
+            lease: Mutex::new(lease::Lease::load(&config.state_dir)),
+            config,
+            lb: haproxy::LbState::default(),
+            deploy_lock: Mutex::new(()),
         })
     }
 }

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use handover_agent::Agent;
 use handover_agent::config::{AgentConfig, DEFAULT_CONFIG};
 use handover_agent::control::{self, ControlSocket};
+use handover_agent::deploy;
 use handover_agent::server::QuicServer;
-use handover_agent::Agent;
 use handover_common::proto::{Reply, Request};
 
 /// The Handover agent: the local authority on one host.
@@ -32,6 +33,59 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Take this host out of rotation: remove its health-check file (idempotent).
+    Drain {
+        /// Then wait until no session is left, printing the count as it falls.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (the host stays drained).
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        timeout: std::time::Duration,
+        /// With --wait: idle means no session for this long (default: `[app] quiet_period`).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        quiet: Option<std::time::Duration>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put this host back in rotation: restore its health-check file byte for byte.
+    Undrain {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a revision: fetch, export a new release, run hooks, switch `current`.
+    Deploy {
+        /// Repository URL, exactly as in [deploy] allowed_repos.
+        #[arg(long)]
+        repo: handover_common::names::RepoUrl,
+        /// Branch, tag or commit id.
+        #[arg(long = "ref", allow_hyphen_values = true)]
+        rev: handover_common::names::Revision,
+        /// An agent hook (from [hooks]) to run in the new release before the switch.
+        #[arg(long = "hook")]
+        hooks: Vec<handover_common::names::HookName>,
+    },
+    /// List the releases on this host.
+    Releases {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch `current` to another release (rollback).
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["release", "previous"]))]
+    Activate {
+        /// The release to switch to (see `releases`).
+        release: Option<handover_common::names::ReleaseName>,
+        /// Switch back to the release that was current before the last switch.
+        #[arg(long)]
+        previous: bool,
+    },
+    /// Run one of this agent's [hooks] by name.
+    Hook {
+        /// The hook's name.
+        name: handover_common::names::HookName,
     },
 }
 
@@ -72,6 +126,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let config = AgentConfig::load(&cli.config)?;
             let reply = control::call(&config.control_socket, Request::Status, |_| {}).await?;
+            #[allow(irrefutable_let_patterns)] // until other replies exist
             let Reply::Status(report) = reply else {
                 anyhow::bail!("the agent answered status with {reply:?}");
             };
@@ -91,8 +146,41 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.host.memory_total >> 20,
                     report.host.agent_rss >> 10
                 );
+                if let Some(drain) = &report.drain {
+                    print!("{}", handover_agent::drain::cli::status_lines(drain));
+                }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain {
+            wait,
+            timeout,
+            quiet,
+            json,
+        } => {
+            let config = AgentConfig::load(&cli.config)?;
+            handover_agent::drain::cli::drain(&config.control_socket, wait, timeout, quiet, json)
+                .await
+        }
+        Command::Undrain { json } => {
+            let config = AgentConfig::load(&cli.config)?;
+            handover_agent::drain::cli::undrain(&config.control_socket, json).await
+        }
+        Command::Deploy { repo, rev, hooks } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::deploy(&config.control_socket, repo, rev, hooks).await
+        }
+        Command::Releases { json } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::releases(&config.control_socket, json).await
+        }
+        Command::Activate { release, .. } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::activate(&config.control_socket, release).await
+        }
+        Command::Hook { name } => {
+            let config = AgentConfig::load(&cli.config)?;
+            deploy::cli::hook(&config.control_socket, name).await
         }
     }
 }
@@ -114,6 +202,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let stop_requested = wait_for_signal()?;
     config.ensure_state_dir()?;
     let agent = Agent::new(config);
+    deploy::recover(&agent).context("cleaning up after an interrupted deploy")?;
     let quic = QuicServer::bind(&agent, creds)?;
     let control = ControlSocket::bind(&agent.config.control_socket).await?;
     tracing::info!(
@@ -131,6 +220,7 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     };
     let quic_task = tokio::spawn(quic.run(agent.clone(), stopped(stop_rx.clone())));
     let control_task = tokio::spawn(control.run(agent.clone(), stopped(stop_rx)));
+    handover_agent::haproxy::spawn_reconciler(&agent);
 
     stop_requested.await;
     tracing::info!("shutting down");

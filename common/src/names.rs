@@ -131,6 +131,14 @@ simple_name!(
     64
 );
 
+simple_name!(
+    /// An HAProxy backend's name, as written in the HAProxy config. It reaches the
+    /// runtime API, so it follows the same rule as host names.
+    BackendName,
+    "backend name",
+    64
+);
+
 /// What a certificate entitles its holder to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,6 +195,318 @@ impl fmt::Display for HostRole {
             HostRole::Lb => "lb",
             HostRole::Db => "db",
         })
+    }
+}
+
+/// A git revision to deploy: a branch, a tag or a commit id (7–40 hex digits).
+///
+/// It follows `git check-ref-format`'s rules and refuses anything git could read
+/// as an option, so it can be placed on a git command line (after
+/// `--end-of-options`, as a second guard) and inside `refs/tags/…`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Revision(String);
+
+impl Revision {
+    /// Validates and wraps `value`.
+    pub fn new(value: impl Into<String>) -> Result<Self, InvalidName> {
+        let value = value.into();
+        check_revision(&value)?;
+        Ok(Self(value))
+    }
+
+    /// The validated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it could be a (possibly abbreviated) commit id: 7–40 hex digits.
+    pub fn is_commit_id(&self) -> bool {
+        is_commit_id(&self.0)
+    }
+}
+
+/// 7–40 hexadecimal digits.
+pub fn is_commit_id(value: &str) -> bool {
+    (7..=40).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn check_revision(value: &str) -> Result<(), InvalidName> {
+    const WHAT: &str = "revision";
+    let bad = |why| Err(invalid(WHAT, value, why));
+    if value.is_empty() {
+        return bad("it must not be empty: give a branch, a tag or a commit id");
+    }
+    if value.len() > 255 {
+        return bad("it is too long (at most 255 characters)");
+    }
+    if value.starts_with('-') {
+        return bad(
+            "it must not start with '-' (git would read it as an option): give a branch, a tag or a commit id",
+        );
+    }
+    if value
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
+    {
+        return bad("it must not contain spaces, control or non-ASCII characters");
+    }
+    if value
+        .bytes()
+        .any(|b| matches!(b, b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\'))
+    {
+        return bad(
+            "it must not contain any of ~ ^ : ? * [ \\ (git ref-name rules): name the branch, tag or commit itself",
+        );
+    }
+    if value.contains("..") {
+        return bad(
+            "it must not contain '..' (a range or a parent directory): name one branch, tag or commit",
+        );
+    }
+    if value.contains("@{") || value == "@" {
+        return bad(
+            "it must not contain '@{' or be '@' (reflog syntax): name a branch, tag or commit",
+        );
+    }
+    if value.starts_with('/') || value.ends_with('/') || value.contains("//") {
+        return bad("it must not start or end with '/' or contain '//'");
+    }
+    if value.ends_with('.') {
+        return bad("it must not end with '.'");
+    }
+    for part in value.split('/') {
+        if part.starts_with('.') {
+            return bad("no part between '/' may start with '.'");
+        }
+        if part.ends_with(".lock") {
+            return bad("no part between '/' may end with '.lock'");
+        }
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for Revision {
+    type Error = InvalidName;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Revision> for String {
+    fn from(rev: Revision) -> String {
+        rev.0
+    }
+}
+
+impl std::str::FromStr for Revision {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+simple_name!(
+    /// A release directory's name under `releases/`: `<UTC time>-<short sha>`, e.g.
+    /// `20261126T050301Z-1a2b3c4`. One plain path component (no `/`, no `..`, no
+    /// leading `-` or `.`), so joining it to `releases/` stays inside.
+    ReleaseName,
+    "release name",
+    64
+);
+
+/// A repository URL as the operator wrote it in `allowed_repos`; requests are
+/// compared with that list exactly, character for character.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoUrl(String);
+
+impl RepoUrl {
+    /// Validates and wraps `value`.
+    pub fn new(value: impl Into<String>) -> Result<Self, InvalidName> {
+        let value = value.into();
+        const WHAT: &str = "repository URL";
+        if value.is_empty() {
+            return Err(invalid(WHAT, &value, "it must not be empty"));
+        }
+        if value.len() > 1024 {
+            return Err(invalid(
+                WHAT,
+                &value,
+                "it is too long (at most 1024 characters)",
+            ));
+        }
+        if value.starts_with('-') {
+            return Err(invalid(
+                WHAT,
+                &value,
+                "it must not start with '-' (git would read it as an option): give the URL as listed in allowed_repos",
+            ));
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                WHAT,
+                &value,
+                "it must not contain spaces or control characters",
+            ));
+        }
+        Ok(Self(value))
+    }
+
+    /// The validated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RepoUrl {
+    type Error = InvalidName;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<RepoUrl> for String {
+    fn from(url: RepoUrl) -> String {
+        url.0
+    }
+}
+
+impl std::str::FromStr for RepoUrl {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod revision_tests {
+    use super::*;
+
+    #[test]
+    fn revisions_accept_branches_tags_and_commit_ids() {
+        for ok in [
+            "v1",
+            "main",
+            "release/2026-11",
+            "feature/x_y.z",
+            "1a2b3c4",
+            "0123456789abcdef0123456789abcdef01234567",
+            "refs/tags/v1",
+        ] {
+            assert!(Revision::new(ok).is_ok(), "{ok}");
+        }
+        assert!(
+            Revision::new("1a2b3c4")
+                .map(|r| r.is_commit_id())
+                .unwrap_or(false)
+        );
+        assert!(
+            !Revision::new("v1")
+                .map(|r| r.is_commit_id())
+                .unwrap_or(true)
+        );
+    }
+
+    #[test]
+    fn revisions_refuse_options_ranges_and_paths() {
+        for bad in [
+            "--upload-pack=touch /tmp/x",
+            "-h",
+            "--output=x",
+            "a..b",
+            "a b",
+            "../x",
+            "",
+            "a\nb",
+            "a\0b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[b",
+            "a\\b",
+            "a@{1}",
+            "@",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            ".a",
+            "a/.b",
+            "a.lock",
+            "a.lock/b",
+            "vé",
+        ] {
+            let err = Revision::new(bad).expect_err(bad);
+            assert!(!err.why.is_empty(), "{bad:?} needs a reason");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_rule() {
+        let err = Revision::new("--upload-pack=touch /tmp/x").expect_err("refused");
+        assert!(err.to_string().contains("must not start with '-'"), "{err}");
+        let err = Revision::new("a..b").expect_err("refused");
+        assert!(err.to_string().contains("'..'"), "{err}");
+    }
+
+    #[test]
+    fn release_names_are_one_plain_component() {
+        assert!(ReleaseName::new("20261126T050301Z-1a2b3c4").is_ok());
+        for bad in [
+            "../x",
+            "a/b",
+            "-h",
+            "--output=x",
+            ".x",
+            "a..b",
+            "a b",
+            "",
+            ".",
+        ] {
+            assert!(ReleaseName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repo_urls_refuse_options_and_whitespace() {
+        assert!(RepoUrl::new("file:///srv/git/app.git").is_ok());
+        assert!(RepoUrl::new("https://git.example.com/app.git").is_ok());
+        for bad in ["--upload-pack=touch /tmp/x", "-h", "a b", "a\nb", ""] {
+            assert!(RepoUrl::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deserializing_a_revision_validates() {
+        let bad: Result<Revision, _> = serde_json::from_str("\"--output=x\"");
+        assert!(bad.is_err());
     }
 }
 

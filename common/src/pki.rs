@@ -18,8 +18,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -33,7 +33,9 @@ const IDENTITY_URI_PREFIX: &str = "urn:handover:";
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// A CA already exists where `ca init` would write one.
-    #[error("{0} already exists: a CA is already there (pass --force to replace it, which invalidates every certificate it issued)")]
+    #[error(
+        "{0} already exists: a CA is already there (pass --force to replace it, which invalidates every certificate it issued)"
+    )]
     CaExists(PathBuf),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
@@ -60,7 +62,9 @@ pub enum PkiError {
         mode: u32,
     },
     /// The certificate carries no Handover identity.
-    #[error("certificate has no Handover identity (urn:handover:<role>:<name> SAN): issue it with `handover ca issue`")]
+    #[error(
+        "certificate has no Handover identity (urn:handover:<role>:<name> SAN): issue it with `handover ca issue`"
+    )]
     NoIdentity,
     /// The certificate could not be parsed.
     #[error("certificate cannot be parsed: {0}")]
@@ -226,10 +230,9 @@ pub fn new_leaf(
 }
 
 fn dns_san(name: &str) -> Result<SanType, PkiError> {
-    Ok(SanType::DnsName(
-        name.try_into()
-            .map_err(rcgen_err(format!("{name:?} is not a DNS name")))?,
-    ))
+    Ok(SanType::DnsName(name.try_into().map_err(rcgen_err(
+        format!("{name:?} is not a DNS name"),
+    ))?))
 }
 
 /// `handover ca init`: writes `DIR/ca.pem` and `DIR/ca.key` (0600).

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
 
 use crate::names::Role;
 use crate::pki::{self, Identity, PkiError};
@@ -33,7 +36,9 @@ pub enum TlsError {
     #[error(transparent)]
     Pki(#[from] PkiError),
     /// A private key file that cannot be read or parsed.
-    #[error("{path}: cannot read a private key: {why} (expected the PEM key written by `handover ca issue`)")]
+    #[error(
+        "{path}: cannot read a private key: {why} (expected the PEM key written by `handover ca issue`)"
+    )]
     Key {
         /// The key file.
         path: String,
@@ -41,7 +46,9 @@ pub enum TlsError {
         why: String,
     },
     /// Our own certificate has the wrong role for this side.
-    #[error("{path} is a certificate for {found}, but this side needs a {expected} certificate: issue one with `handover ca issue --role {expected}`")]
+    #[error(
+        "{path} is a certificate for {found}, but this side needs a {expected} certificate: issue one with `handover ca issue --role {expected}`"
+    )]
     WrongOwnRole {
         /// The certificate file.
         path: String,
@@ -238,7 +245,9 @@ impl ClientCertVerifier for RequireRole {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         identity_with_role(end_entity, self.role)?;
         Ok(verified)
     }

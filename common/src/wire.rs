@@ -53,8 +53,8 @@ pub enum WireError {
 
 /// Encodes `msg` as one frame: length prefix + payload.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
-    let payload =
-        bincode::serde::encode_to_vec(msg, config()).map_err(|e| WireError::Encode(e.to_string()))?;
+    let payload = bincode::serde::encode_to_vec(msg, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
     if payload.len() > MAX_FRAME {
         return Err(WireError::TooLarge {
             len: payload.len(),
@@ -233,8 +233,14 @@ mod tests {
         let mut bytes = encode(&Msg::Ping(1)).expect("encode");
         bytes.extend(encode(&Msg::Ping(2)).expect("encode"));
         let mut input = &bytes[..];
-        assert_eq!(read_frame::<_, Msg>(&mut input).await.expect("1"), Some(Msg::Ping(1)));
-        assert_eq!(read_frame::<_, Msg>(&mut input).await.expect("2"), Some(Msg::Ping(2)));
+        assert_eq!(
+            read_frame::<_, Msg>(&mut input).await.expect("1"),
+            Some(Msg::Ping(1))
+        );
+        assert_eq!(
+            read_frame::<_, Msg>(&mut input).await.expect("2"),
+            Some(Msg::Ping(2))
+        );
         assert_eq!(read_frame::<_, Msg>(&mut input).await.expect("eof"), None);
         let mut cut = &bytes[..3];
         assert!(matches!(

@@ -51,6 +51,11 @@ pub struct HostEntry {
     /// A spare app host (surge strategy's `standby` provider).
     #[serde(default)]
     pub standby: bool,
+    /// For `lb` hosts: the addresses its HAProxy connects to app servers from.
+    /// Connections from them are judged by that LB's own figures, not counted as
+    /// sessions on the app host. Default: the IP of `address`.
+    #[serde(default)]
+    pub source: Vec<std::net::IpAddr>,
 }
 
 impl HostEntry {

@@ -63,7 +63,10 @@ impl FleetError {
 fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     let text = err.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") || text.contains("error 48") {
+    let hint = if text.contains("UnknownIssuer")
+        || text.contains("BadSignature")
+        || text.contains("error 48")
+    {
         " — the certificates are not from the same CA: check `ca` in both configs"
     } else if text.contains("Expired") || text.contains("expired") {
         " — a certificate has expired: issue a new one with `handover ca issue`"
@@ -94,6 +97,10 @@ pub struct Fleet {
     connections: Mutex<HashMap<HostName, quinn::Connection>>,
     /// How many agents to talk to at once.
     pub concurrency: usize,
+    /// Who this coordinator is (its certificate), for lease owners and logs.
+    pub identity: handover_common::pki::Identity,
+    /// The rollout every call belongs to, when a rollout runs (see [`Fleet::set_rollout`]).
+    rollout: Option<String>,
 }
 
 impl Fleet {
@@ -108,6 +115,7 @@ impl Fleet {
             },
             Role::Coordinator,
         )?;
+        let identity = creds.identity.clone();
         let client = tls::coordinator_client_config(creds)?;
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
             .context("cannot open a UDP socket for QUIC")?;
@@ -116,6 +124,8 @@ impl Fleet {
             endpoint,
             connections: Mutex::new(HashMap::new()),
             concurrency: config.concurrency,
+            identity,
+            rollout: None,
         })
     }
 
@@ -131,16 +141,23 @@ impl Fleet {
         } else {
             format!("{}:{}", host.address, handover_common::DEFAULT_PORT)
         };
-        let mut addrs = tokio::net::lookup_host(&target)
-            .await
-            .map_err(|e| FleetError::Resolve {
-                address: host.address.clone(),
-                why: e.to_string(),
-            })?;
+        let mut addrs =
+            tokio::net::lookup_host(&target)
+                .await
+                .map_err(|e| FleetError::Resolve {
+                    address: host.address.clone(),
+                    why: e.to_string(),
+                })?;
         addrs.find(SocketAddr::is_ipv4).ok_or(FleetError::Resolve {
             address: host.address.clone(),
             why: "no IPv4 address".into(),
         })
+    }
+
+    /// Makes every later call carry `rollout` (unless the call names one), so the
+    /// agents' lease lets it through and refuses everyone else's.
+    pub fn set_rollout(&mut self, rollout: Option<String>) {
+        self.rollout = rollout;
     }
 
     /// The connection to `host`, dialling it if there is none alive.
@@ -179,7 +196,7 @@ impl Fleet {
         let lost = |e: quinn::ConnectionError| FleetError::Connection(describe(&host.name, &e));
         let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut frame = RequestFrame::new(request);
-        frame.rollout = rollout.map(str::to_owned);
+        frame.rollout = rollout.or(self.rollout.as_deref()).map(str::to_owned);
         wire::write_frame(&mut send, &frame)
             .await
             .map_err(|e| self.explain_stream_error(&conn, host, e))?;
@@ -228,7 +245,13 @@ impl Fleet {
     {
         let calls = hosts.iter().enumerate().map(|(i, host)| {
             let request = make(host);
-            async move { (i, host.clone(), self.call(host, None, request, |_| {}).await) }
+            async move {
+                (
+                    i,
+                    host.clone(),
+                    self.call(host, None, request, |_| {}).await,
+                )
+            }
         });
         let mut results: Vec<_> = futures::stream::iter(calls)
             .buffer_unordered(self.concurrency)

@@ -6,5 +6,10 @@
 
 pub mod cmd;
 pub mod config;
+pub mod drain_wait;
 pub mod fleet;
+pub mod journal;
+pub mod lb;
 pub mod output;
+pub mod plan;
+pub mod rollout;

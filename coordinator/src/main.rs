@@ -31,6 +31,192 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attach app hosts to every load balancer (or those named) and wait until each reports them UP after a fresh health check.
+    Attach {
+        /// App hosts to attach.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Only these load balancers (default: every `lb` host).
+        #[arg(long = "lb")]
+        lbs: Vec<String>,
+        /// How long to wait for UP (default: each agent's attach_timeout).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        timeout: Option<std::time::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach app hosts from the load balancers; refused while they still have sessions.
+    Detach {
+        /// App hosts to detach.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Only these load balancers (default: every `lb` host).
+        #[arg(long = "lb")]
+        lbs: Vec<String>,
+        /// Cut remaining sessions instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for sessions to end (default: each agent's detach_timeout).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        timeout: Option<std::time::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set app hosts' admin state in the load balancers: HOST... ready|drain|maint.
+    LbState {
+        /// App hosts, then the state.
+        #[arg(required = true, num_args = 2.., value_name = "HOST... STATE")]
+        args: Vec<String>,
+        /// Only these load balancers (default: every `lb` host).
+        #[arg(long = "lb")]
+        lbs: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take hosts out of rotation (remove their health-check file); --wait until idle.
+    Drain {
+        /// Hosts to drain.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Wait until no session is left on every host, showing the count as it falls.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (the hosts stay drained).
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        timeout: std::time::Duration,
+        /// With --wait: idle means no session for this long (default: each agent's quiet_period).
+        #[arg(long, value_parser = handover_common::duration::parse)]
+        quiet: Option<std::time::Duration>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put hosts back in rotation: restore their health-check file byte for byte.
+    Undrain {
+        /// Hosts to undrain.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a revision on hosts: fetch, new release, hooks, switch (no LB steps).
+    Deploy {
+        /// Hosts to deploy to.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Repository URL, exactly as in the agents' allowed_repos.
+        #[arg(long)]
+        repo: handover_common::names::RepoUrl,
+        /// Branch, tag or commit id.
+        #[arg(long = "ref", allow_hyphen_values = true)]
+        rev: handover_common::names::Revision,
+        /// An agent hook to run in the new release before the switch.
+        #[arg(long = "hook")]
+        hooks: Vec<handover_common::names::HookName>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a host's releases.
+    Releases {
+        /// The host.
+        host: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch hosts back to their previous release (or a named one).
+    #[command(group = clap::ArgGroup::new("target").required(true).args(["previous", "release"]))]
+    Activate {
+        /// Hosts to switch.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// The release that was current before the last switch.
+        #[arg(long)]
+        previous: bool,
+        /// A release by name (see `handover releases HOST`).
+        #[arg(long)]
+        release: Option<handover_common::names::ReleaseName>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one of the agents' [hooks] on hosts: `handover hook HOST... NAME`.
+    #[command(override_usage = "handover hook [--json] HOST... NAME")]
+    Hook {
+        /// Hosts, then the hook's name.
+        #[arg(required = true, num_args = 2.., value_name = "HOST_THEN_NAME")]
+        args: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a rollout plan against the inventory and print its steps with the
+    /// capacity (servers UP in every LB) after each.
+    Plan {
+        /// The plan file.
+        plan: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a rollout plan: wave by wave, drain → wait → detach → deploy → verify → attach.
+    Rollout {
+        /// The plan file.
+        plan: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        #[arg(long)]
+        break_lease: bool,
+    },
+    /// Finish a rollout that was interrupted (coordinator killed, SSH dropped).
+    Resume {
+        /// The rollout id (default: the one unfinished rollout).
+        rollout: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        #[arg(long)]
+        break_lease: bool,
+    },
+    /// Put the hosts of a rollout back on the release they had before it.
+    Rollback {
+        /// The rollout id (default: the newest rollout).
+        rollout: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        #[arg(long)]
+        break_lease: bool,
+    },
+    /// List the rollouts in the journal.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one rollout's steps: what ran, when, and how it ended.
+    Show {
+        /// The rollout id.
+        rollout: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,7 +227,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("handover: cannot start the async runtime: {e}");
@@ -74,5 +263,95 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
+        Command::Deploy {
+            hosts,
+            repo,
+            rev,
+            hooks,
+            json,
+        } => cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, json).await,
+        Command::Releases { host, json } => cmd::deploy::releases(&load()?, &host, json).await,
+        Command::Activate {
+            hosts,
+            release,
+            json,
+            ..
+        } => cmd::deploy::activate(&load()?, &hosts, release, json).await,
+        Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
+        Command::Attach {
+            hosts,
+            lbs,
+            timeout,
+            json,
+        } => {
+            cmd::lb::run(
+                &load()?,
+                cmd::lb::Action::Attach,
+                &hosts,
+                &lbs,
+                timeout,
+                json,
+            )
+            .await
+        }
+        Command::Detach {
+            hosts,
+            lbs,
+            force,
+            timeout,
+            json,
+        } => {
+            let action = cmd::lb::Action::Detach { force };
+            cmd::lb::run(&load()?, action, &hosts, &lbs, timeout, json).await
+        }
+        Command::LbState {
+            mut args,
+            lbs,
+            json,
+        } => {
+            let state = args
+                .pop()
+                .unwrap_or_default()
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let action = cmd::lb::Action::State(state);
+            cmd::lb::run(&load()?, action, &args, &lbs, None, json).await
+        }
+        Command::Drain {
+            hosts,
+            wait,
+            timeout,
+            quiet,
+            json,
+        } => {
+            let options = cmd::drain::DrainOptions {
+                wait,
+                timeout,
+                quiet,
+                json,
+            };
+            cmd::drain::drain(&load()?, &hosts, &options).await
+        }
+        Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
+        Command::Plan { plan, json } => cmd::rollout::plan(&load()?, &plan, json),
+        Command::Rollout {
+            plan,
+            yes,
+            json,
+            break_lease,
+        } => cmd::rollout::rollout(load()?, &plan, yes, json, break_lease).await,
+        Command::Resume {
+            rollout,
+            json,
+            break_lease,
+        } => cmd::rollout::resume(load()?, rollout.as_deref(), json, break_lease).await,
+        Command::Rollback {
+            rollout,
+            yes,
+            json,
+            break_lease,
+        } => cmd::rollout::rollback(load()?, rollout.as_deref(), yes, json, break_lease).await,
+        Command::History { json } => cmd::rollout::history(&load()?, json),
+        Command::Show { rollout, json } => cmd::rollout::show(&load()?, &rollout, json),
     }
 }

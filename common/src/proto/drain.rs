@@ -1,20 +1,240 @@
 //! Drain: the health-check file and live session counts (runbook steps 12–13).
-//! Filled in by the drain issue.
+//!
+//! Draining a host removes its health-check file so HAProxy's
+//! `http-check disable-on-404` stops sending it new sessions while existing ones
+//! carry on; the agent then counts what is still there (established TCP on the app
+//! port, Apache's workers) and, when asked to wait, pushes that count on the open
+//! stream until it has been zero for a quiet period.
+//!
+//! Remaining sessions are keyed by the *remote address* ([`Holder`]) so a caller
+//! can tell a client from a load balancer's pooled connection and judge the latter
+//! by the load balancer's own figures.
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 /// Drain requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum DrainRequest {}
+pub enum DrainRequest {
+    /// Remove the health-check file (idempotent); with `wait`, stay on the stream
+    /// pushing [`DrainProgress`] until the host has no sessions left.
+    Drain {
+        /// Wait for the sessions to end, and how.
+        wait: Option<DrainWait>,
+    },
+    /// Put the health-check file back, byte for byte (idempotent).
+    Undrain,
+    /// Read the drain state and session figures without changing anything.
+    Sessions,
+}
 
-/// Drain progress.
+/// How a drain is waited on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum DrainProgress {}
+pub struct DrainWait {
+    /// Give up after this long; the host stays drained.
+    pub timeout: Duration,
+    /// "Done" means zero sessions for this long; `None` takes the agent's
+    /// `[app] quiet_period`.
+    pub quiet: Option<Duration>,
+    /// Connections from these remote addresses are reported but do not keep the
+    /// drain open: a load balancer's pooled idle connections, which the caller
+    /// judges by that load balancer's own figures instead.
+    pub exempt: Vec<IpAddr>,
+}
+
+/// Who holds the remaining sessions: one remote address and its connections.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Holder {
+    /// The peer's address (IPv4-mapped IPv6 addresses are shown as IPv4).
+    pub remote: IpAddr,
+    /// Established connections from it to the app port.
+    pub connections: u32,
+}
+
+/// Sessions on the app port at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCount {
+    /// Established connections to `[app] listen`.
+    pub total: u32,
+    /// The same, per remote address, most connections first.
+    pub holders: Vec<Holder>,
+    /// How they were counted: "netlink" or "/proc/net/tcp".
+    pub source: String,
+}
+
+/// The Apache figures the drain display needs, from mod_status `?auto`.
+/// Fields Apache did not report stay `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApacheFigures {
+    /// Workers serving a request (includes the one answering mod_status).
+    pub busy_workers: Option<u32>,
+    /// Workers waiting for a request.
+    pub idle_workers: Option<u32>,
+    /// Workers finishing after a graceful restart.
+    pub graceful_workers: Option<u32>,
+    /// Connections Apache holds (event MPM).
+    pub conns_total: Option<u32>,
+    /// Idle keep-alive connections parked by the event MPM.
+    pub conns_keep_alive: Option<u32>,
+    /// Total requests served since start (needs `ExtendedStatus On`).
+    pub total_accesses: Option<u64>,
+}
+
+/// Apache's status as the agent could read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApacheReading {
+    /// mod_status answered and parsed.
+    Figures(ApacheFigures),
+    /// It could not be read or parsed; the text says why.
+    Unavailable(String),
+}
+
+/// One sample while a drain is waited on (pushed every ≤200 ms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainProgress {
+    /// Established connections on the app port, with their holders.
+    pub sessions: SessionCount,
+    /// Of those, connections that keep the drain open (not from an exempt address).
+    pub blocking: u32,
+    /// Apache's workers, when `[app] status_url` is set (refreshed about once a second).
+    pub apache: Option<ApacheReading>,
+    /// Time since the wait began.
+    pub elapsed: Duration,
+    /// How long the blocking count has been zero.
+    pub quiet_for: Duration,
+    /// The quiet period being waited for.
+    pub quiet: Duration,
+    /// Whether the health-check file is removed.
+    pub drained: bool,
+}
 
 /// Drain replies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum DrainReply {}
+pub enum DrainReply {
+    /// The health-check file is removed (and, if waited on, the host is idle).
+    Drained {
+        /// Whether it was already removed before this call.
+        already: bool,
+        /// How long the wait took, if there was one.
+        waited: Option<Duration>,
+        /// The state after the call.
+        status: DrainStatus,
+    },
+    /// The health-check file is back.
+    Undrained {
+        /// Whether it was already in place before this call.
+        already: bool,
+        /// The state after the call.
+        status: DrainStatus,
+    },
+    /// Answer to [`DrainRequest::Sessions`].
+    Sessions(DrainStatus),
+}
 
 /// Drain part of the status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrainStatus {}
+pub struct DrainStatus {
+    /// Whether the health-check file is removed; `None` without `[health]`.
+    pub drained: Option<bool>,
+    /// The configured health-check file.
+    pub health_file: Option<String>,
+    /// Sessions on the app port; `None` without `[app]`.
+    pub sessions: Option<SessionReading>,
+    /// Apache's workers; `None` without `[app] status_url`.
+    pub apache: Option<ApacheReading>,
+}
+
+/// Sessions as the agent could count them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionReading {
+    /// Counted.
+    Counted(SessionCount),
+    /// Neither netlink nor /proc could be read; the text says why.
+    Unavailable(String),
+}
+
+impl SessionReading {
+    /// The count, when there is one.
+    pub fn count(&self) -> Option<&SessionCount> {
+        match self {
+            SessionReading::Counted(c) => Some(c),
+            SessionReading::Unavailable(_) => None,
+        }
+    }
+}
+
+impl ApacheReading {
+    /// The figures, when there are some.
+    pub fn figures(&self) -> Option<&ApacheFigures> {
+        match self {
+            ApacheReading::Figures(f) => Some(f),
+            ApacheReading::Unavailable(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = if self.connections == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} ({} connection{plural})",
+            self.remote, self.connections
+        )
+    }
+}
+
+impl DrainRequest {
+    /// Whether this request changes the host (see [`super::Request::changes_host`]).
+    pub fn changes_host(&self) -> bool {
+        !matches!(self, DrainRequest::Sessions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Progress, Response};
+
+    #[test]
+    fn progress_survives_the_wire_encoding() {
+        let progress = Response::Progress(Progress::Drain(DrainProgress {
+            sessions: SessionCount {
+                total: 3,
+                holders: vec![Holder {
+                    remote: "::1".parse().expect("literal address"),
+                    connections: 3,
+                }],
+                source: "netlink".into(),
+            },
+            blocking: 3,
+            apache: Some(ApacheReading::Figures(ApacheFigures {
+                busy_workers: Some(1),
+                idle_workers: None,
+                graceful_workers: None,
+                conns_total: Some(3),
+                conns_keep_alive: Some(2),
+                total_accesses: None,
+            })),
+            elapsed: Duration::from_millis(1500),
+            quiet_for: Duration::ZERO,
+            quiet: Duration::from_millis(300),
+            drained: true,
+        }));
+        let mut buf = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            crate::wire::write_frame(&mut buf, &progress)
+                .await
+                .expect("encode");
+            let back: Option<Response> = crate::wire::read_frame(&mut buf.as_slice())
+                .await
+                .expect("decode");
+            assert_eq!(back, Some(progress));
+        });
+    }
+}

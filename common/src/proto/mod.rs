@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod deploy;
 pub mod drain;
+pub mod health;
 pub mod lb;
+pub mod lease;
 pub mod status;
 
 /// Bumped whenever the encoding of these types changes.
@@ -53,6 +55,23 @@ pub enum Request {
     Lb(lb::LbRequest),
     /// Code revisions and hooks (runbook steps 4, 6, 7).
     Deploy(deploy::DeployRequest),
+    /// The rollout lease.
+    Lease(lease::LeaseRequest),
+    /// Check the release on this host before it is attached.
+    CheckHealth(health::HealthCheck),
+}
+
+impl Request {
+    /// Whether this request changes the host, and so must respect the rollout lease.
+    /// Reads (status, session counts, stats, release lists) never wait on a lease.
+    pub fn changes_host(&self) -> bool {
+        match self {
+            Request::Status | Request::Lease(_) | Request::CheckHealth(_) => false,
+            Request::Drain(r) => r.changes_host(),
+            Request::Lb(r) => r.changes_host(),
+            Request::Deploy(r) => r.changes_host(),
+        }
+    }
 }
 
 /// Agent → caller.
@@ -88,6 +107,10 @@ pub enum Reply {
     Lb(lb::LbReply),
     /// Answer to a [`Request::Deploy`].
     Deploy(deploy::DeployReply),
+    /// Answer to a [`Request::Lease`].
+    Lease(lease::LeaseReply),
+    /// Answer to a [`Request::CheckHealth`].
+    Health(health::HealthReport),
 }
 
 /// Why an action did not happen, with a message that names the problem and the fix.

@@ -56,7 +56,10 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             let files = pki::init_ca(&dir, force, days)
                 .with_context(|| format!("cannot create a CA in {}", dir.display()))?;
             println!("CA certificate: {}", files.cert.display());
-            println!("CA key:         {} (keep it off the hosts)", files.key.display());
+            println!(
+                "CA key:         {} (keep it off the hosts)",
+                files.key.display()
+            );
             Ok(())
         }
         CaCommand::Issue {
@@ -74,8 +77,12 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             let mut spec = LeafSpec::new(role, name, days);
             spec.dns = dns;
             spec.ips = ips;
-            let files = pki::issue(&dir, &spec)
-                .with_context(|| format!("cannot issue a certificate from the CA in {}", dir.display()))?;
+            let files = pki::issue(&dir, &spec).with_context(|| {
+                format!(
+                    "cannot issue a certificate from the CA in {}",
+                    dir.display()
+                )
+            })?;
             println!("{role} certificate: {}", files.cert.display());
             println!("{role} key:         {}", files.key.display());
             if print_install {

@@ -1,4 +1,8 @@
 //! One module per `handover` subcommand.
 
 pub mod ca;
+pub mod deploy;
+pub mod drain;
+pub mod lb;
+pub mod rollout;
 pub mod status;

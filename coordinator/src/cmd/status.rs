@@ -25,7 +25,11 @@ pub struct HostStatus {
 }
 
 /// Asks the hosts and prints one row per host; exit status 1 if any failed.
-pub async fn run(config: &CoordinatorConfig, names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: &CoordinatorConfig,
+    names: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let hosts = config.select(names)?;
     let fleet = Fleet::new(config)?;
     let results = fleet.call_each(&hosts, |_| Request::Status).await;
@@ -76,20 +80,46 @@ fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) 
 }
 
 fn render(statuses: &[HostStatus]) -> String {
-    let mut table = Table::new(&["HOST", "ROLES", "REACHABLE", "VERSION", "UPTIME", "LOAD", "MEMORY"]);
+    let mut table = Table::new(&[
+        "HOST",
+        "ROLES",
+        "REACHABLE",
+        "VERSION",
+        "UPTIME",
+        "LOAD",
+        "MEMORY",
+        "DRAINED",
+        "SESSIONS",
+        "APACHE(B/I)",
+        "RELEASE",
+    ]);
     let mut errors = Vec::new();
     for s in statuses {
-        let roles = if s.roles.is_empty() { "-".into() } else { s.roles.join(",") };
+        let roles = if s.roles.is_empty() {
+            "-".into()
+        } else {
+            s.roles.join(",")
+        };
         match &s.report {
-            Some(r) => table.row(vec![
-                s.name.clone(),
-                roles,
-                "yes".into(),
-                r.version.clone(),
-                short_duration(r.uptime_secs),
-                format!("{:.2}", r.host.load[0]),
-                format!("{}/{}", bytes(r.host.memory_used), bytes(r.host.memory_total)),
-            ]),
+            Some(r) => table.row(
+                [
+                    s.name.clone(),
+                    roles,
+                    "yes".into(),
+                    r.version.clone(),
+                    short_duration(r.uptime_secs),
+                    format!("{:.2}", r.host.load[0]),
+                    format!(
+                        "{}/{}",
+                        bytes(r.host.memory_used),
+                        bytes(r.host.memory_total)
+                    ),
+                ]
+                .into_iter()
+                .chain(crate::cmd::drain::status_cells(r))
+                .chain([release_cell(r)])
+                .collect(),
+            ),
             None => {
                 table.row(vec![s.name.clone(), roles, "NO".into()]);
                 errors.push(format!("{}: {}", s.name, s.error.as_deref().unwrap_or("?")));
@@ -97,8 +127,21 @@ fn render(statuses: &[HostStatus]) -> String {
         }
     }
     let mut out = table.render();
+    out.push_str(&crate::lb::render_status_section(
+        statuses
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), s.report.as_ref()?.lb.as_ref()?))),
+    ));
     for e in errors {
         out.push_str(&format!("error: {e}\n"));
     }
     out
+}
+
+/// "v2 1a2b3c4" for the current release; "-" without `[deploy]` or a release.
+fn release_cell(r: &StatusReport) -> String {
+    match r.release.as_ref().and_then(|d| d.current.as_ref()) {
+        Some(c) => format!("{} {}", c.rev, c.short_sha()),
+        None => "-".into(),
+    }
 }

@@ -1,0 +1,125 @@
+//! Code revisions: releases/, atomic `current` switch, hooks, rollback (runbook
+//! steps 4, 6, 7).
+//!
+//! * [`config`]: `[deploy]` in the agent's config.
+//! * [`git`]: the cached mirror of each allowed repository; fetch, resolve, export.
+//! * [`releases`]: the release tree and the atomic `current` switch.
+//! * [`hooks`]: the operator's `[hooks]` and a release's own `handover.toml`.
+//! * [`apply`]: the apply / activate pipeline, pruning and crash recovery.
+//! * [`state`]: the record of releases in state_dir.
+//! * [`cli`]: the local `handover-agent deploy|releases|activate|hook` commands.
+//!
+//! Deploy actions on one host are serialized by [`crate::Agent::deploy_lock`]: two
+//! applies at once must not interleave their switches.
+
+pub mod apply;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod git;
+pub mod hooks;
+pub mod releases;
+pub mod state;
+
+use std::sync::Arc;
+
+use handover_common::proto::deploy::{DeployReply, DeployRequest, HookOutput, ReleaseStatus};
+use handover_common::proto::{Failure, FailureKind};
+
+pub use config::DeployConfig;
+
+use crate::Agent;
+use crate::dispatch::{Caller, Reporter};
+use apply::{Deployer, check_hook_configured};
+
+/// Default limit for a hook when `[deploy]` is not configured.
+const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn deploy_config(agent: &Agent) -> Result<&DeployConfig, Failure> {
+    agent.config.deploy.as_ref().ok_or_else(|| {
+        Failure::new(
+            FailureKind::NotConfigured,
+            "this agent has no [deploy] section: add root and allowed_repos to its config",
+        )
+    })
+}
+
+/// Runs a deploy request.
+pub async fn handle(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    req: DeployRequest,
+    reporter: &Reporter,
+) -> Result<DeployReply, Failure> {
+    match req {
+        DeployRequest::Apply { repo, rev, hooks } => {
+            let config = deploy_config(agent)?;
+            let deployer = Deployer::new(agent, config, Some(reporter));
+            // Refuse before waiting for the lock: a bad request changes nothing.
+            deployer.check_apply(&repo, &hooks)?;
+            let _guard = agent.deploy_lock.lock().await;
+            tracing::info!(%caller, %repo, %rev, "applying a revision");
+            deployer
+                .apply(&repo, &rev, &hooks)
+                .await
+                .map(DeployReply::Applied)
+        }
+        DeployRequest::Activate { target } => {
+            let config = deploy_config(agent)?;
+            let _guard = agent.deploy_lock.lock().await;
+            tracing::info!(%caller, ?target, "activating a release");
+            Deployer::new(agent, config, Some(reporter))
+                .activate(&target)
+                .await
+                .map(DeployReply::Activated)
+        }
+        DeployRequest::Releases => {
+            let config = deploy_config(agent)?;
+            Deployer::new(agent, config, None)
+                .list()
+                .map(DeployReply::Releases)
+        }
+        DeployRequest::RunHook(name) => {
+            let command = check_hook_configured(agent, &name)?;
+            let _guard = agent.deploy_lock.lock().await;
+            tracing::info!(%caller, hook = %name, "running a hook");
+            let (dir, timeout) = match &agent.config.deploy {
+                Some(d) => {
+                    let current = releases::Layout::new(&d.root).current_link();
+                    let dir = if current.is_dir() {
+                        current
+                    } else {
+                        d.root.clone()
+                    };
+                    (dir, d.hook_timeout)
+                }
+                None => (std::path::PathBuf::from("/"), DEFAULT_HOOK_TIMEOUT),
+            };
+            let dir = if dir.is_dir() {
+                dir
+            } else {
+                std::path::PathBuf::from("/")
+            };
+            let env: [(&str, &std::ffi::OsStr); 1] = [("HANDOVER_HOOK", name.as_str().as_ref())];
+            let output = hooks::run(name.as_str(), &command, &dir, &env, timeout).await?;
+            Ok(DeployReply::HookRan(HookOutput {
+                name: name.to_string(),
+                output,
+            }))
+        }
+    }
+}
+
+/// The release part of `status`.
+pub async fn status(agent: &Arc<Agent>) -> Option<ReleaseStatus> {
+    let config = agent.config.deploy.as_ref()?;
+    Some(Deployer::new(agent, config, None).status())
+}
+
+/// Cleans up after an agent killed mid-deploy; call once at start, before serving.
+pub fn recover(agent: &Agent) -> anyhow::Result<()> {
+    let Some(config) = agent.config.deploy.as_ref() else {
+        return Ok(());
+    };
+    Deployer::new(agent, config, None).recover()
+}

@@ -1,0 +1,266 @@
+//! `handover plan | rollout | resume | rollback | history | show`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::config::CoordinatorConfig;
+use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, format_ms};
+use crate::output::Table;
+use crate::plan::Plan;
+use crate::rollout::engine::Engine;
+use crate::rollout::steps;
+
+/// `handover plan PLAN`: validate and print the numbered steps with capacity.
+pub fn plan(config: &CoordinatorConfig, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let plan = Plan::load(path, config)?;
+    let steps = steps::in_place(&plan);
+    if json {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            number: usize,
+            wave: usize,
+            title: String,
+            action: &'a steps::Action,
+            hosts: Vec<String>,
+        }
+        let lines: Vec<Line<'_>> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Line {
+                number: i + 1,
+                wave: s.wave + 1,
+                title: s.title(&plan),
+                action: &s.action,
+                hosts: s.hosts.iter().map(|h| h.to_string()).collect(),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    } else {
+        print!("{}", describe(&plan));
+        print!("{}", steps::render(&plan, &steps));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(plan: &Plan) -> String {
+    let f = &plan.file;
+    format!(
+        "in-place rollout of {} @ {} to {} host(s) in {} wave(s); load balancers: {}; {} of {} servers must stay UP\n",
+        f.revision.repo,
+        f.revision.reference,
+        plan.hosts.len(),
+        plan.waves.len(),
+        plan.lbs
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        f.rollout.min_healthy,
+        plan.servers_in_lb,
+    )
+}
+
+fn exit_for(state: RolloutState) -> ExitCode {
+    match state {
+        RolloutState::Succeeded => ExitCode::SUCCESS,
+        RolloutState::RolledBack | RolloutState::Aborted => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("not on a terminal: pass --yes to run without a prompt");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// `handover rollout PLAN [--yes]`.
+pub async fn rollout(
+    config: CoordinatorConfig,
+    path: &Path,
+    yes: bool,
+    json: bool,
+    break_lease: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read plan {}", path.display()))?;
+    let plan =
+        Plan::parse(&text, &config).with_context(|| format!("invalid plan {}", path.display()))?;
+    if !yes {
+        print!("{}", describe(&plan));
+        print!("{}", steps::render(&plan, &steps::in_place(&plan)));
+        if !confirm("Run this rollout?")? {
+            println!("nothing was changed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let engine = Engine::new_rollout(config, path, text, plan, json)?;
+    if !json {
+        eprintln!(
+            "rollout {} (if this terminal goes away: `handover resume {}`)",
+            engine.id(),
+            engine.id()
+        );
+    }
+    Ok(exit_for(engine.run(break_lease).await?))
+}
+
+/// `handover resume [ROLLOUT]`.
+pub async fn resume(
+    config: CoordinatorConfig,
+    id: Option<&str>,
+    json: bool,
+    break_lease: bool,
+) -> anyhow::Result<ExitCode> {
+    let record = Journal::new(&config.state_dir).find(id)?;
+    let engine = Engine::resume(config, record, json)?;
+    Ok(exit_for(engine.run(break_lease).await?))
+}
+
+/// `handover rollback [ROLLOUT]`: the newest rollout when none is named.
+pub async fn rollback(
+    config: CoordinatorConfig,
+    id: Option<&str>,
+    yes: bool,
+    json: bool,
+    break_lease: bool,
+) -> anyhow::Result<ExitCode> {
+    let journal = Journal::new(&config.state_dir);
+    let original = match id {
+        Some(id) => journal.find(Some(id))?,
+        None => journal
+            .rollouts()?
+            .into_iter()
+            .rev()
+            .find(|r| r.kind == RolloutKind::Rollout)
+            .ok_or_else(|| anyhow::anyhow!("the journal holds no rollout to roll back"))?,
+    };
+    if original.kind != RolloutKind::Rollout {
+        bail!(
+            "{} is itself a rollback: name the rollout to undo",
+            original.id
+        );
+    }
+    if !yes
+        && !confirm(&format!(
+            "Put the hosts of {} back on their previous release?",
+            original.id
+        ))?
+    {
+        println!("nothing was changed");
+        return Ok(ExitCode::from(1));
+    }
+    let engine = Engine::rollback_of(config, &original, json)?;
+    let state = engine.run(break_lease).await?;
+    Ok(if state == RolloutState::RolledBack {
+        ExitCode::SUCCESS
+    } else {
+        exit_for(state)
+    })
+}
+
+#[derive(Serialize)]
+struct HistoryLine<'a> {
+    #[serde(flatten)]
+    record: &'a RolloutRecord,
+    created: String,
+    updated: String,
+}
+
+/// `handover history`.
+pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let records = Journal::new(&config.state_dir).rollouts()?;
+    if json {
+        let lines: Vec<HistoryLine<'_>> = records
+            .iter()
+            .map(|r| HistoryLine {
+                record: r,
+                created: format_ms(r.created_ms),
+                updated: format_ms(r.updated_ms),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        "ROLLOUT", "KIND", "STATE", "STARTED", "REVISION", "OWNER", "ERROR",
+    ]);
+    for r in &records {
+        let revision = toml::from_str::<crate::plan::PlanFile>(&r.plan_text)
+            .map(|p| format!("{}@{}", p.revision.repo, p.revision.reference))
+            .unwrap_or_default();
+        table.row(vec![
+            r.id.clone(),
+            match &r.kind {
+                RolloutKind::Rollout => "rollout".into(),
+                RolloutKind::Rollback { of } => format!("rollback of {of}"),
+            },
+            format!("{:?}", r.state).to_lowercase(),
+            format_ms(r.created_ms),
+            revision,
+            r.owner.clone(),
+            r.error.clone().unwrap_or_default(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `handover show ROLLOUT`.
+pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let journal = Journal::new(&config.state_dir);
+    let record = journal.find(Some(id))?;
+    let steps = journal.steps(id)?;
+    if json {
+        #[derive(Serialize)]
+        struct Show<'a> {
+            rollout: &'a RolloutRecord,
+            steps: &'a [crate::journal::StepRecord],
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Show {
+                rollout: &record,
+                steps: &steps
+            })?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("rollout  {}", record.id);
+    println!("state    {:?}  (phase {})", record.state, record.phase);
+    println!("owner    {}", record.owner);
+    println!("plan     {}", record.plan_path.display());
+    println!("started  {}", format_ms(record.created_ms));
+    println!("updated  {}", format_ms(record.updated_ms));
+    if let Some(e) = &record.error {
+        println!("error    {e}");
+    }
+    let mut table = Table::new(&["PHASE", "#", "STEP", "STARTED", "TOOK", "OUTCOME"]);
+    for s in &steps {
+        table.row(vec![
+            s.phase.clone(),
+            (s.index + 1).to_string(),
+            s.title.clone(),
+            format_ms(s.started_ms),
+            s.ended_ms
+                .map(|e| format!("{:.1}s", e.saturating_sub(s.started_ms) as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into()),
+            match &s.outcome {
+                Some(StepOutcome::Ok) => "ok".into(),
+                Some(StepOutcome::Failed(e)) => format!("failed: {e}"),
+                None => "under way".into(),
+            },
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,442 @@
+//! The journal: every rollout, its plan, and every step with start, end, outcome
+//! and outputs, in an embedded store (redb) under the coordinator's state_dir.
+//!
+//! A step is written when it starts and again when it ends, so after a crash the
+//! journal tells exactly which step was under way; steps are idempotent, so
+//! `handover resume` simply runs that one again and carries on.
+//!
+//! The database is opened for each transaction and closed after it, so `handover
+//! history` works while a rollout runs in another process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const ROLLOUTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rollouts");
+const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("steps");
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// RFC 3339 time for a journal timestamp.
+pub fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Under way (or interrupted: `resume` continues it).
+    Running,
+    /// Every host is on the new release and attached.
+    Succeeded,
+    /// A wave failed health; upgraded hosts are being put back.
+    RollingBack,
+    /// The upgraded hosts are back on their previous release.
+    RolledBack,
+    /// Stopped on an error or by the operator; hosts were put back as they were.
+    Aborted,
+    /// Stopped and could not put everything back: see the error.
+    Failed,
+}
+
+impl RolloutState {
+    /// Whether `resume` has something to do.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, RolloutState::Running | RolloutState::RollingBack)
+    }
+}
+
+/// What kind of rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutKind {
+    /// A plan's revision, rolled out.
+    Rollout,
+    /// `handover rollback`: hosts of an earlier rollout back to their previous release.
+    Rollback {
+        /// The rollout being undone.
+        of: String,
+    },
+}
+
+/// One rollout as journaled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// Its id (`r-YYYYMMDD-HHMMSS-xxxx`).
+    pub id: String,
+    /// Rollout or rollback.
+    pub kind: RolloutKind,
+    /// Who ran it (coordinator certificate name and local user).
+    pub owner: String,
+    /// The plan file's path when it started.
+    pub plan_path: PathBuf,
+    /// The plan text, verbatim: `resume` uses this, not the file, which may have
+    /// changed since.
+    pub plan_text: String,
+    /// Where it stands.
+    pub state: RolloutState,
+    /// The phase whose steps run now (`forward`, or `rollback-from-wave-N`).
+    pub phase: String,
+    /// Created (ms since epoch).
+    pub created_ms: u64,
+    /// Last changed (ms since epoch).
+    pub updated_ms: u64,
+    /// Why it stopped, when it did not succeed.
+    pub error: Option<String>,
+    /// Facts later steps need: `before/<host>` = the release a host had before.
+    pub facts: BTreeMap<String, String>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// Done.
+    Ok,
+    /// Failed with this message.
+    Failed(String),
+}
+
+/// One step as journaled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Phase it belongs to.
+    pub phase: String,
+    /// Position in the phase.
+    pub index: usize,
+    /// What it does, as printed.
+    pub title: String,
+    /// Started (ms since epoch).
+    pub started_ms: u64,
+    /// Ended, if it did.
+    pub ended_ms: Option<u64>,
+    /// How it ended, if it did.
+    pub outcome: Option<StepOutcome>,
+    /// Outputs (release ids, shas, session counts...).
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The journal under a state_dir.
+pub struct Journal {
+    path: PathBuf,
+}
+
+fn step_key(id: &str, phase: &str, index: usize) -> String {
+    format!("{id}/{phase}/{index:06}")
+}
+
+impl Journal {
+    /// The journal in `state_dir` (created on first write).
+    pub fn new(state_dir: &Path) -> Self {
+        Journal {
+            path: state_dir.join("journal.redb"),
+        }
+    }
+
+    fn open(&self) -> anyhow::Result<Database> {
+        if let Some(dir) = self.path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
+        }
+        // Another handover process may hold it for a moment: retry briefly.
+        let mut last = None;
+        for _ in 0..200 {
+            match Database::create(&self.path) {
+                Ok(db) => return Ok(db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    last = Some(redb::DatabaseError::DatabaseAlreadyOpen);
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot open the journal {}", self.path.display())
+                    });
+                }
+            }
+        }
+        Err(anyhow::anyhow!("{last:?}")).with_context(|| {
+            format!(
+                "the journal {} stays locked by another handover process",
+                self.path.display()
+            )
+        })
+    }
+
+    fn write(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        key: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<()> {
+        let db = self.open()?;
+        let txn = db.begin_write()?;
+        {
+            let mut t = txn.open_table(table)?;
+            t.insert(key, bytes)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Saves (creates or replaces) a rollout record.
+    pub fn save_rollout(&self, record: &RolloutRecord) -> anyhow::Result<()> {
+        let mut record = record.clone();
+        record.updated_ms = now_ms();
+        self.write(ROLLOUTS, &record.id, &serde_json::to_vec(&record)?)
+            .context("writing the journal")
+    }
+
+    /// A rollout by id.
+    pub fn rollout(&self, id: &str) -> anyhow::Result<Option<RolloutRecord>> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let db = self.open()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(ROLLOUTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match table.get(id)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(v.value()).context("reading a journal record")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every rollout, oldest first.
+    pub fn rollouts(&self) -> anyhow::Result<Vec<RolloutRecord>> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        let db = self.open()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(ROLLOUTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(serde_json::from_slice::<RolloutRecord>(v.value())?);
+        }
+        out.sort_by_key(|r| r.created_ms);
+        Ok(out)
+    }
+
+    /// The rollout `id`, or the newest unfinished one when `id` is None.
+    pub fn find(&self, id: Option<&str>) -> anyhow::Result<RolloutRecord> {
+        match id {
+            Some(id) => self.rollout(id)?.ok_or_else(|| {
+                anyhow::anyhow!("no rollout {id:?} in the journal: `handover history` lists them")
+            }),
+            None => {
+                let unfinished: Vec<_> = self
+                    .rollouts()?
+                    .into_iter()
+                    .filter(|r| r.state.is_unfinished())
+                    .collect();
+                match unfinished.as_slice() {
+                    [] => bail!("no unfinished rollout in the journal: nothing to resume"),
+                    [one] => Ok(one.clone()),
+                    many => bail!(
+                        "several unfinished rollouts ({}): name the one to resume",
+                        many.iter()
+                            .map(|r| r.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Records a step as started (or restarted).
+    pub fn step_started(
+        &self,
+        id: &str,
+        phase: &str,
+        index: usize,
+        title: &str,
+    ) -> anyhow::Result<()> {
+        let record = StepRecord {
+            phase: phase.to_owned(),
+            index,
+            title: title.to_owned(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            outcome: None,
+            outputs: BTreeMap::new(),
+        };
+        self.write(
+            STEPS,
+            &step_key(id, phase, index),
+            &serde_json::to_vec(&record)?,
+        )
+    }
+
+    /// Records how a step ended.
+    pub fn step_ended(
+        &self,
+        id: &str,
+        phase: &str,
+        index: usize,
+        outcome: StepOutcome,
+        outputs: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let key = step_key(id, phase, index);
+        let mut record = self
+            .steps(id)?
+            .into_iter()
+            .find(|s| s.phase == phase && s.index == index)
+            .ok_or_else(|| anyhow::anyhow!("journal: step {key} ended but never started"))?;
+        record.ended_ms = Some(now_ms());
+        record.outcome = Some(outcome);
+        record.outputs = outputs;
+        self.write(STEPS, &key, &serde_json::to_vec(&record)?)
+    }
+
+    /// Marks steps as undone (their work was reversed by a repair), keeping their
+    /// history: `resume` runs them again.
+    pub fn mark_undone(&self, id: &str, phase: &str, indices: &[usize]) -> anyhow::Result<()> {
+        for step in self.steps(id)? {
+            if step.phase == phase
+                && indices.contains(&step.index)
+                && step.outcome == Some(StepOutcome::Ok)
+            {
+                let mut step = step;
+                step.outcome = Some(StepOutcome::Failed(
+                    "undone: the wave was put back in service when the rollout stopped".into(),
+                ));
+                self.write(
+                    STEPS,
+                    &step_key(id, phase, step.index),
+                    &serde_json::to_vec(&step)?,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every step of a rollout, in order.
+    pub fn steps(&self, id: &str) -> anyhow::Result<Vec<StepRecord>> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        let db = self.open()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(STEPS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let start = format!("{id}/");
+        let end = format!("{id}0");
+        let mut out = Vec::new();
+        for entry in table.range(start.as_str()..end.as_str())? {
+            let (_, v) = entry?;
+            out.push(serde_json::from_slice::<StepRecord>(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Whether step `index` of `phase` ended well.
+    pub fn step_done(&self, steps: &[StepRecord], phase: &str, index: usize) -> bool {
+        steps
+            .iter()
+            .any(|s| s.phase == phase && s.index == index && s.outcome == Some(StepOutcome::Ok))
+    }
+}
+
+/// A new rollout id: time-ordered and unique enough for one bastion.
+pub fn new_rollout_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = SystemTime::now();
+    let stamp = humantime::format_rfc3339_seconds(now).to_string();
+    let compact: String = stamp.chars().filter(|c| c.is_ascii_digit()).collect();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(std::process::id());
+    format!(
+        "r-{}-{}-{:04x}",
+        &compact[..8.min(compact.len())],
+        &compact[8.min(compact.len())..],
+        h.finish() & 0xffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> RolloutRecord {
+        RolloutRecord {
+            id: id.into(),
+            kind: RolloutKind::Rollout,
+            owner: "ops".into(),
+            plan_path: "plan.toml".into(),
+            plan_text: "strategy = \"in-place\"".into(),
+            state: RolloutState::Running,
+            phase: "forward".into(),
+            created_ms: now_ms(),
+            updated_ms: 0,
+            error: None,
+            facts: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn steps_survive_reopening_and_tell_what_was_under_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::new(dir.path());
+        journal.save_rollout(&record("r-1")).expect("save");
+        journal
+            .step_started("r-1", "forward", 0, "drain web-1")
+            .expect("start");
+        journal
+            .step_ended("r-1", "forward", 0, StepOutcome::Ok, BTreeMap::new())
+            .expect("end");
+        journal
+            .step_started("r-1", "forward", 1, "wait web-1")
+            .expect("start");
+
+        let journal = Journal::new(dir.path());
+        let steps = journal.steps("r-1").expect("steps");
+        assert_eq!(steps.len(), 2);
+        assert!(journal.step_done(&steps, "forward", 0));
+        assert!(!journal.step_done(&steps, "forward", 1));
+        assert_eq!(journal.find(None).expect("unfinished").id, "r-1");
+        // Another rollout's steps are not mixed in.
+        journal.save_rollout(&record("r-10")).expect("save");
+        journal
+            .step_started("r-10", "forward", 0, "x")
+            .expect("start");
+        assert_eq!(journal.steps("r-1").expect("steps").len(), 2);
+    }
+
+    #[test]
+    fn ids_are_distinct_and_safe() {
+        let a = new_rollout_id();
+        let b = new_rollout_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with("r-") && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+}

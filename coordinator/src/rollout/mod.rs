@@ -1,0 +1,19 @@
+//! The rollout engine: one loop, strategies as step generators.
+//!
+//! The next step is a pure function of the journal (which steps of the current
+//! phase ended well) and the plan; each step then acts on what the agents and
+//! HAProxy report *now*. That is what makes `handover resume` trivial after a crash
+//! at any point: regenerate the steps, skip the finished ones, run the one that was
+//! under way again (every step is idempotent), carry on.
+//!
+//! Phases: `forward` runs the plan; a failure with `auto_rollback` switches to
+//! `rollback-from-wave-N` (every upgraded host back to its previous release, with
+//! the same drain → detach → switch → verify → attach mechanics, so no session is
+//! cut); a failure without it, or an interrupt, switches to `repair-wave-N`, which
+//! puts only the current wave back in service.
+
+pub mod engine;
+pub mod lease;
+pub mod ops;
+pub mod steps;
+pub mod ui;

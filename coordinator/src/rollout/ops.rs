@@ -1,0 +1,531 @@
+//! Each runbook action, done on a wave's hosts through their agents. Every
+//! function is idempotent: run again after a crash, it finds the work done and
+//! says so, or finishes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::future::join_all;
+use handover_common::names::{HostName, ReleaseName};
+use handover_common::proto::deploy::{
+    ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseOutcome,
+};
+use handover_common::proto::drain::{DrainReply, DrainRequest};
+use handover_common::proto::health::{HealthCheck, HealthPath};
+use handover_common::proto::lb::StatusKind;
+use handover_common::proto::{Progress, Reply, Request};
+
+use super::steps::{Action, Step};
+use super::ui::{Event, Ui};
+use crate::config::{CoordinatorConfig, HostEntry};
+use crate::fleet::Fleet;
+use crate::plan::{OnDrainTimeout, Plan};
+
+/// What a step produced, kept in the journal.
+pub type Outputs = BTreeMap<String, String>;
+
+/// Everything a step needs.
+pub struct Ctx<'a> {
+    /// The coordinator's config (inventory).
+    pub config: &'a CoordinatorConfig,
+    /// Connections to the agents, carrying the rollout id.
+    pub fleet: &'a Fleet,
+    /// The validated plan.
+    pub plan: &'a Plan,
+    /// Progress display.
+    pub ui: &'a Ui,
+}
+
+impl Ctx<'_> {
+    fn progress(&self, host: &HostName, text: impl Into<String>) {
+        self.ui.show(Event::Progress {
+            host: host.to_string(),
+            text: text.into(),
+        });
+    }
+
+    fn entries(&self, hosts: &[HostName]) -> anyhow::Result<Vec<HostEntry>> {
+        hosts.iter().map(|h| self.plan.host(h).cloned()).collect()
+    }
+}
+
+/// Runs `step`. `facts` holds what earlier steps learnt (the release each host had
+/// before the rollout), and is where this step records what later ones need.
+pub async fn execute(
+    ctx: &Ctx<'_>,
+    step: &Step,
+    facts: &BTreeMap<String, String>,
+) -> anyhow::Result<Outputs> {
+    let hosts = &step.hosts;
+    match &step.action {
+        Action::EnsureCapacity => ensure_capacity(ctx, hosts).await,
+        Action::RemoveHealthCheckFile => remove_health_check_file(ctx, hosts).await,
+        Action::WaitForSessionsToEnd => wait_for_sessions_to_end(ctx, hosts).await,
+        Action::DetachFromLoadBalancers => detach_from_load_balancers(ctx, hosts, facts).await,
+        Action::ApplyRevision => apply_revision(ctx, hosts, facts).await,
+        Action::ActivatePreviousRelease => activate_previous_release(ctx, hosts, facts).await,
+        Action::RestoreHealthCheckFile => restore_health_check_file(ctx, hosts).await,
+        Action::VerifyHealth => verify_health(ctx, hosts).await,
+        Action::AttachToLoadBalancers => attach_to_load_balancers(ctx, hosts).await,
+        Action::Pause(d) => pause(ctx, hosts, *d).await,
+    }
+}
+
+/// Runs `f` on every host at once; fails naming every host that failed.
+async fn on_each<'h, F, Fut>(hosts: &'h [HostName], f: F) -> anyhow::Result<Outputs>
+where
+    F: Fn(&'h HostName) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Outputs>>,
+{
+    let f = &f;
+    let results = join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await;
+    let mut outputs = Outputs::new();
+    let mut failures = Vec::new();
+    for (host, result) in results {
+        match result {
+            Ok(o) => outputs.extend(o),
+            Err(e) => failures.push(format!("{host}: {e:#}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(outputs)
+    } else {
+        bail!("{}", failures.join("; "))
+    }
+}
+
+async fn call(ctx: &Ctx<'_>, host: &HostName, request: Request) -> anyhow::Result<Reply> {
+    let entry = ctx
+        .config
+        .host(host.as_str())
+        .with_context(|| format!("{host} left the inventory"))?;
+    Ok(ctx
+        .fleet
+        .call(entry, None, request, |p| report_progress(ctx, host, &p))
+        .await?)
+}
+
+fn report_progress(ctx: &Ctx<'_>, host: &HostName, progress: &Progress) {
+    let text = match progress {
+        Progress::Drain(p) => format!(
+            "{} session(s){}",
+            p.sessions.total,
+            if p.sessions.holders.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " held by {}",
+                    p.sessions
+                        .holders
+                        .iter()
+                        .map(|h| format!("{} ({})", h.remote, h.connections))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+        Progress::Deploy(DeployProgress::StepFinished { step, detail, .. }) => {
+            format!("{step}: {detail}")
+        }
+        Progress::Lb(_) => match crate::lb::describe_progress(host, progress) {
+            Some(text) => text
+                .strip_prefix(&format!("{host}: "))
+                .map(str::to_owned)
+                .unwrap_or(text),
+            None => return,
+        },
+    };
+    ctx.progress(host, text);
+}
+
+/// Servers UP per (LB, backend), as each LB's HAProxy reports now, not counting
+/// `excluded`; only backends that hold one of the rollout's hosts.
+async fn capacity(
+    ctx: &Ctx<'_>,
+    excluded: &BTreeSet<&HostName>,
+) -> anyhow::Result<Vec<(HostName, String, usize, usize)>> {
+    let rollout_hosts: BTreeSet<&HostName> = ctx.plan.hosts.iter().map(|h| &h.name).collect();
+    let results = ctx
+        .fleet
+        .call_each(&ctx.plan.lbs, |_| Request::Status)
+        .await;
+    let mut out = Vec::new();
+    for (lb, result) in results {
+        let report = match result {
+            Ok(Reply::Status(report)) => report,
+            Ok(other) => bail!("{}: unexpected answer to status: {other:?}", lb.name),
+            Err(e) => bail!("cannot read load balancer {}: {e}", lb.name),
+        };
+        let Some(status) = report.lb else {
+            bail!(
+                "{} has no [haproxy] section in its agent config, but the inventory says it is an lb",
+                lb.name
+            );
+        };
+        if let Some(e) = status.error {
+            bail!("{}: HAProxy cannot be read: {e}", lb.name);
+        }
+        let mut backends: BTreeMap<String, (usize, usize, bool)> = BTreeMap::new();
+        for s in &status.servers {
+            let entry = backends.entry(s.backend.clone()).or_default();
+            let ours = s.host.as_ref().is_some_and(|h| rollout_hosts.contains(h));
+            entry.2 |= ours;
+            if s.status_kind() == StatusKind::Up {
+                entry.0 += 1;
+                if !s.host.as_ref().is_some_and(|h| excluded.contains(h)) {
+                    entry.1 += 1;
+                }
+            }
+        }
+        for (backend, (up, up_without, relevant)) in backends {
+            if relevant {
+                out.push((lb.name.clone(), backend, up, up_without));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until taking `hosts` out leaves at least `min_healthy` UP in every
+/// backend of every LB — as HAProxy reports it now.
+async fn ensure_capacity(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    let min = ctx.plan.file.rollout.min_healthy;
+    let excluded: BTreeSet<&HostName> = hosts.iter().collect();
+    let deadline = tokio::time::Instant::now() + ctx.plan.file.rollout.attach_timeout;
+    loop {
+        let reading = capacity(ctx, &excluded).await;
+        let why = match &reading {
+            Ok(rows) if rows.is_empty() => {
+                "no load balancer backend holds any of this rollout's hosts: attach them first (handover attach)".to_string()
+            }
+            Ok(rows) => {
+                let short: Vec<String> = rows
+                    .iter()
+                    .filter(|(_, _, _, without)| *without < min)
+                    .map(|(lb, b, up, without)| {
+                        format!("{lb}/{b}: {up} UP, {without} without this wave")
+                    })
+                    .collect();
+                if short.is_empty() {
+                    let mut outputs = Outputs::new();
+                    for (lb, b, up, without) in rows {
+                        outputs.insert(format!("up/{lb}/{b}"), format!("{up} ({without} without the wave)"));
+                    }
+                    return Ok(outputs);
+                }
+                format!("need {min} UP besides the wave: {}", short.join("; "))
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "capacity: {why} (waited {}); bring servers back UP or lower [rollout] min_healthy",
+                handover_common::duration::format(ctx.plan.file.rollout.attach_timeout)
+            );
+        }
+        if let Some(h) = hosts.first() {
+            ctx.progress(h, format!("waiting for capacity: {why}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    on_each(hosts, |h| async move {
+        match call(ctx, h, Request::Drain(DrainRequest::Drain { wait: None })).await? {
+            Reply::Drain(DrainReply::Drained { already, .. }) => Ok(Outputs::from([(
+                format!("drained/{h}"),
+                if already { "already" } else { "now" }.to_string(),
+            )])),
+            other => bail!("unexpected answer to drain: {other:?}"),
+        }
+    })
+    .await
+}
+
+/// Runbook step 13: the same decision as `handover drain --wait` — idle on the
+/// host (no direct connection) and on every LB (scur and qcur 0, stot not rising)
+/// at the same moment, for the quiet period.
+async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    use crate::drain_wait::{HostResult, WaitOptions};
+    let r = &ctx.plan.file.rollout;
+    let entries = ctx.entries(hosts)?;
+    let mut last_shown: BTreeMap<HostName, String> = BTreeMap::new();
+    let outcome = crate::drain_wait::wait_for_sessions_to_end(
+        ctx.fleet,
+        ctx.config,
+        &entries,
+        WaitOptions {
+            timeout: r.drain_timeout,
+            quiet: Some(r.quiet),
+        },
+        None,
+        &mut |p| {
+            let text = if p.holds.is_empty() {
+                "idle, waiting out the quiet period".to_string()
+            } else {
+                p.holds
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            if last_shown.get(p.host) != Some(&text) {
+                last_shown.insert(p.host.clone(), text.clone());
+                ctx.progress(p.host, text);
+            }
+        },
+    )
+    .await?;
+    let mut outputs = Outputs::new();
+    let mut held = Vec::new();
+    for host in &outcome.hosts {
+        match &host.result {
+            HostResult::Idle { waited, .. } => {
+                outputs.insert(
+                    format!("sessions/{}", host.host.name),
+                    format!("idle after {}", handover_common::duration::format(*waited)),
+                );
+            }
+            _ => held.push((
+                host.host.name.clone(),
+                host.timeout_text(r.drain_timeout)
+                    .unwrap_or_else(|| format!("{:?}", host.result)),
+            )),
+        }
+    }
+    if held.is_empty() {
+        return Ok(outputs);
+    }
+    let text: Vec<String> = held.iter().map(|(_, why)| why.clone()).collect();
+    match r.on_drain_timeout {
+        OnDrainTimeout::Abort => bail!(
+            "sessions did not end: {} ([rollout] on_drain_timeout = \"abort\")",
+            text.join("; ")
+        ),
+        OnDrainTimeout::Proceed => {
+            for (h, why) in held {
+                outputs.insert(format!("cut/{h}"), why);
+            }
+            Ok(outputs)
+        }
+    }
+}
+
+async fn detach_from_load_balancers(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+    facts: &BTreeMap<String, String>,
+) -> anyhow::Result<Outputs> {
+    let _ = facts;
+    let entries = ctx.entries(hosts)?;
+    // Sessions past the drain timeout are cut only when the plan says proceed: the
+    // wait step then recorded them, and detach may force.
+    let force = ctx.plan.file.rollout.on_drain_timeout == OnDrainTimeout::Proceed;
+    let outcomes = crate::lb::detach(
+        ctx.fleet,
+        &ctx.plan.lbs,
+        &entries,
+        force,
+        Some(
+            ctx.plan
+                .file
+                .rollout
+                .drain_timeout
+                .min(Duration::from_secs(60)),
+        ),
+        &|lb, p| report_progress(ctx, lb, p),
+    )
+    .await;
+    lb_outcomes("detached", outcomes)
+}
+
+fn lb_outcomes(what: &str, outcomes: Vec<crate::lb::LbOutcome>) -> anyhow::Result<Outputs> {
+    let mut outputs = Outputs::new();
+    let mut failures = Vec::new();
+    for o in outcomes {
+        match o.result {
+            Ok(_) => {
+                outputs.insert(format!("{what}/{}/{}", o.host, o.lb), "ok".into());
+            }
+            Err(e) => failures.push(format!("{} on {}: {e}", o.host, o.lb)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(outputs)
+    } else {
+        bail!("{}", failures.join("; "))
+    }
+}
+
+/// The releases on `host`.
+pub async fn releases(ctx: &Ctx<'_>, host: &HostName) -> anyhow::Result<ReleaseList> {
+    match call(ctx, host, Request::Deploy(DeployRequest::Releases)).await? {
+        Reply::Deploy(DeployReply::Releases(list)) => Ok(list),
+        other => bail!("unexpected answer to releases: {other:?}"),
+    }
+}
+
+/// Records, for each host, the release it has before the rollout changes it (once:
+/// a resumed rollout keeps the first answer).
+pub async fn record_releases_before(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+    facts: &mut BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for host in hosts {
+        let key = format!("before/{host}");
+        if facts.contains_key(&key) {
+            continue;
+        }
+        let list = releases(ctx, host).await?;
+        let before = list
+            .current
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "-".to_string());
+        facts.insert(key, before);
+    }
+    Ok(())
+}
+
+async fn apply_revision(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+    facts: &BTreeMap<String, String>,
+) -> anyhow::Result<Outputs> {
+    let (repo, rev) = ctx.plan.revision()?;
+    on_each(hosts, |h| {
+        let (repo, rev) = (repo.clone(), rev.clone());
+        async move {
+            // Resumed after the switch? Then the host already runs it.
+            let list = releases(ctx, h).await?;
+            let before = facts.get(&format!("before/{h}"));
+            if let Some(current) = &list.current
+                && before.is_some_and(|b| b != current.as_str())
+                && let Some(record) = list.releases.iter().find(|r| &r.name == current)
+                && record.repo == repo.as_str()
+                && record.rev == rev.as_str()
+                && record.outcome == ReleaseOutcome::Activated
+            {
+                return Ok(Outputs::from([
+                    (format!("release/{h}"), record.name.to_string()),
+                    (format!("sha/{h}"), record.sha.clone()),
+                ]));
+            }
+            let request = Request::Deploy(DeployRequest::Apply {
+                repo,
+                rev,
+                hooks: Vec::new(),
+            });
+            match call(ctx, h, request).await? {
+                Reply::Deploy(DeployReply::Applied(record)) => Ok(Outputs::from([
+                    (format!("release/{h}"), record.name.to_string()),
+                    (format!("sha/{h}"), record.sha),
+                ])),
+                other => bail!("unexpected answer to apply: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+async fn activate_previous_release(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+    facts: &BTreeMap<String, String>,
+) -> anyhow::Result<Outputs> {
+    on_each(hosts, |h| async move {
+        let Some(before) = facts
+            .get(&format!("before/{h}"))
+            .filter(|b| b.as_str() != "-")
+        else {
+            // The rollout never switched this host (or it had no release before).
+            return Ok(Outputs::from([(
+                format!("activated/{h}"),
+                "unchanged".into(),
+            )]));
+        };
+        let list = releases(ctx, h).await?;
+        if list.current.as_ref().is_some_and(|c| c.as_str() == before) {
+            return Ok(Outputs::from([(format!("activated/{h}"), before.clone())]));
+        }
+        let target = ActivateTarget::Release(ReleaseName::new(before.clone())?);
+        match call(ctx, h, Request::Deploy(DeployRequest::Activate { target })).await? {
+            Reply::Deploy(DeployReply::Activated(record)) => Ok(Outputs::from([(
+                format!("activated/{h}"),
+                record.name.to_string(),
+            )])),
+            other => bail!("unexpected answer to activate: {other:?}"),
+        }
+    })
+    .await
+}
+
+async fn restore_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    on_each(hosts, |h| async move {
+        match call(ctx, h, Request::Drain(DrainRequest::Undrain)).await? {
+            Reply::Drain(DrainReply::Undrained { already, .. }) => Ok(Outputs::from([(
+                format!("undrained/{h}"),
+                if already { "already" } else { "now" }.to_string(),
+            )])),
+            other => bail!("unexpected answer to undrain: {other:?}"),
+        }
+    })
+    .await
+}
+
+async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    let spec = &ctx.plan.file.health;
+    let check = HealthCheck {
+        path: HealthPath::new(spec.path.clone())?,
+        expect: spec.expect,
+        rise: spec.rise,
+        interval: spec.interval,
+        timeout: spec.timeout,
+    };
+    on_each(hosts, |h| {
+        let check = check.clone();
+        async move {
+            match call(ctx, h, Request::CheckHealth(check)).await? {
+                Reply::Health(report) => Ok(Outputs::from([(
+                    format!("health/{h}"),
+                    format!("{} after {} checks", report.last, report.checks),
+                )])),
+                other => bail!("unexpected answer to a health check: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+async fn attach_to_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    let entries = ctx.entries(hosts)?;
+    let outcomes = crate::lb::attach(
+        ctx.fleet,
+        &ctx.plan.lbs,
+        &entries,
+        Some(ctx.plan.file.rollout.attach_timeout),
+        &|lb, p| report_progress(ctx, lb, p),
+    )
+    .await?;
+    lb_outcomes("attached", outcomes)
+}
+
+async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result<Outputs> {
+    let end = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < end {
+        let left = end - tokio::time::Instant::now();
+        if let Some(h) = hosts.first() {
+            ctx.progress(
+                h,
+                format!(
+                    "canary pause, {} left",
+                    handover_common::duration::format(Duration::from_secs(left.as_secs()))
+                ),
+            );
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+    }
+    Ok(Outputs::new())
+}

@@ -1,0 +1,329 @@
+//! Strategies as step generators. A rollout is a list of steps, each an action on
+//! the hosts of one wave, generated the same way every time from the plan and the
+//! phase: that is what lets `resume` regenerate the list after a crash and carry on
+//! from the journal.
+
+use std::time::Duration;
+
+use handover_common::names::HostName;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+
+/// What a step does. The names are the runbook's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Wait until taking the wave out leaves at least `min_healthy` UP in every LB.
+    EnsureCapacity,
+    /// Rename the health-check file away: HAProxy stops sending new sessions.
+    RemoveHealthCheckFile,
+    /// Wait until the LBs and the host see no more sessions (or the drain timeout).
+    WaitForSessionsToEnd,
+    /// Take the servers out of every LB.
+    DetachFromLoadBalancers,
+    /// Deploy the plan's revision (the agent switches, reloads and verifies).
+    ApplyRevision,
+    /// Put the release the host had before this rollout back in place.
+    ActivatePreviousRelease,
+    /// Put the health-check file back.
+    RestoreHealthCheckFile,
+    /// Check the release on the host itself: `[health]` path, `rise` times in a row.
+    VerifyHealth,
+    /// Put the servers back in every LB and wait for a fresh passing check.
+    AttachToLoadBalancers,
+    /// Wait before the next wave (after the canary).
+    Pause(#[serde(with = "handover_common::duration::serde_human")] Duration),
+}
+
+/// One step: an action on the hosts of one wave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Wave number, from 0.
+    pub wave: usize,
+    /// What to do.
+    pub action: Action,
+    /// On which hosts (all at once).
+    pub hosts: Vec<HostName>,
+}
+
+impl Step {
+    /// The line `plan` and the journal show.
+    pub fn title(&self, plan: &Plan) -> String {
+        let hosts = self
+            .hosts
+            .iter()
+            .map(HostName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let r = &plan.file.rollout;
+        match &self.action {
+            Action::EnsureCapacity => format!(
+                "ensure capacity: taking {hosts} out leaves ≥ {} UP in every LB",
+                r.min_healthy
+            ),
+            Action::RemoveHealthCheckFile => format!("remove the health-check file on {hosts}"),
+            Action::WaitForSessionsToEnd => format!(
+                "wait for sessions to end on {hosts} (timeout {}, then {})",
+                handover_common::duration::format(r.drain_timeout),
+                match r.on_drain_timeout {
+                    crate::plan::OnDrainTimeout::Abort => "abort",
+                    crate::plan::OnDrainTimeout::Proceed => "proceed and cut them",
+                }
+            ),
+            Action::DetachFromLoadBalancers => format!("detach {hosts} from every LB"),
+            Action::ApplyRevision => format!(
+                "apply {} @ {} on {hosts}",
+                plan.file.revision.repo, plan.file.revision.reference
+            ),
+            Action::ActivatePreviousRelease => {
+                format!("activate the previous release on {hosts}")
+            }
+            Action::RestoreHealthCheckFile => format!("restore the health-check file on {hosts}"),
+            Action::VerifyHealth => format!(
+                "verify health of {hosts}: GET {} → {}, {} in a row every {}",
+                plan.file.health.path,
+                plan.file.health.expect,
+                plan.file.health.rise,
+                handover_common::duration::format(plan.file.health.interval)
+            ),
+            Action::AttachToLoadBalancers => {
+                format!("attach {hosts} to every LB and wait for a fresh passing check")
+            }
+            Action::Pause(d) => format!("pause {} (canary)", handover_common::duration::format(*d)),
+        }
+    }
+
+    /// Servers of this wave out of service after the step (for `plan`'s capacity).
+    fn out_of_service_after(&self, before: usize) -> usize {
+        match self.action {
+            Action::RemoveHealthCheckFile => self.hosts.len(),
+            Action::AttachToLoadBalancers => 0,
+            _ => before,
+        }
+    }
+}
+
+/// The mechanics of one wave: drain → wait → detach → `switch` → restore → verify
+/// → attach. Every action is idempotent, so the same list also repairs a wave left
+/// anywhere in between.
+pub fn wave_steps(wave: usize, hosts: &[HostName], switch: Action) -> Vec<Step> {
+    [
+        Action::EnsureCapacity,
+        Action::RemoveHealthCheckFile,
+        Action::WaitForSessionsToEnd,
+        Action::DetachFromLoadBalancers,
+        switch,
+        Action::RestoreHealthCheckFile,
+        Action::VerifyHealth,
+        Action::AttachToLoadBalancers,
+    ]
+    .into_iter()
+    .map(|action| Step {
+        wave,
+        action,
+        hosts: hosts.to_vec(),
+    })
+    .collect()
+}
+
+/// The phase names used in the journal.
+pub mod phase {
+    /// Forward: the plan's waves.
+    pub const FORWARD: &str = "forward";
+    /// Rolling back after wave `n` failed.
+    pub fn rollback(failed_wave: usize) -> String {
+        format!("rollback-from-wave-{}", failed_wave + 1)
+    }
+    /// `handover rollback`: waves 1..=n, all serving, back to their previous release.
+    pub fn undo(last_wave: usize) -> String {
+        format!("rollback-waves-1-to-{}", last_wave + 1)
+    }
+    /// Putting wave `n` back in service after an abort.
+    pub fn repair(wave: usize) -> String {
+        format!("repair-wave-{}", wave + 1)
+    }
+}
+
+/// The in-place strategy: every wave's mechanics with `ApplyRevision`, and the
+/// canary pause after the first wave.
+pub fn in_place(plan: &Plan) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (i, wave) in plan.waves.iter().enumerate() {
+        steps.extend(wave_steps(i, wave, Action::ApplyRevision));
+        if plan.is_canary(i)
+            && let Some(pause) = plan.file.rollout.pause
+            && i + 1 < plan.waves.len()
+        {
+            steps.push(Step {
+                wave: i,
+                action: Action::Pause(pause),
+                hosts: wave.clone(),
+            });
+        }
+    }
+    steps
+}
+
+/// Back to the previous release. The failed wave is out of service or about to
+/// be (drained, detached, or failing its checks), so it is repaired in place:
+/// previous release, health file back, verify, attach. The waves before it are
+/// serving the new release, so they go back newest first with the full wave
+/// mechanics (no session is cut).
+pub fn rollback(plan: &Plan, failed_wave: usize) -> Vec<Step> {
+    let failed_wave = failed_wave.min(plan.waves.len().saturating_sub(1));
+    let mut steps = repair(plan, failed_wave);
+    for i in (0..failed_wave).rev() {
+        steps.extend(wave_steps(
+            i,
+            &plan.waves[i],
+            Action::ActivatePreviousRelease,
+        ));
+    }
+    steps
+}
+
+/// `handover rollback` of a finished rollout: every wave up to `last_wave` is
+/// serving, so each goes back with the full wave mechanics, newest first.
+pub fn undo(plan: &Plan, last_wave: usize) -> Vec<Step> {
+    let last_wave = last_wave.min(plan.waves.len().saturating_sub(1));
+    let mut steps = Vec::new();
+    for i in (0..=last_wave).rev() {
+        steps.extend(wave_steps(
+            i,
+            &plan.waves[i],
+            Action::ActivatePreviousRelease,
+        ));
+    }
+    steps
+}
+
+/// After an abort without rollback: only the current wave goes back in service,
+/// on whatever good release it has (the previous one if the switch did not finish).
+pub fn repair(plan: &Plan, wave: usize) -> Vec<Step> {
+    let hosts = plan.waves.get(wave).cloned().unwrap_or_default();
+    [
+        Action::ActivatePreviousRelease,
+        Action::RestoreHealthCheckFile,
+        Action::VerifyHealth,
+        Action::AttachToLoadBalancers,
+    ]
+    .into_iter()
+    .map(|action| Step {
+        wave,
+        action,
+        hosts: hosts.clone(),
+    })
+    .collect()
+}
+
+/// The steps of `phase`.
+pub fn for_phase(plan: &Plan, phase_name: &str) -> Option<Vec<Step>> {
+    if phase_name == phase::FORWARD {
+        return Some(in_place(plan));
+    }
+    if let Some(n) = phase_name.strip_prefix("rollback-from-wave-") {
+        let n: usize = n.parse().ok()?;
+        return Some(rollback(plan, n.checked_sub(1)?));
+    }
+    if let Some(n) = phase_name.strip_prefix("rollback-waves-1-to-") {
+        let n: usize = n.parse().ok()?;
+        return Some(undo(plan, n.checked_sub(1)?));
+    }
+    if let Some(n) = phase_name.strip_prefix("repair-wave-") {
+        let n: usize = n.parse().ok()?;
+        return Some(repair(plan, n.checked_sub(1)?));
+    }
+    None
+}
+
+/// `handover plan`: numbered steps with the servers UP in every LB after each.
+pub fn render(plan: &Plan, steps: &[Step]) -> String {
+    let mut out = String::new();
+    let total = plan.servers_in_lb;
+    let mut out_of_service = 0;
+    let mut wave = usize::MAX;
+    for (i, step) in steps.iter().enumerate() {
+        if step.wave != wave {
+            wave = step.wave;
+            let canary = if plan.is_canary(wave) {
+                " (canary)"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "wave {}{canary}: {}\n",
+                wave + 1,
+                step.hosts
+                    .iter()
+                    .map(HostName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out_of_service = step.out_of_service_after(out_of_service);
+        out.push_str(&format!(
+            "  {:>3}. {:<90} UP {}/{}\n",
+            i + 1,
+            step.title(plan),
+            total - out_of_service.min(total),
+            total
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str, n: usize) -> Plan {
+        let mut inv = String::from("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nstate_dir = \"d\"\n");
+        for i in 1..=n {
+            inv.push_str(&format!(
+                "[[hosts]]\nname = \"web-{i}\"\naddress = \"127.0.1.{i}:7443\"\nroles = [\"app\"]\napp = \"127.0.1.{i}:80\"\n"
+            ));
+        }
+        inv.push_str(
+            "[[hosts]]\nname = \"lb-1\"\naddress = \"127.0.1.99:7443\"\nroles = [\"lb\"]\n",
+        );
+        let config = toml::from_str(&inv).expect("inventory");
+        Plan::parse(text, &config).expect("plan")
+    }
+
+    const PLAN: &str = "strategy = \"in-place\"\nroles = [\"app\"]\n[revision]\nrepo = \"file:///r.git\"\nref = \"v2\"\n[rollout]\nbatch = 1\nmin_healthy = 2\n";
+
+    #[test]
+    fn every_wave_drains_before_detaching_and_verifies_before_attaching() {
+        let plan = plan(PLAN, 3);
+        let steps = in_place(&plan);
+        assert_eq!(steps.len(), 3 * 8);
+        for wave in steps.chunks(8) {
+            let order: Vec<&Action> = wave.iter().map(|s| &s.action).collect();
+            assert_eq!(order[1], &Action::RemoveHealthCheckFile);
+            assert_eq!(order[3], &Action::DetachFromLoadBalancers);
+            assert_eq!(order[4], &Action::ApplyRevision);
+            assert_eq!(order[6], &Action::VerifyHealth);
+            assert_eq!(order[7], &Action::AttachToLoadBalancers);
+        }
+    }
+
+    #[test]
+    fn rendering_shows_capacity_never_below_min_healthy() {
+        let plan = plan(PLAN, 3);
+        let text = render(&plan, &in_place(&plan));
+        assert!(text.contains("UP 2/3"), "{text}");
+        assert!(!text.contains("UP 1/3"), "{text}");
+    }
+
+    #[test]
+    fn rollback_undoes_the_failed_wave_first_then_earlier_ones() {
+        let plan = plan(PLAN, 3);
+        let steps = rollback(&plan, 1);
+        let waves: Vec<usize> = steps.iter().map(|s| s.wave).collect();
+        assert_eq!(waves.first(), Some(&1));
+        assert_eq!(waves.last(), Some(&0));
+        assert!(steps.iter().all(|s| s.action != Action::ApplyRevision));
+        assert_eq!(for_phase(&plan, &phase::rollback(1)), Some(steps));
+        assert_eq!(for_phase(&plan, "nonsense"), None);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the demo and the test suite drive for real:
+# HAProxy, Apache, git, rpm (to inspect .rpm files), iproute2.
+# Idempotent; needs root (or sudo).
+set -euo pipefail
+
+packages=(haproxy apache2 git rpm iproute2 ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]})) || exit 0
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root to apt-get install ${missing[*]}" >&2; exit 1; }
+  sudo=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The Debian packages start their own services; the tests run their own instances.
+for s in haproxy apache2; do
+  "${sudo[@]}" systemctl disable --now "$s" >/dev/null 2>&1 || "${sudo[@]}" service "$s" stop >/dev/null 2>&1 || true
+done

@@ -1,0 +1,239 @@
+//! A whole fleet as an operator runs it: app servers (real Apache serving
+//! `<deploy root>/current`, the health file outside the release) each with an
+//! agent, one HAProxy with its agent, a git repository, a private CA and a
+//! coordinator config — every app host on v1 and attached, ready to be upgraded.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use crate::apache::{Apache, ApacheOptions};
+use crate::fleet::SerialGuard;
+use crate::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
+use crate::ports::{free_tcp_port, host_ip};
+use crate::workdir::{Workdir, write_public};
+
+/// The backend the app servers serve in.
+pub const BACKEND: &str = "be_app";
+
+/// One app server: Apache, its agent, its deploy root.
+pub struct AppHost {
+    /// Inventory name (`web-N`).
+    pub name: String,
+    /// Its Apache (serving `root/current`).
+    pub apache: Apache,
+    /// Its agent.
+    pub agent: AgentProcess,
+    /// Its `[deploy] root`.
+    pub root: PathBuf,
+}
+
+impl AppHost {
+    /// `current/VERSION` on this host.
+    pub fn version(&self) -> String {
+        std::fs::read_to_string(self.root.join("current/VERSION"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|e| format!("<unreadable: {e}>"))
+    }
+
+    /// Whether the health file is in place (not drained).
+    pub fn health_file_present(&self) -> bool {
+        self.apache.health_file().exists()
+    }
+}
+
+/// How to build the fleet.
+pub struct ScenarioOptions {
+    /// App servers.
+    pub apps: u8,
+    /// Extra lines for every app agent's `[deploy]` section.
+    pub deploy_extra: String,
+}
+
+impl Default for ScenarioOptions {
+    fn default() -> Self {
+        ScenarioOptions {
+            apps: 3,
+            // A release whose VERSION says "broken" fails verification.
+            deploy_extra: "verify = \"! grep -q broken VERSION\"\n".into(),
+        }
+    }
+}
+
+/// The running fleet; everything stops on drop.
+pub struct Scenario {
+    /// App servers, `web-1`...
+    pub apps: Vec<AppHost>,
+    /// The load balancer.
+    pub haproxy: Haproxy,
+    /// The load balancer's agent (`lb-1`).
+    pub lb_agent: AgentProcess,
+    /// The coordinator config.
+    pub coordinator: Coordinator,
+    /// file:// URL of the repository (tags v1, v2, v3-broken).
+    pub repo: String,
+    /// The private CA.
+    pub pki: Pki,
+    /// The scenario's directory.
+    pub work: Workdir,
+    _serial: SerialGuard,
+}
+
+impl Scenario {
+    /// Starts the fleet, deploys v1 everywhere and attaches every app host.
+    pub fn start(options: ScenarioOptions) -> anyhow::Result<Self> {
+        let serial = crate::fleet::serial();
+        let work = Workdir::new()?;
+        let repo = crate::git::versions_repo(&work.subdir("git")?)?;
+        let pki = Pki::init(&work.subdir("pki")?)?;
+        let agents_dir = work.subdir("agents")?;
+
+        let mut planned = Vec::new();
+        for n in 1..=options.apps {
+            let ip = host_ip(n);
+            let port = free_tcp_port(ip)?;
+            let name = format!("web-{n}");
+            let home = work.subdir(&name)?;
+            let root = home.join("www");
+            let health = home.join("health").join("health.html");
+            std::fs::create_dir_all(health.parent().context("health dir")?)?;
+            write_public(&health, &format!("OK {name}\n"))?;
+            let extra = format!(
+                "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nquiet_period = \"300ms\"\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{}\n",
+                options.deploy_extra,
+                health = health.display().to_string(),
+                root = root.display().to_string(),
+            );
+            let agent = AgentProcess::start(
+                &agents_dir,
+                &pki,
+                AgentSpec {
+                    name: &name,
+                    ip,
+                    extra,
+                },
+            )?;
+            planned.push((name, ip, port, root, health, agent));
+        }
+
+        let haproxy = Haproxy::start(HaproxyOptions {
+            ip: host_ip(100),
+            backends: vec![BackendSpec::slots(BACKEND, 8)],
+            parent: Some(work.path().to_owned()),
+            // HAProxy reaches the app servers from the LB host's own address, as on
+            // a real network: the drain wait tells its pooled connections apart.
+            extra_defaults: vec![format!("source {}", host_ip(100))],
+            ..HaproxyOptions::default()
+        })?;
+        let lb_agent = AgentProcess::start(
+            &agents_dir,
+            &pki,
+            AgentSpec {
+                name: "lb-1",
+                ip: host_ip(100),
+                extra: format!(
+                    "\n[haproxy]\nsocket = {:?}\nbackend = {BACKEND:?}\n",
+                    haproxy.admin_socket().display().to_string()
+                ),
+            },
+        )?;
+
+        let mut hosts: Vec<HostSpec> = planned
+            .iter()
+            .map(|(_, ip, port, _, _, agent)| {
+                let mut spec = HostSpec::of(agent, &["app"]);
+                spec.app = Some(SocketAddr::new(IpAddr::V4(*ip), *port));
+                spec
+            })
+            .collect();
+        hosts.push(HostSpec::of(&lb_agent, &["lb"]));
+        let coordinator = Coordinator::write(&work.subdir("ops")?, &pki, "ops", &hosts)?;
+
+        let names: Vec<String> = planned.iter().map(|p| p.0.clone()).collect();
+        let mut args = vec!["deploy"];
+        args.extend(names.iter().map(String::as_str));
+        args.extend(["--repo", &repo, "--ref", "v1"]);
+        let out = coordinator.run(&args);
+        if !out.status.success() {
+            bail!("initial deploy of v1 failed: {}", output_text(&out));
+        }
+
+        let mut apps = Vec::new();
+        for (name, ip, port, root, health, agent) in planned {
+            let apache = Apache::start_with(
+                ip,
+                ApacheOptions {
+                    name: Some(name.clone()),
+                    docroot: Some(root.join("current")),
+                    health_file: Some(health),
+                    parent: Some(work.path().to_owned()),
+                    port: Some(port),
+                },
+            )?;
+            apps.push(AppHost {
+                name,
+                apache,
+                agent,
+                root,
+            });
+        }
+
+        let mut args = vec!["attach"];
+        args.extend(names.iter().map(String::as_str));
+        let out = coordinator.run(&args);
+        if !out.status.success() {
+            bail!("initial attach failed: {}", output_text(&out));
+        }
+
+        Ok(Scenario {
+            apps,
+            haproxy,
+            lb_agent,
+            coordinator,
+            repo,
+            pki,
+            work,
+            _serial: serial,
+        })
+    }
+
+    /// Writes a plan file into the scenario's directory and returns its path.
+    pub fn write_plan(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// An in-place plan over every app host for `reference`.
+    pub fn in_place_plan(&self, reference: &str, batch: usize, min_healthy: usize) -> String {
+        format!(
+            "strategy = \"in-place\"\nroles = [\"app\"]\n\n[revision]\nrepo = {:?}\nref = {reference:?}\n\n[rollout]\nbatch = {batch}\nmin_healthy = {min_healthy}\ndrain_timeout = \"20s\"\nquiet = \"500ms\"\nattach_timeout = \"20s\"\n\n[health]\npath = \"/VERSION\"\nexpect = 200\nrise = 2\ninterval = \"200ms\"\ntimeout = \"10s\"\n",
+            self.repo
+        )
+    }
+
+    /// The main frontend (through HAProxy).
+    pub fn frontend(&self) -> SocketAddr {
+        self.haproxy.frontend()
+    }
+
+    /// The app host named `name`.
+    pub fn app(&self, name: &str) -> &AppHost {
+        self.apps
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no app host {name}"))
+    }
+
+    /// The scenario directory.
+    pub fn dir(&self) -> &Path {
+        self.work.path()
+    }
+}
+
+/// Loopback address `127.0.1.n` (re-exported for scenario users).
+pub fn ip(n: u8) -> Ipv4Addr {
+    host_ip(n)
+}

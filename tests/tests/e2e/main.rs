@@ -1,0 +1,9 @@
+//! The end-to-end suite: one binary, so fleet tests share one process and run one
+//! at a time (each takes the harness's serial guard).
+
+mod deploy;
+mod drain;
+mod lb;
+mod lbdrain;
+mod rollout;
+mod spine;

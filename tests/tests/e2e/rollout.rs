@@ -1,0 +1,265 @@
+//! Issue 6: the rollout engine on the real-HAProxy fleet, with client traffic going
+//! through HAProxy the whole time and a monitor polling HAProxy every 100 ms.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use handover_tests::agents::output_text;
+use handover_tests::monitor::UpMonitor;
+use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
+use handover_tests::traffic::{Traffic, TrafficOptions};
+
+fn scenario(apps: u8) -> Scenario {
+    Scenario::start(ScenarioOptions {
+        apps,
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts")
+}
+
+fn traffic(s: &Scenario) -> Traffic {
+    Traffic::start(
+        s.frontend(),
+        TrafficOptions {
+            clients: 3,
+            pause: Duration::from_millis(25),
+            max_duration: Duration::from_secs(240),
+            ..TrafficOptions::default()
+        },
+    )
+    .expect("traffic starts")
+}
+
+/// Every host on `version`, its health file in place, and UP in HAProxy.
+fn assert_fleet_settled(s: &Scenario, version: &str) {
+    for app in &s.apps {
+        assert_eq!(
+            app.version(),
+            version,
+            "{} runs the wrong release",
+            app.name
+        );
+        assert!(app.health_file_present(), "{} was left drained", app.name);
+    }
+    let stats = s.haproxy.show_stat().expect("show stat");
+    let up: Vec<String> = stats
+        .iter()
+        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+        .map(|r| r.addr.clone())
+        .collect();
+    assert_eq!(
+        up.len(),
+        s.apps.len(),
+        "every app host must be attached and UP: {stats:?}"
+    );
+}
+
+fn history(s: &Scenario) -> serde_json::Value {
+    let out = s.coordinator.run(&["history", "--json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    serde_json::from_slice(&out.stdout).expect("history --json")
+}
+
+fn run_in_place(apps: u8, batch: usize, min_healthy: usize) {
+    let s = scenario(apps);
+    let plan = s
+        .write_plan("plan.toml", &s.in_place_plan("v2", batch, min_healthy))
+        .expect("plan");
+    let plan_arg = plan.display().to_string();
+
+    let shown = s.coordinator.run(&["plan", &plan_arg]);
+    assert!(shown.status.success(), "{}", output_text(&shown));
+
+    let monitor = UpMonitor::start(&s.haproxy, &[BACKEND], min_healthy).expect("monitor");
+    let load = traffic(&s);
+    let out = s.coordinator.run(&["rollout", &plan_arg, "--yes"]);
+    let report = load.stop();
+    let up = monitor.stop();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(report.ok > 0);
+    assert!(
+        up.violations.is_empty(),
+        "fewer than {min_healthy} UP: {:?}",
+        up.violations
+    );
+    assert!(up.samples > 0);
+    assert_fleet_settled(&s, "v2");
+    let h = history(&s);
+    assert_eq!(h[0]["state"], "succeeded", "{h}");
+}
+
+#[test]
+fn in_place_batch_1_keeps_capacity_and_drops_no_request() {
+    run_in_place(4, 1, 3);
+}
+
+#[test]
+fn in_place_batch_2_keeps_capacity_and_drops_no_request() {
+    run_in_place(4, 2, 2);
+}
+
+#[test]
+fn a_revision_that_fails_verification_is_rolled_back_automatically() {
+    let s = scenario(3);
+    let plan = s
+        .write_plan("plan.toml", &s.in_place_plan("v3-broken", 1, 2))
+        .expect("plan");
+    let monitor = UpMonitor::start(&s.haproxy, &[BACKEND], 2).expect("monitor");
+    let load = traffic(&s);
+    let out = s
+        .coordinator
+        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let report = load.stop();
+    let up = monitor.stop();
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(up.violations.is_empty(), "{:?}", up.violations);
+    assert_fleet_settled(&s, "v1");
+    let h = history(&s);
+    assert_eq!(h[0]["state"], "rolled-back", "{h}");
+    assert!(
+        h[0]["error"].as_str().unwrap_or("").contains("verify"),
+        "the reason names the failed verification: {h}"
+    );
+}
+
+/// Starts `handover ARGS --json` and returns the child and its stdout lines.
+fn spawn_json(
+    s: &Scenario,
+    args: &[&str],
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut cmd = s.coordinator.command(args);
+    cmd.arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn handover");
+    let stdout = child.stdout.take().expect("stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+/// Reads events until a step whose title starts with `prefix` starts in `wave`,
+/// then SIGKILLs the coordinator there. Returns whether it found one.
+fn kill_at(
+    mut child: Child,
+    lines: &mut std::io::Lines<BufReader<std::process::ChildStdout>>,
+    prefix: &str,
+    wave: u64,
+) -> bool {
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["event"] == "step-started"
+            && event["wave"] == wave
+            && event["title"].as_str().unwrap_or("").starts_with(prefix)
+        {
+            // Let the step get under way before the crash.
+            std::thread::sleep(Duration::from_millis(150));
+            let _ = child.kill();
+            let _ = child.wait();
+            return true;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+#[test]
+fn a_coordinator_killed_at_any_kind_of_step_is_finished_by_resume() {
+    let s = scenario(4);
+    let plan = s
+        .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
+        .expect("plan");
+    let plan_arg = plan.display().to_string();
+    let monitor = UpMonitor::start(&s.haproxy, &[BACKEND], 2).expect("monitor");
+    let load = traffic(&s);
+
+    let (child, mut lines) = spawn_json(&s, &["rollout", &plan_arg, "--yes"]);
+    assert!(
+        kill_at(child, &mut lines, "wait for sessions", 1),
+        "never reached the drain wait"
+    );
+    let kills = [("detach", 2), ("apply", 3), ("attach", 4)];
+    for (prefix, wave) in kills {
+        let (child, mut lines) = spawn_json(&s, &["resume"]);
+        assert!(
+            kill_at(child, &mut lines, prefix, wave),
+            "resume never reached '{prefix}' in wave {wave}"
+        );
+    }
+    let out = s.coordinator.run(&["resume"]);
+    let report = load.stop();
+    let up = monitor.stop();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(up.violations.is_empty(), "{:?}", up.violations);
+    assert_fleet_settled(&s, "v2");
+    let h = history(&s);
+    assert_eq!(
+        h.as_array().map(Vec::len),
+        Some(1),
+        "one rollout, resumed: {h}"
+    );
+    assert_eq!(h[0]["state"], "succeeded", "{h}");
+}
+
+#[test]
+fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
+    let s = scenario(3);
+    let mut slow = s.in_place_plan("v2", 1, 2);
+    slow = slow.replace("batch = 1", "batch = 1\ncanary = 1\npause = \"60s\"");
+    let plan = s.write_plan("slow.toml", &slow).expect("plan");
+    let (mut first, mut lines) = spawn_json(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+    // Wait until the first rollout holds the hosts and is draining its canary.
+    let mut id = String::new();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["event"] == "phase" {
+            id = event["rollout"].as_str().unwrap_or("").to_string();
+        }
+        if event["event"] == "step-started"
+            && event["title"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("wait for sessions")
+        {
+            break;
+        }
+    }
+    assert!(!id.is_empty(), "the first rollout never started");
+
+    let second = s
+        .write_plan("second.toml", &s.in_place_plan("v2", 1, 2))
+        .expect("plan");
+    let out = s
+        .coordinator
+        .run(&["rollout", &second.display().to_string(), "--yes"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&id) && err.contains("held by rollout"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    // Ctrl-C: the first rollout stops and puts its wave back in service.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = first.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "an interrupted rollout exits 1");
+    assert_fleet_settled(&s, "v1");
+    let h = history(&s);
+    assert_eq!(h[0]["state"], "aborted", "{h}");
+
+    // The lease went with it: a new rollout may run.
+    let out = s
+        .coordinator
+        .run(&["rollout", &second.display().to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_fleet_settled(&s, "v2");
+}
