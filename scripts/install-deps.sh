@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo and the test suite drive for real:
-# HAProxy, Apache, git, rpm (to inspect .rpm files), iproute2.
+# HAProxy, Apache, git, rpm (to inspect .rpm files), iproute2; dpkg-dev and man-db
+# for the packaging test (cargo-deb's dependency scan, `man handover`).
 # Idempotent; needs root (or sudo).
 set -euo pipefail
 
-packages=(haproxy apache2 git rpm iproute2 ca-certificates)
+packages=(haproxy apache2 git rpm iproute2 ca-certificates dpkg-dev man-db)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -63,7 +63,7 @@ impl AgentConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
-                "cannot read agent config {}: create it (see packaging/agent.toml) or pass --config",
+                "cannot read agent config {}: create it (see packaging/agent/agent.toml) or pass --config",
                 path.display()
             )
         })?;

@@ -52,3 +52,55 @@ fn the_unit_checks_for_the_files_the_packaged_config_names() {
         );
     }
 }
+
+/// Every commented-out example setting in the packaged file, uncommented, is a
+/// valid setting of today's agent: the examples cannot drift from the config
+/// structs as features add and rename keys.
+#[test]
+fn every_commented_example_in_the_packaged_agent_toml_is_a_valid_setting() {
+    let shipped = include_str!("../../packaging/agent/agent.toml");
+    let mut uncommented = 0;
+    let text: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            // `#[section]` and `#key = value` are examples; `# text` explains.
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                uncommented += 1;
+                format!("{rest}\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    assert!(uncommented > 20, "found only {uncommented} example lines");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, &text).expect("write the uncommented config");
+    let config = AgentConfig::load(&path).unwrap_or_else(|e| {
+        panic!("{e:#}\n--- uncommented packaging/agent/agent.toml ---\n{text}")
+    });
+    assert!(config.health.is_some(), "[health]");
+    assert!(
+        config.app.as_ref().is_some_and(|a| a.status_url.is_some()),
+        "[app]"
+    );
+    assert!(
+        config
+            .haproxy
+            .as_ref()
+            .is_some_and(|h| h.managed_backends().len() == 2),
+        "[haproxy]"
+    );
+    assert!(
+        config
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.reload.is_some() && d.verify.is_some()),
+        "[deploy]"
+    );
+    assert_eq!(config.hooks.len(), 3, "[hooks]");
+}

@@ -120,6 +120,8 @@ const AGENT_PATHS: &[&str] = &[
     "/usr/share/man/man1/handover-agent.1.gz",
     "/usr/share/man/man1/handover-agent-run.1.gz",
     "/usr/share/man/man1/handover-agent-status.1.gz",
+    // Subcommands the features added: picked up from the clap definition.
+    "/usr/share/man/man1/handover-agent-drain.1.gz",
 ];
 
 const COORDINATOR_PATHS: &[&str] = &[
@@ -129,6 +131,8 @@ const COORDINATOR_PATHS: &[&str] = &[
     "/usr/share/man/man1/handover.1.gz",
     "/usr/share/man/man1/handover-ca-issue.1.gz",
     "/usr/share/man/man1/handover-status.1.gz",
+    "/usr/share/man/man1/handover-rollout.1.gz",
+    "/usr/share/man/man1/handover-resume.1.gz",
     "/usr/share/doc/handover/examples/handover.toml",
 ];
 
