@@ -39,6 +39,28 @@ fn owner(fleet: &Fleet) -> String {
 }
 
 impl Engine {
+    /// Connects a fleet carrying `record`'s rollout id and assembles the engine.
+    fn assemble(
+        config: CoordinatorConfig,
+        plan: Plan,
+        mut record: RolloutRecord,
+        json: bool,
+    ) -> anyhow::Result<Self> {
+        let mut fleet = Fleet::new(&config)?;
+        fleet.set_rollout(Some(record.id.clone()));
+        if record.owner.is_empty() {
+            record.owner = owner(&fleet);
+        }
+        Ok(Engine {
+            journal: Journal::new(&config.state_dir),
+            fleet: Arc::new(fleet),
+            plan,
+            record,
+            ui: Ui::new(json),
+            config,
+        })
+    }
+
     /// A new rollout of `plan` (read from `plan_path`, text `plan_text`).
     pub fn new_rollout(
         config: CoordinatorConfig,
@@ -47,13 +69,11 @@ impl Engine {
         plan: Plan,
         json: bool,
     ) -> anyhow::Result<Self> {
-        let mut fleet = Fleet::new(&config)?;
-        let id = crate::journal::new_rollout_id();
-        fleet.set_rollout(Some(id.clone()));
         let record = RolloutRecord {
-            id,
+            id: crate::journal::new_rollout_id(),
             kind: RolloutKind::Rollout,
-            owner: owner(&fleet),
+            // Filled in by `assemble`, from this coordinator's certificate.
+            owner: String::new(),
             plan_path: plan_path.to_owned(),
             plan_text,
             state: RolloutState::Running,
@@ -63,14 +83,7 @@ impl Engine {
             error: None,
             facts: BTreeMap::new(),
         };
-        Ok(Engine {
-            journal: Journal::new(&config.state_dir),
-            fleet: Arc::new(fleet),
-            plan,
-            record,
-            ui: Ui::new(json),
-            config,
-        })
+        Self::assemble(config, plan, record, json)
     }
 
     /// An interrupted or stopped rollout, to carry on from its journal. Its plan is
@@ -108,16 +121,7 @@ impl Engine {
                 RolloutState::Running
             };
         }
-        let mut fleet = Fleet::new(&config)?;
-        fleet.set_rollout(Some(record.id.clone()));
-        Ok(Engine {
-            journal: Journal::new(&config.state_dir),
-            fleet: Arc::new(fleet),
-            plan,
-            record,
-            ui: Ui::new(json),
-            config,
-        })
+        Self::assemble(config, plan, record, json)
     }
 
     /// `handover rollback`: the hosts an earlier rollout switched go back to the
@@ -152,15 +156,13 @@ impl Engine {
                     original.id
                 )
             })?;
-        let mut fleet = Fleet::new(&config)?;
-        let id = crate::journal::new_rollout_id();
-        fleet.set_rollout(Some(id.clone()));
         let record = RolloutRecord {
-            id,
+            id: crate::journal::new_rollout_id(),
             kind: RolloutKind::Rollback {
                 of: original.id.clone(),
             },
-            owner: owner(&fleet),
+            // Filled in by `assemble`, from this coordinator's certificate.
+            owner: String::new(),
             plan_path: original.plan_path.clone(),
             plan_text: original.plan_text.clone(),
             state: RolloutState::RollingBack,
@@ -170,14 +172,7 @@ impl Engine {
             error: None,
             facts,
         };
-        Ok(Engine {
-            journal: Journal::new(&config.state_dir),
-            fleet: Arc::new(fleet),
-            plan,
-            record,
-            ui: Ui::new(json),
-            config,
-        })
+        Self::assemble(config, plan, record, json)
     }
 
     /// The rollout's id.

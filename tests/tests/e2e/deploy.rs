@@ -3,58 +3,13 @@
 //! fetch from a real bare repository over file://.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use handover_tests::ports::host_ip;
 
-/// Runs git in `dir`; panics with git's stderr.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Handover Test",
-            "-c",
-            "user.email=t@example.invalid",
-        ])
-        .args(["-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A bare repository with tags v1 and v2 whose VERSION file says so.
+/// A bare repository with tags v1 and v2 (and v3-broken) whose VERSION file says so.
 fn bare_repo(dir: &Path) -> String {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q", "-b", "main"]);
-    for v in ["v1", "v2"] {
-        std::fs::write(work.join("VERSION"), format!("{v}\n")).expect("write");
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "-m", v]);
-        git(&work, &["tag", v]);
-    }
-    let bare = dir.join("app.git");
-    git(
-        dir,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            "--",
-            "work",
-            &bare.display().to_string(),
-        ],
-    );
-    format!("file://{}", bare.display())
+    handover_tests::git::versions_repo(dir).expect("test repository")
 }
 
 struct Fleet {

@@ -263,3 +263,91 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_fleet_settled(&s, "v2");
 }
+
+#[test]
+fn handover_rollback_puts_every_host_back_without_dropping_a_request() {
+    let s = scenario(3);
+    let plan = s
+        .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
+        .expect("plan");
+    let out = s
+        .coordinator
+        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_fleet_settled(&s, "v2");
+
+    let monitor = UpMonitor::start(&s.haproxy, &[BACKEND], 2).expect("monitor");
+    let load = traffic(&s);
+    let out = s.coordinator.run(&["rollback", "--yes"]);
+    let report = load.stop();
+    let up = monitor.stop();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(up.violations.is_empty(), "{:?}", up.violations);
+    assert_fleet_settled(&s, "v1");
+    let h = history(&s);
+    assert_eq!(h[1]["state"], "rolled-back", "{h}");
+    assert_eq!(h[1]["kind"]["rollback"]["of"], h[0]["id"], "{h}");
+}
+
+#[test]
+fn a_bad_plan_is_refused_naming_the_key_and_nothing_is_journaled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = handover_tests::agents::Pki::init(&dir.path().join("pki")).expect("ca");
+    let mut hosts = Vec::new();
+    for n in 1..=3u8 {
+        hosts.push(handover_tests::agents::HostSpec {
+            name: format!("web-{n}"),
+            address: format!("127.0.1.{n}:7443").parse().expect("addr"),
+            roles: vec!["app".into()],
+            app: Some(format!("127.0.1.{n}:8080").parse().expect("addr")),
+            extra: String::new(),
+        });
+    }
+    hosts.push(handover_tests::agents::HostSpec {
+        name: "lb-1".into(),
+        address: "127.0.1.100:7443".parse().expect("addr"),
+        roles: vec!["lb".into()],
+        app: None,
+        extra: String::new(),
+    });
+    let ops = dir.path().join("ops");
+    let c = handover_tests::agents::Coordinator::write(&ops, &pki, "ops", &hosts).expect("config");
+    let good = "strategy = \"in-place\"\nhosts = [\"web-1\", \"web-2\", \"web-3\"]\n[revision]\nrepo = \"file:///srv/git/shop.git\"\nref = \"v2\"\n[rollout]\nbatch = 1\nmin_healthy = 2\n";
+    let cases = [
+        (good.replace("web-3", "web-9"), "unknown host \"web-9\""),
+        (
+            good.replace("\"v2\"", "\"--upload-pack=touch /tmp/x\""),
+            "[revision] ref",
+        ),
+        (
+            good.replace("min_healthy = 2", "min_healthy = 3"),
+            "min_healthy = 3",
+        ),
+        (good.replace("batch = 1", "batch = 1\nbacth = 2"), "bacth"),
+        (good.replace("in-place", "blue-green"), "strategy"),
+    ];
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, good).expect("write");
+    let out = c.run(&["plan", &path.display().to_string()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UP 2/3"));
+    for (text, expected) in cases {
+        std::fs::write(&path, &text).expect("write");
+        for cmd in ["plan", "rollout"] {
+            let out = c.run(
+                &[cmd, &path.display().to_string(), "--yes"][..if cmd == "plan" { 2 } else { 3 }],
+            );
+            assert_eq!(out.status.code(), Some(2), "{cmd}: {}", output_text(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(expected),
+                "{cmd} should name {expected:?}: {err}"
+            );
+        }
+    }
+    assert!(
+        !ops.join("state").join("journal.redb").exists(),
+        "a refused plan must leave no journal entry"
+    );
+}
