@@ -246,6 +246,18 @@ impl Engine {
                     self.journal.save_rollout(&self.record)?;
                     return Ok(self.record.state);
                 }
+                Some(f)
+                    if forward && matches!(f.action, Action::EnsureCapacity | Action::Pause(_)) =>
+                {
+                    // Nothing of the wave has changed yet (capacity), or the wave is
+                    // complete (the canary pause): there is nothing to put back, and
+                    // without capacity nothing could be rolled back safely either.
+                    // `handover resume ID` carries on from this step.
+                    self.record.error = Some(f.error.clone());
+                    self.record.state = RolloutState::Aborted;
+                    self.journal.save_rollout(&self.record)?;
+                    return Ok(RolloutState::Aborted);
+                }
                 Some(f) if forward => {
                     self.record.error = Some(f.error.clone());
                     if !f.interrupted && self.plan.file.rollout.auto_rollback {
@@ -304,6 +316,7 @@ impl Engine {
             if forward && *interrupts.borrow() > 0 {
                 return Ok(Some(StepFailure {
                     wave: step.wave,
+                    action: step.action.clone(),
                     error: "interrupted by the operator".into(),
                     interrupted: true,
                 }));
@@ -377,6 +390,7 @@ impl Engine {
                     });
                     return Ok(Some(StepFailure {
                         wave: step.wave,
+                        action: step.action.clone(),
                         error,
                         interrupted,
                     }));
@@ -389,6 +403,7 @@ impl Engine {
 
 struct StepFailure {
     wave: usize,
+    action: Action,
     error: String,
     interrupted: bool,
 }

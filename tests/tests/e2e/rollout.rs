@@ -210,9 +210,18 @@ fn a_coordinator_killed_at_any_kind_of_step_is_finished_by_resume() {
 #[test]
 fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
     let s = scenario(3);
-    let mut slow = s.in_place_plan("v2", 1, 2);
-    slow = slow.replace("batch = 1", "batch = 1\ncanary = 1\npause = \"60s\"");
-    let plan = s.write_plan("slow.toml", &slow).expect("plan");
+    // A client connected straight to web-1 keeps the first rollout in its first
+    // drain wait for as long as the test needs.
+    let held = handover_tests::traffic::hold_connection(
+        s.app("web-1").apache.addr(),
+        "/",
+        None,
+        Duration::from_secs(60),
+    )
+    .expect("hold a connection to web-1");
+    let plan = s
+        .write_plan("first.toml", &s.in_place_plan("v2", 1, 2))
+        .expect("plan");
     let (mut first, mut lines) = spawn_json(&s, &["rollout", &plan.display().to_string(), "--yes"]);
     // Wait until the first rollout holds the hosts and is draining its canary.
     let mut id = String::new();
@@ -248,6 +257,7 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
     assert!(err.contains("nothing was changed"), "{err}");
 
     // Ctrl-C: the first rollout stops and puts its wave back in service.
+    assert!(held.is_held(), "the direct client must still be connected");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let status = first.wait().expect("wait");
@@ -255,6 +265,7 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
     assert_fleet_settled(&s, "v1");
     let h = history(&s);
     assert_eq!(h[0]["state"], "aborted", "{h}");
+    drop(held);
 
     // The lease went with it: a new rollout may run.
     let out = s
@@ -350,4 +361,41 @@ fn a_bad_plan_is_refused_naming_the_key_and_nothing_is_journaled() {
         !ops.join("state").join("journal.redb").exists(),
         "a refused plan must leave no journal entry"
     );
+}
+
+#[test]
+fn a_wave_does_not_start_without_capacity_and_resume_carries_on_once_it_is_back() {
+    let s = scenario(3);
+    // web-3 fails its health check in HAProxy (drained: NOLB), so it counts
+    // against the budget: taking web-1 out would leave 1 UP, below min_healthy 2.
+    let out = s.coordinator.run(&["drain", "web-3"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let plan_text = s
+        .in_place_plan("v2", 1, 2)
+        .replace("attach_timeout = \"20s\"", "attach_timeout = \"2s\"");
+    let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
+    let out = s
+        .coordinator
+        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("capacity: need 2 UP besides the wave"),
+        "{text}"
+    );
+    // Nothing was changed on any host.
+    for name in ["web-1", "web-2"] {
+        let app = s.app(name);
+        assert_eq!(app.version(), "v1");
+        assert!(app.health_file_present(), "{name} was drained");
+    }
+    let h = history(&s);
+    assert_eq!(h[0]["state"], "aborted", "{h}");
+    let id = h[0]["id"].as_str().expect("id").to_string();
+
+    let out = s.coordinator.run(&["undrain", "web-3"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = s.coordinator.run(&["resume", &id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_fleet_settled(&s, "v2");
 }
