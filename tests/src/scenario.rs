@@ -101,7 +101,7 @@ impl Scenario {
             std::fs::create_dir_all(health.parent().context("health dir")?)?;
             write_public(&health, &format!("OK {name}\n"))?;
             let extra = format!(
-                "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nquiet_period = \"300ms\"\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{}\n",
+                "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nstatus_url = \"http://{ip}:{port}/server-status?auto\"\nquiet_period = \"300ms\"\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{}\n",
                 options.deploy_extra,
                 health = health.display().to_string(),
                 root = root.display().to_string(),

@@ -370,6 +370,22 @@ fn a_wave_does_not_start_without_capacity_and_resume_carries_on_once_it_is_back(
     // against the budget: taking web-1 out would leave 1 UP, below min_healthy 2.
     let out = s.coordinator.run(&["drain", "web-3"]);
     assert!(out.status.success(), "{}", output_text(&out));
+    // HAProxy sees it after `fall` failed checks.
+    let mut up = usize::MAX;
+    for _ in 0..100 {
+        up = s
+            .haproxy
+            .show_stat()
+            .expect("show stat")
+            .iter()
+            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+            .count();
+        if up == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(up, 2, "HAProxy never took web-3 out of rotation");
     let plan_text = s
         .in_place_plan("v2", 1, 2)
         .replace("attach_timeout = \"20s\"", "attach_timeout = \"2s\"");
