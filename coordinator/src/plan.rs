@@ -44,6 +44,75 @@ pub struct PlanFile {
     /// How a server proves it is healthy before it is attached.
     #[serde(default)]
     pub health: HealthSpec,
+    /// Surge strategy: new servers beside the old (DESIGN's key names; the strategy
+    /// itself comes with a later release).
+    #[serde(default)]
+    pub surge: Option<SurgeSpec>,
+    /// Surge with `provider = "command"`: the external executables.
+    #[serde(default)]
+    pub provider: Option<ProviderSpec>,
+    /// Database hooks (runbook steps 1, 2, 7), names from the db host's agent config.
+    #[serde(default)]
+    pub db: Option<DbSpec>,
+    /// Watching the site after the hand-over (runbook step 17).
+    #[serde(default)]
+    pub bake: Option<BakeSpec>,
+    /// Deployment inputs (runbook steps 5–6), versioned in the journal.
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, String>,
+}
+
+/// `[surge]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurgeSpec {
+    /// `standby` (inventory hosts marked `standby = true`) or `command`.
+    pub provider: String,
+    /// New servers launched and verified at a time.
+    #[serde(default = "default_surge_batch")]
+    pub batch: usize,
+    /// When old servers are terminated after they are detached.
+    #[serde(default, with = "serde_human_opt")]
+    pub terminate_after: Option<Duration>,
+}
+
+fn default_surge_batch() -> usize {
+    1
+}
+
+/// `[provider]`: executables with the JSON contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// `launch --like HOST`.
+    pub launch: Option<std::path::PathBuf>,
+    /// `terminate HOST`.
+    pub terminate: Option<std::path::PathBuf>,
+    /// `array disable | enable | update`.
+    pub array: Option<std::path::PathBuf>,
+}
+
+/// `[db]`: hook names in the db host's agent config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSpec {
+    /// Snapshot before changing anything.
+    pub backup: Option<String>,
+    /// Pre-upgrade migrations, once per rollout.
+    pub migrate: Option<String>,
+    /// Run on each new app host: can it reach the database?
+    pub check: Option<String>,
+}
+
+/// `[bake]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BakeSpec {
+    /// How long to watch.
+    #[serde(with = "serde_human")]
+    pub duration: Duration,
+    /// Roll back past this share of 5xx answers.
+    pub max_5xx_ratio: f64,
 }
 
 /// `[revision]`: repository URL and branch, tag or commit.
@@ -282,6 +351,19 @@ impl Plan {
             bail!(
                 "strategy = \"surge\" is not available in this version: use strategy = \"in-place\""
             );
+        }
+        for (section, present) in [
+            ("[surge]", file.surge.is_some()),
+            ("[provider]", file.provider.is_some()),
+            ("[db]", file.db.is_some()),
+            ("[bake]", file.bake.is_some()),
+            ("[inputs]", !file.inputs.is_empty()),
+        ] {
+            if present {
+                bail!(
+                    "{section} belongs to the surge strategy, which this version does not run: remove it from an in-place plan"
+                );
+            }
         }
         Revision::new(file.revision.reference.clone())
             .map_err(|e| anyhow::anyhow!("[revision] ref: {e}"))?;
