@@ -113,9 +113,36 @@ fn round_ms(d: Duration) -> Duration {
 }
 
 fn print_json(value: &serde_json::Value) {
+    let mut value = value.clone();
+    durations_as_ms(&mut value);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{value}");
     let _ = out.flush();
+}
+
+/// serde writes a `Duration` as `{"secs":..,"nanos":..}`; scripts want one number.
+/// Every such field `name` becomes `name_ms`, the same as the coordinator's JSON.
+fn durations_as_ms(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let Some(v) = map.get_mut(&key) else { continue };
+                let ms = v.as_object().filter(|o| o.len() == 2).and_then(|o| {
+                    Some(o.get("secs")?.as_u64()? * 1000 + o.get("nanos")?.as_u64()? / 1_000_000)
+                });
+                match ms {
+                    Some(ms) => {
+                        map.remove(&key);
+                        map.insert(format!("{key}_ms"), ms.into());
+                    }
+                    None => durations_as_ms(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(durations_as_ms),
+        _ => {}
+    }
 }
 
 /// "2 sessions: 127.0.0.1 (2 connections); Apache busy 1 idle 74".
@@ -186,4 +213,21 @@ pub fn status_lines(status: &DrainStatus) -> String {
         out.push_str(&format!("apache    {}\n", apache_summary(apache)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_become_milliseconds() {
+        let mut v = serde_json::json!({
+            "elapsed": {"secs": 2, "nanos": 500_000_000},
+            "nested": [{"quiet": {"secs": 0, "nanos": 300_000_000}, "n": 3}],
+            "other": {"secs": 1}
+        });
+        super::durations_as_ms(&mut v);
+        assert_eq!(v["elapsed_ms"], 2500);
+        assert_eq!(v["nested"][0]["quiet_ms"], 300);
+        assert_eq!(v["nested"][0]["n"], 3);
+        assert_eq!(v["other"]["secs"], 1);
+    }
 }
