@@ -126,7 +126,6 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let config = AgentConfig::load(&cli.config)?;
             let reply = control::call(&config.control_socket, Request::Status, |_| {}).await?;
-            #[allow(irrefutable_let_patterns)] // until other replies exist
             let Reply::Status(report) = reply else {
                 anyhow::bail!("the agent answered status with {reply:?}");
             };

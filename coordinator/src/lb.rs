@@ -151,14 +151,14 @@ pub fn app_address(host: &HostEntry) -> anyhow::Result<SocketAddr> {
     })
 }
 
-/// One line of progress, for people.
-pub fn describe_progress(lb: &HostName, progress: &Progress) -> Option<String> {
+/// One line of progress from a load balancer, for people (the caller says which LB).
+pub fn describe_progress(progress: &Progress) -> Option<String> {
     let Progress::Lb(p) = progress else {
         return None;
     };
     Some(match p {
         LbProgress::WaitingForUp(s) => format!(
-            "{lb}: {} in {}/{} is {} (check {}), waiting for UP",
+            "{} in {}/{} is {} (check {}), waiting for UP",
             s.host.as_ref().map(HostName::as_str).unwrap_or("?"),
             s.backend,
             s.haproxy_name,
@@ -166,7 +166,7 @@ pub fn describe_progress(lb: &HostName, progress: &Progress) -> Option<String> {
             s.check_status
         ),
         LbProgress::WaitingForSessions(s) => format!(
-            "{lb}: {} in {}/{} still has scur {} qcur {}, waiting",
+            "{} in {}/{} still has scur {} qcur {}, waiting",
             s.host.as_ref().map(HostName::as_str).unwrap_or("?"),
             s.backend,
             s.haproxy_name,

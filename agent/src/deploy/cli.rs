@@ -29,8 +29,6 @@ pub fn progress_line(progress: &DeployProgress) -> String {
 
 async fn call(socket: &Path, request: DeployRequest) -> anyhow::Result<DeployReply> {
     let reply = control::call(socket, Request::Deploy(request), |p| {
-        // Irrefutable only while the other features' progress enums are empty.
-        #[allow(irrefutable_let_patterns)]
         if let Progress::Deploy(p) = p {
             println!("{}", progress_line(&p));
         }

@@ -35,8 +35,6 @@ pub async fn drain(
     });
     let mut last_line = String::new();
     let result = control::call(socket, request, |progress| {
-        // Irrefutable until the other features fill their progress enums.
-        #[allow(irrefutable_let_patterns)]
         let Progress::Drain(p) = progress else { return };
         if json {
             print_json(&serde_json::json!({"event": "progress", "progress": p}));

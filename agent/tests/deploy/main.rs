@@ -61,7 +61,6 @@ impl Host {
         drop(reporter);
         let mut progress = Vec::new();
         while let Some(r) = rx.recv().await {
-            #[allow(irrefutable_let_patterns)]
             if let Response::Progress(Progress::Deploy(p)) = r {
                 progress.push(p);
             }

@@ -59,8 +59,6 @@ async fn call_all(
             let name = host.name.to_string();
             let result = fleet
                 .call(host, None, request, |p| {
-                    // Irrefutable only while the other features' progress enums are empty.
-                    #[allow(irrefutable_let_patterns)]
                     if let Progress::Deploy(p) = p {
                         println!("{}", progress_line(&name, &p));
                     }
@@ -68,7 +66,6 @@ async fn call_all(
                 .await
                 .and_then(|reply| match reply {
                     Reply::Deploy(r) => Ok(r),
-                    #[allow(unreachable_patterns)]
                     other => Err(FleetError::Connection(format!(
                         "unexpected answer to a deploy request: {other:?}"
                     ))),

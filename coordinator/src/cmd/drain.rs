@@ -589,15 +589,7 @@ pub async fn undrain(
                     Err(e) => e.to_string(),
                     Ok(reply) => format!("unexpected answer to undrain: {reply:?}"),
                 };
-                if json {
-                    JsonEvent {
-                        message: Some(message),
-                        ..JsonEvent::new(name, "failed")
-                    }
-                    .print();
-                } else {
-                    eprintln!("{name}: FAILED: {message}");
-                }
+                print_failure(name, message, json);
             }
         }
     }

@@ -41,8 +41,8 @@ pub async fn run(
     let lbs = lb::lb_hosts(config, lbs)?;
     let fleet = Fleet::new(config)?;
     let show = |lb: &HostName, p: &Progress| {
-        if let Some(line) = lb::describe_progress(lb, p) {
-            eprintln!("{line}");
+        if let Some(line) = lb::describe_progress(p) {
+            eprintln!("{lb}: {line}");
         }
     };
     let outcomes = match action {

@@ -61,7 +61,6 @@ fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) 
             error: None,
             report: Some(*report),
         },
-        #[allow(unreachable_patterns)]
         Ok(other) => HostStatus {
             name: host.name.to_string(),
             roles,

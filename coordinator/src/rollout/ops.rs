@@ -128,11 +128,8 @@ fn report_progress(ctx: &Ctx<'_>, host: &HostName, progress: &Progress) {
         Progress::Deploy(DeployProgress::StepFinished { step, detail, .. }) => {
             format!("{step}: {detail}")
         }
-        Progress::Lb(_) => match crate::lb::describe_progress(host, progress) {
-            Some(text) => text
-                .strip_prefix(&format!("{host}: "))
-                .map(str::to_owned)
-                .unwrap_or(text),
+        Progress::Lb(_) => match crate::lb::describe_progress(progress) {
+            Some(text) => text,
             None => return,
         },
     };
