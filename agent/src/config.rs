@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use handover_common::names::HostName;
-use handover_common::pki;
 use handover_common::tls::{CredentialFiles, Credentials};
 use serde::Deserialize;
 
@@ -68,7 +67,7 @@ impl AgentConfig {
             )
         })?;
         let mut config: AgentConfig = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message().trim()))
+            .map_err(|e| anyhow::anyhow!("{}", handover_common::toml_error::describe(&text, &e)))
             .with_context(|| format!("invalid agent config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -116,7 +115,8 @@ impl AgentConfig {
                 key: &self.key,
             },
             handover_common::names::Role::Agent,
-        )?;
+        )
+        .context("loading this agent's TLS files (check `ca`, `cert` and `key` in its config)")?;
         if creds.identity.name != self.name {
             bail!(
                 "{} is the certificate of {:?}, but this agent's name is {:?}: set `name = {:?}` or issue a certificate with `handover ca issue --role agent --name {}`",
@@ -139,10 +139,4 @@ impl AgentConfig {
             .create(&self.state_dir)
             .with_context(|| format!("cannot create state_dir {}", self.state_dir.display()))
     }
-}
-
-/// Reads a CA key's mode the same way everywhere (re-exported for the CLI).
-pub fn check_key_mode(path: &Path) -> anyhow::Result<()> {
-    pki::check_private_key_mode(path)?;
-    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod names;
 pub mod pki;
 pub mod proto;
 pub mod tls;
+pub mod toml_error;
 pub mod wire;
 
 /// The version of this build, reported by agents in `status`.

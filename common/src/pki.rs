@@ -38,12 +38,14 @@ pub enum PkiError {
     )]
     CaExists(PathBuf),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    // Not a `source`: the OS error is part of this message, and an error chain
+    // printed with `{:#}` would otherwise say it twice.
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// rcgen refused the parameters or the key.
     #[error("{context}: {source}")]
@@ -152,9 +154,9 @@ fn rcgen_err(context: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiErro
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
+    move |error| PkiError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -352,12 +354,8 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PkiError> {
 /// Reads the first certificate of a PEM file as DER.
 pub fn read_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     use rustls_pki_types::pem::PemObject;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| PkiError::Io {
-            path: path.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .collect();
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
     let certs = certs.map_err(|e| PkiError::Parse(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
         return Err(PkiError::Parse(format!(

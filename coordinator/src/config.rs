@@ -7,19 +7,6 @@ use anyhow::{Context, bail};
 use handover_common::names::{HostName, HostRole};
 use serde::{Deserialize, Serialize};
 
-/// A TOML error with the line it is about, so the operator sees the key at fault:
-/// `line 3 (strategy = "blue-green"): unknown variant ...`.
-pub fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim();
-    let Some(span) = err.span() else {
-        return message.to_string();
-    };
-    let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    format!("line {line_no} ({line}): {message}")
-}
-
 /// Default config file name, looked up in the current directory.
 pub const DEFAULT_CONFIG: &str = "handover.toml";
 
@@ -93,7 +80,7 @@ impl CoordinatorConfig {
             )
         })?;
         let mut config: CoordinatorConfig = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}", describe_toml_error(&text, &e)))
+            .map_err(|e| anyhow::anyhow!("{}", handover_common::toml_error::describe(&text, &e)))
             .with_context(|| format!("invalid coordinator config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [

@@ -114,6 +114,9 @@ impl Fleet {
                 key: &config.key,
             },
             Role::Coordinator,
+        )
+        .context(
+            "loading this coordinator's TLS files (check `ca`, `cert` and `key` in its config)",
         )?;
         let identity = creds.identity.clone();
         let client = tls::coordinator_client_config(creds)?;

@@ -12,7 +12,7 @@ use handover_common::duration::{serde_human, serde_human_opt};
 use handover_common::names::{HostName, HostRole, RepoUrl, Revision};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CoordinatorConfig, HostEntry, describe_toml_error};
+use crate::config::{CoordinatorConfig, HostEntry};
 
 /// How new code reaches the servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,7 +341,7 @@ impl Plan {
     /// Parses and validates plan text.
     pub fn parse(text: &str, config: &CoordinatorConfig) -> anyhow::Result<Self> {
         let file: PlanFile = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}", describe_toml_error(text, &e)))?;
+            .map_err(|e| anyhow::anyhow!("{}", handover_common::toml_error::describe(text, &e)))?;
         Self::validate(file, config)
     }
 

@@ -64,7 +64,7 @@ pub fn read_manifest(release: &Path) -> Result<ReleaseManifest, Failure> {
             FailureKind::Failed,
             format!(
                 "the release's {MANIFEST} is invalid: {}; it may only hold [hooks] before_activate and after_activate — fix it in the repository",
-                e.message().trim()
+                handover_common::toml_error::describe(&text, &e)
             ),
         )
     })
