@@ -491,7 +491,6 @@ pub async fn wait_for_sessions_to_end(
     config: &CoordinatorConfig,
     hosts: &[HostEntry],
     options: WaitOptions,
-    rollout: Option<&str>,
     on_progress: &mut dyn FnMut(&HostProgress<'_>),
 ) -> Result<DrainOutcome, DrainWaitError> {
     if options.timeout.is_zero() {
@@ -533,7 +532,7 @@ pub async fn wait_for_sessions_to_end(
             }),
         });
         Box::pin(async move {
-            let call = fleet.call(host, rollout, request, move |p| {
+            let call = fleet.call(host, request, move |p| {
                 if let Progress::Drain(p) = p {
                     let _ = tx.send((i, p));
                 }

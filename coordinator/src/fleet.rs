@@ -157,7 +157,7 @@ impl Fleet {
         })
     }
 
-    /// Makes every later call carry `rollout` (unless the call names one), so the
+    /// Makes every later call carry `rollout`, so the
     /// agents' lease lets it through and refuses everyone else's.
     pub fn set_rollout(&mut self, rollout: Option<String>) {
         self.rollout = rollout;
@@ -191,7 +191,6 @@ impl Fleet {
     pub async fn call(
         &self,
         host: &HostEntry,
-        rollout: Option<&str>,
         request: Request,
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Reply, FleetError> {
@@ -199,7 +198,7 @@ impl Fleet {
         let lost = |e: quinn::ConnectionError| FleetError::Connection(describe(&host.name, &e));
         let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut frame = RequestFrame::new(request);
-        frame.rollout = rollout.or(self.rollout.as_deref()).map(str::to_owned);
+        frame.rollout = self.rollout.clone();
         wire::write_frame(&mut send, &frame)
             .await
             .map_err(|e| self.explain_stream_error(&conn, host, e))?;
@@ -248,13 +247,7 @@ impl Fleet {
     {
         let calls = hosts.iter().enumerate().map(|(i, host)| {
             let request = make(host);
-            async move {
-                (
-                    i,
-                    host.clone(),
-                    self.call(host, None, request, |_| {}).await,
-                )
-            }
+            async move { (i, host.clone(), self.call(host, request, |_| {}).await) }
         });
         let mut results: Vec<_> = futures::stream::iter(calls)
             .buffer_unordered(self.concurrency)

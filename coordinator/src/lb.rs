@@ -203,9 +203,7 @@ pub async fn call_lbs(
         .map(|(h, lb)| {
             let request = make(h);
             async move {
-                let result = fleet
-                    .call(lb, None, request, |p| on_progress(&lb.name, &p))
-                    .await;
+                let result = fleet.call(lb, request, |p| on_progress(&lb.name, &p)).await;
                 LbOutcome {
                     host: h.name.clone(),
                     lb: lb.name.clone(),

@@ -58,7 +58,7 @@ async fn call_all(
         async move {
             let name = host.name.to_string();
             let result = fleet
-                .call(host, None, request, |p| {
+                .call(host, request, |p| {
                     if let Progress::Deploy(p) = p {
                         println!("{}", progress_line(&name, &p));
                     }
@@ -231,12 +231,7 @@ pub async fn releases(
     let host = config.host(host)?.clone();
     let fleet = Fleet::new(config)?;
     let result = fleet
-        .call(
-            &host,
-            None,
-            Request::Deploy(DeployRequest::Releases),
-            |_| {},
-        )
+        .call(&host, Request::Deploy(DeployRequest::Releases), |_| {})
         .await;
     fleet.close().await;
     let list = match result? {

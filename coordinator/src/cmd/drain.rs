@@ -386,7 +386,7 @@ pub async fn drain(
         timeout: options.timeout,
         quiet: options.quiet,
     };
-    let outcome = wait_for_sessions_to_end(&fleet, config, &hosts, wait, None, &mut |progress| {
+    let outcome = wait_for_sessions_to_end(&fleet, config, &hosts, wait, &mut |progress| {
         if let Some(w) = watches.iter_mut().find(|w| &w.host.name == progress.host) {
             display.show(w, progress);
         }

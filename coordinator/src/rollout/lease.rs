@@ -79,7 +79,7 @@ impl Leases {
                     tokio::time::sleep(RENEW_EVERY).await;
                     for host in &hosts {
                         let request = acquire(&rollout, &owner, false);
-                        if let Err(e) = fleet.call(host, None, request, |_| {}).await {
+                        if let Err(e) = fleet.call(host, request, |_| {}).await {
                             tracing::warn!(host = %host.name, error = %e, "lease renewal failed");
                         }
                     }

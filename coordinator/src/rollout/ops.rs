@@ -102,7 +102,7 @@ async fn call(ctx: &Ctx<'_>, host: &HostName, request: Request) -> anyhow::Resul
         .with_context(|| format!("{host} left the inventory"))?;
     Ok(ctx
         .fleet
-        .call(entry, None, request, |p| report_progress(ctx, host, &p))
+        .call(entry, request, |p| report_progress(ctx, host, &p))
         .await?)
 }
 
@@ -260,7 +260,6 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
             timeout: r.drain_timeout,
             quiet: Some(r.quiet),
         },
-        None,
         &mut |p| {
             let mut text = if p.holds.is_empty() {
                 "idle, waiting out the quiet period".to_string()
