@@ -10,63 +10,26 @@
 //! cargo bench -p handover-tests --bench drain_latency --profile dev
 //! ```
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki};
-use handover_tests::fleet::{Apache, ApacheOptions, hold_connection};
+use handover_tests::agents::{OneHost, spawn_lines};
+use handover_tests::fleet::hold_connection;
 
 const ROUNDS: usize = 7;
 
 fn main() -> anyhow::Result<()> {
-    let _serial = handover_tests::fleet::serial();
-    let dir = tempfile::tempdir()?;
-    let ip = Ipv4Addr::new(127, 0, 1, 40);
-    let apache = Apache::start_with(
-        ip,
-        ApacheOptions {
-            parent: Some(dir.path().to_owned()),
-            ..ApacheOptions::default()
-        },
-    )?;
-    let pki = Pki::init(&dir.path().join("pki"))?;
-    let extra = format!(
-        "\n[health]\nfile = {:?}\n\n[app]\nlisten = \"{}\"\nstatus_url = \"{}\"\n",
-        apache.health_file().display().to_string(),
-        apache.addr(),
-        apache.status_url()
-    );
-    let agent = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "web-1",
-            ip,
-            extra,
-        },
-    )?;
-    let coordinator = Coordinator::write(
-        &dir.path().join("ops"),
-        &pki,
-        "ops",
-        &[HostSpec::of(&agent, &["app"])],
-    )?;
+    let host = OneHost::start(Ipv4Addr::new(127, 0, 1, 40))?;
+    let (apache, coordinator) = (&host.apache, &host.coordinator);
 
     let mut figures = Vec::new();
     for round in 0..ROUNDS {
         let held = hold_connection(apache.addr(), "/index.html", None, Duration::from_secs(60))?;
-        let mut child = coordinator
-            .command(&["drain", "web-1", "--wait", "--timeout", "30s", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
+        let (mut child, mut lines) = spawn_lines(
+            coordinator.command(&["drain", "web-1", "--wait", "--timeout", "30s", "--json"]),
+            Stdio::null(),
+        )?;
         // Wait until the agent has seen the held connection.
         loop {
             let line = lines

@@ -359,3 +359,100 @@ pub fn output_text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A spawned command's stdout, line by line.
+pub type StdoutLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Spawns `cmd` with stdout piped (stderr as given) and returns it with its lines.
+pub fn spawn_lines(mut cmd: Command, stderr: Stdio) -> anyhow::Result<(Child, StdoutLines)> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .context("spawning handover")?;
+    let stdout = child.stdout.take().context("stdout is not piped")?;
+    Ok((child, std::io::BufReader::new(stdout).lines()))
+}
+
+/// Reads JSON lines until one satisfies `pred`, keeping every event in `seen`;
+/// panics (with the last events) if the stream ends first.
+pub fn next_event(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    seen: &mut Vec<serde_json::Value>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for line in lines.by_ref() {
+        let line = line.expect("read the command's output");
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        seen.push(event.clone());
+        if pred(&event) {
+            return event;
+        }
+    }
+    panic!(
+        "output ended before the expected event; last events {:#?}",
+        seen.iter().rev().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// One app host on its own: an Apache on `ip` and an agent whose `[health]` and
+/// `[app]` point at it, plus a coordinator config naming it `web-1`.
+pub struct OneHost {
+    /// The agent.
+    pub agent: AgentProcess,
+    /// The coordinator config.
+    pub coordinator: Coordinator,
+    /// The Apache.
+    pub apache: crate::apache::Apache,
+    /// The CA.
+    pub pki: Pki,
+    _dir: tempfile::TempDir,
+    _serial: crate::fleet::SerialGuard,
+}
+
+impl OneHost {
+    /// Starts it (taking the fleet serial guard for its lifetime).
+    pub fn start(ip: Ipv4Addr) -> anyhow::Result<Self> {
+        let serial = crate::fleet::serial();
+        let dir = tempfile::tempdir()?;
+        let apache = crate::apache::Apache::start_with(
+            ip,
+            crate::apache::ApacheOptions {
+                parent: Some(dir.path().to_owned()),
+                ..crate::apache::ApacheOptions::default()
+            },
+        )?;
+        let pki = Pki::init(&dir.path().join("pki"))?;
+        let extra = format!(
+            "\n[health]\nfile = {:?}\n\n[app]\nlisten = \"{}\"\nstatus_url = \"{}\"\n",
+            apache.health_file().display().to_string(),
+            apache.addr(),
+            apache.status_url()
+        );
+        let agent = AgentProcess::start(
+            dir.path(),
+            &pki,
+            AgentSpec {
+                name: "web-1",
+                ip,
+                extra,
+            },
+        )?;
+        let coordinator = Coordinator::write(
+            &dir.path().join("ops"),
+            &pki,
+            "ops",
+            &[HostSpec::of(&agent, &["app"])],
+        )?;
+        Ok(OneHost {
+            agent,
+            coordinator,
+            apache,
+            pki,
+            _dir: dir,
+            _serial: serial,
+        })
+    }
+}

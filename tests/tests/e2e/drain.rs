@@ -2,70 +2,28 @@
 //! keep-alive connections held open. Pass/fail is by counts and ordering only;
 //! latency is measured by the `drain_latency` bench.
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
-use handover_tests::fleet::{Apache, ApacheOptions, HeldConnection, get, hold_connection};
+use handover_tests::agents::{OneHost, StdoutLines, next_event, output_text, spawn_lines};
+use handover_tests::fleet::{HeldConnection, get, hold_connection};
 
-struct DrainHost {
-    agent: AgentProcess,
-    coordinator: Coordinator,
-    apache: Apache,
-    _pki: Pki,
-    _dir: tempfile::TempDir,
-    _serial: handover_tests::fleet::SerialGuard,
-}
+type DrainHost = OneHost;
 
 /// An Apache on `ip` and an agent whose `[health]` and `[app]` point at it.
 fn drain_host(ip: Ipv4Addr) -> DrainHost {
-    let serial = handover_tests::fleet::serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let apache = Apache::start_with(
-        ip,
-        ApacheOptions {
-            parent: Some(dir.path().to_owned()),
-            ..ApacheOptions::default()
-        },
-    )
-    .expect("apache starts");
-    let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let extra = format!(
-        "\n[health]\nfile = {:?}\n\n[app]\nlisten = \"{}\"\nstatus_url = \"{}\"\n",
-        apache.health_file().display().to_string(),
-        apache.addr(),
-        apache.status_url()
-    );
-    let agent = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "web-1",
-            ip,
-            extra,
-        },
-    )
-    .expect("agent starts");
-    let coordinator = Coordinator::write(
-        &dir.path().join("ops"),
-        &pki,
-        "ops",
-        &[HostSpec::of(&agent, &["app"])],
-    )
-    .expect("coordinator config");
-    DrainHost {
-        agent,
-        coordinator,
-        apache,
-        _pki: pki,
-        _dir: dir,
-        _serial: serial,
-    }
+    OneHost::start(ip).expect("Apache, agent and coordinator start")
 }
 
-impl DrainHost {
+/// What the drain tests do with one host.
+trait DrainHostExt {
+    fn health_status(&self) -> u16;
+    fn hold(&self) -> HeldConnection;
+    fn spawn_drain_wait(&self, timeout: &str) -> (Child, StdoutLines);
+}
+
+impl DrainHostExt for DrainHost {
     fn health_status(&self) -> u16 {
         get(self.apache.addr(), "/health.html", None)
             .expect("GET /health.html")
@@ -85,38 +43,14 @@ impl DrainHost {
     }
 
     /// `handover drain web-1 --wait --json ...` running in the background.
-    fn spawn_drain_wait(
-        &self,
-        timeout: &str,
-    ) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-        let mut child = self
-            .coordinator
-            .command(&["drain", "web-1", "--wait", "--timeout", timeout, "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn handover drain --wait");
-        let stdout = child.stdout.take().expect("piped stdout");
-        (child, BufReader::new(stdout).lines())
+    fn spawn_drain_wait(&self, timeout: &str) -> (Child, StdoutLines) {
+        spawn_lines(
+            self.coordinator
+                .command(&["drain", "web-1", "--wait", "--timeout", timeout, "--json"]),
+            Stdio::piped(),
+        )
+        .expect("spawn handover drain --wait")
     }
-}
-
-/// Reads JSON lines until one satisfies `pred`; panics if the stream ends first.
-fn next_event(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    seen: &mut Vec<serde_json::Value>,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    for line in lines.by_ref() {
-        let line = line.expect("read drain output");
-        let event: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        seen.push(event.clone());
-        if pred(&event) {
-            return event;
-        }
-    }
-    panic!("drain output ended before the expected event; saw {seen:#?}");
 }
 
 fn is_progress_with(sessions: u64) -> impl Fn(&serde_json::Value) -> bool {

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use handover_tests::agents::{
+    AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, next_event, output_text,
+};
 use handover_tests::apache::{Apache, ApacheOptions};
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use handover_tests::{fleet, http, ports};
@@ -186,27 +188,6 @@ impl Drop for PinnedClient {
             let _ = t.join();
         }
     }
-}
-
-/// Reads JSON lines until one satisfies `pred`; panics if the stream ends first.
-fn next_event(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    seen: &mut Vec<serde_json::Value>,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    for line in lines.by_ref() {
-        let line = line.expect("read drain output");
-        let event: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        seen.push(event.clone());
-        if pred(&event) {
-            return event;
-        }
-    }
-    panic!(
-        "drain output ended before the expected event; last events {:#?}",
-        seen.iter().rev().take(5).collect::<Vec<_>>()
-    );
 }
 
 fn lb_arrived(e: &serde_json::Value) -> u64 {

@@ -1,11 +1,10 @@
 //! Issue 6: the rollout engine on the real-HAProxy fleet, with client traffic going
 //! through HAProxy the whole time and a monitor polling HAProxy every 100 ms.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use handover_tests::agents::output_text;
+use handover_tests::agents::{StdoutLines, output_text, spawn_lines};
 use handover_tests::monitor::UpMonitor;
 use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
 use handover_tests::traffic::{Traffic, TrafficOptions};
@@ -126,27 +125,15 @@ fn a_revision_that_fails_verification_is_rolled_back_automatically() {
 }
 
 /// Starts `handover ARGS --json` and returns the child and its stdout lines.
-fn spawn_json(
-    s: &Scenario,
-    args: &[&str],
-) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+fn spawn_json(s: &Scenario, args: &[&str]) -> (Child, StdoutLines) {
     let mut cmd = s.coordinator.command(args);
-    cmd.arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn handover");
-    let stdout = child.stdout.take().expect("stdout");
-    (child, BufReader::new(stdout).lines())
+    cmd.arg("--json");
+    spawn_lines(cmd, Stdio::null()).expect("spawn handover")
 }
 
 /// Reads events until a step whose title starts with `prefix` starts in `wave`,
 /// then SIGKILLs the coordinator there. Returns whether it found one.
-fn kill_at(
-    mut child: Child,
-    lines: &mut std::io::Lines<BufReader<std::process::ChildStdout>>,
-    prefix: &str,
-    wave: u64,
-) -> bool {
+fn kill_at(mut child: Child, lines: &mut StdoutLines, prefix: &str, wave: u64) -> bool {
     for line in lines.by_ref() {
         let Ok(line) = line else { break };
         let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
