@@ -7,3 +7,4 @@ mod lb;
 mod lbdrain;
 mod rollout;
 mod spine;
+mod regression;
