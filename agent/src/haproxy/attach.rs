@@ -21,7 +21,7 @@ use super::membership::{Member, Membership};
 use super::runtime::{Runtime, cmd};
 use super::stats::{ServerRow, Stat, parse_stat};
 use super::{Lb, runtime_failure};
-use crate::dispatch::Reporter;
+use crate::caller::Reporter;
 
 /// How often waits read `show stat`.
 const POLL: Duration = Duration::from_millis(100);

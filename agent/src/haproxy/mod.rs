@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use crate::Agent;
-use crate::dispatch::{Caller, Reporter};
+use crate::caller::{Caller, Reporter};
 use membership::Membership;
 use runtime::{Endpoint, Runtime};
 
