@@ -9,6 +9,7 @@
 //! * [`state`]: an attached host's admin state.
 //! * [`stats`]: what HAProxy reports for the hosts, and the `status` part.
 //! * [`reconcile`]: re-applies the membership after HAProxy reloads.
+//! * [`cli`]: how the load balancer reads in `handover-agent status`.
 //!
 //! Below the balancer: [`runtime`] (one command per connection, answers checked),
 //! [`show`] (`show stat` / `show info` read by header name), [`membership`] (the
@@ -16,6 +17,7 @@
 
 pub mod attach;
 pub mod balancer;
+pub mod cli;
 pub mod config;
 pub mod detach;
 pub mod membership;
