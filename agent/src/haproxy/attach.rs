@@ -83,15 +83,18 @@ async fn put_in_rotation(
     for b in backends.iter().map(BackendName::as_str) {
         let placement = place(lb.config, &stat, members.get(), b, server, app)?;
         let member = placement.member().clone();
-        if placement != Placement::Serving(member.clone()) {
-            // Recorded first: if the agent dies half-way, the reconciler finishes it.
-            members.get().insert(b, server.clone(), member.clone());
-            members.save()?;
-        }
+        // Each change is recorded before it is made: if the agent dies half-way,
+        // the reconciler finishes it.
         match placement {
             Placement::Serving(_) => {}
-            Placement::Again { present, .. } => lb.apply(b, &member, present).await?,
+            Placement::Again { present, .. } => {
+                members.get().insert(b, server.clone(), member.clone());
+                members.save()?;
+                lb.apply(b, &member, present).await?;
+            }
             Placement::New(_) => {
+                members.get().insert(b, server.clone(), member.clone());
+                members.save()?;
                 if let Err(e) = lb.apply(b, &member, false).await {
                     members.get().remove(b, server);
                     members.save()?;
