@@ -13,7 +13,7 @@ use handover_common::wire;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::Agent;
-use crate::dispatch::{Caller, serve_exchange};
+use crate::{caller::Caller, exchange::serve_exchange};
 
 /// A bound control socket; removes its file when dropped.
 pub struct ControlSocket {

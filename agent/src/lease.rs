@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use handover_common::proto::lease::{LeaseInfo, LeaseReply, LeaseRequest};
 use handover_common::proto::{Failure, FailureKind};
 
-use crate::dispatch::Caller;
+use crate::caller::Caller;
 
 fn now_unix() -> u64 {
     SystemTime::now()

@@ -1,23 +1,31 @@
 //! The Handover agent: the local authority on one host.
 //!
 //! It listens for coordinators over mutually authenticated QUIC ([`server`]) and for
-//! operators on a local socket ([`control`]); both hand a decoded request to
-//! [`dispatch`], which runs one of the agent's built-in actions. The agent never
-//! calls anyone: coordinators dial it, as SSH clients dial sshd.
+//! operators on a local socket ([`control`]); both serve each stream with
+//! [`exchange`], which hands the decoded request to [`dispatch`], which routes it
+//! to one of the agent's built-in actions. The agent never calls anyone:
+//! coordinators dial it, as SSH clients dial sshd.
+//!
+//! Imports run one way: `server`/`control` → `exchange` → `dispatch` → the
+//! features (`deploy`, `drain`, `haproxy`, `probe`, `status`, `lease`), which share
+//! only leaf modules such as [`caller`]; no feature imports the dispatcher.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod caller;
 pub mod config;
 pub mod control;
 pub mod deploy;
 pub mod dispatch;
 pub mod drain;
+pub mod exchange;
 pub mod haproxy;
 pub mod hoststats;
 pub mod http;
 pub mod lease;
 pub mod probe;
 pub mod server;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -9,7 +9,7 @@ use handover_common::tls::{self, Credentials};
 use tokio::sync::Semaphore;
 
 use crate::Agent;
-use crate::dispatch::{Caller, serve_exchange};
+use crate::{caller::Caller, exchange::serve_exchange};
 
 /// At most this many coordinator connections at once.
 const MAX_CONNECTIONS: usize = 64;

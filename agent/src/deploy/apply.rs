@@ -23,7 +23,7 @@ use super::hooks;
 use super::releases::{Layout, new_release_name};
 use super::state::{DeployState, StateFile};
 use crate::Agent;
-use crate::dispatch::Reporter;
+use crate::caller::Reporter;
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(FailureKind::Internal, format!("{what}: {e}"))

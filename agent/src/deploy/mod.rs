@@ -29,7 +29,7 @@ use handover_common::proto::{Failure, FailureKind};
 pub use config::DeployConfig;
 
 use crate::Agent;
-use crate::dispatch::{Caller, Reporter};
+use crate::caller::{Caller, Reporter};
 use apply::{Deployer, check_hook_configured};
 
 /// Default limit for a hook when `[deploy]` is not configured.

@@ -24,7 +24,7 @@ use handover_common::proto::{Failure, FailureKind};
 use serde::Deserialize;
 
 use crate::Agent;
-use crate::dispatch::{Caller, Reporter};
+use crate::caller::{Caller, Reporter};
 use health::{Change, HealthFile};
 
 /// `[health]`: the file HAProxy's health check fetches.

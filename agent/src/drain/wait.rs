@@ -14,7 +14,7 @@ use handover_common::proto::drain::{ApacheReading, DrainProgress, SessionCount};
 
 use super::apache::{self, StatusUrl};
 use super::sessions;
-use crate::dispatch::Reporter;
+use crate::caller::Reporter;
 
 /// How often sessions are counted while a drain is waited on (the issue asks ≤200 ms).
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);

@@ -1,129 +1,201 @@
-//! Attach, detach, set state and stats — the runbook's steps 11, 13 and 14 on one
-//! load balancer.
+//! Attach (runbook step 11): put an app host into rotation in every target backend
+//! and wait until HAProxy reports it UP after a fresh health check.
 //!
-//! Attach makes the health check fresh before it waits: after `enable server` (or
-//! `state ready`) HAProxy reports UP at once, before any check ran. So the server
-//! is put in drain, forced `health down` (lost in maintenance, honoured in drain),
-//! then set ready: it reads DOWN and can only become UP after `rise` checks that
-//! ran after the change.
+//! Per backend the host is [`place`]d — a free slot, a dynamic server, or the
+//! server already carrying it — recorded in the membership first (so a crash
+//! half-way is finished by the reconciler), then applied: the check is made fresh
+//! (drain → `health down` → ready), and [`UpWait`] waits for exactly UP.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use handover_common::names::{BackendName, HostName};
-use handover_common::proto::lb::{
-    LbProgress, LbReply, Removed, ServerKind, ServerState, ServerStats, StatusKind,
-};
-use handover_common::proto::{Failure, FailureKind, Progress};
+use handover_common::proto::lb::{LbReply, ServerKind, ServerState, StatusKind};
+use handover_common::proto::{Failure, FailureKind};
 
+use super::balancer::{Balancer, server_path};
+use super::config::HaproxyConfig;
 use super::membership::{Member, Membership};
-use super::runtime::{Runtime, cmd};
-use super::stats::{ServerRow, Stat, parse_stat};
-use super::{Lb, runtime_failure};
-use crate::dispatch::Reporter;
+use super::show::Stat;
+use super::wait::{Target, UpWait};
+use crate::caller::Reporter;
 
-/// How often waits read `show stat`.
-const POLL: Duration = Duration::from_millis(100);
-
-/// Reads `show stat`.
-pub async fn read_stat(runtime: &Runtime) -> Result<Stat, Failure> {
-    let text = runtime
-        .run(&cmd::show_stat().map_err(runtime_failure)?)
-        .await
-        .map_err(runtime_failure)?;
-    parse_stat(&text).map_err(|e| Failure::new(FailureKind::Failed, e.to_string()))
+/// Where the host goes in one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Already carried there, UP and wanted ready: nothing to change.
+    Serving(Member),
+    /// Carried there but not UP or not wanted ready (a resume, or it was drained):
+    /// applied again through the same fresh check. `present`: HAProxy still has
+    /// the server (a dynamic server is gone after a reload).
+    Again {
+        /// The member, now wanted ready.
+        member: Member,
+        /// Whether HAProxy has the server.
+        present: bool,
+    },
+    /// Not a member yet.
+    New(Member),
 }
 
-fn backend_server(backend: &str, server: &str) -> String {
-    format!("{backend}/{server}")
-}
-
-/// Runs a command built from validated names.
-async fn run(
-    runtime: &Runtime,
-    command: Result<super::runtime::Command, super::runtime::RuntimeError>,
-) -> Result<(), Failure> {
-    let command = command.map_err(runtime_failure)?;
-    runtime
-        .run(&command)
-        .await
-        .map(drop)
-        .map_err(runtime_failure)
-}
-
-/// Drain, `health down`, ready: the server reads DOWN until fresh checks pass.
-pub async fn make_check_fresh(runtime: &Runtime, bs: &str) -> Result<(), Failure> {
-    run(runtime, cmd::set_state(bs, "drain")).await?;
-    run(runtime, cmd::health_down(bs)).await?;
-    run(runtime, cmd::set_state(bs, "ready")).await
-}
-
-/// Points a slot at `app` and puts it in `state` (ready with a fresh check).
-pub async fn apply_slot(runtime: &Runtime, backend: &str, member: &Member) -> Result<(), Failure> {
-    let bs = backend_server(backend, &member.haproxy_name);
-    run(
-        runtime,
-        cmd::set_addr(&bs, &member.app.ip().to_string(), member.app.port()),
-    )
-    .await?;
-    run(runtime, cmd::enable_health(&bs)).await?;
-    apply_state(runtime, &bs, member.state).await
-}
-
-/// Adds a dynamic server for `member` (it starts in maintenance) and puts it in
-/// `state`.
-pub async fn apply_dynamic(lb: &Lb<'_>, backend: &str, member: &Member) -> Result<(), Failure> {
-    let bs = backend_server(backend, &member.haproxy_name);
-    let inter = lb
-        .config
-        .check_inter
-        .map(|d| format!("{}ms", d.as_millis()));
-    let rise = lb.config.check_rise.map(|n| n.to_string());
-    let fall = lb.config.check_fall.map(|n| n.to_string());
-    let mut args: Vec<&str> = Vec::new();
-    for (word, value) in [("inter", &inter), ("rise", &rise), ("fall", &fall)] {
-        if let Some(v) = value {
-            args.extend([word, v.as_str()]);
+impl Placement {
+    /// The member carrying the host after this placement.
+    pub fn member(&self) -> &Member {
+        match self {
+            Placement::Serving(m) | Placement::Again { member: m, .. } | Placement::New(m) => m,
         }
     }
-    let app = member.app.to_string();
-    run(&lb.runtime, cmd::add_server(&bs, &app, &args)).await?;
-    run(&lb.runtime, cmd::enable_health(&bs)).await?;
-    apply_state(&lb.runtime, &bs, member.state).await
 }
 
-async fn apply_state(runtime: &Runtime, bs: &str, state: ServerState) -> Result<(), Failure> {
-    match state {
-        ServerState::Ready => make_check_fresh(runtime, bs).await,
-        other => run(runtime, cmd::set_state(bs, other.as_str())).await,
-    }
-}
-
-/// The backends a request is about: the named one (which must be managed) or all.
-fn target_backends(
-    lb: &Lb<'_>,
+/// Attach `server` at `app`: fill a slot or add a dynamic server, make the check
+/// fresh, and wait until HAProxy reports it UP in every target backend.
+pub async fn attach(
+    lb: &Balancer<'_>,
+    server: &HostName,
+    app: SocketAddr,
     backend: Option<&BackendName>,
-) -> Result<Vec<BackendName>, Failure> {
-    let managed = lb.config.managed_backends();
-    match backend {
-        None => Ok(managed),
-        Some(b) if managed.contains(b) => Ok(vec![b.clone()]),
-        Some(b) => Err(Failure::new(
-            FailureKind::BadRequest,
-            format!(
-                "backend {b} is not managed by this agent (managed: {}): name one of those, or add it to `[haproxy] backends`",
-                names(&managed)
-            ),
-        )),
-    }
+    timeout: Option<Duration>,
+    reporter: &Reporter,
+) -> Result<LbReply, Failure> {
+    let backends = lb.target_backends(backend)?;
+    let targets = put_in_rotation(lb, server, app, &backends).await?;
+    let timeout = timeout.unwrap_or(lb.config.attach_timeout);
+    UpWait::new(server.clone(), targets, timeout)
+        .run(lb, reporter)
+        .await?;
+    Ok(LbReply::Servers(lb.stats_of_host(server).await?))
 }
 
-fn names(list: &[BackendName]) -> String {
-    list.iter()
-        .map(BackendName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Places, records and applies `server` in every backend, holding the membership
+/// lock throughout; returns the servers to wait for.
+async fn put_in_rotation(
+    lb: &Balancer<'_>,
+    server: &HostName,
+    app: SocketAddr,
+    backends: &[BackendName],
+) -> Result<Vec<Target>, Failure> {
+    let mut members = lb.members().await?;
+    let stat = lb.read_stat().await?;
+    for b in backends {
+        check_backend_exists(&stat, b.as_str())?;
+    }
+    let mut targets = Vec::new();
+    for b in backends.iter().map(BackendName::as_str) {
+        let placement = place(lb.config, &stat, members.get(), b, server, app)?;
+        let member = placement.member().clone();
+        // Each change is recorded before it is made: if the agent dies half-way,
+        // the reconciler finishes it.
+        match placement {
+            Placement::Serving(_) => {}
+            Placement::Again { present, .. } => {
+                members.get().insert(b, server.clone(), member.clone());
+                members.save()?;
+                lb.apply(b, &member, present).await?;
+            }
+            Placement::New(_) => {
+                members.get().insert(b, server.clone(), member.clone());
+                members.save()?;
+                if let Err(e) = lb.apply(b, &member, false).await {
+                    members.get().remove(b, server);
+                    members.save()?;
+                    if member.kind == ServerKind::Slot {
+                        let bs = server_path(b, &member.haproxy_name);
+                        let _ = lb.set_admin_state(&bs, ServerState::Maint).await;
+                    }
+                    return Err(e);
+                }
+                tracing::info!(%server, backend = b, haproxy_name = %member.haproxy_name, %app, "attached; waiting for a fresh UP");
+            }
+        }
+        targets.push(Target::of(b, &member));
+    }
+    Ok(targets)
+}
+
+/// Decides where `server` at `app` goes in `backend`, from `show stat` and the
+/// membership: the member already carrying it, else a free slot when the backend
+/// has slots, else a dynamic server named after the host.
+pub fn place(
+    config: &HaproxyConfig,
+    stat: &Stat,
+    members: &Membership,
+    backend: &str,
+    server: &HostName,
+    app: SocketAddr,
+) -> Result<Placement, Failure> {
+    if let Some(existing) = members.get(backend, server) {
+        if existing.app != app {
+            return Err(Failure::new(
+                FailureKind::Refused,
+                format!(
+                    "{server} is attached to {backend} at {}, not {app}: detach it first (handover detach {server})",
+                    existing.app
+                ),
+            ));
+        }
+        let row = stat.server(backend, &existing.haproxy_name);
+        let up = row.is_some_and(|r| StatusKind::parse(&r.status) == StatusKind::Up);
+        if up && existing.state == ServerState::Ready {
+            return Ok(Placement::Serving(existing.clone()));
+        }
+        let member = Member {
+            state: ServerState::Ready,
+            ..existing.clone()
+        };
+        return Ok(Placement::Again {
+            member,
+            present: row.is_some(),
+        });
+    }
+    let has_slots = stat
+        .servers
+        .iter()
+        .any(|r| r.backend == backend && config.is_slot(&r.server));
+    let (haproxy_name, kind) = if has_slots {
+        (free_slot(config, stat, members, backend)?, ServerKind::Slot)
+    } else if stat.server(backend, server.as_str()).is_some() {
+        return Err(Failure::new(
+            FailureKind::Refused,
+            format!(
+                "backend {backend} already has a server named {server} that this agent did not add: it is left alone; remove it from haproxy.cfg or rename the host"
+            ),
+        ));
+    } else {
+        (server.to_string(), ServerKind::Dynamic)
+    };
+    Ok(Placement::New(Member {
+        haproxy_name,
+        kind,
+        app,
+        state: ServerState::Ready,
+    }))
+}
+
+/// The lowest-numbered free slot: ours to take only if no member holds it and it
+/// sits in MAINT (anything else was enabled by someone else, and is not ours).
+fn free_slot(
+    config: &HaproxyConfig,
+    stat: &Stat,
+    members: &Membership,
+    backend: &str,
+) -> Result<String, Failure> {
+    stat.servers
+        .iter()
+        .filter(|r| r.backend == backend)
+        .filter_map(|r| config.slot_number(&r.server).map(|n| (n, r)))
+        .filter(|(_, r)| members.host_of(backend, &r.server).is_none())
+        .filter(|(_, r)| StatusKind::parse(&r.status) == StatusKind::Maint)
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, r)| r.server.clone())
+        .ok_or_else(|| {
+            Failure::new(
+                FailureKind::Failed,
+                format!(
+                    "every {p}N slot of backend {backend} is taken: detach a server, or raise the count in `server-template {p}` in haproxy.cfg",
+                    p = config.slot_prefix
+                ),
+            )
+        })
 }
 
 fn check_backend_exists(stat: &Stat, backend: &str) -> Result<(), Failure> {
@@ -140,506 +212,181 @@ fn check_backend_exists(stat: &Stat, backend: &str) -> Result<(), Failure> {
     }
 }
 
-/// Whether `name` is a `server-template` slot (`slot` + digits).
-fn is_slot(prefix: &str, name: &str) -> bool {
-    name.strip_prefix(prefix)
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A free slot: ours to take only if no member holds it and it sits in MAINT
-/// (anything else was enabled by someone else, and is not ours to touch).
-fn free_slot(lb: &Lb<'_>, stat: &Stat, members: &Membership, backend: &str) -> Option<String> {
-    let mut free: Vec<&ServerRow> = stat
-        .servers
-        .iter()
-        .filter(|r| r.backend == backend && is_slot(&lb.config.slot_prefix, &r.server))
-        .filter(|r| members.host_of(backend, &r.server).is_none())
-        .filter(|r| StatusKind::parse(&r.status) == StatusKind::Maint)
-        .collect();
-    free.sort_by_key(|r| {
-        r.server[lb.config.slot_prefix.len()..]
-            .parse::<u64>()
-            .unwrap_or(u64::MAX)
-    });
-    free.first().map(|r| r.server.clone())
-}
-
-fn has_slots(lb: &Lb<'_>, stat: &Stat, backend: &str) -> bool {
-    stat.servers
-        .iter()
-        .any(|r| r.backend == backend && is_slot(&lb.config.slot_prefix, &r.server))
-}
-
-/// Stats of one row, named by host.
-fn to_stats(row: &ServerRow, member: Option<(&HostName, &Member)>) -> ServerStats {
-    let kind = member.map(|(_, m)| m.kind).unwrap_or(ServerKind::Other);
-    stats_of(row, member.map(|(h, _)| h), kind)
-}
-
-fn stats_of(row: &ServerRow, host: Option<&HostName>, kind: ServerKind) -> ServerStats {
-    ServerStats {
-        backend: row.backend.clone(),
-        host: host.cloned(),
-        haproxy_name: row.server.clone(),
-        kind,
-        addr: row.addr.clone(),
-        status: row.status.clone(),
-        scur: row.scur,
-        qcur: row.qcur,
-        stot: row.stot,
-        check_status: row.check_status.clone(),
-        hrsp_5xx: row.hrsp_5xx,
-    }
-}
-
-/// Stats of `host`'s servers (in `backends`), by the membership.
-fn host_stats(stat: &Stat, members: &Membership, host: &HostName) -> Vec<ServerStats> {
-    members
-        .backends
-        .iter()
-        .filter_map(|(b, m)| m.get(host).map(|member| (b, member)))
-        .filter_map(|(b, member)| {
-            stat.server(b, &member.haproxy_name)
-                .map(|row| to_stats(row, Some((host, member))))
-        })
-        .collect()
-}
-
-/// Attach `server` at `app`: fill a slot or add a dynamic server, make the check
-/// fresh, and wait until HAProxy reports it UP in every target backend.
-pub async fn attach(
-    lb: &Lb<'_>,
-    server: &HostName,
-    app: SocketAddr,
-    backend: Option<&BackendName>,
-    timeout: Option<Duration>,
-    reporter: &Reporter,
-) -> Result<LbReply, Failure> {
-    let backends = target_backends(lb, backend)?;
-    let mut wanted: Vec<(String, String)> = Vec::new();
-    {
-        let mut guard = lb.lock().await?;
-        let stat = read_stat(&lb.runtime).await?;
-        for b in &backends {
-            check_backend_exists(&stat, b.as_str())?;
-        }
-        for b in &backends {
-            let b = b.as_str();
-            let members = guard.get();
-            if let Some(existing) = members.get(b, server).cloned() {
-                if existing.app != app {
-                    return Err(Failure::new(
-                        FailureKind::Refused,
-                        format!(
-                            "{server} is attached to {b} at {}, not {app}: detach it first (handover detach {server})",
-                            existing.app
-                        ),
-                    ));
-                }
-                let row = stat.server(b, &existing.haproxy_name);
-                let up = row.is_some_and(|r| StatusKind::parse(&r.status) == StatusKind::Up);
-                if !up || existing.state != ServerState::Ready {
-                    // Re-attach (resume, or it was drained): the same fresh-check path.
-                    let member = Member {
-                        state: ServerState::Ready,
-                        ..existing.clone()
-                    };
-                    members.insert(b, server.clone(), member.clone());
-                    guard.save()?;
-                    match (member.kind, row) {
-                        (ServerKind::Dynamic, None) => apply_dynamic(lb, b, &member).await?,
-                        (ServerKind::Dynamic, Some(_)) => {
-                            make_check_fresh(&lb.runtime, &backend_server(b, &member.haproxy_name))
-                                .await?
-                        }
-                        _ => apply_slot(&lb.runtime, b, &member).await?,
-                    }
-                }
-                wanted.push((b.to_string(), existing.haproxy_name));
-                continue;
-            }
-            let member = if has_slots(lb, &stat, b) {
-                let slot = free_slot(lb, &stat, members, b).ok_or_else(|| {
-                    Failure::new(
-                        FailureKind::Failed,
-                        format!(
-                            "every {}N slot of backend {b} is taken: detach a server, or raise the count in `server-template {}` in haproxy.cfg",
-                            lb.config.slot_prefix, lb.config.slot_prefix
-                        ),
-                    )
-                })?;
-                Member {
-                    haproxy_name: slot,
-                    kind: ServerKind::Slot,
-                    app,
-                    state: ServerState::Ready,
-                }
-            } else {
-                if stat.server(b, server.as_str()).is_some() {
-                    return Err(Failure::new(
-                        FailureKind::Refused,
-                        format!(
-                            "backend {b} already has a server named {server} that this agent did not add: it is left alone; remove it from haproxy.cfg or rename the host"
-                        ),
-                    ));
-                }
-                Member {
-                    haproxy_name: server.to_string(),
-                    kind: ServerKind::Dynamic,
-                    app,
-                    state: ServerState::Ready,
-                }
-            };
-            // Recorded first: if the agent dies half-way, the reconciler finishes it.
-            members.insert(b, server.clone(), member.clone());
-            guard.save()?;
-            let applied = match member.kind {
-                ServerKind::Slot => apply_slot(&lb.runtime, b, &member).await,
-                _ => apply_dynamic(lb, b, &member).await,
-            };
-            if let Err(e) = applied {
-                guard.get().remove(b, server);
-                guard.save()?;
-                if member.kind == ServerKind::Slot {
-                    let bs = backend_server(b, &member.haproxy_name);
-                    let _ = run(&lb.runtime, cmd::set_state(&bs, "maint")).await;
-                }
-                return Err(e);
-            }
-            tracing::info!(%server, backend = b, haproxy_name = %member.haproxy_name, %app, "attached; waiting for a fresh UP");
-            wanted.push((b.to_string(), member.haproxy_name));
-        }
-    }
-    let timeout = timeout.unwrap_or(lb.config.attach_timeout);
-    wait_until_up(lb, server, &wanted, timeout, reporter).await?;
-    let mut guard = lb.lock().await?;
-    let stat = read_stat(&lb.runtime).await?;
-    Ok(LbReply::Servers(host_stats(&stat, guard.get(), server)))
-}
-
-/// Waits until every `(backend, haproxy_name)` reads exactly UP.
-async fn wait_until_up(
-    lb: &Lb<'_>,
-    server: &HostName,
-    wanted: &[(String, String)],
-    timeout: Duration,
-    reporter: &Reporter,
-) -> Result<(), Failure> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
-    loop {
-        let stat = read_stat(&lb.runtime).await?;
-        let mut pending = Vec::new();
-        for (b, name) in wanted {
-            let Some(row) = stat.server(b, name) else {
-                return Err(Failure::new(
-                    FailureKind::Failed,
-                    format!(
-                        "{b}/{name} (carrying {server}) vanished from HAProxy while waiting for it to come UP (was HAProxy reloaded? the agent re-applies it; run attach again)"
-                    ),
-                ));
-            };
-            if StatusKind::parse(&row.status) != StatusKind::Up {
-                let text = format!("{} {}", row.status, row.check_status);
-                if last.get(b) != Some(&text) {
-                    let kind = if is_slot(&lb.config.slot_prefix, name) {
-                        ServerKind::Slot
-                    } else {
-                        ServerKind::Dynamic
-                    };
-                    let stats = stats_of(row, Some(server), kind);
-                    if !reporter
-                        .progress(Progress::Lb(LbProgress::WaitingForUp(stats)))
-                        .await
-                    {
-                        return Err(Failure::new(FailureKind::Failed, "the caller went away"));
-                    }
-                    last.insert(b.clone(), text);
-                }
-                pending.push(format!(
-                    "{b}/{name} is {} (last check {})",
-                    row.status, row.check_status
-                ));
-            }
-        }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Failure::new(
-                FailureKind::Timeout,
-                format!(
-                    "{server} is attached but not UP after {}: {} — HAProxy sends it no traffic while it is not UP; check its health file and app server, then run attach again",
-                    handover_common::duration::format(timeout),
-                    pending.join("; ")
-                ),
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Detach `server` from every managed backend it is in.
-pub async fn detach(
-    lb: &Lb<'_>,
-    server: &HostName,
-    force: bool,
-    timeout: Option<Duration>,
-    reporter: &Reporter,
-) -> Result<LbReply, Failure> {
-    let timeout = timeout.unwrap_or(lb.config.detach_timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let targets: Vec<(String, Member)> = {
-        let mut guard = lb.lock().await?;
-        guard
-            .get()
-            .backends
-            .iter()
-            .filter_map(|(b, m)| m.get(server).map(|member| (b.clone(), member.clone())))
-            .collect()
-    };
-    if targets.is_empty() {
-        return Ok(LbReply::Detached(Vec::new()));
-    }
-    if !force {
-        // Refuse, changing nothing, while sessions remain.
-        wait_for_sessions(lb, server, &targets, deadline, reporter).await.map_err(|f| {
-            if f.kind == FailureKind::Timeout {
-                Failure::new(
-                    FailureKind::Refused,
-                    format!("{}; nothing was changed: drain it and wait longer, or detach with --force to cut them", f.message),
-                )
-            } else {
-                f
-            }
-        })?;
-    }
-    let mut removed = Vec::new();
-    let mut guard = lb.lock().await?;
-    for (b, member) in &targets {
-        let bs = backend_server(b, &member.haproxy_name);
-        if let Some(m) = guard
-            .get()
-            .backends
-            .get_mut(b)
-            .and_then(|m| m.get_mut(server))
-        {
-            m.state = ServerState::Maint;
-        }
-        guard.save()?;
-        let stat = read_stat(&lb.runtime).await?;
-        let present = stat.server(b, &member.haproxy_name).cloned();
-        let mut sessions_cut = 0;
-        if let Some(row) = &present {
-            run(&lb.runtime, cmd::set_state(&bs, "maint")).await?;
-            if force && (row.scur > 0 || row.qcur > 0) {
-                run(&lb.runtime, cmd::shutdown_sessions(&bs)).await?;
-                sessions_cut = row.scur;
-            }
-            if member.kind == ServerKind::Dynamic {
-                delete_when_idle(lb, &bs, deadline).await?;
-            }
-        }
-        guard.get().remove(b, server);
-        guard.save()?;
-        tracing::info!(%server, backend = %b, haproxy_name = %member.haproxy_name, force, "detached");
-        removed.push(Removed {
-            backend: BackendName::new(b.clone())
-                .map_err(|e| Failure::new(FailureKind::Internal, e.to_string()))?,
-            server: server.clone(),
-            haproxy_name: member.haproxy_name.clone(),
-            sessions_cut,
-        });
-    }
-    Ok(LbReply::Detached(removed))
-}
-
-/// Waits until the host's servers have no request in flight or queued.
-async fn wait_for_sessions(
-    lb: &Lb<'_>,
-    server: &HostName,
-    targets: &[(String, Member)],
-    deadline: tokio::time::Instant,
-    reporter: &Reporter,
-) -> Result<(), Failure> {
-    let mut last = None;
-    loop {
-        let stat = read_stat(&lb.runtime).await?;
-        let busy: Vec<ServerStats> = targets
-            .iter()
-            .filter_map(|(b, m)| {
-                stat.server(b, &m.haproxy_name)
-                    .map(|r| to_stats(r, Some((server, m))))
-            })
-            .filter(|s| s.scur > 0 || s.qcur > 0)
-            .collect();
-        let Some(first) = busy.first() else {
-            return Ok(());
-        };
-        let now = (first.scur, first.qcur);
-        if last != Some(now) {
-            if !reporter
-                .progress(Progress::Lb(LbProgress::WaitingForSessions(first.clone())))
-                .await
-            {
-                return Err(Failure::new(FailureKind::Failed, "the caller went away"));
-            }
-            last = Some(now);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let held: Vec<String> = busy
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}/{} has scur {} qcur {}",
-                        s.backend, s.haproxy_name, s.scur, s.qcur
-                    )
-                })
-                .collect();
-            return Err(Failure::new(
-                FailureKind::Timeout,
-                format!("{server} still has sessions: {}", held.join("; ")),
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// `del server` once HAProxy lets go of the server's connections.
-async fn delete_when_idle(
-    lb: &Lb<'_>,
-    bs: &str,
-    deadline: tokio::time::Instant,
-) -> Result<(), Failure> {
-    loop {
-        match lb
-            .runtime
-            .run(&cmd::del_server(bs).map_err(runtime_failure)?)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if e.answer().is_some_and(|a| a.contains("No such server")) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(Failure::new(
-                    FailureKind::Timeout,
-                    format!(
-                        "{bs} is in maintenance but could not be deleted: {e}; it serves no new requests — run detach again later"
-                    ),
-                ));
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
-}
-
-/// Set `server`'s admin state in every managed backend it is in.
-pub async fn set_state(
-    lb: &Lb<'_>,
-    server: &HostName,
-    state: ServerState,
-    timeout: Option<Duration>,
-    reporter: &Reporter,
-) -> Result<LbReply, Failure> {
-    let mut wanted = Vec::new();
-    {
-        let mut guard = lb.lock().await?;
-        let targets: Vec<(String, Member)> = guard
-            .get()
-            .backends
-            .iter()
-            .filter_map(|(b, m)| m.get(server).map(|member| (b.clone(), member.clone())))
-            .collect();
-        if targets.is_empty() {
-            return Err(Failure::new(
-                FailureKind::BadRequest,
-                format!(
-                    "{server} is not attached to this load balancer: attach it first (handover attach {server})"
-                ),
-            ));
-        }
-        let stat = read_stat(&lb.runtime).await?;
-        for (b, member) in targets {
-            if let Some(m) = guard
-                .get()
-                .backends
-                .get_mut(&b)
-                .and_then(|m| m.get_mut(server))
-            {
-                m.state = state;
-            }
-            guard.save()?;
-            let bs = backend_server(&b, &member.haproxy_name);
-            let in_maint = stat
-                .server(&b, &member.haproxy_name)
-                .is_some_and(|r| StatusKind::parse(&r.status) == StatusKind::Maint);
-            if state == ServerState::Ready && in_maint {
-                // From maintenance, ready means UP at once without a check: make it fresh.
-                make_check_fresh(&lb.runtime, &bs).await?;
-                wanted.push((b.clone(), member.haproxy_name.clone()));
-            } else {
-                run(&lb.runtime, cmd::set_state(&bs, state.as_str())).await?;
-            }
-        }
-    }
-    if !wanted.is_empty() {
-        wait_until_up(
-            lb,
-            server,
-            &wanted,
-            timeout.unwrap_or(lb.config.attach_timeout),
-            reporter,
-        )
-        .await?;
-    }
-    let mut guard = lb.lock().await?;
-    let stat = read_stat(&lb.runtime).await?;
-    Ok(LbReply::Servers(host_stats(&stat, guard.get(), server)))
-}
-
-/// Stats of the named hosts (every attached host when empty).
-pub async fn stats(lb: &Lb<'_>, servers: &[HostName]) -> Result<LbReply, Failure> {
-    let mut guard = lb.lock().await?;
-    let stat = read_stat(&lb.runtime).await?;
-    let members = guard.get();
-    let mut out = Vec::new();
-    if servers.is_empty() {
-        let hosts: std::collections::BTreeSet<&HostName> =
-            members.backends.values().flat_map(|m| m.keys()).collect();
-        for h in hosts {
-            out.extend(host_stats(&stat, members, h));
-        }
-    } else {
-        for h in servers {
-            out.extend(host_stats(&stat, members, h));
-        }
-    }
-    Ok(LbReply::Servers(out))
-}
-
-/// Every server of every managed backend, named by host where it is ours.
-pub async fn all_servers(lb: &Lb<'_>) -> Result<Vec<ServerStats>, Failure> {
-    let mut guard = lb.lock().await?;
-    let stat = read_stat(&lb.runtime).await?;
-    let members = guard.get();
-    let managed = lb.config.managed_backends();
-    Ok(stat
-        .servers
-        .iter()
-        .filter(|r| managed.iter().any(|b| b.as_str() == r.backend))
-        .map(|r| to_stats(r, members.host_of(&r.backend, &r.server)))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::haproxy::show::parse_stat;
+
+    const HEADER: &str = "# pxname,svname,qcur,scur,stot,status,check_status,hrsp_5xx,addr\n";
+
+    fn config() -> HaproxyConfig {
+        toml::from_str("socket = \"/run/haproxy.sock\"\nbackend = \"web\"\n").expect("valid")
+    }
+
+    fn stat(rows: &[&str]) -> Stat {
+        parse_stat(&format!("{HEADER}{}\n", rows.join("\n"))).expect("valid stat")
+    }
+
+    fn host(name: &str) -> HostName {
+        HostName::new(name).expect("valid")
+    }
+
+    fn app() -> SocketAddr {
+        "127.0.1.1:8080".parse().expect("addr")
+    }
+
+    fn member(name: &str, kind: ServerKind, state: ServerState) -> Member {
+        Member {
+            haproxy_name: name.into(),
+            kind,
+            app: app(),
+            state,
+        }
+    }
+
+    const SLOTS: &[&str] = &[
+        "web,slot10,0,0,0,MAINT,,0,",
+        "web,slot2,0,0,0,UP,L7OK,0,127.0.1.9:80",
+        "web,slot3,0,0,0,MAINT,,0,",
+        "web,BACKEND,0,0,0,UP,,0,",
+    ];
 
     #[test]
-    fn slots_are_prefix_and_digits() {
-        assert!(is_slot("slot", "slot1"));
-        assert!(is_slot("slot", "slot12"));
-        assert!(!is_slot("slot", "slot"));
-        assert!(!is_slot("slot", "slotx"));
-        assert!(!is_slot("slot", "web-1"));
+    fn a_new_host_takes_the_lowest_free_slot_in_maintenance() {
+        let placed = place(
+            &config(),
+            &stat(SLOTS),
+            &Membership::default(),
+            "web",
+            &host("web-1"),
+            app(),
+        );
+        assert_eq!(
+            placed,
+            Ok(Placement::New(member(
+                "slot3",
+                ServerKind::Slot,
+                ServerState::Ready
+            )))
+        );
+        let mut members = Membership::default();
+        members.insert(
+            "web",
+            host("web-2"),
+            member("slot3", ServerKind::Slot, ServerState::Ready),
+        );
+        let placed = place(
+            &config(),
+            &stat(SLOTS),
+            &members,
+            "web",
+            &host("web-1"),
+            app(),
+        );
+        assert_eq!(
+            placed.map(|p| p.member().haproxy_name.clone()),
+            Ok("slot10".into())
+        );
+        members.insert(
+            "web",
+            host("web-3"),
+            member("slot10", ServerKind::Slot, ServerState::Ready),
+        );
+        let full = place(
+            &config(),
+            &stat(SLOTS),
+            &members,
+            "web",
+            &host("web-1"),
+            app(),
+        )
+        .expect_err("slot2 is someone else's");
+        assert!(full.message.contains("server-template slot"), "{full}");
+    }
+
+    #[test]
+    fn without_slots_a_dynamic_server_named_after_the_host_unless_the_name_is_taken() {
+        let dyn_backend = stat(&["dyn,web-2,0,0,0,UP,L7OK,0,", "dyn,BACKEND,0,0,0,UP,,0,"]);
+        let placed = place(
+            &config(),
+            &dyn_backend,
+            &Membership::default(),
+            "dyn",
+            &host("web-1"),
+            app(),
+        );
+        assert_eq!(
+            placed,
+            Ok(Placement::New(member(
+                "web-1",
+                ServerKind::Dynamic,
+                ServerState::Ready
+            )))
+        );
+        let clash = place(
+            &config(),
+            &dyn_backend,
+            &Membership::default(),
+            "dyn",
+            &host("web-2"),
+            app(),
+        )
+        .expect_err("not ours");
+        assert_eq!(clash.kind, FailureKind::Refused);
+    }
+
+    #[test]
+    fn a_member_up_and_ready_is_left_serving_otherwise_it_is_applied_again() {
+        let mut members = Membership::default();
+        let serving = member("slot2", ServerKind::Slot, ServerState::Ready);
+        members.insert("web", host("web-1"), serving.clone());
+        let up = stat(&["web,slot2,0,0,0,UP,L7OK,0,127.0.1.1:8080"]);
+        assert_eq!(
+            place(&config(), &up, &members, "web", &host("web-1"), app()),
+            Ok(Placement::Serving(serving.clone()))
+        );
+        let drained = member("slot2", ServerKind::Slot, ServerState::Drain);
+        members.insert("web", host("web-1"), drained);
+        let nolb = stat(&["web,slot2,0,0,0,UP,L7OK,0,127.0.1.1:8080"]);
+        assert_eq!(
+            place(&config(), &nolb, &members, "web", &host("web-1"), app()),
+            Ok(Placement::Again {
+                member: serving,
+                present: true
+            })
+        );
+        let dynamic = member("web-1", ServerKind::Dynamic, ServerState::Ready);
+        members.insert("dyn", host("web-1"), dynamic.clone());
+        assert_eq!(
+            place(
+                &config(),
+                &stat(&[]),
+                &members,
+                "dyn",
+                &host("web-1"),
+                app()
+            ),
+            Ok(Placement::Again {
+                member: dynamic,
+                present: false
+            }),
+            "a dynamic server lost in a reload is added again"
+        );
+        let elsewhere = place(
+            &config(),
+            &up,
+            &members,
+            "web",
+            &host("web-1"),
+            "127.0.1.1:9".parse().expect("addr"),
+        )
+        .expect_err("another address");
+        assert!(elsewhere.message.contains("detach it first"), "{elsewhere}");
+    }
+
+    #[test]
+    fn a_backend_haproxy_lacks_is_named_with_those_it_has() {
+        let err = check_backend_exists(&stat(SLOTS), "api").expect_err("missing");
+        assert!(err.message.contains("\"api\" (it has: web)"), "{err}");
     }
 }

@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use handover_common::names::HostName;
-use handover_common::proto::lb::{ServerKind, ServerState};
+use handover_common::proto::lb::{ServerKind, ServerState, ServerStats};
 use serde::{Deserialize, Serialize};
 
-use super::stats::ProcessId;
+use super::show::{ProcessId, ServerRow, Stat};
 
 /// File name inside `state_dir`.
 pub const FILE_NAME: &str = "haproxy-membership.json";
@@ -126,6 +126,47 @@ impl Membership {
             .entry(backend.to_string())
             .or_default()
             .insert(host, member);
+    }
+
+    /// `host`'s member in every backend it is in, as (backend, member).
+    pub fn of_host(&self, host: &HostName) -> Vec<(String, Member)> {
+        self.backends
+            .iter()
+            .filter_map(|(b, m)| m.get(host).map(|member| (b.clone(), member.clone())))
+            .collect()
+    }
+
+    /// Every host that is a member somewhere, each once.
+    pub fn hosts(&self) -> Vec<HostName> {
+        let hosts: std::collections::BTreeSet<&HostName> =
+            self.backends.values().flat_map(|m| m.keys()).collect();
+        hosts.into_iter().cloned().collect()
+    }
+
+    /// Records the admin state wanted for `host` in `backend` (if a member there).
+    pub fn set_state(&mut self, backend: &str, host: &HostName, state: ServerState) {
+        if let Some(m) = self.backends.get_mut(backend).and_then(|m| m.get_mut(host)) {
+            m.state = state;
+        }
+    }
+
+    /// What `show stat` says about `host`'s servers, by this membership.
+    pub fn stats_of_host(&self, stat: &Stat, host: &HostName) -> Vec<ServerStats> {
+        self.of_host(host)
+            .iter()
+            .filter_map(|(b, member)| {
+                stat.server(b, &member.haproxy_name)
+                    .map(|row| row.stats(Some(host), member.kind))
+            })
+            .collect()
+    }
+
+    /// One row of `show stat`, named by the host it carries when it is a member.
+    pub fn stats_of_row(&self, row: &ServerRow) -> ServerStats {
+        match self.host_of(&row.backend, &row.server) {
+            Some((host, member)) => row.stats(Some(host), member.kind),
+            None => row.stats(None, ServerKind::Other),
+        }
     }
 
     /// Forgets `host` in `backend`.

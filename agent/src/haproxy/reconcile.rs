@@ -11,27 +11,17 @@
 
 use std::sync::Arc;
 
-use handover_common::proto::lb::{HaproxyInfo, ServerKind, ServerState, StatusKind};
+use handover_common::proto::lb::{ServerKind, ServerState, StatusKind};
 use handover_common::proto::{Failure, FailureKind};
 
-use super::attach::{apply_dynamic, apply_slot, make_check_fresh, read_stat};
-use super::runtime::{Runtime, cmd};
-use super::stats::{ProcessId, parse_info};
-use super::{Lb, runtime_failure};
+use super::balancer::Balancer;
+use super::membership::Member;
+use super::show::ServerRow;
 use crate::Agent;
-
-/// Reads `show info`.
-pub async fn read_info(runtime: &Runtime) -> Result<(ProcessId, HaproxyInfo), Failure> {
-    let text = runtime
-        .run(&cmd::show_info().map_err(runtime_failure)?)
-        .await
-        .map_err(runtime_failure)?;
-    parse_info(&text).map_err(|e| Failure::new(FailureKind::Failed, e.to_string()))
-}
 
 /// The loop; runs for the agent's lifetime.
 pub async fn run(agent: Arc<Agent>) {
-    let Ok(lb) = Lb::of(&agent) else { return };
+    let Ok(lb) = Balancer::of(&agent) else { return };
     let mut last_error: Option<String> = None;
     loop {
         match reconcile_once(&lb).await {
@@ -52,11 +42,42 @@ pub async fn run(agent: Arc<Agent>) {
     }
 }
 
+/// What a member needs after HAProxy (re)started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Still carried as wanted: leave it serving.
+    Keep,
+    /// Apply it again; `present`: HAProxy has the server.
+    Apply {
+        /// Whether HAProxy has the server.
+        present: bool,
+    },
+    /// A slot HAProxy's config no longer has: only the operator can fix that.
+    Missing,
+}
+
+/// Decides the repair of `member` from its row in `show stat`, if any.
+pub fn repair(member: &Member, row: Option<&ServerRow>) -> Repair {
+    match (member.kind, row) {
+        (ServerKind::Dynamic, None) => Repair::Apply { present: false },
+        (_, None) => Repair::Missing,
+        (_, Some(row)) => {
+            let carried = row.addr == member.app.to_string()
+                && StatusKind::parse(&row.status) != StatusKind::Maint;
+            if member.state == ServerState::Ready && carried {
+                Repair::Keep
+            } else {
+                Repair::Apply { present: true }
+            }
+        }
+    }
+}
+
 /// One pass: re-applies the membership if HAProxy is not the process it was
 /// applied to.
-pub async fn reconcile_once(lb: &Lb<'_>) -> Result<(), Failure> {
-    let (process, _) = read_info(&lb.runtime).await?;
-    let mut guard = lb.lock().await?;
+pub async fn reconcile_once(lb: &Balancer<'_>) -> Result<(), Failure> {
+    let (process, _) = lb.read_info().await?;
+    let mut guard = lb.members().await?;
     let previous = guard.get().applied_to;
     if previous == Some(process) {
         return Ok(());
@@ -65,37 +86,19 @@ pub async fn reconcile_once(lb: &Lb<'_>) -> Result<(), Failure> {
     if !members.is_empty() {
         tracing::info!(?previous, now = ?process, "HAProxy process changed (reload or restart): re-applying membership");
     }
-    let stat = read_stat(&lb.runtime).await?;
+    let stat = lb.read_stat().await?;
     for (backend, hosts) in &members {
         for (host, member) in hosts {
-            let bs = format!("{backend}/{}", member.haproxy_name);
-            let row = stat.server(backend, &member.haproxy_name);
-            let result = match (member.kind, row) {
-                (ServerKind::Dynamic, None) => apply_dynamic(lb, backend, member).await,
-                (_, None) => Err(Failure::new(
+            let result = match repair(member, stat.server(backend, &member.haproxy_name)) {
+                Repair::Keep => Ok(()),
+                Repair::Apply { present } => lb.apply(backend, member, present).await,
+                Repair::Missing => Err(Failure::new(
                     FailureKind::Failed,
                     format!(
-                        "{bs} (carrying {host}) is not in HAProxy's config any more: restore the server-template or detach {host}"
+                        "{backend}/{} (carrying {host}) is not in HAProxy's config any more: restore the server-template or detach {host}",
+                        member.haproxy_name
                     ),
                 )),
-                (_, Some(row)) => {
-                    let kind = StatusKind::parse(&row.status);
-                    let addr_ok = row.addr == member.app.to_string();
-                    match member.state {
-                        // Still (or again) carried as wanted: leave it serving.
-                        ServerState::Ready if addr_ok && kind != StatusKind::Maint => Ok(()),
-                        ServerState::Ready if member.kind == ServerKind::Dynamic => {
-                            make_check_fresh(&lb.runtime, &bs).await
-                        }
-                        _ if member.kind == ServerKind::Slot => {
-                            apply_slot(&lb.runtime, backend, member).await
-                        }
-                        state => {
-                            let c = cmd::set_state(&bs, state.as_str()).map_err(runtime_failure)?;
-                            lb.runtime.run(&c).await.map(drop).map_err(runtime_failure)
-                        }
-                    }
-                }
             };
             if let Err(e) = result {
                 tracing::warn!(%host, backend = %backend, error = %e.message, "cannot re-apply member");
@@ -110,4 +113,48 @@ pub async fn reconcile_once(lb: &Lb<'_>) -> Result<(), Failure> {
         tracing::info!(?process, "membership re-applied");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::haproxy::show::parse_stat;
+
+    fn member(kind: ServerKind, state: ServerState) -> Member {
+        Member {
+            haproxy_name: "s".into(),
+            kind,
+            app: "[::1]:8080".parse().expect("addr"),
+            state,
+        }
+    }
+
+    #[test]
+    fn members_are_repaired_only_where_the_new_process_differs() {
+        let stat = parse_stat(
+            "# pxname,svname,qcur,scur,stot,status,addr\n\
+             b,up,0,0,0,UP,[::1]:8080\n\
+             b,maint,0,0,0,MAINT,[::1]:8080\n\
+             b,moved,0,0,0,UP,127.0.0.1:1\n",
+        )
+        .expect("valid");
+        let ready_slot = member(ServerKind::Slot, ServerState::Ready);
+        assert_eq!(repair(&ready_slot, stat.server("b", "up")), Repair::Keep);
+        assert_eq!(
+            repair(&ready_slot, stat.server("b", "maint")),
+            Repair::Apply { present: true }
+        );
+        assert_eq!(
+            repair(&ready_slot, stat.server("b", "moved")),
+            Repair::Apply { present: true }
+        );
+        let drained = member(ServerKind::Slot, ServerState::Drain);
+        assert_eq!(
+            repair(&drained, stat.server("b", "up")),
+            Repair::Apply { present: true }
+        );
+        assert_eq!(repair(&ready_slot, None), Repair::Missing);
+        let dynamic = member(ServerKind::Dynamic, ServerState::Ready);
+        assert_eq!(repair(&dynamic, None), Repair::Apply { present: false });
+    }
 }

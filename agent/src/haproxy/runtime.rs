@@ -120,13 +120,14 @@ impl Command {
         for w in words {
             let ok = !w.is_empty()
                 && w.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'[' | b']')
                 });
             if !ok {
                 return Err(RuntimeError::Refused {
                     command: words.join(" ").escape_debug().to_string(),
                     answer: format!(
-                        "not sent: {w:?} is not a plain name (letters, digits, '.', '_', '-')"
+                        "not sent: {w:?} is not a plain name or address (letters, digits, '.', '_', '-', ':', '[', ']')"
                     ),
                 });
             }
@@ -241,6 +242,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The commands the agent uses, each with its success test.
 pub mod cmd {
+    use std::net::{IpAddr, SocketAddr};
+
     use super::{Command, Expect, RuntimeError};
 
     /// `show stat`: the CSV with its `# ` header.
@@ -253,11 +256,11 @@ pub mod cmd {
         Command::new(&["show", "info"], Expect::Prefix("Name:"))
     }
 
-    /// `set server B/S addr A port P`.
-    pub fn set_addr(bs: &str, addr: &str, port: u16) -> Result<Command, RuntimeError> {
-        let port = port.to_string();
+    /// `set server B/S addr A port P` (an IPv6 address bare: `addr ::1 port 80`).
+    pub fn set_addr(bs: &str, addr: IpAddr, port: u16) -> Result<Command, RuntimeError> {
+        let (addr, port) = (addr.to_string(), port.to_string());
         Command::new(
-            &["set", "server", bs, "addr", addr, "port", &port],
+            &["set", "server", bs, "addr", &addr, "port", &port],
             Expect::OneOf(&["IP changed", "no need to change", "port changed"]),
         )
     }
@@ -277,13 +280,25 @@ pub mod cmd {
         Command::new(&["enable", "health", bs], Expect::Empty)
     }
 
-    /// `add server B/S ADDR:PORT check [ARGS]`.
+    /// The fresh health check, in order: `state drain`, `health down` (lost in
+    /// maintenance, honoured in drain), `state ready`. The server then reads DOWN
+    /// and goes UP only after `rise` checks that ran after the change.
+    pub fn fresh_check(bs: &str) -> Result<[Command; 3], RuntimeError> {
+        Ok([
+            set_state(bs, "drain")?,
+            health_down(bs)?,
+            set_state(bs, "ready")?,
+        ])
+    }
+
+    /// `add server B/S ADDR:PORT check [ARGS]` (IPv6 in brackets: `[::1]:80`).
     pub fn add_server(
         bs: &str,
-        addr_port: &str,
+        addr: SocketAddr,
         check_args: &[&str],
     ) -> Result<Command, RuntimeError> {
-        let mut words = vec!["add", "server", bs, addr_port, "check"];
+        let addr = addr.to_string();
+        let mut words = vec!["add", "server", bs, &addr, "check"];
         words.extend_from_slice(check_args);
         Command::new(&words, Expect::Prefix("New server registered"))
     }
@@ -301,6 +316,8 @@ pub mod cmd {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     #[test]
@@ -335,11 +352,51 @@ mod tests {
         assert!(c.check(String::new()).is_ok());
         let err = c.check("No such server.\n".into()).expect_err("error text");
         assert_eq!(err.answer(), Some("No such server."));
-        let add = cmd::add_server("dyn/web-1", "127.0.0.1:80", &[]).expect("valid");
+        let add = cmd::add_server("dyn/web-1", "127.0.0.1:80".parse().expect("addr"), &[])
+            .expect("valid");
         assert!(add.check("New server registered.\n".into()).is_ok());
         assert!(
             add.check("'cookie' option is not accepted for dynamic server\n".into())
                 .is_err()
+        );
+    }
+
+    /// Issue 13, hole 12: an IPv6 app address could not be attached (the brackets
+    /// were refused as not a plain name). HAProxy 2.6 takes `[::1]:8080` in
+    /// `add server` and a bare `::1` in `set server ... addr`.
+    #[test]
+    fn ipv6_app_addresses_make_valid_commands() {
+        let v6: SocketAddr = "[::1]:8080".parse().expect("addr");
+        let add = cmd::add_server("dyn/web-1", v6, &["inter", "200ms"]).expect("valid");
+        assert_eq!(
+            add.text(),
+            "add server dyn/web-1 [::1]:8080 check inter 200ms"
+        );
+        let set = cmd::set_addr("web/slot1", v6.ip(), v6.port()).expect("valid");
+        assert_eq!(set.text(), "set server web/slot1 addr ::1 port 8080");
+        let full: SocketAddr = "[2001:db8::7]:80".parse().expect("addr");
+        assert_eq!(
+            cmd::add_server("dyn/web-1", full, &[])
+                .expect("valid")
+                .text(),
+            "add server dyn/web-1 [2001:db8::7]:80 check"
+        );
+    }
+
+    #[test]
+    fn a_fresh_check_is_drain_then_health_down_then_ready() {
+        let texts: Vec<String> = cmd::fresh_check("web/slot1")
+            .expect("valid")
+            .iter()
+            .map(|c| c.text().to_string())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "set server web/slot1 state drain",
+                "set server web/slot1 health down",
+                "set server web/slot1 state ready"
+            ]
         );
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fixture::{Options, Repo, names_in, snapshot, write_config};
-use handover_agent::dispatch::{Caller, Reporter};
+use handover_agent::caller::{Caller, Reporter};
 use handover_agent::{Agent, AgentConfig, deploy};
 use handover_common::names::{HookName, ReleaseName, RepoUrl, Revision};
 use handover_common::proto::deploy::{

@@ -1,0 +1,83 @@
+//! One exchange on one stream (QUIC or the control socket): read one request frame,
+//! hand it to [`crate::dispatch`], write its progress and final response.
+
+use std::sync::Arc;
+
+use handover_common::proto::{Failure, FailureKind, RequestFrame, Response};
+use tokio::sync::mpsc;
+
+use crate::Agent;
+use crate::caller::{Caller, Reporter};
+use crate::dispatch::handle;
+
+/// How long a caller has to send its request after opening a stream.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves one exchange on one stream (QUIC or control socket): read one request
+/// frame, run it, write progress and the final response.
+///
+/// A frame that is too large, truncated, undecodable or followed by trailing bytes
+/// gets a `BadRequest` answer and ends this stream only; the caller's other streams
+/// and other callers are unaffected.
+pub async fn serve_exchange<R, W>(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    recv: &mut R,
+    send: &mut W,
+) -> Result<(), handover_common::wire::WireError>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use handover_common::wire;
+
+    let frame = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        wire::read_frame::<_, RequestFrame>(recv),
+    )
+    .await
+    {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(%caller, error = %e, "refused a malformed request");
+            let failure = Failure::new(
+                FailureKind::BadRequest,
+                format!("{e}; a stream carries one handover/1 request frame"),
+            );
+            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            return Err(e);
+        }
+        Err(_) => {
+            let failure = Failure::new(
+                FailureKind::BadRequest,
+                format!("no request within {}s", REQUEST_TIMEOUT.as_secs()),
+            );
+            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            return Ok(());
+        }
+    };
+
+    let (tx, mut rx) = mpsc::channel(32);
+    let reporter = Reporter::new(tx.clone());
+    let task_agent = agent.clone();
+    let task_caller = caller.clone();
+    // The action runs in its own task: a caller that disconnects mid-deploy must not
+    // cancel it half-way. Long waits watch `Reporter::is_closed` to stop early.
+    tokio::spawn(async move {
+        let response = handle(&task_agent, &task_caller, frame, &reporter).await;
+        let _ = tx.send(response).await;
+    });
+    while let Some(response) = rx.recv().await {
+        let last = !matches!(response, Response::Progress(_));
+        wire::write_frame(send, &response).await?;
+        if last {
+            return Ok(());
+        }
+    }
+    let failure = Failure::new(
+        FailureKind::Internal,
+        "the action ended without an answer (see the agent's log)",
+    );
+    wire::write_frame(send, &Response::Failed(failure)).await
+}
