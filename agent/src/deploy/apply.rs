@@ -17,6 +17,7 @@ use handover_common::proto::deploy::{
 };
 use handover_common::proto::{Failure, FailureKind, Progress};
 
+use super::command::{RunAs, RunningGroups, Shell};
 use super::config::DeployConfig;
 use super::git::{GitError, Mirror};
 use super::hooks;
@@ -218,6 +219,15 @@ impl<'a> Deployer<'a> {
         )
         .await;
         let manifest = hooks::read_manifest(partial)?;
+        let release_user = manifest.run_as(self.config.release_hooks.as_ref())?;
+        if let Some(user) = release_user {
+            hooks::give_to(partial, user).map_err(|e| {
+                internal(
+                    &format!("cannot give the release's files to {}", user.name()),
+                    e,
+                )
+            })?;
+        }
         self.layout
             .link_shared(partial, &self.config.shared)
             .map_err(|e| internal("cannot link shared paths", e))?;
@@ -232,13 +242,15 @@ impl<'a> Deployer<'a> {
 
         for hook in hook_names {
             let command = check_hook_configured(self.agent, hook)?;
-            let output = self.run_hook(hook.as_str(), &command, dir, record).await?;
+            let output = self
+                .run_hook(hook.as_str(), &command, dir, record, None)
+                .await?;
             self.step(DeployStep::Hook(hook.to_string()), "ok", output)
                 .await;
         }
         if let Some(command) = &manifest.hooks.before_activate {
             let output = self
-                .run_hook("before_activate", command, dir, record)
+                .run_hook("before_activate", command, dir, record, release_user)
                 .await
                 .map_err(|f| with_suffix(f, "current was not changed"))?;
             self.step(DeployStep::Hook("before_activate".into()), "ok", output)
@@ -247,12 +259,15 @@ impl<'a> Deployer<'a> {
         Ok(())
     }
 
+    /// Runs a hook in the release: the operator's as the agent (`run_as` `None`), a
+    /// release's own as the configured user.
     async fn run_hook(
         &self,
         label: &str,
         command: &str,
         dir: &Path,
         record: &ReleaseRecord,
+        run_as: Option<&RunAs>,
     ) -> Result<Vec<String>, Failure> {
         let env: [(&str, &OsStr); 6] = [
             ("HANDOVER_RELEASE", OsStr::new(record.name.as_str())),
@@ -262,7 +277,16 @@ impl<'a> Deployer<'a> {
             ("HANDOVER_REV", OsStr::new(&record.rev)),
             ("HANDOVER_SHA", OsStr::new(&record.sha)),
         ];
-        hooks::run(label, command, dir, &env, self.config.hook_timeout).await
+        let groups = RunningGroups::new(&self.agent.config.state_dir);
+        let shell = Shell {
+            command,
+            dir,
+            env: &env,
+            run_as,
+            timeout: self.config.hook_timeout,
+            groups: Some(&groups),
+        };
+        hooks::run(label, &shell).await
     }
 
     /// Switch → reload → after_activate → verify; switches back on failure.
@@ -276,9 +300,10 @@ impl<'a> Deployer<'a> {
         let checked = async {
             self.reload().await?;
             let manifest = hooks::read_manifest(dir)?;
+            let release_user = manifest.run_as(self.config.release_hooks.as_ref())?;
             if let Some(command) = &manifest.hooks.after_activate {
                 let output = self
-                    .run_hook("after_activate", command, dir, record)
+                    .run_hook("after_activate", command, dir, record, release_user)
                     .await?;
                 self.step(DeployStep::Hook("after_activate".into()), "ok", output)
                     .await;
@@ -363,7 +388,16 @@ impl<'a> Deployer<'a> {
             ("HANDOVER_ROOT", self.config.root.as_os_str()),
             ("HANDOVER_RELEASE_DIR", dir.as_os_str()),
         ];
-        let output = hooks::run(label, command, &dir, &env, self.config.command_timeout).await?;
+        let groups = RunningGroups::new(&self.agent.config.state_dir);
+        let shell = Shell {
+            command,
+            dir: &dir,
+            env: &env,
+            run_as: None,
+            timeout: self.config.command_timeout,
+            groups: Some(&groups),
+        };
+        let output = hooks::run(label, &shell).await?;
         self.step(step, "ok", output).await;
         Ok(())
     }

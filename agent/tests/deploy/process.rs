@@ -284,15 +284,27 @@ fn an_agent_killed_during_a_slow_hook_restarts_on_a_valid_release() {
     assert_eq!(names_in(&host.join("www/releases")).len(), 2);
     daemon.kill(); // SIGKILL
     let _ = deploy.wait();
-    // The hook's process group outlives the agent; end it here, not in 20 s.
+    // Issue 13, hole 9: the hook's process group outlived the agent. The kernel
+    // now kills the hook's shell with the agent (PDEATHSIG); what it started (the
+    // `sleep`) is ended by the restarted agent, which finds the group recorded.
     let pgid: i32 = std::fs::read_to_string(&started)
         .expect("pgid")
         .trim()
         .parse()
         .expect("a pid");
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
+    let shell_gone = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pgid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pgid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < shell_gone,
+            "the hook's shell outlived the agent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        handover_agent::deploy::command::group_is_running(pgid),
+        "the hook's child should still run until an agent ends it"
     );
 
     assert_eq!(
@@ -305,6 +317,10 @@ fn an_agent_killed_during_a_slow_hook_restarts_on_a_valid_release() {
     );
 
     let daemon = Daemon::start(&config, &log);
+    assert!(
+        !handover_agent::deploy::command::group_is_running(pgid),
+        "the restarted agent left the hook's group running"
+    );
     assert_eq!(names_in(&host.join("www/releases")), releases_before);
     assert_eq!(
         std::fs::read_to_string(host.join("www/current/VERSION")).expect("valid"),
