@@ -35,6 +35,9 @@ pub struct AgentConfig {
     /// Local socket for `handover-agent drain|status|...` (mode 0600).
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// A group whose members may use the control socket besides root.
+    #[serde(default)]
+    pub control_group: Option<crate::control::ControlGroup>,
     /// Health-check file (drain / undrain).
     pub health: Option<crate::drain::HealthConfig>,
     /// The app server whose sessions are counted.

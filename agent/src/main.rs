@@ -203,7 +203,11 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let agent = Agent::new(config);
     deploy::recover(&agent).context("cleaning up after an interrupted deploy")?;
     let quic = QuicServer::bind(&agent, creds)?;
-    let control = ControlSocket::bind(&agent.config.control_socket).await?;
+    let control = ControlSocket::bind(
+        &agent.config.control_socket,
+        control::Access::new(agent.config.control_group.clone()),
+    )
+    .await?;
     tracing::info!(
         name = %agent.config.name,
         listen = %quic.local_addr().context("reading the bound address")?,
