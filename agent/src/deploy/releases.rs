@@ -186,21 +186,24 @@ impl Layout {
     /// Replaces each shared path in `release` with a symlink to `shared/<path>`.
     /// A shared path missing from `shared/` is seeded from the release's own copy
     /// (or created as an empty directory), so the first deploy sets it up.
+    ///
+    /// Every directory on the way, in the release and in `shared/`, must be a real
+    /// directory (issue 13, hole 7): a release could ship `config` as a symlink to
+    /// `/etc`, and linking `config/app.env` would then have moved, removed and
+    /// replaced files there as root. Missing ones are created one level at a time.
     pub fn link_shared(&self, release: &Path, shared: &[SharedPath]) -> io::Result<()> {
         for path in shared {
             let in_shared = self.shared_dir().join(path.as_path());
             let in_release = release.join(path.as_path());
-            if let Some(parent) = in_release.parent() {
-                std::fs::create_dir_all(parent)?;
+            if let Some(parent) = path.as_path().parent() {
+                real_dirs_beneath(release, parent)?;
+                real_dirs_beneath(&self.shared_dir(), parent)?;
             }
             let in_release_meta = in_release.symlink_metadata().ok();
             // A symlink shipped in the release is not content to seed shared/ with:
             // moving it there would make shared/ point wherever the link does.
             let seedable = in_release_meta.is_some_and(|m| !m.file_type().is_symlink());
             if in_shared.symlink_metadata().is_err() {
-                if let Some(parent) = in_shared.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
                 if seedable {
                     std::fs::rename(&in_release, &in_shared)?;
                 } else {
@@ -219,6 +222,33 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Makes sure each directory of `rel` beneath `base` is a real directory, creating
+/// missing ones; a symlink (or a file) on the way is an error naming it.
+fn real_dirs_beneath(base: &Path, rel: &Path) -> io::Result<()> {
+    let mut at = base.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match at.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link: a shared path's directories must be real directories (links are not followed out of the deploy root)",
+                    at.display()
+                )));
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} is not a directory, but a shared path goes through it",
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A release name for commit `sha` built at `now`: `20261126T050301Z-1a2b3c4`,
@@ -369,6 +399,41 @@ mod tests {
             std::fs::read_link(release.join("storage")).expect("link"),
             in_shared
         );
+    }
+
+    /// Issue 13, hole 7: linking `config/app.env` followed a release's `config`
+    /// symlink out of the deploy root, moving and replacing files there as root.
+    #[test]
+    fn a_symlinked_parent_directory_is_refused_not_followed() {
+        let (dir, layout) = layout();
+        let outside = dir.path().join("etc");
+        std::fs::create_dir(&outside).expect("outside");
+        std::fs::write(outside.join("app.env"), b"root's file").expect("victim");
+        let shared = vec![SharedPath::try_from("config/app.env".to_string()).expect("valid")];
+        let release = layout.release_dir(&name("20260101T000000Z-aaaaaaa"));
+        std::fs::create_dir_all(&release).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, release.join("config")).expect("symlink");
+        let err = layout
+            .link_shared(&release, &shared)
+            .expect_err("a link on the way");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let victim = outside.join("app.env");
+        assert!(
+            victim.symlink_metadata().expect("kept").is_file(),
+            "replaced outside the root"
+        );
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"root's file");
+        assert!(!layout.shared_dir().join("config/app.env").exists());
+
+        // The same through a symlinked directory in shared/.
+        std::fs::remove_file(release.join("config")).expect("rm");
+        std::fs::create_dir_all(layout.shared_dir()).expect("shared");
+        std::os::unix::fs::symlink(&outside, layout.shared_dir().join("config")).expect("symlink");
+        let err = layout
+            .link_shared(&release, &shared)
+            .expect_err("a link in shared/");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"root's file");
     }
 
     #[test]
