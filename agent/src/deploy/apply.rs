@@ -163,9 +163,8 @@ impl<'a> Deployer<'a> {
             }
             Err(f) => ReleaseOutcome::Failed(f.message.clone()),
         };
-        if let Some(r) = state.record_mut(&name) {
-            r.outcome = outcome.clone();
-        }
+        let on_disk = self.layout.on_disk().unwrap_or_default();
+        record_outcome(&mut state, &name, outcome.clone(), &on_disk);
         self.save_state(&state)?;
         result?;
         self.prune(&mut state).await?;
@@ -584,6 +583,59 @@ pub fn check_hook_configured(agent: &Agent, hook: &HookName) -> Result<String, F
     })
 }
 
+/// Sets how `name`'s apply ended and bounds the record: every failed apply adds
+/// one whose release is gone, so without trimming here releases.json grew on
+/// every failure (issue 13, hole 12).
+fn record_outcome(
+    state: &mut DeployState,
+    name: &ReleaseName,
+    outcome: ReleaseOutcome,
+    on_disk: &[ReleaseName],
+) {
+    if let Some(r) = state.record_mut(name) {
+        r.outcome = outcome;
+    }
+    state.trim(on_disk);
+}
+
 fn with_suffix(failure: Failure, suffix: &str) -> Failure {
     Failure::new(failure.kind, format!("{}; {suffix}", failure.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, hole 12: releases.json grew by one record on every failed apply.
+    #[test]
+    fn failed_applies_do_not_grow_the_record_without_bound() {
+        let mut state = DeployState::default();
+        let kept = ReleaseName::new("20260101T000000Z-aaaaaaa").expect("name");
+        for i in 0..500 {
+            let name = ReleaseName::new(format!("20260102T000000Z-bbbbbbb-{i}")).expect("name");
+            let on_disk = [kept.clone(), name.clone()];
+            state.releases.push(ReleaseRecord {
+                name: name.clone(),
+                repo: "file:///repo.git".into(),
+                rev: "broken".into(),
+                sha: "b".repeat(40),
+                created: "2026-01-02T00:00:00Z".into(),
+                outcome: ReleaseOutcome::Pending,
+            });
+            record_outcome(
+                &mut state,
+                &name,
+                ReleaseOutcome::Failed("boom".into()),
+                &on_disk,
+            );
+        }
+        assert!(
+            state.releases.len() <= 101,
+            "{} records",
+            state.releases.len()
+        );
+        let last = state.releases.last().expect("the newest stays");
+        assert_eq!(last.name.as_str(), "20260102T000000Z-bbbbbbb-499");
+        assert_eq!(last.outcome, ReleaseOutcome::Failed("boom".into()));
+    }
 }

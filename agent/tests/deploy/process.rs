@@ -333,3 +333,43 @@ fn an_agent_killed_during_a_slow_hook_restarts_on_a_valid_release() {
     let state = std::fs::read_to_string(host.join("state/deploy/releases.json")).expect("state");
     assert!(state.contains("Interrupted"), "{state}");
 }
+
+/// Issue 13, hole 12: `handover-agent drain --wait --timeout` with a huge value
+/// panicked. The CLI now refuses a timeout beyond its bound with the fix, before
+/// anything is drained, and the agent keeps serving.
+#[test]
+fn a_huge_drain_timeout_is_refused_not_a_panic() {
+    let repo = Repo::new();
+    let (dir, config) = host_dir(&repo);
+    let host = dir.path().join("host");
+    std::fs::write(host.join("health.html"), "OK\n").expect("health file");
+    let with_health = std::fs::read_to_string(&config).expect("config").replacen(
+        "[deploy]",
+        "[health]\nfile = \"health.html\"\n\n[app]\nlisten = \"127.0.0.1:1\"\n\n[deploy]",
+        1,
+    );
+    std::fs::write(&config, with_health).expect("config");
+    let log = dir.path().join("agent.log");
+    let daemon = Daemon::start(&config, &log);
+    for huge in [
+        "500000000000y",
+        "584542046090y",
+        "18446744073709551615s",
+        "31d",
+    ] {
+        let out = daemon.cli(&["drain", "--wait", "--timeout", huge]);
+        let said = text(&out);
+        assert!(!out.status.success(), "{huge} accepted: {said}");
+        assert!(!said.contains("panicked"), "{huge}: {said}");
+        assert!(said.contains("at most 30d"), "{huge}: {said}");
+        assert!(host.join("health.html").exists(), "{huge} drained the host");
+    }
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status.status.success(),
+        "the agent stopped serving: {}",
+        text(&status)
+    );
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!agent_log.contains("panicked"), "{agent_log}");
+}
