@@ -34,6 +34,9 @@ use tokio::process::Command;
 /// How many output lines are kept (and sent back to the caller).
 pub const TAIL_LINES: usize = 20;
 
+/// Longest output line kept; the rest of a longer line is dropped.
+pub const MAX_LINE_BYTES: usize = 2048;
+
 /// The agent's environment variables a shell command may see; everything else is
 /// dropped. `PATH` gets a standard value when the agent has none.
 pub const PASSED_THROUGH: &[&str] = &[
@@ -407,6 +410,9 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Reads `stream` to its end, keeping the last [`TAIL_LINES`] lines, each cut at
+/// [`MAX_LINE_BYTES`]: a hook printing one endless line must not fill the agent's
+/// memory, nor the failure message that goes back to the coordinator.
 async fn collect(
     stream: Option<impl AsyncRead + Unpin>,
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -415,26 +421,47 @@ async fn collect(
     let Some(stream) = stream else {
         return Vec::new();
     };
+    let push = |line: &[u8], cut: bool| {
+        let mut text = String::from_utf8_lossy(line).trim_end().to_string();
+        if cut {
+            text.push_str(" [line cut]");
+        }
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(text);
+        }
+    };
     let mut reader = BufReader::new(stream);
     let mut all = Vec::new();
     let mut line = Vec::new();
+    let mut cut = false;
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if keep {
-                    all.extend_from_slice(&line);
-                }
-                let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                if let Ok(mut t) = tail.lock() {
-                    if t.len() == TAIL_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(text);
-                }
-            }
+        let buf = match reader.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => buf,
+            _ => break,
+        };
+        let (chunk, ends_line) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let taken = chunk.len();
+        if keep {
+            all.extend_from_slice(chunk);
         }
+        let room = MAX_LINE_BYTES.saturating_sub(line.len());
+        cut |= taken > room && !(ends_line && taken == room + 1);
+        line.extend_from_slice(&chunk[..taken.min(room)]);
+        reader.consume(taken);
+        if ends_line {
+            push(&line, cut);
+            line.clear();
+            cut = false;
+        }
+    }
+    if !line.is_empty() {
+        push(&line, cut);
     }
     all
 }
@@ -483,6 +510,24 @@ mod tests {
             done.describe(Duration::from_millis(200))
                 .contains("timed out")
         );
+    }
+
+    /// A hook printing one endless line kept all of it in memory and sent it back.
+    #[tokio::test]
+    async fn an_endless_output_line_is_cut() {
+        let dir = std::env::temp_dir();
+        let done = run_shell(&shell(
+            "head -c 5000000 /dev/zero | tr '\\0' x; echo; echo after",
+            &dir,
+            Duration::from_secs(30),
+        ))
+        .await
+        .expect("sh runs");
+        assert!(done.success());
+        assert_eq!(done.tail.len(), 2, "{:?}", done.tail.iter().map(String::len).collect::<Vec<_>>());
+        assert!(done.tail[0].len() <= MAX_LINE_BYTES + 20);
+        assert!(done.tail[0].ends_with("[line cut]"));
+        assert_eq!(done.tail[1], "after");
     }
 
     fn pgid_of(done: &Finished) -> i32 {
