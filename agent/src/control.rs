@@ -191,6 +191,13 @@ async fn serve_local(agent: &Arc<Agent>, access: &Access, stream: UnixStream) {
         }
         Err(failure) => {
             tracing::warn!(reason = %failure.message, "refused a control socket connection");
+            // Take (and drop, unread by anything) the caller's request first, so
+            // it is not cut off mid-write and sees why it was refused.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                wire::read_frame::<_, RequestFrame>(&mut recv),
+            )
+            .await;
             let _ = wire::write_frame(&mut send, &Response::Failed(failure)).await;
         }
     }

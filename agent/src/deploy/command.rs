@@ -524,7 +524,12 @@ mod tests {
         .await
         .expect("sh runs");
         assert!(done.success());
-        assert_eq!(done.tail.len(), 2, "{:?}", done.tail.iter().map(String::len).collect::<Vec<_>>());
+        assert_eq!(
+            done.tail.len(),
+            2,
+            "{:?}",
+            done.tail.iter().map(String::len).collect::<Vec<_>>()
+        );
         assert!(done.tail[0].len() <= MAX_LINE_BYTES + 20);
         assert!(done.tail[0].ends_with("[line cut]"));
         assert_eq!(done.tail[1], "after");

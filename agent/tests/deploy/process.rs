@@ -373,3 +373,53 @@ fn a_huge_drain_timeout_is_refused_not_a_panic() {
     let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!agent_log.contains("panicked"), "{agent_log}");
 }
+
+/// Issue 13, hole 10: access to the control socket was its file mode alone. Now
+/// the agent checks every caller with SO_PEERCRED: even with the socket and its
+/// directory opened up to everyone (a loosened mode), another user is refused.
+#[test]
+fn another_user_is_refused_by_peer_credentials_even_through_an_open_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: only root can run the CLI as another user");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    let repo = Repo::new();
+    let (dir, config) = host_dir(&repo);
+    let host = dir.path().join("host");
+    let log = dir.path().join("agent.log");
+    let daemon = Daemon::start(&config, &log);
+    let open = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    open(dir.path(), 0o755);
+    open(&host, 0o755);
+    open(&host.join("state"), 0o755);
+    open(&host.join("state/control.sock"), 0o666);
+    open(&config, 0o644);
+
+    let out = Command::new(AGENT)
+        .arg("--config")
+        .arg(&config)
+        .args(["releases", "--json"])
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .expect("handover-agent runs as nobody");
+    let said = text(&out);
+    assert!(!out.status.success(), "nobody was served: {said}");
+    assert!(
+        said.contains(&format!(
+            "uid {} may not use this agent's control socket",
+            nobody.uid
+        )),
+        "{said}"
+    );
+    // Root still is.
+    assert!(daemon.cli(&["releases", "--json"]).status.success());
+}
