@@ -219,14 +219,6 @@ impl<'a> Deployer<'a> {
         .await;
         let manifest = hooks::read_manifest(partial)?;
         let release_user = manifest.run_as(self.config.release_hooks.as_ref())?;
-        if let Some(user) = release_user {
-            hooks::give_to(partial, user).map_err(|e| {
-                internal(
-                    &format!("cannot give the release's files to {}", user.name()),
-                    e,
-                )
-            })?;
-        }
         self.layout
             .link_shared(partial, &self.config.shared)
             .map_err(|e| internal("cannot link shared paths", e))?;
@@ -238,6 +230,15 @@ impl<'a> Deployer<'a> {
         .await;
         std::fs::rename(partial, dir)
             .map_err(|e| internal(&format!("cannot move the release to {}", dir.display()), e))?;
+        // Only now, with shared paths linked by root, the release's hook user gets it.
+        if let Some(user) = release_user {
+            hooks::give_to(dir, user).map_err(|e| {
+                internal(
+                    &format!("cannot give the release's files to {}", user.name()),
+                    e,
+                )
+            })?;
+        }
 
         for hook in hook_names {
             let command = check_hook_configured(self.agent, hook)?;

@@ -163,11 +163,14 @@ fn read_manifest_text(release: &Path) -> Result<Option<String>, Failure> {
         .map_err(|_| manifest_failure("is not UTF-8 text"))
 }
 
-/// Gives the release's files to `user` (links themselves, never what they point
-/// to; a link into shared/ is not followed), so its hooks can build in it.
+/// Gives the release's files to `user`, links themselves and never what they point
+/// to (a link into shared/ is not followed), so its hooks can build in it.
+///
+/// Children before their directory: a directory is still root's while its
+/// entries are handled, so the user (who may already run processes, e.g. as the
+/// web server) cannot swap an entry for a link that this walk would then follow.
 pub fn give_to(release: &Path, user: &RunAs) -> std::io::Result<()> {
     let (uid, gid) = (Some(user.uid().as_raw()), Some(user.gid().as_raw()));
-    std::os::unix::fs::lchown(release, uid, gid)?;
     for entry in std::fs::read_dir(release)? {
         let entry = entry?;
         let path = entry.path();
@@ -177,7 +180,7 @@ pub fn give_to(release: &Path, user: &RunAs) -> std::io::Result<()> {
             std::os::unix::fs::lchown(&path, uid, gid)?;
         }
     }
-    Ok(())
+    std::os::unix::fs::lchown(release, uid, gid)
 }
 
 /// Runs one hook; `Ok` holds its last output lines, `Err` says how it failed and
@@ -313,5 +316,32 @@ mod tests {
                 .expect("no hooks")
                 .is_none()
         );
+    }
+
+    /// Issue 13, hole 3: the release is given to the hook user without following
+    /// a link out of it (a shared/ link, or one the repository ships).
+    #[test]
+    fn giving_a_release_away_never_follows_its_links() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: only root can give files to another user");
+            return;
+        }
+        let nobody = RunAs::try_from("nobody".to_string()).expect("nobody exists");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).expect("outside");
+        std::fs::write(outside.join("secret"), "x").expect("secret");
+        let release = dir.path().join("release");
+        std::fs::create_dir_all(release.join("lib")).expect("release");
+        std::fs::write(release.join("lib/app.php"), "x").expect("file");
+        std::os::unix::fs::symlink(&outside, release.join("lib/escape")).expect("link");
+        give_to(&release, &nobody).expect("give");
+        let owner = |p: &Path| std::fs::symlink_metadata(p).expect("meta").uid();
+        for p in [release.clone(), release.join("lib"), release.join("lib/app.php"), release.join("lib/escape")] {
+            assert_eq!(owner(&p), nobody.uid().as_raw(), "{}", p.display());
+        }
+        assert_eq!(owner(&outside), 0);
+        assert_eq!(owner(&outside.join("secret")), 0);
     }
 }

@@ -15,10 +15,14 @@
 //! renamed into place only once it is complete.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use handover_common::names::ReleaseName;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
 
 use super::config::SharedPath;
 
@@ -190,65 +194,111 @@ impl Layout {
     /// Every directory on the way, in the release and in `shared/`, must be a real
     /// directory (issue 13, hole 7): a release could ship `config` as a symlink to
     /// `/etc`, and linking `config/app.env` would then have moved, removed and
-    /// replaced files there as root. Missing ones are created one level at a time.
+    /// replaced files there as root. The directories are opened one component at a
+    /// time with `O_NOFOLLOW` (created when missing) and the last steps work on
+    /// those handles, so a link swapped in meanwhile (the app may write `shared/`)
+    /// is refused, never followed.
     pub fn link_shared(&self, release: &Path, shared: &[SharedPath]) -> io::Result<()> {
         for path in shared {
             let in_shared = self.shared_dir().join(path.as_path());
-            let in_release = release.join(path.as_path());
-            if let Some(parent) = path.as_path().parent() {
-                real_dirs_beneath(release, parent)?;
-                real_dirs_beneath(&self.shared_dir(), parent)?;
-            }
-            let in_release_meta = in_release.symlink_metadata().ok();
+            let (Some(leaf), parent) = (path.as_path().file_name(), path.as_path().parent()) else {
+                continue;
+            };
+            let parent = parent.unwrap_or(Path::new(""));
+            let release_dir = open_dirs_beneath(release, parent)?;
+            let shared_dir = open_dirs_beneath(&self.shared_dir(), parent)?;
+            let in_release_meta = stat_at(&release_dir, leaf)?;
             // A symlink shipped in the release is not content to seed shared/ with:
             // moving it there would make shared/ point wherever the link does.
-            let seedable = in_release_meta.is_some_and(|m| !m.file_type().is_symlink());
-            if in_shared.symlink_metadata().is_err() {
+            let seedable = in_release_meta.is_some_and(|m| !is_link(&m));
+            if stat_at(&shared_dir, leaf)?.is_none() {
                 if seedable {
-                    std::fs::rename(&in_release, &in_shared)?;
+                    nix::fcntl::renameat(&release_dir, leaf, &shared_dir, leaf)?;
                 } else {
-                    std::fs::create_dir_all(&in_shared)?;
+                    mkdir_at(&shared_dir, leaf)?;
                 }
             }
             // Whatever the release still has there (not moved to shared/) gives way.
-            if let Ok(meta) = in_release.symlink_metadata() {
-                if meta.is_dir() {
-                    std::fs::remove_dir_all(&in_release)?;
+            if let Some(meta) = stat_at(&release_dir, leaf)? {
+                if is_dir(&meta) {
+                    // The release is the agent's own tree, nobody else writes it yet;
+                    // remove_dir_all does not follow links inside it.
+                    std::fs::remove_dir_all(release.join(path.as_path()))?;
                 } else {
-                    std::fs::remove_file(&in_release)?;
+                    nix::unistd::unlinkat(
+                        &release_dir,
+                        leaf,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    )?;
                 }
             }
-            std::os::unix::fs::symlink(&in_shared, &in_release)?;
+            nix::unistd::symlinkat(&in_shared, &release_dir, leaf)?;
         }
         Ok(())
     }
 }
 
-/// Makes sure each directory of `rel` beneath `base` is a real directory, creating
-/// missing ones; a symlink (or a file) on the way is an error naming it.
-fn real_dirs_beneath(base: &Path, rel: &Path) -> io::Result<()> {
+/// Opens each directory of `rel` beneath `base`, creating missing ones, without
+/// following a link at any step; a symlink (or a file) on the way is an error
+/// naming it.
+fn open_dirs_beneath(base: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = nix::fcntl::open(base, dir_flags, Mode::empty())?;
     let mut at = base.to_path_buf();
     for part in rel.components() {
-        at.push(part);
-        match at.symlink_metadata() {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(io::Error::other(format!(
-                    "{} is a symbolic link: a shared path's directories must be real directories (links are not followed out of the deploy root)",
-                    at.display()
-                )));
+        let name = part.as_os_str();
+        at.push(name);
+        let opened =
+            match nix::fcntl::openat(&fd, name, dir_flags | OFlag::O_NOFOLLOW, Mode::empty()) {
+                Err(Errno::ENOENT) => {
+                    mkdir_at(&fd, name)?;
+                    nix::fcntl::openat(&fd, name, dir_flags | OFlag::O_NOFOLLOW, Mode::empty())
+                }
+                other => other,
+            };
+        fd = match opened {
+            Ok(next) => next,
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                let link = stat_at(&fd, name)?.is_some_and(|m| is_link(&m));
+                return Err(io::Error::other(if link {
+                    format!(
+                        "{} is a symbolic link: a shared path's directories must be real directories (links are not followed out of the deploy root)",
+                        at.display()
+                    )
+                } else {
+                    format!(
+                        "{} is not a directory, but a shared path goes through it",
+                        at.display()
+                    )
+                }));
             }
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "{} is not a directory, but a shared path goes through it",
-                    at.display()
-                )));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
-            Err(e) => return Err(e),
-        }
+            Err(e) => return Err(e.into()),
+        };
     }
-    Ok(())
+    Ok(fd)
+}
+
+fn stat_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<Option<FileStat>> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn mkdir_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<()> {
+    match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_link(meta: &FileStat) -> bool {
+    SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+}
+
+fn is_dir(meta: &FileStat) -> bool {
+    SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
 }
 
 /// A release name for commit `sha` built at `now`: `20261126T050301Z-1a2b3c4`,
