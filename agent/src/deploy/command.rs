@@ -14,7 +14,10 @@
 //! * it runs in its own process group, which is killed as a whole when the command
 //!   ends or times out, so background children do not outlive it;
 //! * it is started through `setpriv --pdeathsig KILL` (util-linux) where present, so
-//!   the kernel kills it if the agent dies; its group is recorded in
+//!   the kernel kills it if the agent dies (`#![forbid(unsafe_code)]` rules out
+//!   setting it between fork and exec ourselves; the signal is tied to the thread
+//!   that spawned it, a tokio worker, which lives as long as the agent's runtime);
+//!   its group is recorded in
 //!   [`RunningGroups`] while it runs, so an agent restarted after `kill -9` ends what
 //!   is left of it before recovering the release tree.
 

@@ -338,7 +338,12 @@ mod tests {
         std::os::unix::fs::symlink(&outside, release.join("lib/escape")).expect("link");
         give_to(&release, &nobody).expect("give");
         let owner = |p: &Path| std::fs::symlink_metadata(p).expect("meta").uid();
-        for p in [release.clone(), release.join("lib"), release.join("lib/app.php"), release.join("lib/escape")] {
+        for p in [
+            release.clone(),
+            release.join("lib"),
+            release.join("lib/app.php"),
+            release.join("lib/escape"),
+        ] {
             assert_eq!(owner(&p), nobody.uid().as_raw(), "{}", p.display());
         }
         assert_eq!(owner(&outside), 0);
