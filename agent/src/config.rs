@@ -35,6 +35,9 @@ pub struct AgentConfig {
     /// Local socket for `handover-agent drain|status|...` (mode 0600).
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// A group whose members may use the control socket besides root.
+    #[serde(default)]
+    pub control_group: Option<crate::control::ControlGroup>,
     /// Health-check file (drain / undrain).
     pub health: Option<crate::drain::HealthConfig>,
     /// The app server whose sessions are counted.
@@ -56,6 +59,15 @@ fn default_control_socket() -> PathBuf {
     PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 
+/// The absolute directory holding the config file at `path` (relative paths in
+/// the config are taken from it; issue 13, hole 12).
+fn config_dir(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    Ok(absolute
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf))
+}
+
 impl AgentConfig {
     /// Reads and validates the config at `path`; relative paths in it are taken
     /// relative to the file's directory.
@@ -69,8 +81,11 @@ impl AgentConfig {
         let mut config: AgentConfig = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}", handover_common::toml_error::describe(&text, &e)))
             .with_context(|| format!("invalid agent config {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
+        // `--config agent.toml` has an empty parent: paths must still come out
+        // absolute (the daemon and hooks run elsewhere), so anchor them here.
+        let base = config_dir(path)
+            .with_context(|| format!("cannot tell the directory of {}", path.display()))?;
+        config.resolve_paths(&base);
         if let Some(h) = &config.haproxy {
             h.validate()
                 .with_context(|| format!("invalid agent config {}", path.display()))?;
@@ -138,5 +153,34 @@ impl AgentConfig {
             .mode(0o700)
             .create(&self.state_dir)
             .with_context(|| format!("cannot create state_dir {}", self.state_dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, hole 12: a relative `--config` left every relative path in it
+    /// relative (to whatever directory the agent ran in).
+    #[test]
+    fn a_relative_config_path_gives_absolute_paths() {
+        for relative in ["agent.toml", "etc/agent.toml", "./agent.toml"] {
+            let dir = config_dir(Path::new(relative)).expect("cwd");
+            assert!(dir.is_absolute(), "{relative}: {}", dir.display());
+            let cwd = std::env::current_dir().expect("cwd");
+            assert!(dir.starts_with(&cwd), "{relative}: {}", dir.display());
+        }
+        let text = "name = \"web-1\"\nca = \"pki/ca.pem\"\ncert = \"c.pem\"\nkey = \"k.key\"\nstate_dir = \"state\"\n";
+        let mut config: AgentConfig = toml::from_str(text).expect("valid");
+        config.resolve_paths(&config_dir(Path::new("agent.toml")).expect("cwd"));
+        for p in [
+            &config.ca,
+            &config.cert,
+            &config.key,
+            &config.state_dir,
+            &config.control_socket,
+        ] {
+            assert!(p.is_absolute(), "{}", p.display());
+        }
     }
 }

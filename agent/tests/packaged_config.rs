@@ -77,6 +77,17 @@ fn every_commented_example_in_the_packaged_agent_toml_is_a_valid_setting() {
         })
         .collect();
     assert!(uncommented > 20, "found only {uncommented} example lines");
+    // The example's `run_as` user is one the operator creates for it; this machine
+    // may not have it, so stand in the user running the test.
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .expect("the test user has a name");
+    assert!(
+        text.contains("run_as = \"deploy\""),
+        "[deploy.release_hooks]"
+    );
+    let text = text.replace("run_as = \"deploy\"", &format!("run_as = {:?}", me.name));
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = tmp.path().join("agent.toml");
     std::fs::write(&path, &text).expect("write the uncommented config");
@@ -99,7 +110,7 @@ fn every_commented_example_in_the_packaged_agent_toml_is_a_valid_setting() {
         config
             .deploy
             .as_ref()
-            .is_some_and(|d| d.reload.is_some() && d.verify.is_some()),
+            .is_some_and(|d| d.reload.is_some() && d.verify.is_some() && d.release_hooks.is_some()),
         "[deploy]"
     );
     assert_eq!(config.hooks.len(), 3, "[hooks]");

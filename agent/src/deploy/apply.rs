@@ -17,6 +17,7 @@ use handover_common::proto::deploy::{
 };
 use handover_common::proto::{Failure, FailureKind, Progress};
 
+use super::command::{RunAs, RunningGroups, Shell};
 use super::config::DeployConfig;
 use super::git::{GitError, Mirror};
 use super::hooks;
@@ -162,9 +163,8 @@ impl<'a> Deployer<'a> {
             }
             Err(f) => ReleaseOutcome::Failed(f.message.clone()),
         };
-        if let Some(r) = state.record_mut(&name) {
-            r.outcome = outcome.clone();
-        }
+        let on_disk = self.layout.on_disk().unwrap_or_default();
+        record_outcome(&mut state, &name, outcome.clone(), &on_disk);
         self.save_state(&state)?;
         result?;
         self.prune(&mut state).await?;
@@ -218,6 +218,7 @@ impl<'a> Deployer<'a> {
         )
         .await;
         let manifest = hooks::read_manifest(partial)?;
+        let release_user = manifest.run_as(self.config.release_hooks.as_ref())?;
         self.layout
             .link_shared(partial, &self.config.shared)
             .map_err(|e| internal("cannot link shared paths", e))?;
@@ -229,16 +230,27 @@ impl<'a> Deployer<'a> {
         .await;
         std::fs::rename(partial, dir)
             .map_err(|e| internal(&format!("cannot move the release to {}", dir.display()), e))?;
+        // Only now, with shared paths linked by root, the release's hook user gets it.
+        if let Some(user) = release_user {
+            hooks::give_to(dir, user).map_err(|e| {
+                internal(
+                    &format!("cannot give the release's files to {}", user.name()),
+                    e,
+                )
+            })?;
+        }
 
         for hook in hook_names {
             let command = check_hook_configured(self.agent, hook)?;
-            let output = self.run_hook(hook.as_str(), &command, dir, record).await?;
+            let output = self
+                .run_hook(hook.as_str(), &command, dir, record, None)
+                .await?;
             self.step(DeployStep::Hook(hook.to_string()), "ok", output)
                 .await;
         }
         if let Some(command) = &manifest.hooks.before_activate {
             let output = self
-                .run_hook("before_activate", command, dir, record)
+                .run_hook("before_activate", command, dir, record, release_user)
                 .await
                 .map_err(|f| with_suffix(f, "current was not changed"))?;
             self.step(DeployStep::Hook("before_activate".into()), "ok", output)
@@ -247,12 +259,15 @@ impl<'a> Deployer<'a> {
         Ok(())
     }
 
+    /// Runs a hook in the release: the operator's as the agent (`run_as` `None`), a
+    /// release's own as the configured user.
     async fn run_hook(
         &self,
         label: &str,
         command: &str,
         dir: &Path,
         record: &ReleaseRecord,
+        run_as: Option<&RunAs>,
     ) -> Result<Vec<String>, Failure> {
         let env: [(&str, &OsStr); 6] = [
             ("HANDOVER_RELEASE", OsStr::new(record.name.as_str())),
@@ -262,7 +277,16 @@ impl<'a> Deployer<'a> {
             ("HANDOVER_REV", OsStr::new(&record.rev)),
             ("HANDOVER_SHA", OsStr::new(&record.sha)),
         ];
-        hooks::run(label, command, dir, &env, self.config.hook_timeout).await
+        let groups = RunningGroups::new(&self.agent.config.state_dir);
+        let shell = Shell {
+            command,
+            dir,
+            env: &env,
+            run_as,
+            timeout: self.config.hook_timeout,
+            groups: Some(&groups),
+        };
+        hooks::run(label, &shell).await
     }
 
     /// Switch → reload → after_activate → verify; switches back on failure.
@@ -276,9 +300,10 @@ impl<'a> Deployer<'a> {
         let checked = async {
             self.reload().await?;
             let manifest = hooks::read_manifest(dir)?;
+            let release_user = manifest.run_as(self.config.release_hooks.as_ref())?;
             if let Some(command) = &manifest.hooks.after_activate {
                 let output = self
-                    .run_hook("after_activate", command, dir, record)
+                    .run_hook("after_activate", command, dir, record, release_user)
                     .await?;
                 self.step(DeployStep::Hook("after_activate".into()), "ok", output)
                     .await;
@@ -363,7 +388,16 @@ impl<'a> Deployer<'a> {
             ("HANDOVER_ROOT", self.config.root.as_os_str()),
             ("HANDOVER_RELEASE_DIR", dir.as_os_str()),
         ];
-        let output = hooks::run(label, command, &dir, &env, self.config.command_timeout).await?;
+        let groups = RunningGroups::new(&self.agent.config.state_dir);
+        let shell = Shell {
+            command,
+            dir: &dir,
+            env: &env,
+            run_as: None,
+            timeout: self.config.command_timeout,
+            groups: Some(&groups),
+        };
+        let output = hooks::run(label, &shell).await?;
         self.step(step, "ok", output).await;
         Ok(())
     }
@@ -550,6 +584,59 @@ pub fn check_hook_configured(agent: &Agent, hook: &HookName) -> Result<String, F
     })
 }
 
+/// Sets how `name`'s apply ended and bounds the record: every failed apply adds
+/// one whose release is gone, so without trimming here releases.json grew on
+/// every failure (issue 13, hole 12).
+fn record_outcome(
+    state: &mut DeployState,
+    name: &ReleaseName,
+    outcome: ReleaseOutcome,
+    on_disk: &[ReleaseName],
+) {
+    if let Some(r) = state.record_mut(name) {
+        r.outcome = outcome;
+    }
+    state.trim(on_disk);
+}
+
 fn with_suffix(failure: Failure, suffix: &str) -> Failure {
     Failure::new(failure.kind, format!("{}; {suffix}", failure.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, hole 12: releases.json grew by one record on every failed apply.
+    #[test]
+    fn failed_applies_do_not_grow_the_record_without_bound() {
+        let mut state = DeployState::default();
+        let kept = ReleaseName::new("20260101T000000Z-aaaaaaa").expect("name");
+        for i in 0..500 {
+            let name = ReleaseName::new(format!("20260102T000000Z-bbbbbbb-{i}")).expect("name");
+            let on_disk = [kept.clone(), name.clone()];
+            state.releases.push(ReleaseRecord {
+                name: name.clone(),
+                repo: "file:///repo.git".into(),
+                rev: "broken".into(),
+                sha: "b".repeat(40),
+                created: "2026-01-02T00:00:00Z".into(),
+                outcome: ReleaseOutcome::Pending,
+            });
+            record_outcome(
+                &mut state,
+                &name,
+                ReleaseOutcome::Failed("boom".into()),
+                &on_disk,
+            );
+        }
+        assert!(
+            state.releases.len() <= 101,
+            "{} records",
+            state.releases.len()
+        );
+        let last = state.releases.last().expect("the newest stays");
+        assert_eq!(last.name.as_str(), "20260102T000000Z-bbbbbbb-499");
+        assert_eq!(last.outcome, ReleaseOutcome::Failed("boom".into()));
+    }
 }

@@ -28,6 +28,10 @@ pub struct DeployConfig {
     /// Command run (with `sh -c`) after the reload; failing means "not healthy" and
     /// switches back.
     pub verify: Option<String>,
+    /// Whether a release's own `handover.toml` hooks run, and as whom: absent, they
+    /// do not (a release that has any is refused); see [`super::hooks`].
+    #[serde(default)]
+    pub release_hooks: Option<super::hooks::ReleaseHooksConfig>,
     /// Limit for each hook (agent hooks and the release's own).
     #[serde(default = "default_hook_timeout", with = "serde_human")]
     pub hook_timeout: Duration,

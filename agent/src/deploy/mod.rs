@@ -32,6 +32,9 @@ use crate::Agent;
 use crate::caller::{Caller, Reporter};
 use apply::{Deployer, check_hook_configured};
 
+/// How long a leftover hook gets after SIGTERM before SIGKILL, at agent start.
+const HOOK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Default limit for a hook when `[deploy]` is not configured.
 const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -101,7 +104,16 @@ pub async fn handle(
                 std::path::PathBuf::from("/")
             };
             let env: [(&str, &std::ffi::OsStr); 1] = [("HANDOVER_HOOK", name.as_str().as_ref())];
-            let output = hooks::run(name.as_str(), &command, &dir, &env, timeout).await?;
+            let groups = command::RunningGroups::new(&agent.config.state_dir);
+            let shell = command::Shell {
+                command: &command,
+                dir: &dir,
+                env: &env,
+                run_as: None,
+                timeout,
+                groups: Some(&groups),
+            };
+            let output = hooks::run(name.as_str(), &shell).await?;
             Ok(DeployReply::HookRan(HookOutput {
                 name: name.to_string(),
                 output,
@@ -118,6 +130,15 @@ pub async fn status(agent: &Arc<Agent>) -> Option<ReleaseStatus> {
 
 /// Cleans up after an agent killed mid-deploy; call once at start, before serving.
 pub fn recover(agent: &Agent) -> anyhow::Result<()> {
+    // First end what a hook of the killed agent left running (its group), so
+    // nothing still works in a release that recovery is about to remove.
+    let groups = command::RunningGroups::new(&agent.config.state_dir);
+    for pgid in groups.end_leftovers(HOOK_GRACE)? {
+        tracing::warn!(
+            pgid,
+            "ended the process group of a hook left running by an interrupted agent"
+        );
+    }
     let Some(config) = agent.config.deploy.as_ref() else {
         return Ok(());
     };

@@ -15,10 +15,14 @@
 //! renamed into place only once it is complete.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use handover_common::names::ReleaseName;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
 
 use super::config::SharedPath;
 
@@ -186,39 +190,115 @@ impl Layout {
     /// Replaces each shared path in `release` with a symlink to `shared/<path>`.
     /// A shared path missing from `shared/` is seeded from the release's own copy
     /// (or created as an empty directory), so the first deploy sets it up.
+    ///
+    /// Every directory on the way, in the release and in `shared/`, must be a real
+    /// directory (issue 13, hole 7): a release could ship `config` as a symlink to
+    /// `/etc`, and linking `config/app.env` would then have moved, removed and
+    /// replaced files there as root. The directories are opened one component at a
+    /// time with `O_NOFOLLOW` (created when missing) and the last steps work on
+    /// those handles, so a link swapped in meanwhile (the app may write `shared/`)
+    /// is refused, never followed.
     pub fn link_shared(&self, release: &Path, shared: &[SharedPath]) -> io::Result<()> {
         for path in shared {
             let in_shared = self.shared_dir().join(path.as_path());
-            let in_release = release.join(path.as_path());
-            if let Some(parent) = in_release.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let in_release_meta = in_release.symlink_metadata().ok();
+            let (Some(leaf), parent) = (path.as_path().file_name(), path.as_path().parent()) else {
+                continue;
+            };
+            let parent = parent.unwrap_or(Path::new(""));
+            let release_dir = open_dirs_beneath(release, parent)?;
+            let shared_dir = open_dirs_beneath(&self.shared_dir(), parent)?;
+            let in_release_meta = stat_at(&release_dir, leaf)?;
             // A symlink shipped in the release is not content to seed shared/ with:
             // moving it there would make shared/ point wherever the link does.
-            let seedable = in_release_meta.is_some_and(|m| !m.file_type().is_symlink());
-            if in_shared.symlink_metadata().is_err() {
-                if let Some(parent) = in_shared.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
+            let seedable = in_release_meta.is_some_and(|m| !is_link(&m));
+            if stat_at(&shared_dir, leaf)?.is_none() {
                 if seedable {
-                    std::fs::rename(&in_release, &in_shared)?;
+                    nix::fcntl::renameat(&release_dir, leaf, &shared_dir, leaf)?;
                 } else {
-                    std::fs::create_dir_all(&in_shared)?;
+                    mkdir_at(&shared_dir, leaf)?;
                 }
             }
             // Whatever the release still has there (not moved to shared/) gives way.
-            if let Ok(meta) = in_release.symlink_metadata() {
-                if meta.is_dir() {
-                    std::fs::remove_dir_all(&in_release)?;
+            if let Some(meta) = stat_at(&release_dir, leaf)? {
+                if is_dir(&meta) {
+                    // The release is the agent's own tree, nobody else writes it yet;
+                    // remove_dir_all does not follow links inside it.
+                    std::fs::remove_dir_all(release.join(path.as_path()))?;
                 } else {
-                    std::fs::remove_file(&in_release)?;
+                    nix::unistd::unlinkat(
+                        &release_dir,
+                        leaf,
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    )?;
                 }
             }
-            std::os::unix::fs::symlink(&in_shared, &in_release)?;
+            nix::unistd::symlinkat(&in_shared, &release_dir, leaf)?;
         }
         Ok(())
     }
+}
+
+/// Opens each directory of `rel` beneath `base`, creating missing ones, without
+/// following a link at any step; a symlink (or a file) on the way is an error
+/// naming it.
+fn open_dirs_beneath(base: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = nix::fcntl::open(base, dir_flags, Mode::empty())?;
+    let mut at = base.to_path_buf();
+    for part in rel.components() {
+        let name = part.as_os_str();
+        at.push(name);
+        let opened =
+            match nix::fcntl::openat(&fd, name, dir_flags | OFlag::O_NOFOLLOW, Mode::empty()) {
+                Err(Errno::ENOENT) => {
+                    mkdir_at(&fd, name)?;
+                    nix::fcntl::openat(&fd, name, dir_flags | OFlag::O_NOFOLLOW, Mode::empty())
+                }
+                other => other,
+            };
+        fd = match opened {
+            Ok(next) => next,
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                let link = stat_at(&fd, name)?.is_some_and(|m| is_link(&m));
+                return Err(io::Error::other(if link {
+                    format!(
+                        "{} is a symbolic link: a shared path's directories must be real directories (links are not followed out of the deploy root)",
+                        at.display()
+                    )
+                } else {
+                    format!(
+                        "{} is not a directory, but a shared path goes through it",
+                        at.display()
+                    )
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(fd)
+}
+
+fn stat_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<Option<FileStat>> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn mkdir_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<()> {
+    match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_link(meta: &FileStat) -> bool {
+    SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+}
+
+fn is_dir(meta: &FileStat) -> bool {
+    SFlag::from_bits_truncate(meta.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
 }
 
 /// A release name for commit `sha` built at `now`: `20261126T050301Z-1a2b3c4`,
@@ -369,6 +449,41 @@ mod tests {
             std::fs::read_link(release.join("storage")).expect("link"),
             in_shared
         );
+    }
+
+    /// Issue 13, hole 7: linking `config/app.env` followed a release's `config`
+    /// symlink out of the deploy root, moving and replacing files there as root.
+    #[test]
+    fn a_symlinked_parent_directory_is_refused_not_followed() {
+        let (dir, layout) = layout();
+        let outside = dir.path().join("etc");
+        std::fs::create_dir(&outside).expect("outside");
+        std::fs::write(outside.join("app.env"), b"root's file").expect("victim");
+        let shared = vec![SharedPath::try_from("config/app.env".to_string()).expect("valid")];
+        let release = layout.release_dir(&name("20260101T000000Z-aaaaaaa"));
+        std::fs::create_dir_all(&release).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, release.join("config")).expect("symlink");
+        let err = layout
+            .link_shared(&release, &shared)
+            .expect_err("a link on the way");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let victim = outside.join("app.env");
+        assert!(
+            victim.symlink_metadata().expect("kept").is_file(),
+            "replaced outside the root"
+        );
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"root's file");
+        assert!(!layout.shared_dir().join("config/app.env").exists());
+
+        // The same through a symlinked directory in shared/.
+        std::fs::remove_file(release.join("config")).expect("rm");
+        std::fs::create_dir_all(layout.shared_dir()).expect("shared");
+        std::os::unix::fs::symlink(&outside, layout.shared_dir().join("config")).expect("symlink");
+        let err = layout
+            .link_shared(&release, &shared)
+            .expect_err("a link in shared/");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"root's file");
     }
 
     #[test]

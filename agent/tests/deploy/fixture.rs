@@ -134,6 +134,9 @@ pub struct Options<'a> {
     pub keep: usize,
     /// UDP listen address (for agents run as a process).
     pub listen: &'a str,
+    /// `[deploy.release_hooks] run_as` = the user running the tests; `false` leaves
+    /// a release's own hooks off (the default of a real agent).
+    pub release_hooks: bool,
 }
 
 impl Default for Options<'_> {
@@ -142,6 +145,7 @@ impl Default for Options<'_> {
             verify: None,
             keep: 5,
             listen: "127.0.0.1:0",
+            release_hooks: true,
         }
     }
 }
@@ -153,6 +157,15 @@ pub fn write_config(dir: &Path, repo_url: &str, options: &Options<'_>) -> PathBu
         .verify
         .map(|v| format!("verify = {v:?}\n"))
         .unwrap_or_default();
+    let release_hooks = if options.release_hooks {
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .expect("the test user has a name");
+        format!("[deploy.release_hooks]\nrun_as = {:?}\n", me.name)
+    } else {
+        String::new()
+    };
     let text = format!(
         r#"name = "web-1"
 listen = "{listen}"
@@ -169,6 +182,7 @@ keep_releases = {keep}
 shared = ["storage"]
 hook_timeout = "60s"
 {verify}
+{release_hooks}
 [hooks]
 warm = "echo warming; touch \"$HANDOVER_RELEASE_DIR/warmed\""
 log = "echo start $HANDOVER_RELEASE >> \"$HANDOVER_ROOT/../hooks.log\"; sleep 0.3; echo end $HANDOVER_RELEASE >> \"$HANDOVER_ROOT/../hooks.log\""

@@ -411,6 +411,37 @@ async fn a_failing_before_activate_hook_leaves_current_untouched() {
     assert_eq!(host.releases_on_disk(), releases);
 }
 
+/// Issue 13, hole 3: a release's own hooks ran as root for any ref of an allowed
+/// repository. Without `[deploy.release_hooks]` such a release is refused before
+/// its hook runs or `current` moves.
+#[tokio::test]
+async fn release_hooks_are_refused_when_the_agent_does_not_allow_them() {
+    let repo = Repo::new();
+    let host = Host::new(
+        &repo,
+        &Options {
+            release_hooks: false,
+            ..Options::default()
+        },
+    );
+    host.apply("v1").await;
+    let current = host.current_release();
+    let releases = host.releases_on_disk();
+
+    let err = host
+        .apply_with("with-hooks", &[])
+        .await
+        .expect_err("release hooks are off");
+    assert_eq!(err.kind, FailureKind::Refused);
+    assert!(err.message.contains("[deploy.release_hooks]"), "{err}");
+    assert_eq!(host.current_release(), current);
+    assert_eq!(host.releases_on_disk(), releases);
+    assert!(
+        !host.root().join("after.log").exists(),
+        "a release hook ran"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_verify_switches_back() {
     let repo = Repo::new();

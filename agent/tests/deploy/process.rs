@@ -284,15 +284,27 @@ fn an_agent_killed_during_a_slow_hook_restarts_on_a_valid_release() {
     assert_eq!(names_in(&host.join("www/releases")).len(), 2);
     daemon.kill(); // SIGKILL
     let _ = deploy.wait();
-    // The hook's process group outlives the agent; end it here, not in 20 s.
+    // Issue 13, hole 9: the hook's process group outlived the agent. The kernel
+    // now kills the hook's shell with the agent (PDEATHSIG); what it started (the
+    // `sleep`) is ended by the restarted agent, which finds the group recorded.
     let pgid: i32 = std::fs::read_to_string(&started)
         .expect("pgid")
         .trim()
         .parse()
         .expect("a pid");
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
+    let shell_gone = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pgid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pgid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < shell_gone,
+            "the hook's shell outlived the agent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        handover_agent::deploy::command::group_is_running(pgid),
+        "the hook's child should still run until an agent ends it"
     );
 
     assert_eq!(
@@ -305,6 +317,10 @@ fn an_agent_killed_during_a_slow_hook_restarts_on_a_valid_release() {
     );
 
     let daemon = Daemon::start(&config, &log);
+    assert!(
+        !handover_agent::deploy::command::group_is_running(pgid),
+        "the restarted agent left the hook's group running"
+    );
     assert_eq!(names_in(&host.join("www/releases")), releases_before);
     assert_eq!(
         std::fs::read_to_string(host.join("www/current/VERSION")).expect("valid"),
@@ -316,4 +332,94 @@ fn an_agent_killed_during_a_slow_hook_restarts_on_a_valid_release() {
     // The interrupted apply is on record as such.
     let state = std::fs::read_to_string(host.join("state/deploy/releases.json")).expect("state");
     assert!(state.contains("Interrupted"), "{state}");
+}
+
+/// Issue 13, hole 12: `handover-agent drain --wait --timeout` with a huge value
+/// panicked. The CLI now refuses a timeout beyond its bound with the fix, before
+/// anything is drained, and the agent keeps serving.
+#[test]
+fn a_huge_drain_timeout_is_refused_not_a_panic() {
+    let repo = Repo::new();
+    let (dir, config) = host_dir(&repo);
+    let host = dir.path().join("host");
+    std::fs::write(host.join("health.html"), "OK\n").expect("health file");
+    let with_health = std::fs::read_to_string(&config).expect("config").replacen(
+        "[deploy]",
+        "[health]\nfile = \"health.html\"\n\n[app]\nlisten = \"127.0.0.1:1\"\n\n[deploy]",
+        1,
+    );
+    std::fs::write(&config, with_health).expect("config");
+    let log = dir.path().join("agent.log");
+    let daemon = Daemon::start(&config, &log);
+    for huge in [
+        "500000000000y",
+        "584542046090y",
+        "18446744073709551615s",
+        "31d",
+    ] {
+        let out = daemon.cli(&["drain", "--wait", "--timeout", huge]);
+        let said = text(&out);
+        assert!(!out.status.success(), "{huge} accepted: {said}");
+        assert!(!said.contains("panicked"), "{huge}: {said}");
+        assert!(said.contains("at most 30d"), "{huge}: {said}");
+        assert!(host.join("health.html").exists(), "{huge} drained the host");
+    }
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status.status.success(),
+        "the agent stopped serving: {}",
+        text(&status)
+    );
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!agent_log.contains("panicked"), "{agent_log}");
+}
+
+/// Issue 13, hole 10: access to the control socket was its file mode alone. Now
+/// the agent checks every caller with SO_PEERCRED: even with the socket and its
+/// directory opened up to everyone (a loosened mode), another user is refused.
+#[test]
+fn another_user_is_refused_by_peer_credentials_even_through_an_open_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: only root can run the CLI as another user");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    let repo = Repo::new();
+    let (dir, config) = host_dir(&repo);
+    let host = dir.path().join("host");
+    let log = dir.path().join("agent.log");
+    let daemon = Daemon::start(&config, &log);
+    let open = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    open(dir.path(), 0o755);
+    open(&host, 0o755);
+    open(&host.join("state"), 0o755);
+    open(&host.join("state/control.sock"), 0o666);
+    open(&config, 0o644);
+
+    let out = Command::new(AGENT)
+        .arg("--config")
+        .arg(&config)
+        .args(["releases", "--json"])
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .expect("handover-agent runs as nobody");
+    let said = text(&out);
+    assert!(!out.status.success(), "nobody was served: {said}");
+    assert!(
+        said.contains(&format!(
+            "uid {} may not use this agent's control socket",
+            nobody.uid
+        )),
+        "{said}"
+    );
+    // Root still is.
+    assert!(daemon.cli(&["releases", "--json"]).status.success());
 }
