@@ -117,6 +117,10 @@ enum Command {
         /// An agent hook to run in the new release before the switch.
         #[arg(long = "hook")]
         hooks: Vec<handover_common::names::HookName>,
+        /// Switch hosts even while in service (UP in a load balancer, health-check
+        /// file present); the safe way is drain --wait, deploy, undrain.
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -135,12 +139,17 @@ enum Command {
         /// Hosts to switch.
         #[arg(required = true)]
         hosts: Vec<String>,
-        /// The release that was current before the last switch.
+        /// The release that was current before the last switch (skipping releases
+        /// that failed a check).
         #[arg(long)]
         previous: bool,
         /// A release by name (see `handover releases HOST`).
         #[arg(long)]
         release: Option<handover_common::names::ReleaseName>,
+        /// Switch hosts even while in service (UP in a load balancer, health-check
+        /// file present); the safe way is drain --wait, activate, undrain.
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -160,6 +169,9 @@ enum Command {
     Plan {
         /// The plan file.
         plan: PathBuf,
+        /// Do not ask the agents to resolve the revision (check the file only).
+        #[arg(long)]
+        offline: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -268,15 +280,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repo,
             rev,
             hooks,
+            force,
             json,
-        } => cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, json).await,
+        } => cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, force, json).await,
         Command::Releases { host, json } => cmd::deploy::releases(&load()?, &host, json).await,
         Command::Activate {
             hosts,
             release,
+            force,
             json,
             ..
-        } => cmd::deploy::activate(&load()?, &hosts, release, json).await,
+        } => cmd::deploy::activate(&load()?, &hosts, release, force, json).await,
         Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
         Command::Attach {
             hosts,
@@ -333,7 +347,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
-        Command::Plan { plan, json } => cmd::rollout::plan(&load()?, &plan, json),
+        Command::Plan {
+            plan,
+            offline,
+            json,
+        } => cmd::rollout::plan(&load()?, &plan, offline, json).await,
         Command::Rollout {
             plan,
             yes,

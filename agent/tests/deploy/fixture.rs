@@ -134,6 +134,8 @@ pub struct Options<'a> {
     pub keep: usize,
     /// UDP listen address (for agents run as a process).
     pub listen: &'a str,
+    /// `[health] file = "health.html"` (written, so the host is in service).
+    pub health: bool,
 }
 
 impl Default for Options<'_> {
@@ -142,6 +144,7 @@ impl Default for Options<'_> {
             verify: None,
             keep: 5,
             listen: "127.0.0.1:0",
+            health: false,
         }
     }
 }
@@ -153,6 +156,12 @@ pub fn write_config(dir: &Path, repo_url: &str, options: &Options<'_>) -> PathBu
         .verify
         .map(|v| format!("verify = {v:?}\n"))
         .unwrap_or_default();
+    let health = if options.health {
+        std::fs::write(dir.join("health.html"), "OK\n").expect("write health file");
+        "[health]\nfile = \"health.html\"\n\n"
+    } else {
+        ""
+    };
     let text = format!(
         r#"name = "web-1"
 listen = "{listen}"
@@ -162,7 +171,7 @@ key = "pki/web-1.key"
 state_dir = "state"
 control_socket = "state/control.sock"
 
-[deploy]
+{health}[deploy]
 root = "www"
 allowed_repos = [{repo_url:?}]
 keep_releases = {keep}

@@ -1,9 +1,11 @@
 //! `handover deploy|releases|activate|hook`: ad-hoc revision changes on named
 //! hosts (no load-balancer choreography; that is the rollout engine's job).
 //!
-//! Hosts are checked against the inventory before anything is sent; then each
-//! host is called concurrently (at most `concurrency` at a time) and its progress
-//! printed as it comes, prefixed with its name.
+//! Hosts are checked against the inventory before anything is sent; `deploy` and
+//! `activate` are refused on hosts in service (UP in a load balancer, or with
+//! their health-check file present: the agent checks that) unless `--force`.
+//! Then each host is called concurrently (at most `concurrency` at a time) and its
+//! progress printed as it comes, prefixed with its name.
 
 use std::process::ExitCode;
 
@@ -90,7 +92,9 @@ fn outcome(host: &HostEntry, result: Result<DeployReply, FleetError>) -> HostOut
         error: None,
     };
     match result {
-        Ok(DeployReply::Applied(r)) | Ok(DeployReply::Activated(r)) => {
+        Ok(DeployReply::Applied(r))
+        | Ok(DeployReply::Activated(r))
+        | Ok(DeployReply::Marked(r)) => {
             out.ok = true;
             out.release = Some(r);
         }
@@ -137,6 +141,30 @@ fn report(outcomes: &[HostOutcome], json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Refuses, before anything is sent, when a host is UP in a load balancer.
+async fn refuse_hosts_in_service(
+    fleet: &Fleet,
+    config: &CoordinatorConfig,
+    hosts: &[HostEntry],
+    verb: &str,
+) -> anyhow::Result<()> {
+    let serving = crate::gate::hosts_in_service(fleet, config, hosts).await;
+    if serving.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = serving
+        .iter()
+        .map(|(host, why)| format!("{host}: {why}"))
+        .collect();
+    let names: Vec<&str> = serving.iter().map(|(h, _)| h.as_str()).collect();
+    anyhow::bail!(
+        "refusing to {verb} hosts in service; nothing was changed:\n  {}\nthe switch would serve a release no check has passed to live traffic. Take them out first: `handover drain {} --wait`, then {verb}, then `handover undrain {}` (or run a rollout); or pass --force to switch them while they serve",
+        lines.join("\n  "),
+        names.join(" "),
+        names.join(" ")
+    )
+}
+
 async fn run_on_hosts(
     config: &CoordinatorConfig,
     names: &[String],
@@ -148,6 +176,17 @@ async fn run_on_hosts(
     }
     let hosts = config.select(names)?;
     let fleet = Fleet::new(config)?;
+    let in_service = match &request {
+        DeployRequest::Apply { force: false, .. } => Some("deploy to"),
+        DeployRequest::Activate { force: false, .. } => Some("activate a release on"),
+        _ => None,
+    };
+    if let Some(verb) = in_service
+        && let Err(e) = refuse_hosts_in_service(&fleet, config, &hosts, verb).await
+    {
+        fleet.close().await;
+        return Err(e);
+    }
     let results = call_all(&fleet, &hosts, request).await;
     fleet.close().await;
     let outcomes: Vec<HostOutcome> = results
@@ -157,36 +196,44 @@ async fn run_on_hosts(
     report(&outcomes, json)
 }
 
-/// `handover deploy HOST... --repo URL --ref REF [--hook NAME]...`
+/// `handover deploy HOST... --repo URL --ref REF [--hook NAME]... [--force]`
 pub async fn deploy(
     config: &CoordinatorConfig,
     hosts: &[String],
     repo: RepoUrl,
     rev: Revision,
     hooks: Vec<HookName>,
+    force: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    run_on_hosts(
-        config,
-        hosts,
-        DeployRequest::Apply { repo, rev, hooks },
-        json,
-    )
-    .await
+    let request = DeployRequest::Apply {
+        repo,
+        rev,
+        hooks,
+        force,
+    };
+    run_on_hosts(config, hosts, request, json).await
 }
 
-/// `handover activate HOST... --previous | --release NAME`
+/// `handover activate HOST... --previous | --release NAME [--force]`
 pub async fn activate(
     config: &CoordinatorConfig,
     hosts: &[String],
     release: Option<ReleaseName>,
+    force: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let target = match release {
         Some(name) => ActivateTarget::Release(name),
         None => ActivateTarget::Previous,
     };
-    run_on_hosts(config, hosts, DeployRequest::Activate { target }, json).await
+    run_on_hosts(
+        config,
+        hosts,
+        DeployRequest::Activate { target, force },
+        json,
+    )
+    .await
 }
 
 /// `handover hook HOST... NAME`: the last argument is the hook's name.
@@ -250,12 +297,14 @@ fn render_releases(list: &ReleaseList) -> String {
     if list.releases.is_empty() {
         return "no releases yet\n".into();
     }
-    let mut table = Table::new(&["", "RELEASE", "REF", "SHA", "CREATED", "REPO"]);
+    let mut table = Table::new(&["", "RELEASE", "REF", "SHA", "CREATED", "REPO", "FAILED"]);
     for r in &list.releases {
         let mark = if Some(&r.name) == list.current.as_ref() {
             "current"
         } else if Some(&r.name) == list.previous.as_ref() {
             "previous"
+        } else if r.outcome.failure().is_some() {
+            "failed"
         } else {
             ""
         };
@@ -266,6 +315,7 @@ fn render_releases(list: &ReleaseList) -> String {
             r.short_sha().to_string(),
             r.created.clone(),
             r.repo.clone(),
+            r.outcome.failure().unwrap_or("").to_string(),
         ]);
     }
     table.render()

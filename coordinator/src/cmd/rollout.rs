@@ -14,9 +14,20 @@ use crate::plan::Plan;
 use crate::rollout::engine::Engine;
 use crate::rollout::steps;
 
-/// `handover plan PLAN`: validate and print the numbered steps with capacity.
-pub fn plan(config: &CoordinatorConfig, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// `handover plan PLAN`: validate, resolve the revision on every target host
+/// (unless `offline`), and print the numbered steps with capacity.
+pub async fn plan(
+    config: &CoordinatorConfig,
+    path: &Path,
+    offline: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let plan = Plan::load(path, config)?;
+    let resolved = if offline {
+        None
+    } else {
+        Some(resolve_plan_revision(config, &plan).await?)
+    };
     let steps = steps::in_place(&plan);
     if json {
         #[derive(Serialize)]
@@ -41,9 +52,49 @@ pub fn plan(config: &CoordinatorConfig, path: &Path, json: bool) -> anyhow::Resu
         println!("{}", serde_json::to_string_pretty(&lines)?);
     } else {
         print!("{}", describe(&plan));
+        match &resolved {
+            Some(resolved) => {
+                println!("revision resolved by each host's agent:");
+                print!(
+                    "{}",
+                    crate::gate::render_resolutions(resolved, &plan.revision()?.1)
+                );
+            }
+            None => println!("revision not checked on the agents (--offline)"),
+        }
         print!("{}", steps::render(&plan, &steps));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every target host's agent resolves the plan's revision, or the plan is refused
+/// naming each host and why — before anything on any host changes.
+async fn resolve_plan_revision(
+    config: &CoordinatorConfig,
+    plan: &Plan,
+) -> anyhow::Result<Vec<crate::gate::Resolution>> {
+    let (repo, rev) = plan.revision()?;
+    crate::gate::resolve_revision(config, &plan.hosts, &repo, &rev).await
+}
+
+/// Whether resuming `record` still has the plan's revision to apply on some host
+/// (its forward phase will run and an apply step is not done yet).
+fn revision_still_to_apply(
+    config: &CoordinatorConfig,
+    record: &RolloutRecord,
+    plan: &Plan,
+) -> anyhow::Result<bool> {
+    let forward_runs =
+        record.phase == steps::phase::FORWARD || record.state == RolloutState::Aborted;
+    if record.kind != RolloutKind::Rollout || !forward_runs {
+        return Ok(false);
+    }
+    let journal = Journal::new(&config.state_dir);
+    let journaled = journal.steps(&record.id)?;
+    Ok(steps::in_place(plan).iter().enumerate().any(|(i, step)| {
+        step.action == steps::Action::ApplyRevision
+            && !journal.step_done(&journaled, steps::phase::FORWARD, i)
+    }))
 }
 
 fn describe(plan: &Plan) -> String {
@@ -95,6 +146,7 @@ pub async fn rollout(
         .with_context(|| format!("cannot read plan {}", path.display()))?;
     let plan =
         Plan::parse(&text, &config).with_context(|| format!("invalid plan {}", path.display()))?;
+    resolve_plan_revision(&config, &plan).await?;
     if !yes {
         print!("{}", describe(&plan));
         print!("{}", steps::render(&plan, &steps::in_place(&plan)));
@@ -122,6 +174,11 @@ pub async fn resume(
     break_lease: bool,
 ) -> anyhow::Result<ExitCode> {
     let record = Journal::new(&config.state_dir).find(id)?;
+    if let Ok(plan) = Plan::parse(&record.plan_text, &config)
+        && revision_still_to_apply(&config, &record, &plan)?
+    {
+        resolve_plan_revision(&config, &plan).await?;
+    }
     let engine = Engine::resume(config, record, json)?;
     Ok(exit_for(engine.run(break_lease).await?))
 }
