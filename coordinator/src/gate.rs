@@ -137,13 +137,14 @@ pub async fn mark_unhealthy(
     }
 }
 
-/// Whether a failed call means the check itself ran and failed on the host (so
-/// the release is to blame), as opposed to the host being unreachable.
-pub fn check_failed(error: &anyhow::Error) -> bool {
+/// What the host said when a check ran there and failed (so the release is to
+/// blame); `None` when the call failed otherwise (host unreachable, refused).
+pub fn failed_check(error: &anyhow::Error) -> Option<&str> {
     error
         .downcast_ref::<FleetError>()
         .and_then(FleetError::agent_failure)
-        .is_some_and(|f| f.kind == FailureKind::Failed)
+        .filter(|f| f.kind == FailureKind::Failed)
+        .map(|f| f.message.as_str())
 }
 
 /// Hosts among `hosts` that some load balancer reports UP, with where; an LB that
@@ -220,16 +221,16 @@ mod tests {
             FailureKind::Failed,
             "GET /health answered 500",
         )));
-        assert!(check_failed(&failed));
+        assert_eq!(failed_check(&failed), Some("GET /health answered 500"));
         let refused = anyhow::Error::new(FleetError::Agent(Failure::new(
             FailureKind::NotConfigured,
             "no [app]",
         )));
-        assert!(!check_failed(&refused));
+        assert_eq!(failed_check(&refused), None);
         let unreachable = anyhow::Error::new(FleetError::NoAnswer);
-        assert!(!check_failed(&unreachable));
+        assert_eq!(failed_check(&unreachable), None);
         let wrapped = anyhow::Error::new(FleetError::Agent(Failure::new(FailureKind::Failed, "x")))
             .context("web-1");
-        assert!(check_failed(&wrapped));
+        assert_eq!(failed_check(&wrapped), Some("x"));
     }
 }

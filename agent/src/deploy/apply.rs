@@ -140,7 +140,7 @@ impl<'a> Deployer<'a> {
         Err(Failure::new(
             FailureKind::Refused,
             format!(
-                "{name} is in service: its health-check file {} is present, so the load balancers send it traffic, and switching from {current} now would serve a release no check has passed. Take it out first (`handover drain {name} --wait`, then switch, then `handover undrain {name}`), or pass --force to switch it while it serves",
+                "{name} is in service: its health-check file {} is present, so the load balancers send it traffic, and switching from {current} now would serve a release no check has passed. Take it out first (`handover drain {name} --wait`, or `handover-agent drain --wait` on the host), switch, then undrain it; or pass --force to switch it while it serves",
                 health.file.display()
             ),
         ))

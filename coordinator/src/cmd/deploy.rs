@@ -146,7 +146,7 @@ async fn refuse_hosts_in_service(
     fleet: &Fleet,
     config: &CoordinatorConfig,
     hosts: &[HostEntry],
-    verb: &str,
+    command: &str,
 ) -> anyhow::Result<()> {
     let serving = crate::gate::hosts_in_service(fleet, config, hosts).await;
     if serving.is_empty() {
@@ -158,7 +158,7 @@ async fn refuse_hosts_in_service(
         .collect();
     let names: Vec<&str> = serving.iter().map(|(h, _)| h.as_str()).collect();
     anyhow::bail!(
-        "refusing to {verb} hosts in service; nothing was changed:\n  {}\nthe switch would serve a release no check has passed to live traffic. Take them out first: `handover drain {} --wait`, then {verb}, then `handover undrain {}` (or run a rollout); or pass --force to switch them while they serve",
+        "refusing to {command} on hosts in service; nothing was changed:\n  {}\nthe switch would serve a release no check has passed to live traffic. Take them out first: `handover drain {} --wait`, then `handover {command}` again, then `handover undrain {}` (or run a rollout); or pass --force to switch them while they serve",
         lines.join("\n  "),
         names.join(" "),
         names.join(" ")
@@ -177,12 +177,12 @@ async fn run_on_hosts(
     let hosts = config.select(names)?;
     let fleet = Fleet::new(config)?;
     let in_service = match &request {
-        DeployRequest::Apply { force: false, .. } => Some("deploy to"),
-        DeployRequest::Activate { force: false, .. } => Some("activate a release on"),
+        DeployRequest::Apply { force: false, .. } => Some("deploy"),
+        DeployRequest::Activate { force: false, .. } => Some("activate"),
         _ => None,
     };
-    if let Some(verb) = in_service
-        && let Err(e) = refuse_hosts_in_service(&fleet, config, &hosts, verb).await
+    if let Some(command) = in_service
+        && let Err(e) = refuse_hosts_in_service(&fleet, config, &hosts, command).await
     {
         fleet.close().await;
         return Err(e);

@@ -510,9 +510,9 @@ async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outp
         async move {
             let answer = call(ctx, h, Request::CheckHealth(check)).await;
             if let Err(e) = &answer
-                && crate::gate::check_failed(e)
+                && let Some(why) = crate::gate::failed_check(e)
             {
-                mark_unhealthy(ctx, h, e).await;
+                mark_unhealthy(ctx, h, why).await;
             }
             match answer? {
                 Reply::Health(report) => Ok(Outputs::from([(
@@ -529,8 +529,8 @@ async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outp
 /// Records on `host` that its current release failed the health gate, so
 /// `activate --previous` skips it after the rollback; a failure to record is shown,
 /// not fatal (the rollback matters more).
-async fn mark_unhealthy(ctx: &Ctx<'_>, host: &HostName, error: &anyhow::Error) {
-    let reason = format!("health check failed: {error:#}");
+async fn mark_unhealthy(ctx: &Ctx<'_>, host: &HostName, why: &str) {
+    let reason = format!("health check failed: {why}");
     let marked = match ctx.config.host(host.as_str()) {
         Ok(entry) => crate::gate::mark_unhealthy(ctx.fleet, entry, &reason).await,
         Err(e) => Err(e),
