@@ -118,9 +118,16 @@ enum Command {
         #[arg(long = "hook")]
         hooks: Vec<handover_common::names::HookName>,
         /// Switch hosts even while in service (UP in a load balancer, health-check
-        /// file present); the safe way is drain --wait, deploy, undrain.
-        #[arg(long)]
+        /// file present).
+        #[arg(long, conflicts_with = "drain")]
         force: bool,
+        /// The safe path for hosts in service, one at a time: drain, wait for
+        /// sessions to end, deploy, undrain.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: how long to wait for a host's sessions to end.
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        drain_timeout: std::time::Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -147,9 +154,16 @@ enum Command {
         #[arg(long)]
         release: Option<handover_common::names::ReleaseName>,
         /// Switch hosts even while in service (UP in a load balancer, health-check
-        /// file present); the safe way is drain --wait, activate, undrain.
-        #[arg(long)]
+        /// file present).
+        #[arg(long, conflicts_with = "drain")]
         force: bool,
+        /// The safe path for hosts in service, one at a time: drain, wait for
+        /// sessions to end, activate, undrain.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: how long to wait for a host's sessions to end.
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        drain_timeout: std::time::Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -281,16 +295,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rev,
             hooks,
             force,
+            drain,
+            drain_timeout,
             json,
-        } => cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, force, json).await,
+        } => {
+            let in_service = cmd::deploy::in_service(force, drain, drain_timeout);
+            cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, in_service, json).await
+        }
         Command::Releases { host, json } => cmd::deploy::releases(&load()?, &host, json).await,
         Command::Activate {
             hosts,
             release,
             force,
+            drain,
+            drain_timeout,
             json,
             ..
-        } => cmd::deploy::activate(&load()?, &hosts, release, force, json).await,
+        } => {
+            let in_service = cmd::deploy::in_service(force, drain, drain_timeout);
+            cmd::deploy::activate(&load()?, &hosts, release, in_service, json).await
+        }
         Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
         Command::Attach {
             hosts,

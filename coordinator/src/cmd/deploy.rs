@@ -8,16 +8,20 @@
 //! progress printed as it comes, prefixed with its name.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use futures::StreamExt;
+use handover_common::duration;
 use handover_common::names::{HookName, ReleaseName, RepoUrl, Revision};
 use handover_common::proto::deploy::{
     ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseRecord,
 };
+use handover_common::proto::drain::{DrainReply, DrainRequest};
 use handover_common::proto::{Progress, Reply, Request};
 use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
+use crate::drain_wait::{HostResult, WaitOptions, wait_for_sessions_to_end};
 use crate::fleet::{Fleet, FleetError};
 use crate::output::Table;
 
@@ -158,7 +162,7 @@ async fn refuse_hosts_in_service(
         .collect();
     let names: Vec<&str> = serving.iter().map(|(h, _)| h.as_str()).collect();
     anyhow::bail!(
-        "refusing to {command} on hosts in service; nothing was changed:\n  {}\nthe switch would serve a release no check has passed to live traffic. Take them out first: `handover drain {} --wait`, then `handover {command}` again, then `handover undrain {}` (or run a rollout); or pass --force to switch them while they serve",
+        "refusing to {command} on hosts in service; nothing was changed:\n  {}\nthe switch would serve a release no check has passed to live traffic. Run `handover {command}` again with --drain (each host in turn: drain, wait for its sessions, switch, undrain), or do it by hand: `handover drain {} --wait`, `handover {command}`, `handover undrain {}` (or run a rollout); or pass --force to switch them while they serve",
         lines.join("\n  "),
         names.join(" "),
         names.join(" ")
@@ -171,22 +175,8 @@ async fn run_on_hosts(
     request: DeployRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    if names.is_empty() {
-        anyhow::bail!("name at least one host (see `handover status` for the inventory)");
-    }
-    let hosts = config.select(names)?;
+    let hosts = select(config, names)?;
     let fleet = Fleet::new(config)?;
-    let in_service = match &request {
-        DeployRequest::Apply { force: false, .. } => Some("deploy"),
-        DeployRequest::Activate { force: false, .. } => Some("activate"),
-        _ => None,
-    };
-    if let Some(command) = in_service
-        && let Err(e) = refuse_hosts_in_service(&fleet, config, &hosts, command).await
-    {
-        fleet.close().await;
-        return Err(e);
-    }
     let results = call_all(&fleet, &hosts, request).await;
     fleet.close().await;
     let outcomes: Vec<HostOutcome> = results
@@ -196,44 +186,209 @@ async fn run_on_hosts(
     report(&outcomes, json)
 }
 
-/// `handover deploy HOST... --repo URL --ref REF [--hook NAME]... [--force]`
+fn select(config: &CoordinatorConfig, names: &[String]) -> anyhow::Result<Vec<HostEntry>> {
+    if names.is_empty() {
+        anyhow::bail!("name at least one host (see `handover status` for the inventory)");
+    }
+    config.select(names)
+}
+
+/// What `deploy` and `activate` do with a host in service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InService {
+    /// Refuse before anything is sent, naming the safe path.
+    Refuse,
+    /// `--force`: switch it while it serves.
+    Force,
+    /// `--drain`: one host at a time, take it out (health-check file removed,
+    /// sessions waited out for at most this long), switch, put it back.
+    Drain(Duration),
+}
+
+/// `--force`, `--drain` and `--drain-timeout` as one choice.
+pub fn in_service(force: bool, drain: bool, drain_timeout: Duration) -> InService {
+    match (force, drain) {
+        (true, _) => InService::Force,
+        (false, true) => InService::Drain(drain_timeout),
+        (false, false) => InService::Refuse,
+    }
+}
+
+/// Switches `current` on the named hosts with the request `make(force)` builds,
+/// treating hosts in service as `in_service` says. `command` names the command in
+/// messages.
+async fn switch_hosts(
+    config: &CoordinatorConfig,
+    names: &[String],
+    command: &str,
+    in_service: InService,
+    make: impl Fn(bool) -> DeployRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let hosts = select(config, names)?;
+    let fleet = Fleet::new(config)?;
+    let outcomes = match in_service {
+        InService::Refuse => match refuse_hosts_in_service(&fleet, config, &hosts, command).await {
+            Ok(()) => outcomes(call_all(&fleet, &hosts, make(false)).await),
+            Err(e) => {
+                fleet.close().await;
+                return Err(e);
+            }
+        },
+        InService::Force => outcomes(call_all(&fleet, &hosts, make(true)).await),
+        // Drained, the agent needs no force: it checks that the file is gone.
+        InService::Drain(timeout) => {
+            switch_drained(&fleet, config, &hosts, &make(false), timeout, json).await
+        }
+    };
+    fleet.close().await;
+    report(&outcomes, json)
+}
+
+fn outcomes(results: Vec<(HostEntry, Result<DeployReply, FleetError>)>) -> Vec<HostOutcome> {
+    results
+        .into_iter()
+        .map(|(host, result)| outcome(&host, result))
+        .collect()
+}
+
+/// The safe path by hand, one host at a time: drain and wait for its sessions to
+/// end, switch, undrain (unless it was drained before). A host whose sessions do
+/// not end in time is put back without switching, and the hosts after a failure
+/// are left alone.
+async fn switch_drained(
+    fleet: &Fleet,
+    config: &CoordinatorConfig,
+    hosts: &[HostEntry],
+    request: &DeployRequest,
+    timeout: Duration,
+    json: bool,
+) -> Vec<HostOutcome> {
+    let mut done = Vec::new();
+    for host in hosts {
+        let say = |text: String| {
+            if !json {
+                println!("{}  {text}", host.name);
+            }
+        };
+        let options = WaitOptions {
+            timeout,
+            quiet: None,
+        };
+        let wait = wait_for_sessions_to_end(
+            fleet,
+            config,
+            std::slice::from_ref(host),
+            options,
+            &mut |_| {},
+        )
+        .await;
+        let drained = match wait.map(|mut o| o.hosts.pop()) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                done.push(failed(host, "the drain wait reported nothing".into()));
+                break;
+            }
+            Err(e) => {
+                done.push(failed(host, format!("cannot drain: {e}")));
+                break;
+            }
+        };
+        let was_drained = matches!(drained.result, HostResult::Idle { already: true, .. });
+        if let HostResult::Idle { waited, .. } = drained.result {
+            say(format!(
+                "drained: sessions ended after {}",
+                duration::format(waited)
+            ));
+        } else {
+            let why = drained
+                .timeout_text(timeout)
+                .unwrap_or_else(|| format!("{:?}", drained.result));
+            let back = undrain(fleet, host).await;
+            done.push(failed(host, format!("not switched: {why}; {back}")));
+            break;
+        }
+        let result = call_all(fleet, std::slice::from_ref(host), request.clone())
+            .await
+            .pop()
+            .map(|(_, r)| r)
+            .unwrap_or(Err(FleetError::NoAnswer));
+        let mut out = outcome(host, result);
+        if !was_drained {
+            let back = undrain(fleet, host).await;
+            say(back.clone());
+            if let Some(e) = &mut out.error {
+                e.push_str(&format!("; {back}"));
+            }
+        }
+        let stop = !out.ok;
+        done.push(out);
+        if stop {
+            break;
+        }
+    }
+    done
+}
+
+fn failed(host: &HostEntry, error: String) -> HostOutcome {
+    outcome(host, Err(FleetError::Connection(error)))
+}
+
+/// Puts `host` back in service; says how that went.
+async fn undrain(fleet: &Fleet, host: &HostEntry) -> String {
+    match fleet
+        .call(host, Request::Drain(DrainRequest::Undrain), |_| {})
+        .await
+    {
+        Ok(Reply::Drain(DrainReply::Undrained { .. })) => {
+            "undrained: health-check file restored, back in service".into()
+        }
+        Ok(other) => {
+            format!("unexpected answer to undrain: {other:?}; check with `handover status`")
+        }
+        Err(e) => format!(
+            "UNDRAIN FAILED ({e}): the host stays out of service; run `handover undrain {}`",
+            host.name
+        ),
+    }
+}
+
+/// `handover deploy HOST... --repo URL --ref REF [--hook NAME]... [--force | --drain]`
 pub async fn deploy(
     config: &CoordinatorConfig,
     hosts: &[String],
     repo: RepoUrl,
     rev: Revision,
     hooks: Vec<HookName>,
-    force: bool,
+    in_service: InService,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let request = DeployRequest::Apply {
-        repo,
-        rev,
-        hooks,
+    let make = |force| DeployRequest::Apply {
+        repo: repo.clone(),
+        rev: rev.clone(),
+        hooks: hooks.clone(),
         force,
     };
-    run_on_hosts(config, hosts, request, json).await
+    switch_hosts(config, hosts, "deploy", in_service, make, json).await
 }
 
-/// `handover activate HOST... --previous | --release NAME [--force]`
+/// `handover activate HOST... --previous | --release NAME [--force | --drain]`
 pub async fn activate(
     config: &CoordinatorConfig,
     hosts: &[String],
     release: Option<ReleaseName>,
-    force: bool,
+    in_service: InService,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let target = match release {
         Some(name) => ActivateTarget::Release(name),
         None => ActivateTarget::Previous,
     };
-    run_on_hosts(
-        config,
-        hosts,
-        DeployRequest::Activate { target, force },
-        json,
-    )
-    .await
+    let make = |force| DeployRequest::Activate {
+        target: target.clone(),
+        force,
+    };
+    switch_hosts(config, hosts, "activate", in_service, make, json).await
 }
 
 /// `handover hook HOST... NAME`: the last argument is the hook's name.

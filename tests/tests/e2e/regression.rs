@@ -105,6 +105,7 @@ mod releases {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
                 err.contains("in service")
+                    && err.contains("--drain")
                     && err.contains("handover drain web-1 --wait")
                     && err.contains("--force"),
                 "{args:?}: {err}"
@@ -130,6 +131,24 @@ mod releases {
             "{err}"
         );
         assert_eq!(web1.version(), "v1");
+
+        // The safe path the refusal offers: drain and wait, switch, undrain.
+        let out = s.coordinator.run(&[
+            "deploy", "web-1", "--repo", &s.repo, "--ref", "v2", "--drain",
+        ]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let at = |what: &str| {
+            text.find(what)
+                .unwrap_or_else(|| panic!("no {what:?} in: {text}"))
+        };
+        assert!(
+            at("web-1  drained") < at("web-1  switch")
+                && at("web-1  switch") < at("web-1  undrained"),
+            "{text}"
+        );
+        assert_eq!(web1.version(), "v2");
+        assert!(web1.health_file_present(), "web-1 was left drained");
     }
 
     /// Issue 18 (safety 3): `plan` accepted a ref that does not exist and a repo
