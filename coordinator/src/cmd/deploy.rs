@@ -331,7 +331,13 @@ async fn switch_drained(
 }
 
 fn failed(host: &HostEntry, error: String) -> HostOutcome {
-    outcome(host, Err(FleetError::Connection(error)))
+    HostOutcome {
+        host: host.name.to_string(),
+        ok: false,
+        release: None,
+        output: Vec::new(),
+        error: Some(error),
+    }
 }
 
 /// Puts `host` back in service; says how that went.
