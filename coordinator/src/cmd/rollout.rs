@@ -321,3 +321,99 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config(state_dir: &Path) -> CoordinatorConfig {
+        let mut text =
+            String::from("ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = \"s\"\n");
+        for i in 1..=3 {
+            text.push_str(&format!(
+                "[[hosts]]\nname = \"web-{i}\"\naddress = \"127.0.1.{i}:7443\"\nroles = [\"app\"]\napp = \"127.0.1.{i}:80\"\n"
+            ));
+        }
+        text.push_str(
+            "[[hosts]]\nname = \"lb-1\"\naddress = \"127.0.1.100:7443\"\nroles = [\"lb\"]\n",
+        );
+        let mut config: CoordinatorConfig = toml::from_str(&text).expect("inventory");
+        config.state_dir = state_dir.to_owned();
+        config
+    }
+
+    const PLAN: &str = "strategy = \"in-place\"\nhosts = [\"web-1\", \"web-2\"]\n[revision]\nrepo = \"file:///srv/git/shop.git\"\nref = \"v2\"\n[rollout]\nbatch = 1\nmin_healthy = 1\n";
+
+    fn record(phase: &str, state: RolloutState) -> RolloutRecord {
+        RolloutRecord {
+            id: "r-test".into(),
+            kind: RolloutKind::Rollout,
+            owner: String::new(),
+            plan_path: "plan.toml".into(),
+            plan_text: PLAN.into(),
+            state,
+            phase: phase.into(),
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            facts: BTreeMap::new(),
+        }
+    }
+
+    /// Issue 18: `resume` checks the revision again only while some host still
+    /// has it to apply; a rollout past its last apply, or rolling back, is not
+    /// stopped by a ref deleted since.
+    #[test]
+    fn resume_resolves_the_revision_only_while_an_apply_is_still_to_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let plan = Plan::parse(PLAN, &config).expect("plan");
+        let steps = steps::in_place(&plan);
+        let last_apply = steps
+            .iter()
+            .rposition(|s| s.action == steps::Action::ApplyRevision)
+            .expect("an apply step");
+        let journal = Journal::new(&config.state_dir);
+        let forward = record(steps::phase::FORWARD, RolloutState::Running);
+        journal.save_rollout(&forward).expect("save");
+        let to_apply =
+            |r: &RolloutRecord| revision_still_to_apply(&config, r, &plan).expect("read");
+
+        assert!(to_apply(&forward), "nothing done yet");
+        for i in 0..last_apply {
+            journal
+                .step_started(&forward.id, steps::phase::FORWARD, i, "step")
+                .expect("start");
+            journal
+                .step_ended(
+                    &forward.id,
+                    steps::phase::FORWARD,
+                    i,
+                    StepOutcome::Ok,
+                    BTreeMap::new(),
+                )
+                .expect("end");
+        }
+        assert!(to_apply(&forward), "the last wave's apply is still to run");
+        let aborted = record("repair-wave-2", RolloutState::Aborted);
+        assert!(to_apply(&aborted), "an aborted rollout redoes its wave");
+        let rolling_back = record("rollback-from-wave-2", RolloutState::RollingBack);
+        assert!(!to_apply(&rolling_back), "a rollback applies nothing");
+
+        journal
+            .step_started(&forward.id, steps::phase::FORWARD, last_apply, "apply")
+            .expect("start");
+        journal
+            .step_ended(
+                &forward.id,
+                steps::phase::FORWARD,
+                last_apply,
+                StepOutcome::Ok,
+                BTreeMap::new(),
+            )
+            .expect("end");
+        assert!(!to_apply(&forward), "every host has the revision");
+    }
+}
