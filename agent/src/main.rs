@@ -66,6 +66,10 @@ enum Command {
         /// An agent hook (from [hooks]) to run in the new release before the switch.
         #[arg(long = "hook")]
         hooks: Vec<handover_common::names::HookName>,
+        /// Switch even while this host is in service (health-check file present);
+        /// the safe way is `drain --wait`, deploy, `undrain`.
+        #[arg(long)]
+        force: bool,
     },
     /// List the releases on this host.
     Releases {
@@ -78,9 +82,14 @@ enum Command {
     Activate {
         /// The release to switch to (see `releases`).
         release: Option<handover_common::names::ReleaseName>,
-        /// Switch back to the release that was current before the last switch.
+        /// Switch back to the release that was current before the last switch
+        /// (skipping releases that failed a check).
         #[arg(long)]
         previous: bool,
+        /// Switch even while this host is in service (health-check file present);
+        /// the safe way is `drain --wait`, activate, `undrain`.
+        #[arg(long)]
+        force: bool,
     },
     /// Run one of this agent's [hooks] by name.
     Hook {
@@ -168,17 +177,22 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = AgentConfig::load(&cli.config)?;
             handover_agent::drain::cli::undrain(&config.control_socket, json).await
         }
-        Command::Deploy { repo, rev, hooks } => {
+        Command::Deploy {
+            repo,
+            rev,
+            hooks,
+            force,
+        } => {
             let config = AgentConfig::load(&cli.config)?;
-            deploy::cli::deploy(&config.control_socket, repo, rev, hooks).await
+            deploy::cli::deploy(&config.control_socket, repo, rev, hooks, force).await
         }
         Command::Releases { json } => {
             let config = AgentConfig::load(&cli.config)?;
             deploy::cli::releases(&config.control_socket, json).await
         }
-        Command::Activate { release, .. } => {
+        Command::Activate { release, force, .. } => {
             let config = AgentConfig::load(&cli.config)?;
-            deploy::cli::activate(&config.control_socket, release).await
+            deploy::cli::activate(&config.control_socket, release, force).await
         }
         Command::Hook { name } => {
             let config = AgentConfig::load(&cli.config)?;

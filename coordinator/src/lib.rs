@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod config;
 pub mod drain_wait;
 pub mod fleet;
+pub mod gate;
 pub mod journal;
 pub mod lb;
 pub mod output;

@@ -117,6 +117,17 @@ enum Command {
         /// An agent hook to run in the new release before the switch.
         #[arg(long = "hook")]
         hooks: Vec<handover_common::names::HookName>,
+        /// Switch hosts even while in service (UP in a load balancer, health-check
+        /// file present).
+        #[arg(long, conflicts_with = "drain")]
+        force: bool,
+        /// The safe path for hosts in service, one at a time: drain, wait for
+        /// sessions to end, deploy, undrain.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: how long to wait for a host's sessions to end.
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        drain_timeout: std::time::Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -135,12 +146,24 @@ enum Command {
         /// Hosts to switch.
         #[arg(required = true)]
         hosts: Vec<String>,
-        /// The release that was current before the last switch.
+        /// The release that was current before the last switch (skipping releases
+        /// that failed a check).
         #[arg(long)]
         previous: bool,
         /// A release by name (see `handover releases HOST`).
         #[arg(long)]
         release: Option<handover_common::names::ReleaseName>,
+        /// Switch hosts even while in service (UP in a load balancer, health-check
+        /// file present).
+        #[arg(long, conflicts_with = "drain")]
+        force: bool,
+        /// The safe path for hosts in service, one at a time: drain, wait for
+        /// sessions to end, activate, undrain.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: how long to wait for a host's sessions to end.
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
+        drain_timeout: std::time::Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -160,6 +183,9 @@ enum Command {
     Plan {
         /// The plan file.
         plan: PathBuf,
+        /// Do not ask the agents to resolve the revision (check the file only).
+        #[arg(long)]
+        offline: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -268,15 +294,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repo,
             rev,
             hooks,
+            force,
+            drain,
+            drain_timeout,
             json,
-        } => cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, json).await,
+        } => {
+            let in_service = cmd::deploy::in_service(force, drain, drain_timeout);
+            cmd::deploy::deploy(&load()?, &hosts, repo, rev, hooks, in_service, json).await
+        }
         Command::Releases { host, json } => cmd::deploy::releases(&load()?, &host, json).await,
         Command::Activate {
             hosts,
             release,
+            force,
+            drain,
+            drain_timeout,
             json,
             ..
-        } => cmd::deploy::activate(&load()?, &hosts, release, json).await,
+        } => {
+            let in_service = cmd::deploy::in_service(force, drain, drain_timeout);
+            cmd::deploy::activate(&load()?, &hosts, release, in_service, json).await
+        }
         Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
         Command::Attach {
             hosts,
@@ -333,7 +371,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
-        Command::Plan { plan, json } => cmd::rollout::plan(&load()?, &plan, json),
+        Command::Plan {
+            plan,
+            offline,
+            json,
+        } => cmd::rollout::plan(&load()?, &plan, offline, json).await,
         Command::Rollout {
             plan,
             yes,

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use handover_common::names::{HookName, ReleaseName, RepoUrl, Revision};
 use handover_common::proto::deploy::{
-    ActivateTarget, DeployProgress, DeployStep, ReleaseOutcome, ReleaseRecord,
+    ActivateTarget, DeployProgress, DeployStep, ReleaseOutcome, ReleaseRecord, ResolvedRevision,
 };
 use handover_common::proto::{Failure, FailureKind, Progress};
 
@@ -112,6 +112,80 @@ impl<'a> Deployer<'a> {
             check_hook_configured(self.agent, hook)?;
         }
         Ok(())
+    }
+
+    /// Refuses to switch `current` under live traffic: while the health-check file
+    /// is present HAProxy keeps sending this host requests, and a switch would serve
+    /// a release no check has passed. `force` (a rollout's engine, which has taken
+    /// the host out itself, or an operator who means it) skips the check. A host
+    /// without `[health]` or without a current release is not serving.
+    pub fn check_not_serving(&self, force: bool) -> Result<(), Failure> {
+        if force {
+            return Ok(());
+        }
+        let Some(health) = &self.agent.config.health else {
+            return Ok(());
+        };
+        let file =
+            crate::drain::health::HealthFile::new(&health.file, &self.agent.config.state_dir);
+        let drained = file
+            .is_drained()
+            .map_err(|e| internal("cannot read the health-check file", e))?;
+        let Some(current) = self.current()? else {
+            return Ok(());
+        };
+        if drained {
+            return Ok(());
+        }
+        let name = &self.agent.config.name;
+        Err(Failure::new(
+            FailureKind::Refused,
+            format!(
+                "{name} is in service: its health-check file {} is present, so the load balancers send it traffic, and switching from {current} now would serve a release no check has passed. Take it out first (`handover drain {name} --wait`, or `handover-agent drain --wait` on the host), switch, then undrain it; or pass --force to switch it while it serves",
+                health.file.display()
+            ),
+        ))
+    }
+
+    /// Which commit `rev` of `repo` names here, after the same checks and fetch an
+    /// apply starts with; changes nothing but the cached mirror.
+    pub async fn resolve(
+        &self,
+        repo: &RepoUrl,
+        rev: &Revision,
+    ) -> Result<ResolvedRevision, Failure> {
+        self.check_apply(repo, &[])?;
+        let mirror = Mirror::new(
+            &deploy_state_dir(self.agent).join("mirrors"),
+            repo,
+            self.config.git_timeout,
+        );
+        mirror.fetch().await.map_err(git_failure)?;
+        let sha = mirror.resolve(rev).await.map_err(git_failure)?;
+        Ok(ResolvedRevision {
+            repo: repo.clone(),
+            rev: rev.clone(),
+            sha,
+        })
+    }
+
+    /// Records that `name` failed a check after it was made current (the
+    /// coordinator's health gate); `current` is not changed.
+    pub fn mark_unhealthy(
+        &self,
+        name: &ReleaseName,
+        reason: &str,
+    ) -> Result<ReleaseRecord, Failure> {
+        let mut state = self.load_state()?;
+        let record = state.mark_unhealthy(name, reason).cloned().ok_or_else(|| {
+            Failure::new(
+                FailureKind::BadRequest,
+                format!("this host has no record of release {name}: pick one listed by `releases`"),
+            )
+        })?;
+        self.save_state(&state)?;
+        tracing::warn!(release = %name, %reason, "release marked unhealthy: activate --previous will skip it");
+        Ok(record)
     }
 
     /// Applies `rev` of `repo`: see the module documentation for the steps.
@@ -403,23 +477,23 @@ impl<'a> Deployer<'a> {
     }
 
     /// Switches `current` to another release on disk, then reloads and verifies;
-    /// switches back if either fails.
+    /// switches back if either fails, and records the release as unhealthy.
     pub async fn activate(&self, target: &ActivateTarget) -> Result<ReleaseRecord, Failure> {
         let mut state = self.load_state()?;
         let old = self.current()?;
         let name = match target {
             ActivateTarget::Release(name) => name.clone(),
-            ActivateTarget::Previous => state.previous.clone().ok_or_else(|| {
-                Failure::new(
-                    FailureKind::BadRequest,
-                    "there is no previous release to go back to: name one (see `releases`)",
-                )
-            })?,
+            ActivateTarget::Previous => self.choose_previous(&state, old.as_ref()).await?,
         };
         let record = state.record(&name).cloned();
-        let usable = record
-            .as_ref()
-            .is_some_and(|r| r.outcome == ReleaseOutcome::Activated);
+        // By name, a release that failed a check later may go live again (the
+        // operator named it); one whose apply never finished may not.
+        let usable = record.as_ref().is_some_and(|r| {
+            matches!(
+                r.outcome,
+                ReleaseOutcome::Activated | ReleaseOutcome::Unhealthy(_)
+            )
+        });
         if !usable || !self.layout.release_dir(&name).is_dir() {
             return Err(Failure::new(
                 FailureKind::BadRequest,
@@ -439,11 +513,48 @@ impl<'a> Deployer<'a> {
         }
         .await;
         if let Err(f) = checked {
-            return Err(self.switch_back(old.as_ref(), f).await);
+            let reason = format!("failed after activate: {}", f.message);
+            let failure = self.switch_back(old.as_ref(), f).await;
+            state.mark_unhealthy(&name, &reason);
+            self.save_state(&state)?;
+            return Err(failure);
         }
         state.previous = old;
         self.save_state(&state)?;
         Ok(record)
+    }
+
+    /// The release `activate --previous` goes to, reporting the failed ones it
+    /// skipped; an error naming them when none is left.
+    async fn choose_previous(
+        &self,
+        state: &DeployState,
+        current: Option<&ReleaseName>,
+    ) -> Result<ReleaseName, Failure> {
+        let on_disk = self.on_disk_oldest_first(state)?;
+        let choice = state.choose_previous(current, &on_disk);
+        let skipped = choice.describe_skipped();
+        let Some(name) = choice.release else {
+            let why = if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" (skipped, because they failed a check: {skipped})")
+            };
+            return Err(Failure::new(
+                FailureKind::BadRequest,
+                format!(
+                    "there is no good previous release to go back to{why}: name one with --release (see `releases`)"
+                ),
+            ));
+        };
+        let detail = if skipped.is_empty() {
+            format!("{name}")
+        } else {
+            format!("{name} (skipped {skipped})")
+        };
+        self.step(DeployStep::ChoosePrevious, detail, Vec::new())
+            .await;
+        Ok(name)
     }
 
     /// Releases on disk, oldest first: in the order they were built (releases built
@@ -464,17 +575,22 @@ impl<'a> Deployer<'a> {
     }
 
     /// Removes the oldest releases beyond `keep_releases`, never the current or
-    /// the previous one.
+    /// the previous one (nor the one `--previous` would choose instead).
     async fn prune(&self, state: &mut DeployState) -> Result<(), Failure> {
         let current = self.current()?;
         let on_disk = self.on_disk_oldest_first(state)?;
+        // What `--previous` would choose stays too, when the last previous failed.
+        let fallback = state.choose_previous(current.as_ref(), &on_disk).release;
         let mut left = on_disk.len();
         let mut removed = Vec::new();
         for name in &on_disk {
             if left <= self.config.keep_releases {
                 break;
             }
-            if Some(name) == current.as_ref() || Some(name) == state.previous.as_ref() {
+            if Some(name) == current.as_ref()
+                || Some(name) == state.previous.as_ref()
+                || Some(name) == fallback.as_ref()
+            {
                 continue;
             }
             Layout::remove_dir(&self.layout.release_dir(name))
@@ -528,10 +644,13 @@ impl<'a> Deployer<'a> {
         Ok(())
     }
 
-    /// The releases on disk (newest first), and which are current and previous.
+    /// The releases on disk (newest first), which is current, and which one
+    /// `activate --previous` would choose (never one that failed a check).
     pub fn list(&self) -> Result<handover_common::proto::deploy::ReleaseList, Failure> {
         let state = self.load_state()?;
         let on_disk = self.on_disk_oldest_first(&state)?;
+        let current = self.current()?;
+        let previous = state.choose_previous(current.as_ref(), &on_disk).release;
         let releases = on_disk
             .iter()
             .rev()
@@ -539,8 +658,8 @@ impl<'a> Deployer<'a> {
             .collect();
         Ok(handover_common::proto::deploy::ReleaseList {
             releases,
-            current: self.current()?,
-            previous: state.previous.clone(),
+            current,
+            previous,
         })
     }
 

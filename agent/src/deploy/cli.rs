@@ -40,14 +40,21 @@ async fn call(socket: &Path, request: DeployRequest) -> anyhow::Result<DeployRep
     }
 }
 
-/// `handover-agent deploy --repo URL --ref REF [--hook NAME]...`
+/// `handover-agent deploy --repo URL --ref REF [--hook NAME]... [--force]`
 pub async fn deploy(
     socket: &Path,
     repo: RepoUrl,
     rev: Revision,
     hooks: Vec<HookName>,
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
-    let reply = call(socket, DeployRequest::Apply { repo, rev, hooks }).await?;
+    let request = DeployRequest::Apply {
+        repo,
+        rev,
+        hooks,
+        force,
+    };
+    let reply = call(socket, request).await?;
     if let DeployReply::Applied(record) = reply {
         println!(
             "current is now {} ({} {})",
@@ -59,13 +66,17 @@ pub async fn deploy(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `handover-agent activate RELEASE|--previous`
-pub async fn activate(socket: &Path, release: Option<ReleaseName>) -> anyhow::Result<ExitCode> {
+/// `handover-agent activate RELEASE|--previous [--force]`
+pub async fn activate(
+    socket: &Path,
+    release: Option<ReleaseName>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     let target = match release {
         Some(name) => ActivateTarget::Release(name),
         None => ActivateTarget::Previous,
     };
-    let reply = call(socket, DeployRequest::Activate { target }).await?;
+    let reply = call(socket, DeployRequest::Activate { target, force }).await?;
     if let DeployReply::Activated(record) = reply {
         println!(
             "current is now {} ({} {})",
@@ -103,7 +114,8 @@ pub async fn hook(socket: &Path, name: HookName) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The releases as a table: marker, name, ref, short sha, created, repo.
+/// The releases as a table: marker, name, ref, short sha, created, repo, and why
+/// a release failed (`activate --previous` skips those).
 pub fn render_releases(list: &ReleaseList) -> String {
     let mut out = String::new();
     if list.releases.is_empty() {
@@ -118,19 +130,32 @@ pub fn render_releases(list: &ReleaseList) -> String {
 }
 
 fn release_row(r: &ReleaseRecord, list: &ReleaseList) -> String {
-    let mark = if Some(&r.name) == list.current.as_ref() {
-        "current "
-    } else if Some(&r.name) == list.previous.as_ref() {
-        "previous"
-    } else {
-        "        "
-    };
-    format!(
-        "{mark}  {}  {}  {}  {}  {}",
+    let mark = release_mark(r, list);
+    let mut row = format!(
+        "{mark:<8}  {}  {}  {}  {}  {}",
         r.name,
         r.rev,
         r.short_sha(),
         r.created,
         r.repo
-    )
+    );
+    if let Some(why) = r.outcome.failure() {
+        row.push_str(&format!("\n          failed: {why}"));
+    }
+    row
+}
+
+/// `current`, `previous` (what `activate --previous` would choose), `failed`
+/// (a check failed: never chosen by `--previous`), or nothing. A failed release
+/// that is still current reads `current`, its failure on the line below.
+pub fn release_mark(r: &ReleaseRecord, list: &ReleaseList) -> &'static str {
+    if Some(&r.name) == list.current.as_ref() {
+        "current"
+    } else if Some(&r.name) == list.previous.as_ref() {
+        "previous"
+    } else if r.outcome.failure().is_some() {
+        "failed"
+    } else {
+        ""
+    }
 }

@@ -55,11 +55,17 @@ pub async fn handle(
     reporter: &Reporter,
 ) -> Result<DeployReply, Failure> {
     match req {
-        DeployRequest::Apply { repo, rev, hooks } => {
+        DeployRequest::Apply {
+            repo,
+            rev,
+            hooks,
+            force,
+        } => {
             let config = deploy_config(agent)?;
             let deployer = Deployer::new(agent, config, Some(reporter));
             // Refuse before waiting for the lock: a bad request changes nothing.
             deployer.check_apply(&repo, &hooks)?;
+            deployer.check_not_serving(force)?;
             let _guard = agent.deploy_lock.lock().await;
             tracing::info!(%caller, %repo, %rev, "applying a revision");
             deployer
@@ -67,14 +73,32 @@ pub async fn handle(
                 .await
                 .map(DeployReply::Applied)
         }
-        DeployRequest::Activate { target } => {
+        DeployRequest::Activate { target, force } => {
             let config = deploy_config(agent)?;
+            let deployer = Deployer::new(agent, config, Some(reporter));
+            deployer.check_not_serving(force)?;
             let _guard = agent.deploy_lock.lock().await;
             tracing::info!(%caller, ?target, "activating a release");
-            Deployer::new(agent, config, Some(reporter))
-                .activate(&target)
+            deployer.activate(&target).await.map(DeployReply::Activated)
+        }
+        DeployRequest::Resolve { repo, rev } => {
+            let config = deploy_config(agent)?;
+            let deployer = Deployer::new(agent, config, None);
+            deployer.check_apply(&repo, &[])?;
+            // The mirror is shared with applies: one git at a time in it.
+            let _guard = agent.deploy_lock.lock().await;
+            deployer
+                .resolve(&repo, &rev)
                 .await
-                .map(DeployReply::Activated)
+                .map(DeployReply::Resolved)
+        }
+        DeployRequest::MarkUnhealthy { release, reason } => {
+            let config = deploy_config(agent)?;
+            let _guard = agent.deploy_lock.lock().await;
+            tracing::info!(%caller, %release, "marking a release unhealthy");
+            Deployer::new(agent, config, None)
+                .mark_unhealthy(&release, &reason)
+                .map(DeployReply::Marked)
         }
         DeployRequest::Releases => {
             let config = deploy_config(agent)?;

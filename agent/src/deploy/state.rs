@@ -1,6 +1,7 @@
 //! The agent's record of releases, in `state_dir/deploy/releases.json`: which
-//! revision each release came from, how its apply ended, and which release was
-//! current before the last switch (what `activate --previous` goes back to).
+//! revision each release came from, how its apply ended (or that it failed a
+//! check later), and which release was current before the last switch (what
+//! `activate --previous` goes back to, unless that one failed).
 //!
 //! Written whole to a temporary file and renamed over the old one, so a crash
 //! leaves either the old record or the new one.
@@ -9,11 +10,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use handover_common::names::ReleaseName;
-use handover_common::proto::deploy::ReleaseRecord;
+use handover_common::proto::deploy::{ReleaseOutcome, ReleaseRecord};
 use serde::{Deserialize, Serialize};
 
 /// Records of releases no longer on disk are kept up to this many, for history.
 const MAX_RECORDS: usize = 100;
+/// Longest reason kept for a release that failed a check.
+const MAX_REASON: usize = 500;
 
 /// Everything the agent remembers about releases.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -35,6 +38,55 @@ impl DeployState {
         self.releases.iter_mut().rev().find(|r| &r.name == name)
     }
 
+    /// Records that `name` failed a check after it was made current. Returns the
+    /// updated record, or `None` when no release of that name was ever recorded.
+    pub fn mark_unhealthy(&mut self, name: &ReleaseName, reason: &str) -> Option<&ReleaseRecord> {
+        let record = self.record_mut(name)?;
+        let mut reason = reason.trim().to_string();
+        if reason.len() > MAX_REASON {
+            let cut = (0..=MAX_REASON)
+                .rev()
+                .find(|i| reason.is_char_boundary(*i))
+                .unwrap_or(0);
+            reason.truncate(cut);
+            reason.push('…');
+        }
+        record.outcome = ReleaseOutcome::Unhealthy(reason);
+        Some(record)
+    }
+
+    /// What `activate --previous` switches to: the release current before the last
+    /// switch, unless it failed a check (or is gone); then the newest release in
+    /// `on_disk` (oldest first) that never failed. Never `current`.
+    pub fn choose_previous(
+        &self,
+        current: Option<&ReleaseName>,
+        on_disk: &[ReleaseName],
+    ) -> PreviousChoice {
+        let mut choice = PreviousChoice::default();
+        let candidates = self.previous.iter().chain(on_disk.iter().rev());
+        for name in candidates {
+            if Some(name) == current
+                || !on_disk.contains(name)
+                || choice.skipped.iter().any(|(n, _)| n == name)
+            {
+                continue;
+            }
+            match self.record(name).map(|r| &r.outcome) {
+                Some(outcome) if outcome.is_good() => {
+                    choice.release = Some(name.clone());
+                    return choice;
+                }
+                Some(outcome) => choice.skipped.push((
+                    name.clone(),
+                    outcome.failure().unwrap_or("failed").to_string(),
+                )),
+                None => {}
+            }
+        }
+        choice
+    }
+
     /// Drops the oldest records beyond [`MAX_RECORDS`] whose release is gone.
     pub fn trim(&mut self, on_disk: &[ReleaseName]) {
         while self.releases.len() > MAX_RECORDS {
@@ -47,6 +99,26 @@ impl DeployState {
             };
             self.releases.remove(i);
         }
+    }
+}
+
+/// The answer of [`DeployState::choose_previous`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PreviousChoice {
+    /// The release to switch to, if any is left.
+    pub release: Option<ReleaseName>,
+    /// Newer candidates passed over, with why (they failed a check).
+    pub skipped: Vec<(ReleaseName, String)>,
+}
+
+impl PreviousChoice {
+    /// "skipped X (why), Y (why)", or empty.
+    pub fn describe_skipped(&self) -> String {
+        self.skipped
+            .iter()
+            .map(|(name, why)| format!("{name} ({why})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -102,5 +174,104 @@ impl StateFile {
             super::releases::sync_dir(dir)
         };
         write().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ReleaseName {
+        ReleaseName::new(s).expect("valid release name")
+    }
+
+    fn record(n: &str, outcome: ReleaseOutcome) -> ReleaseRecord {
+        ReleaseRecord {
+            name: name(n),
+            repo: "file:///srv/app.git".into(),
+            rev: "v".into(),
+            sha: "1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d".into(),
+            created: "2026-12-03T00:00:00Z".into(),
+            outcome,
+        }
+    }
+
+    const V1: &str = "20261201T000000Z-aaaaaaa";
+    const V2: &str = "20261202T000000Z-bbbbbbb";
+    const V3: &str = "20261203T000000Z-ccccccc";
+
+    /// v1 → v2 → v3, v3 failed the health gate and the rollout went back to v2:
+    /// `previous` is v3, the one `--previous` must not pick.
+    fn after_automatic_rollback() -> DeployState {
+        let mut state = DeployState {
+            releases: vec![
+                record(V1, ReleaseOutcome::Activated),
+                record(V2, ReleaseOutcome::Activated),
+                record(V3, ReleaseOutcome::Activated),
+            ],
+            previous: Some(name(V3)),
+        };
+        state.mark_unhealthy(&name(V3), "GET /health answered 500");
+        state
+    }
+
+    #[test]
+    fn previous_skips_a_release_that_failed_the_health_gate_and_says_so() {
+        let state = after_automatic_rollback();
+        let on_disk = [name(V1), name(V2), name(V3)];
+        let choice = state.choose_previous(Some(&name(V2)), &on_disk);
+        assert_eq!(choice.release, Some(name(V1)));
+        assert_eq!(
+            choice.skipped,
+            vec![(name(V3), "GET /health answered 500".to_string())]
+        );
+        assert!(choice.describe_skipped().contains(V3));
+    }
+
+    #[test]
+    fn previous_is_the_release_before_the_last_switch_when_it_is_good() {
+        let state = DeployState {
+            releases: vec![
+                record(V1, ReleaseOutcome::Activated),
+                record(V2, ReleaseOutcome::Activated),
+                record(V3, ReleaseOutcome::Activated),
+            ],
+            // The operator went back from v3 to v1: v3 is previous, not v2.
+            previous: Some(name(V3)),
+        };
+        let on_disk = [name(V1), name(V2), name(V3)];
+        let choice = state.choose_previous(Some(&name(V1)), &on_disk);
+        assert_eq!(choice.release, Some(name(V3)));
+        assert!(choice.skipped.is_empty());
+    }
+
+    #[test]
+    fn no_previous_when_every_other_release_failed_or_is_gone() {
+        let mut state = after_automatic_rollback();
+        state.releases.push(record(
+            "20261204T000000Z-ddddddd",
+            ReleaseOutcome::Failed("verify failed".into()),
+        ));
+        // v1 was pruned; v4 failed its apply (its directory is gone too).
+        let on_disk = [name(V2), name(V3)];
+        let choice = state.choose_previous(Some(&name(V2)), &on_disk);
+        assert_eq!(choice.release, None);
+        assert_eq!(choice.skipped.len(), 1, "{choice:?}");
+    }
+
+    #[test]
+    fn a_long_reason_is_shortened_on_a_character_boundary() {
+        let mut state = after_automatic_rollback();
+        let long = "é".repeat(400);
+        let record = state.mark_unhealthy(&name(V1), &long).expect("recorded");
+        let ReleaseOutcome::Unhealthy(kept) = &record.outcome else {
+            panic!("not unhealthy: {record:?}");
+        };
+        assert!(kept.len() <= MAX_REASON + '…'.len_utf8(), "{}", kept.len());
+        assert!(
+            state
+                .mark_unhealthy(&name("20990101T000000Z-fffffff"), "x")
+                .is_none()
+        );
     }
 }

@@ -137,6 +137,8 @@ pub struct Options<'a> {
     /// `[deploy.release_hooks] run_as` = the user running the tests; `false` leaves
     /// a release's own hooks off (the default of a real agent).
     pub release_hooks: bool,
+    /// `[health] file = "health.html"` (written, so the host is in service).
+    pub health: bool,
 }
 
 impl Default for Options<'_> {
@@ -146,6 +148,7 @@ impl Default for Options<'_> {
             keep: 5,
             listen: "127.0.0.1:0",
             release_hooks: true,
+            health: false,
         }
     }
 }
@@ -166,6 +169,12 @@ pub fn write_config(dir: &Path, repo_url: &str, options: &Options<'_>) -> PathBu
     } else {
         String::new()
     };
+    let health = if options.health {
+        std::fs::write(dir.join("health.html"), "OK\n").expect("write health file");
+        "[health]\nfile = \"health.html\"\n\n"
+    } else {
+        ""
+    };
     let text = format!(
         r#"name = "web-1"
 listen = "{listen}"
@@ -175,7 +184,7 @@ key = "pki/web-1.key"
 state_dir = "state"
 control_socket = "state/control.sock"
 
-[deploy]
+{health}[deploy]
 root = "www"
 allowed_repos = [{repo_url:?}]
 keep_releases = {keep}

@@ -76,6 +76,7 @@ impl Host {
                 .iter()
                 .map(|h| HookName::new(*h).expect("valid hook name"))
                 .collect(),
+            force: false,
         };
         match self.call(req).await.0? {
             DeployReply::Applied(r) => Ok(r),
@@ -90,7 +91,14 @@ impl Host {
     }
 
     async fn activate(&self, target: ActivateTarget) -> Result<ReleaseRecord, Failure> {
-        match self.call(DeployRequest::Activate { target }).await.0? {
+        match self
+            .call(DeployRequest::Activate {
+                target,
+                force: false,
+            })
+            .await
+            .0?
+        {
             DeployReply::Activated(r) => Ok(r),
             other => panic!("unexpected reply {other:?}"),
         }
@@ -157,6 +165,7 @@ async fn an_apply_reports_every_step_in_order() {
         repo: host.repo.clone(),
         rev: Revision::new("with-hooks").expect("valid"),
         hooks: vec![HookName::new("warm").expect("valid")],
+        force: false,
     };
     let (result, progress) = host.call(req).await;
     result.expect("apply succeeds");
@@ -329,6 +338,7 @@ async fn a_repo_outside_allowed_repos_is_refused_before_anything_runs() {
             repo: RepoUrl::new(other.url.clone()).expect("url"),
             rev: Revision::new("v1").expect("valid"),
             hooks: vec![],
+            force: false,
         })
         .await;
     let err = result.expect_err("refused");
@@ -460,6 +470,7 @@ async fn a_failing_verify_switches_back() {
         repo: host.repo.clone(),
         rev: Revision::new("v2").expect("valid"),
         hooks: vec![],
+        force: false,
     };
     let (result, progress) = host.call(req).await;
     let err = result.expect_err("verify fails");
@@ -504,4 +515,189 @@ async fn two_applies_at_once_do_not_interleave() {
         assert_eq!(started, ended, "{log}");
     }
     assert_ne!(a.name, b.name);
+}
+
+/// Issue 18: an ad-hoc switch of a host in service (health-check file present,
+/// a release current) is refused without `force` and changes nothing; drained,
+/// or with `force`, it goes ahead.
+#[tokio::test]
+async fn a_switch_on_a_host_in_service_needs_force_or_a_drain() {
+    let repo = Repo::new();
+    let host = Host::new(
+        &repo,
+        &Options {
+            health: true,
+            ..Options::default()
+        },
+    );
+    // Nothing is current yet: the first deploy serves nothing it could break.
+    let v1 = host.apply("v1").await;
+    let before = whole_tree(&host);
+
+    let err = host.apply_with("v2", &[]).await.expect_err("refused");
+    assert_eq!(err.kind, FailureKind::Refused, "{err}");
+    assert!(
+        err.message.contains("health-check file")
+            && err.message.contains("drain web-1")
+            && err.message.contains("--force"),
+        "{err}"
+    );
+    let err = host
+        .activate(ActivateTarget::Previous)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind, FailureKind::Refused, "{err}");
+    assert_eq!(whole_tree(&host), before, "a refusal must change nothing");
+
+    let (result, _) = host
+        .call(DeployRequest::Apply {
+            repo: host.repo.clone(),
+            rev: Revision::new("v2").expect("valid"),
+            hooks: vec![],
+            force: true,
+        })
+        .await;
+    result.expect("forced apply");
+    assert_eq!(host.current_file("VERSION"), "v2\n");
+
+    // Drained (the file renamed away), the switch needs no force.
+    std::fs::remove_file(host.dir.path().join("health.html")).expect("drain");
+    let back = host
+        .activate(ActivateTarget::Previous)
+        .await
+        .expect("activate");
+    assert_eq!(back.name, v1.name);
+}
+
+/// Issue 18: a release the coordinator's health gate failed is shown failed and
+/// `activate --previous` skips it (saying so) for the good one before it.
+#[tokio::test]
+async fn activate_previous_skips_a_release_marked_unhealthy_and_says_so() {
+    let repo = Repo::new();
+    let host = Host::new(&repo, &Options::default());
+    let v1 = host.apply("v1").await;
+    let v2 = host.apply("v2").await;
+    let bad = host.apply("feature").await;
+    let (marked, _) = host
+        .call(DeployRequest::MarkUnhealthy {
+            release: bad.name.clone(),
+            reason: "GET /VERSION answered 500".into(),
+        })
+        .await;
+    assert!(matches!(marked, Ok(DeployReply::Marked(_))), "{marked:?}");
+    // The automatic rollback goes back to v2 by name: `feature` is now the
+    // release before the last switch.
+    host.activate(ActivateTarget::Release(v2.name.clone()))
+        .await
+        .expect("rollback to v2");
+
+    let DeployReply::Releases(list) = host.call(DeployRequest::Releases).await.0.expect("list")
+    else {
+        panic!("unexpected reply");
+    };
+    assert_eq!(list.previous.as_ref(), Some(&v1.name), "{list:?}");
+    let shown = list
+        .releases
+        .iter()
+        .find(|r| r.name == bad.name)
+        .expect("listed");
+    assert_eq!(
+        shown.outcome.failure(),
+        Some("GET /VERSION answered 500"),
+        "{shown:?}"
+    );
+    assert!(deploy::cli::render_releases(&list).contains("failed: GET /VERSION answered 500"));
+
+    let (result, progress) = host
+        .call(DeployRequest::Activate {
+            target: ActivateTarget::Previous,
+            force: false,
+        })
+        .await;
+    let DeployReply::Activated(record) = result.expect("activate --previous") else {
+        panic!("unexpected reply");
+    };
+    assert_eq!(record.name, v1.name);
+    assert_eq!(host.current_file("VERSION"), "v1\n");
+    let DeployProgress::StepFinished { detail, .. } = &progress[0];
+    assert!(
+        detail.contains(&format!("skipped {}", bad.name)),
+        "{detail}"
+    );
+
+    let (unknown, _) = host
+        .call(DeployRequest::MarkUnhealthy {
+            release: ReleaseName::new("20990101T000000Z-fffffff").expect("valid"),
+            reason: "x".into(),
+        })
+        .await;
+    assert_eq!(unknown.expect_err("unknown").kind, FailureKind::BadRequest);
+}
+
+/// Issue 18: an activate whose verify fails switches back and marks the release,
+/// so a later `--previous` does not offer it again.
+#[tokio::test]
+async fn an_activate_that_fails_verify_marks_the_release_unhealthy() {
+    let repo = Repo::new();
+    let host = Host::new(
+        &repo,
+        &Options {
+            verify: Some("test ! -e \"$HANDOVER_ROOT/../refuse-v1\" || ! grep -q v1 VERSION"),
+            ..Options::default()
+        },
+    );
+    let v1 = host.apply("v1").await;
+    host.apply("v2").await;
+    std::fs::write(host.dir.path().join("refuse-v1"), "").expect("write");
+    let err = host
+        .activate(ActivateTarget::Previous)
+        .await
+        .expect_err("verify fails");
+    assert!(err.message.contains("switched back to"), "{err}");
+    assert_eq!(host.current_file("VERSION"), "v2\n");
+    let DeployReply::Releases(list) = host.call(DeployRequest::Releases).await.0.expect("list")
+    else {
+        panic!("unexpected reply");
+    };
+    assert_eq!(list.previous, None, "{list:?}");
+    let err = host
+        .activate(ActivateTarget::Previous)
+        .await
+        .expect_err("nothing good left");
+    assert!(
+        err.message.contains("no good previous release") && err.message.contains(v1.name.as_str()),
+        "{err}"
+    );
+}
+
+/// Issue 18: resolving a revision names its commit (an annotated tag peeled) and
+/// refuses a missing ref or a foreign repository, without building a release.
+#[tokio::test]
+async fn resolve_names_the_commit_and_builds_nothing() {
+    let repo = Repo::new();
+    let host = Host::new(&repo, &Options::default());
+    let resolve = |repo: RepoUrl, rev: &str| DeployRequest::Resolve {
+        repo,
+        rev: Revision::new(rev).expect("valid"),
+    };
+    let (result, _) = host.call(resolve(host.repo.clone(), "v2")).await;
+    let DeployReply::Resolved(found) = result.expect("resolves") else {
+        panic!("unexpected reply");
+    };
+    assert_eq!(found.sha, repo.v2);
+
+    let (result, _) = host.call(resolve(host.repo.clone(), "v9")).await;
+    let err = result.expect_err("missing ref");
+    assert_eq!(err.kind, FailureKind::BadRequest);
+    assert!(err.message.contains("\"v9\""), "{err}");
+
+    let other = Repo::new();
+    let foreign = RepoUrl::new(other.url.clone()).expect("url");
+    let (result, _) = host.call(resolve(foreign, "v1")).await;
+    let err = result.expect_err("foreign repo");
+    assert_eq!(err.kind, FailureKind::Refused);
+    assert!(err.message.contains("allowed_repos"), "{err}");
+
+    assert!(host.releases_on_disk().is_empty());
+    assert_eq!(host.current_release(), None);
 }

@@ -218,6 +218,7 @@ enum RawDeploy {
         repo: String,
         rev: String,
         hooks: Vec<String>,
+        force: bool,
     },
 }
 
@@ -230,6 +231,7 @@ fn send_raw_apply(socket: &Path, repo: &str, rev: &str) -> String {
             repo: repo.to_string(),
             rev: rev.to_string(),
             hooks: vec![],
+            force: false,
         }),
     };
     let rt = tokio::runtime::Builder::new_current_thread()

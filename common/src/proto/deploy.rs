@@ -4,6 +4,13 @@
 //! points `current` at one of them; switching is one rename, so a host is on the old
 //! release or the new one, never between. Every string in these requests is a
 //! validated newtype: nothing here can become an option or a shell command.
+//!
+//! Switching a host in service: `current` changing under live traffic serves a
+//! release no check has passed yet (the health-check file lives outside the
+//! release, so HAProxy keeps the server UP). An agent refuses `Apply` and
+//! `Activate` without `force` while its health-check file is present and a release
+//! is current. A rollout's engine drains and detaches the host itself first and
+//! sends `force`; by hand the safe path is drain (and wait), switch, undrain.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,14 +30,36 @@ pub enum DeployRequest {
         rev: Revision,
         /// Agent hooks to run in the new release before it is activated.
         hooks: Vec<HookName>,
+        /// Switch even while the host is in service (see the module documentation).
+        force: bool,
     },
     /// Point `current` at another release that is still on disk (rollback).
     Activate {
         /// Which one.
         target: ActivateTarget,
+        /// Switch even while the host is in service (see the module documentation).
+        force: bool,
     },
     /// List the releases on disk.
     Releases,
+    /// Say which commit `rev` of `repo` is, changing nothing but the agent's cached
+    /// mirror: the same checks and resolution an apply starts with (`allowed_repos`,
+    /// fetch, tag / branch / commit id), so a plan is refused before any drain.
+    Resolve {
+        /// Must equal one of the agent's `allowed_repos` exactly.
+        repo: RepoUrl,
+        /// Branch, tag or commit id.
+        rev: Revision,
+    },
+    /// Record that `release` failed a check after it was made current (the
+    /// coordinator's health gate): `releases` shows it failed and
+    /// `activate --previous` skips it. `current` is not changed.
+    MarkUnhealthy {
+        /// The release that failed.
+        release: ReleaseName,
+        /// What failed, for the operator (shortened by the agent if long).
+        reason: String,
+    },
     /// Run one of the agent's own `[hooks]` by name.
     RunHook(HookName),
 }
@@ -40,7 +69,9 @@ pub enum DeployRequest {
 pub enum ActivateTarget {
     /// A release by name (see `releases`).
     Release(ReleaseName),
-    /// The release that was current before the last switch.
+    /// The release that was current before the last switch, unless it failed a
+    /// check; then the newest release on disk that did not (the ones skipped are
+    /// reported as a [`DeployStep::ChoosePrevious`] step).
     Previous,
 }
 
@@ -67,6 +98,8 @@ pub enum DeployStep {
     SwitchBack,
     /// Old releases beyond `keep_releases` were removed.
     Prune,
+    /// `activate --previous` chose its release (and which failed ones it skipped).
+    ChoosePrevious,
 }
 
 impl std::fmt::Display for DeployStep {
@@ -82,6 +115,7 @@ impl std::fmt::Display for DeployStep {
             DeployStep::Verify => f.write_str("verify"),
             DeployStep::SwitchBack => f.write_str("switch back"),
             DeployStep::Prune => f.write_str("prune"),
+            DeployStep::ChoosePrevious => f.write_str("previous"),
         }
     }
 }
@@ -111,6 +145,21 @@ pub enum DeployReply {
     Releases(ReleaseList),
     /// A hook ran and exited 0.
     HookRan(HookOutput),
+    /// What [`DeployRequest::Resolve`] found.
+    Resolved(ResolvedRevision),
+    /// The release is now recorded as unhealthy.
+    Marked(ReleaseRecord),
+}
+
+/// Answer to [`DeployRequest::Resolve`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedRevision {
+    /// The repository.
+    pub repo: RepoUrl,
+    /// The revision asked for.
+    pub rev: Revision,
+    /// The full commit id it names on this agent.
+    pub sha: String,
 }
 
 /// What happened to a release.
@@ -124,6 +173,27 @@ pub enum ReleaseOutcome {
     Failed(String),
     /// The agent stopped before the apply finished.
     Interrupted,
+    /// Made current, then failed a check: the coordinator's health gate, or the
+    /// agent's `verify` after an `activate`. `activate --previous` skips it; it can
+    /// still be activated by name.
+    Unhealthy(String),
+}
+
+impl ReleaseOutcome {
+    /// Whether `activate --previous` may choose a release with this outcome.
+    pub fn is_good(&self) -> bool {
+        *self == ReleaseOutcome::Activated
+    }
+
+    /// Why the release is not good, for tables: `None` when it is.
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            ReleaseOutcome::Activated => None,
+            ReleaseOutcome::Pending => Some("pending"),
+            ReleaseOutcome::Interrupted => Some("interrupted"),
+            ReleaseOutcome::Failed(why) | ReleaseOutcome::Unhealthy(why) => Some(why),
+        }
+    }
 }
 
 /// One release as the agent recorded it in its state_dir.
@@ -157,7 +227,7 @@ pub struct ReleaseList {
     pub releases: Vec<ReleaseRecord>,
     /// The one `current` points at.
     pub current: Option<ReleaseName>,
-    /// The one `activate --previous` would switch to.
+    /// The one `activate --previous` would switch to (never a failed one).
     pub previous: Option<ReleaseName>,
 }
 
@@ -181,8 +251,12 @@ pub struct ReleaseStatus {
 
 impl DeployRequest {
     /// Whether this request changes the host (see [`super::Request::changes_host`]).
-    /// Listing releases does not; applying, activating and running a hook do.
+    /// Listing releases and resolving a revision do not; applying, activating,
+    /// marking and running a hook do.
     pub fn changes_host(&self) -> bool {
-        !matches!(self, DeployRequest::Releases)
+        !matches!(
+            self,
+            DeployRequest::Releases | DeployRequest::Resolve { .. }
+        )
     }
 }

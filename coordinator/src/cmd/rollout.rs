@@ -14,9 +14,20 @@ use crate::plan::Plan;
 use crate::rollout::engine::Engine;
 use crate::rollout::steps;
 
-/// `handover plan PLAN`: validate and print the numbered steps with capacity.
-pub fn plan(config: &CoordinatorConfig, path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// `handover plan PLAN`: validate, resolve the revision on every target host
+/// (unless `offline`), and print the numbered steps with capacity.
+pub async fn plan(
+    config: &CoordinatorConfig,
+    path: &Path,
+    offline: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let plan = Plan::load(path, config)?;
+    let resolved = if offline {
+        None
+    } else {
+        Some(resolve_plan_revision(config, &plan).await?)
+    };
     let steps = steps::in_place(&plan);
     if json {
         #[derive(Serialize)]
@@ -41,9 +52,49 @@ pub fn plan(config: &CoordinatorConfig, path: &Path, json: bool) -> anyhow::Resu
         println!("{}", serde_json::to_string_pretty(&lines)?);
     } else {
         print!("{}", describe(&plan));
+        match &resolved {
+            Some(resolved) => {
+                println!("revision resolved by each host's agent:");
+                print!(
+                    "{}",
+                    crate::gate::render_resolutions(resolved, &plan.revision()?.1)
+                );
+            }
+            None => println!("revision not checked on the agents (--offline)"),
+        }
         print!("{}", steps::render(&plan, &steps));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every target host's agent resolves the plan's revision, or the plan is refused
+/// naming each host and why — before anything on any host changes.
+async fn resolve_plan_revision(
+    config: &CoordinatorConfig,
+    plan: &Plan,
+) -> anyhow::Result<Vec<crate::gate::Resolution>> {
+    let (repo, rev) = plan.revision()?;
+    crate::gate::resolve_revision(config, &plan.hosts, &repo, &rev).await
+}
+
+/// Whether resuming `record` still has the plan's revision to apply on some host
+/// (its forward phase will run and an apply step is not done yet).
+fn revision_still_to_apply(
+    config: &CoordinatorConfig,
+    record: &RolloutRecord,
+    plan: &Plan,
+) -> anyhow::Result<bool> {
+    let forward_runs =
+        record.phase == steps::phase::FORWARD || record.state == RolloutState::Aborted;
+    if record.kind != RolloutKind::Rollout || !forward_runs {
+        return Ok(false);
+    }
+    let journal = Journal::new(&config.state_dir);
+    let journaled = journal.steps(&record.id)?;
+    Ok(steps::in_place(plan).iter().enumerate().any(|(i, step)| {
+        step.action == steps::Action::ApplyRevision
+            && !journal.step_done(&journaled, steps::phase::FORWARD, i)
+    }))
 }
 
 fn describe(plan: &Plan) -> String {
@@ -95,6 +146,7 @@ pub async fn rollout(
         .with_context(|| format!("cannot read plan {}", path.display()))?;
     let plan =
         Plan::parse(&text, &config).with_context(|| format!("invalid plan {}", path.display()))?;
+    resolve_plan_revision(&config, &plan).await?;
     if !yes {
         print!("{}", describe(&plan));
         print!("{}", steps::render(&plan, &steps::in_place(&plan)));
@@ -122,6 +174,11 @@ pub async fn resume(
     break_lease: bool,
 ) -> anyhow::Result<ExitCode> {
     let record = Journal::new(&config.state_dir).find(id)?;
+    if let Ok(plan) = Plan::parse(&record.plan_text, &config)
+        && revision_still_to_apply(&config, &record, &plan)?
+    {
+        resolve_plan_revision(&config, &plan).await?;
+    }
     let engine = Engine::resume(config, record, json)?;
     Ok(exit_for(engine.run(break_lease).await?))
 }
@@ -263,4 +320,100 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
     }
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config(state_dir: &Path) -> CoordinatorConfig {
+        let mut text =
+            String::from("ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = \"s\"\n");
+        for i in 1..=3 {
+            text.push_str(&format!(
+                "[[hosts]]\nname = \"web-{i}\"\naddress = \"127.0.1.{i}:7443\"\nroles = [\"app\"]\napp = \"127.0.1.{i}:80\"\n"
+            ));
+        }
+        text.push_str(
+            "[[hosts]]\nname = \"lb-1\"\naddress = \"127.0.1.100:7443\"\nroles = [\"lb\"]\n",
+        );
+        let mut config: CoordinatorConfig = toml::from_str(&text).expect("inventory");
+        config.state_dir = state_dir.to_owned();
+        config
+    }
+
+    const PLAN: &str = "strategy = \"in-place\"\nhosts = [\"web-1\", \"web-2\"]\n[revision]\nrepo = \"file:///srv/git/shop.git\"\nref = \"v2\"\n[rollout]\nbatch = 1\nmin_healthy = 1\n";
+
+    fn record(phase: &str, state: RolloutState) -> RolloutRecord {
+        RolloutRecord {
+            id: "r-test".into(),
+            kind: RolloutKind::Rollout,
+            owner: String::new(),
+            plan_path: "plan.toml".into(),
+            plan_text: PLAN.into(),
+            state,
+            phase: phase.into(),
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            facts: BTreeMap::new(),
+        }
+    }
+
+    /// Issue 18: `resume` checks the revision again only while some host still
+    /// has it to apply; a rollout past its last apply, or rolling back, is not
+    /// stopped by a ref deleted since.
+    #[test]
+    fn resume_resolves_the_revision_only_while_an_apply_is_still_to_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let plan = Plan::parse(PLAN, &config).expect("plan");
+        let steps = steps::in_place(&plan);
+        let last_apply = steps
+            .iter()
+            .rposition(|s| s.action == steps::Action::ApplyRevision)
+            .expect("an apply step");
+        let journal = Journal::new(&config.state_dir);
+        let forward = record(steps::phase::FORWARD, RolloutState::Running);
+        journal.save_rollout(&forward).expect("save");
+        let to_apply =
+            |r: &RolloutRecord| revision_still_to_apply(&config, r, &plan).expect("read");
+
+        assert!(to_apply(&forward), "nothing done yet");
+        for i in 0..last_apply {
+            journal
+                .step_started(&forward.id, steps::phase::FORWARD, i, "step")
+                .expect("start");
+            journal
+                .step_ended(
+                    &forward.id,
+                    steps::phase::FORWARD,
+                    i,
+                    StepOutcome::Ok,
+                    BTreeMap::new(),
+                )
+                .expect("end");
+        }
+        assert!(to_apply(&forward), "the last wave's apply is still to run");
+        let aborted = record("repair-wave-2", RolloutState::Aborted);
+        assert!(to_apply(&aborted), "an aborted rollout redoes its wave");
+        let rolling_back = record("rollback-from-wave-2", RolloutState::RollingBack);
+        assert!(!to_apply(&rolling_back), "a rollback applies nothing");
+
+        journal
+            .step_started(&forward.id, steps::phase::FORWARD, last_apply, "apply")
+            .expect("start");
+        journal
+            .step_ended(
+                &forward.id,
+                steps::phase::FORWARD,
+                last_apply,
+                StepOutcome::Ok,
+                BTreeMap::new(),
+            )
+            .expect("end");
+        assert!(!to_apply(&forward), "every host has the revision");
+    }
 }

@@ -431,6 +431,8 @@ async fn apply_revision(
                 repo,
                 rev,
                 hooks: Vec::new(),
+                // The wave is drained and detached: nothing serves from it.
+                force: true,
             });
             match call(ctx, h, request).await? {
                 Reply::Deploy(DeployReply::Applied(record)) => Ok(Outputs::from([
@@ -465,7 +467,12 @@ async fn activate_previous_release(
             return Ok(Outputs::from([(format!("activated/{h}"), before.clone())]));
         }
         let target = ActivateTarget::Release(ReleaseName::new(before.clone())?);
-        match call(ctx, h, Request::Deploy(DeployRequest::Activate { target })).await? {
+        // The wave is detached (or failing its checks): nothing serves from it.
+        let request = Request::Deploy(DeployRequest::Activate {
+            target,
+            force: true,
+        });
+        match call(ctx, h, request).await? {
             Reply::Deploy(DeployReply::Activated(record)) => Ok(Outputs::from([(
                 format!("activated/{h}"),
                 record.name.to_string(),
@@ -501,7 +508,13 @@ async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outp
     on_each(hosts, |h| {
         let check = check.clone();
         async move {
-            match call(ctx, h, Request::CheckHealth(check)).await? {
+            let answer = call(ctx, h, Request::CheckHealth(check)).await;
+            if let Err(e) = &answer
+                && let Some(why) = crate::gate::failed_check(e)
+            {
+                mark_unhealthy(ctx, h, why).await;
+            }
+            match answer? {
                 Reply::Health(report) => Ok(Outputs::from([(
                     format!("health/{h}"),
                     format!("{} after {} checks", report.last, report.checks),
@@ -511,6 +524,21 @@ async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outp
         }
     })
     .await
+}
+
+/// Records on `host` that its current release failed the health gate, so
+/// `activate --previous` skips it after the rollback; a failure to record is shown,
+/// not fatal (the rollback matters more).
+async fn mark_unhealthy(ctx: &Ctx<'_>, host: &HostName, why: &str) {
+    let reason = format!("health check failed: {why}");
+    let marked = match ctx.config.host(host.as_str()) {
+        Ok(entry) => crate::gate::mark_unhealthy(ctx.fleet, entry, &reason).await,
+        Err(e) => Err(e),
+    };
+    match marked {
+        Ok(release) => ctx.progress(host, format!("release {release} marked unhealthy")),
+        Err(e) => ctx.progress(host, format!("could not mark the release unhealthy: {e:#}")),
+    }
 }
 
 async fn attach_to_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
