@@ -59,7 +59,7 @@ impl ControlSocket {
                         let agent = agent.clone();
                         tokio::spawn(async move {
                             let (mut recv, mut send) = stream.into_split();
-                            let _ = serve_exchange(&agent, &Caller::Local, &mut recv, &mut send).await;
+                            let _ = serve_exchange(&agent, &Caller::Local, &mut recv, &mut send, std::future::pending()).await;
                         });
                     }
                     Err(e) => {

@@ -50,6 +50,11 @@ impl Reporter {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Resolves once the caller has gone away: a wait selects on it to stop.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 /// Runs `frame` and returns its final response. Progress goes through `reporter`.
@@ -82,7 +87,7 @@ pub async fn handle(
     }
     let result = match frame.request {
         Request::Lease(req) => agent.lease.lock().await.handle(req).map(Reply::Lease),
-        Request::CheckHealth(check) => crate::probe::check_health(agent, check)
+        Request::CheckHealth(check) => crate::probe::check_health(agent, check, reporter)
             .await
             .map(Reply::Health),
         Request::Status => Ok(Reply::Status(Box::new(status(agent).await))),
@@ -125,6 +130,9 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Serves one exchange on one stream (QUIC or control socket): read one request
 /// frame, run it, write progress and the final response.
 ///
+/// When `gone` resolves (the caller's connection closed) the exchange ends: the
+/// action is not cancelled, but its [`Reporter`] reads closed, so waits stop.
+///
 /// A frame that is too large, truncated, undecodable or followed by trailing bytes
 /// gets a `BadRequest` answer and ends this stream only; the caller's other streams
 /// and other callers are unaffected.
@@ -133,6 +141,7 @@ pub async fn serve_exchange<R, W>(
     caller: &Caller,
     recv: &mut R,
     send: &mut W,
+    gone: impl std::future::Future<Output = ()>,
 ) -> Result<(), handover_common::wire::WireError>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
@@ -177,7 +186,16 @@ where
         let response = handle(&task_agent, &task_caller, frame, &reporter).await;
         let _ = tx.send(response).await;
     });
-    while let Some(response) = rx.recv().await {
+    tokio::pin!(gone);
+    loop {
+        let response = tokio::select! {
+            response = rx.recv() => response,
+            () = &mut gone => {
+                tracing::info!(%caller, "caller went away; its waits stop");
+                return Ok(());
+            }
+        };
+        let Some(response) = response else { break };
         let last = !matches!(response, Response::Progress(_));
         wire::write_frame(send, &response).await?;
         if last {

@@ -1,16 +1,29 @@
 //! `CheckHealth`: the release on this host answers its health path, `rise` times
 //! in a row, on the app's own address (`[app] listen`).
+//!
+//! The request comes over the wire, so its numbers are checked here as well as in
+//! the coordinator's plan: a zero interval would spin, a huge timeout would
+//! overflow the deadline. The probe stops as soon as its caller goes away.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use handover_common::proto::health::{HealthCheck, HealthReport};
+use handover_common::duration::{self, BeyondClock};
+use handover_common::proto::health::{HealthCheck, HealthReport, MIN_INTERVAL};
 use handover_common::proto::{Failure, FailureKind};
+use tokio::time::Instant;
 
 use crate::Agent;
+use crate::dispatch::Reporter;
 
-/// Runs the check; fails with the last answer seen when it does not pass in time.
-pub async fn check_health(agent: &Arc<Agent>, check: HealthCheck) -> Result<HealthReport, Failure> {
+/// Runs the check; fails with the last answer seen when it does not pass in time,
+/// and stops when `reporter`'s caller goes away.
+pub async fn check_health(
+    agent: &Arc<Agent>,
+    check: HealthCheck,
+    reporter: &Reporter,
+) -> Result<HealthReport, Failure> {
     let app = agent.config.app.as_ref().ok_or_else(|| {
         Failure::new(
             FailureKind::NotConfigured,
@@ -20,51 +33,121 @@ pub async fn check_health(agent: &Arc<Agent>, check: HealthCheck) -> Result<Heal
             ),
         )
     })?;
+    let deadline = refuse_unusable(&check)?;
+    tokio::select! {
+        result = probe(app.listen, &check, deadline) => result,
+        () = reporter.closed() => Err(Failure::new(
+            FailureKind::Failed,
+            "the caller went away: health check stopped",
+        )),
+    }
+}
+
+/// The deadline of a check whose numbers can be met, or `BadRequest`.
+fn refuse_unusable(check: &HealthCheck) -> Result<Instant, Failure> {
+    let bad = |why: String| Failure::new(FailureKind::BadRequest, why);
+    if check.rise == 0 {
+        return Err(bad("rise = 0 can never pass: ask for at least 1".into()));
+    }
+    if check.interval < MIN_INTERVAL {
+        return Err(bad(format!(
+            "interval {} would check in a busy loop: ask for at least {}",
+            duration::format(check.interval),
+            duration::format(MIN_INTERVAL)
+        )));
+    }
+    if check.timeout > duration::MAX {
+        return Err(bad(
+            BeyondClock::new("health check", check.timeout).to_string()
+        ));
+    }
+    Instant::now()
+        .checked_add(check.timeout)
+        .ok_or_else(|| bad(BeyondClock::new("health check", check.timeout).to_string()))
+}
+
+/// GET the path every `interval` until `rise` passes in a row or `deadline`.
+async fn probe(
+    listen: SocketAddr,
+    check: &HealthCheck,
+    deadline: Instant,
+) -> Result<HealthReport, Failure> {
     // A server listening on every address is reached on loopback.
-    let ip = match app.listen.ip() {
+    let ip = match listen.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
     let host = ip.to_string();
-    let port = app.listen.port();
-    let rise = check.rise.max(1);
-    let deadline = tokio::time::Instant::now() + check.timeout;
+    let per_check = check.interval.max(Duration::from_millis(500));
     let mut passed = 0;
     let mut checks = 0;
-    let mut last;
     loop {
         checks += 1;
-        let per_check = check.interval.max(std::time::Duration::from_millis(500));
-        match crate::http::get(&host, port, check.path.as_str(), per_check).await {
-            Ok(answer) if answer.status == check.expect => {
-                passed += 1;
-                last = answer.status_line;
-            }
-            Ok(answer) => {
-                passed = 0;
-                last = answer.status_line;
-            }
-            Err(e) => {
-                passed = 0;
-                last = e;
-            }
-        }
-        if passed >= rise {
+        let last =
+            match crate::http::get(&host, listen.port(), check.path.as_str(), per_check).await {
+                Ok(answer) if answer.status == check.expect.get() => {
+                    passed += 1;
+                    answer.status_line
+                }
+                Ok(answer) => {
+                    passed = 0;
+                    answer.status_line
+                }
+                Err(e) => {
+                    passed = 0;
+                    e
+                }
+            };
+        if passed >= check.rise {
             return Ok(HealthReport { checks, last });
         }
-        if tokio::time::Instant::now() + check.interval > deadline {
+        if deadline.saturating_duration_since(Instant::now()) < check.interval {
             return Err(Failure::new(
                 FailureKind::Failed,
                 format!(
-                    "GET http://{}{} did not answer {} {rise} times in a row within {} ({checks} checks; last: {last})",
-                    app.listen,
-                    check.path.as_str(),
+                    "GET http://{listen}{} did not answer {} {} times in a row within {} ({checks} checks; last: {last})",
+                    check.path,
                     check.expect,
-                    handover_common::duration::format(check.timeout)
+                    check.rise,
+                    duration::format(check.timeout)
                 ),
             ));
         }
         tokio::time::sleep(check.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handover_common::proto::health::{HealthPath, HttpStatus};
+
+    fn check(interval: Duration, timeout: Duration, rise: u32) -> HealthCheck {
+        HealthCheck {
+            path: HealthPath::new("/health.html").expect("valid"),
+            expect: HttpStatus::OK,
+            rise,
+            interval,
+            timeout,
+        }
+    }
+
+    #[test]
+    fn refuses_a_check_that_would_spin_overflow_or_never_pass() {
+        let second = Duration::from_secs(1);
+        let refused = |c: HealthCheck| refuse_unusable(&c).expect_err("refused");
+        let f = refused(check(Duration::ZERO, second, 2));
+        assert_eq!(f.kind, FailureKind::BadRequest);
+        assert!(f.message.contains("busy loop"), "{}", f.message);
+        let f = refused(check(second, Duration::MAX, 2));
+        assert!(
+            f.message.contains("beyond this clock's range"),
+            "{}",
+            f.message
+        );
+        let f = refused(check(second, second, 0));
+        assert!(f.message.contains("rise = 0"), "{}", f.message);
+        assert!(refuse_unusable(&check(second, Duration::from_secs(60), 2)).is_ok());
     }
 }
