@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use handover_common::duration::BeyondClock;
 use handover_common::names::{BackendName, HostName};
 use handover_common::proto::lb::{
     LbProgress, LbReply, Removed, ServerKind, ServerState, ServerStats, StatusKind,
@@ -325,7 +326,9 @@ async fn wait_until_up(
     timeout: Duration,
     reporter: &Reporter,
 ) -> Result<(), Failure> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now()
+        .checked_add(timeout)
+        .ok_or(BeyondClock::new("attach", timeout))?;
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let stat = read_stat(&lb.runtime).await?;
@@ -388,7 +391,9 @@ pub async fn detach(
     reporter: &Reporter,
 ) -> Result<LbReply, Failure> {
     let timeout = timeout.unwrap_or(lb.config.detach_timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now()
+        .checked_add(timeout)
+        .ok_or(BeyondClock::new("detach", timeout))?;
     let targets: Vec<(String, Member)> = {
         let mut guard = lb.lock().await?;
         guard

@@ -188,7 +188,10 @@ async fn capacity(
 async fn ensure_capacity(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     let min = ctx.plan.file.rollout.min_healthy.get();
     let excluded: BTreeSet<&HostName> = hosts.iter().collect();
-    let deadline = tokio::time::Instant::now() + ctx.plan.file.rollout.attach_timeout;
+    let wait = ctx.plan.file.rollout.attach_timeout;
+    let deadline = tokio::time::Instant::now().checked_add(wait).ok_or(
+        handover_common::duration::BeyondClock::new("capacity wait", wait),
+    )?;
     loop {
         let reading = capacity(ctx, &excluded).await;
         let why = match &reading {
@@ -519,7 +522,9 @@ async fn attach_to_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
 }
 
 async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result<Outputs> {
-    let end = tokio::time::Instant::now() + d;
+    let end = tokio::time::Instant::now().checked_add(d).ok_or(
+        handover_common::duration::BeyondClock::new("canary pause", d),
+    )?;
     while tokio::time::Instant::now() < end {
         let left = end - tokio::time::Instant::now();
         if let Some(h) = hosts.first() {

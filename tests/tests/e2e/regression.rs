@@ -45,7 +45,12 @@ fn a_health_path_that_cannot_be_fetched_is_refused_by_plan_and_nothing_is_journa
     std::fs::write(&plan, good.replace("/health.html", "/a b/../x")).expect("write");
     for args in [vec!["plan", &plan], vec!["rollout", &plan, "--yes"]] {
         let out = c.run(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", output_text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&out)
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("line 9 (path = \"/a b/../x\"): [health] path"),
