@@ -150,4 +150,52 @@ mod tests {
         assert!(f.message.contains("rise = 0"), "{}", f.message);
         assert!(refuse_unusable(&check(second, Duration::from_secs(60), 2)).is_ok());
     }
+
+    /// Issue 13 hole 6: a probe went on checking after its caller left. Here the
+    /// app always answers 503, and the caller leaves after its third request: the
+    /// probe must end then, long before its 60 s timeout.
+    #[tokio::test]
+    async fn a_probe_stops_when_its_caller_goes_away() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let listen = app.local_addr().expect("addr");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (third, caller_leaves) = tokio::sync::oneshot::channel::<()>();
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            let mut third = Some(third);
+            while let Ok((mut stream, _)) = app.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                if counter.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+                    third.take().map(|t| t.send(()));
+                }
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "name = \"web-1\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = {:?}\n[app]\nlisten = \"{listen}\"\n",
+            dir.path().display().to_string()
+        );
+        let agent = Agent::new(toml::from_str(&text).expect("config"));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let reporter = Reporter::new(tx);
+        tokio::spawn(async move {
+            let _ = caller_leaves.await;
+            drop(rx);
+        });
+        let check = check(Duration::from_millis(10), Duration::from_secs(60), 2);
+        let f = check_health(&agent, check, &reporter)
+            .await
+            .expect_err("never passes");
+        assert!(f.message.contains("caller went away"), "{}", f.message);
+        assert!(seen.load(Ordering::SeqCst) >= 3);
+    }
 }
