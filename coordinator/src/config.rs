@@ -55,7 +55,7 @@ impl Inventory {
     }
 
     /// Every host, in the config's order.
-    pub fn to_vec(&self) -> Vec<HostEntry> {
+    pub(crate) fn to_vec(&self) -> Vec<HostEntry> {
         self.0.clone()
     }
 }
@@ -155,7 +155,7 @@ fn check_agent_address(text: &str) -> Result<(), &'static str> {
 
 impl HostEntry {
     /// "app,lb" style list for tables.
-    pub fn roles_text(&self) -> String {
+    pub(crate) fn roles_text(&self) -> String {
         let roles: Vec<String> = self.roles.iter().map(|r| r.to_string()).collect();
         if roles.is_empty() {
             "-".into()
@@ -192,7 +192,7 @@ impl CoordinatorConfig {
     }
 
     /// The inventory entry for `name`, or an error listing the known hosts.
-    pub fn host(&self, name: &str) -> anyhow::Result<&HostEntry> {
+    pub(crate) fn host(&self, name: &str) -> anyhow::Result<&HostEntry> {
         self.hosts
             .iter()
             .find(|h| h.name.as_str() == name)
@@ -211,7 +211,7 @@ impl CoordinatorConfig {
 
     /// The named hosts (all of them when `names` is empty), checked before anything
     /// is sent to any of them.
-    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<HostEntry>> {
+    pub(crate) fn select(&self, names: &[String]) -> anyhow::Result<Vec<HostEntry>> {
         if names.is_empty() {
             return Ok(self.hosts.to_vec());
         }
@@ -219,7 +219,7 @@ impl CoordinatorConfig {
     }
 
     /// Hosts with `role`.
-    pub fn with_role(&self, role: HostRole) -> Vec<HostEntry> {
+    pub(crate) fn with_role(&self, role: HostRole) -> Vec<HostEntry> {
         self.hosts
             .iter()
             .filter(|h| h.roles.contains(&role))

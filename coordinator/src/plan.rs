@@ -9,17 +9,18 @@
 //! value loading accepted. Every error names the line and key at fault and the
 //! fix, because a plan is written by hand under pressure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use handover_common::duration::{self, serde_human_opt, serde_human_positive};
-use handover_common::names::{HookName, HostName, HostRole, RepoUrl, Revision};
+use handover_common::names::{HostName, HostRole, RepoUrl, Revision};
 use handover_common::proto::health::{HealthCheck, HealthPath, HttpStatus, MIN_INTERVAL};
 use handover_common::toml_error;
-use serde::{Deserialize, Deserializer, de::Error as _};
+use serde::de::{Error as _, IgnoredAny};
+use serde::{Deserialize, Deserializer};
 
 use crate::config::{CoordinatorConfig, HostEntry};
 
@@ -53,107 +54,23 @@ pub struct PlanFile {
     /// How a server proves it is healthy before it is attached.
     #[serde(default)]
     pub health: HealthSpec,
-    /// Surge strategy: new servers beside the old (DESIGN's key names; the strategy
-    /// itself comes with a later release).
+    /// The surge strategy's sections (`[surge]`, `[provider]`, `[db]`, `[bake]`,
+    /// `[inputs]`, DESIGN's key names): refused while this version runs only
+    /// in-place, so they are not read further.
     #[serde(default)]
-    pub surge: Option<SurgeSpec>,
-    /// Surge with `provider = "command"`: the external executables.
+    pub surge: Option<IgnoredAny>,
+    /// See `surge`.
     #[serde(default)]
-    pub provider: Option<ProviderSpec>,
-    /// Database hooks (runbook steps 1, 2, 7), names from the db host's agent config.
+    pub provider: Option<IgnoredAny>,
+    /// See `surge`.
     #[serde(default)]
-    pub db: Option<DbSpec>,
-    /// Watching the site after the hand-over (runbook step 17).
+    pub db: Option<IgnoredAny>,
+    /// See `surge`.
     #[serde(default)]
-    pub bake: Option<BakeSpec>,
-    /// Deployment inputs (runbook steps 5–6), versioned in the journal.
+    pub bake: Option<IgnoredAny>,
+    /// See `surge`.
     #[serde(default)]
-    pub inputs: BTreeMap<String, String>,
-}
-
-/// Where surge's new servers come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SurgeProvider {
-    /// Inventory hosts marked `standby = true`.
-    Standby,
-    /// The `[provider]` executables.
-    Command,
-}
-
-/// `[surge]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SurgeSpec {
-    /// `standby` or `command`.
-    pub provider: SurgeProvider,
-    /// New servers launched and verified at a time.
-    #[serde(default = "one", deserialize_with = "surge_batch")]
-    pub batch: NonZeroUsize,
-    /// When old servers are terminated after they are detached.
-    #[serde(default, with = "serde_human_opt")]
-    pub terminate_after: Option<Duration>,
-}
-
-/// `[provider]`: executables with the JSON contract, by absolute path.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSpec {
-    /// `launch --like HOST`.
-    #[serde(default, deserialize_with = "executable")]
-    pub launch: Option<PathBuf>,
-    /// `terminate HOST`.
-    #[serde(default, deserialize_with = "executable")]
-    pub terminate: Option<PathBuf>,
-    /// `array disable | enable | update`.
-    #[serde(default, deserialize_with = "executable")]
-    pub array: Option<PathBuf>,
-}
-
-/// `[db]`: hook names in the db host's agent config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DbSpec {
-    /// Snapshot before changing anything.
-    pub backup: Option<HookName>,
-    /// Pre-upgrade migrations, once per rollout.
-    pub migrate: Option<HookName>,
-    /// Run on each new app host: can it reach the database?
-    pub check: Option<HookName>,
-}
-
-/// `[bake]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BakeSpec {
-    /// How long to watch.
-    #[serde(with = "serde_human_positive")]
-    pub duration: Duration,
-    /// Roll back past this share of 5xx answers.
-    pub max_5xx_ratio: Ratio,
-}
-
-/// A share from 0 to 1 (`0.01` is 1%).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub struct Ratio(f64);
-
-impl Ratio {
-    /// The share.
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Ratio {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let r = f64::deserialize(d)?;
-        if !(0.0..=1.0).contains(&r) {
-            return Err(D::Error::custom(format!(
-                "{r} is not a share: give one from 0 to 1 (0.01 is 1%)"
-            )));
-        }
-        Ok(Ratio(r))
-    }
+    pub inputs: Option<IgnoredAny>,
 }
 
 /// `[revision]`: repository URL and branch, tag or commit.
@@ -298,10 +215,6 @@ fn min_healthy<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error
     nonzero(d, "0 would allow an outage: set it to at least 1")
 }
 
-fn surge_batch<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
-    nonzero(d, "0 would launch no server: set it to at least 1")
-}
-
 /// `canary = 0` once became a canary of 1 without a word.
 fn canary<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NonZeroUsize>, D::Error> {
     nonzero(
@@ -322,17 +235,6 @@ fn quiet<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         ));
     }
     Ok(q)
-}
-
-fn executable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let path = PathBuf::deserialize(d)?;
-    if !path.is_absolute() {
-        return Err(D::Error::custom(format!(
-            "{} is relative: give the executable's absolute path",
-            path.display()
-        )));
-    }
-    Ok(Some(path))
 }
 
 impl Default for RolloutSpec {
@@ -565,7 +467,7 @@ fn check_strategy(file: &PlanFile) -> Result<(), Fault> {
         ("provider", file.provider.is_some()),
         ("db", file.db.is_some()),
         ("bake", file.bake.is_some()),
-        ("inputs", !file.inputs.is_empty()),
+        ("inputs", file.inputs.is_some()),
     ] {
         if present {
             return Err(fault(
@@ -842,14 +744,9 @@ min_healthy = 2
                 "list each host once",
             ),
             (
-                format!("{PLAN}[db]\nbackup = \"-rf\"\n"),
-                "[db] backup",
-                "start with a letter or digit",
-            ),
-            (
-                format!("{PLAN}[bake]\nduration = \"1m\"\nmax_5xx_ratio = 2.0\n"),
-                "[bake] max_5xx_ratio",
-                "from 0 to 1",
+                format!("{PLAN}[db]\nbackup = \"backup\"\n"),
+                "line 10 ([db])",
+                "belongs to the surge strategy",
             ),
         ];
         for (text, key, fix) in cases {
