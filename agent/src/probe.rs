@@ -151,51 +151,97 @@ mod tests {
         assert!(refuse_unusable(&check(second, Duration::from_secs(60), 2)).is_ok());
     }
 
-    /// Issue 13 hole 6: a probe went on checking after its caller left. Here the
-    /// app always answers 503, and the caller leaves after its third request: the
-    /// probe must end then, long before its 60 s timeout.
-    #[tokio::test]
-    async fn a_probe_stops_when_its_caller_goes_away() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    /// An app on loopback that answers every request 503 and signals after its
+    /// `n`th request.
+    async fn failing_app(n: usize) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let app = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let listen = app.local_addr().expect("addr");
-        let seen = Arc::new(AtomicUsize::new(0));
-        let (third, caller_leaves) = tokio::sync::oneshot::channel::<()>();
-        let counter = seen.clone();
+        let (nth, seen) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            let mut third = Some(third);
+            let mut nth = Some(nth);
+            let mut count = 0;
             while let Ok((mut stream, _)) = app.accept().await {
                 let mut buf = [0u8; 1024];
                 let _ = stream.read(&mut buf).await;
                 let _ = stream
                     .write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
                     .await;
-                if counter.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
-                    third.take().map(|t| t.send(()));
+                count += 1;
+                if count >= n {
+                    nth.take().map(|t| t.send(()));
                 }
             }
         });
-        let dir = tempfile::tempdir().expect("tempdir");
+        (listen, seen)
+    }
+
+    fn agent_with_app(listen: SocketAddr, state_dir: &std::path::Path) -> Arc<Agent> {
         let text = format!(
             "name = \"web-1\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = {:?}\n[app]\nlisten = \"{listen}\"\n",
-            dir.path().display().to_string()
+            state_dir.display().to_string()
         );
-        let agent = Agent::new(toml::from_str(&text).expect("config"));
+        Agent::new(toml::from_str(&text).expect("config"))
+    }
+
+    fn never_passing() -> HealthCheck {
+        check(Duration::from_millis(10), Duration::from_secs(60), 2)
+    }
+
+    /// Issue 13 hole 6: a probe went on checking after its caller left. Here the
+    /// app always answers 503 and the caller leaves after the third request: the
+    /// probe must end then, not at its 60 s timeout.
+    #[tokio::test]
+    async fn a_probe_stops_when_its_caller_goes_away() {
+        let (listen, third) = failing_app(3).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent_with_app(listen, dir.path());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let reporter = Reporter::new(tx);
         tokio::spawn(async move {
-            let _ = caller_leaves.await;
+            let _ = third.await;
             drop(rx);
         });
-        let check = check(Duration::from_millis(10), Duration::from_secs(60), 2);
-        let f = check_health(&agent, check, &reporter)
+        let f = check_health(&agent, never_passing(), &reporter)
             .await
             .expect_err("never passes");
         assert!(f.message.contains("caller went away"), "{}", f.message);
-        assert!(seen.load(Ordering::SeqCst) >= 3);
+    }
+
+    /// The other half of the same bug: over QUIC the caller's going shows only
+    /// as its connection closing. `serve_exchange` must then end, so the probe's
+    /// reporter reads closed (above); without `gone` it waited for the probe's
+    /// 60 s timeout.
+    #[tokio::test]
+    async fn an_exchange_ends_when_its_callers_connection_closes() {
+        use handover_common::proto::{Request, RequestFrame};
+
+        let (listen, first) = failing_app(1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent_with_app(listen, dir.path());
+        let (mut caller_side, agent_side) = tokio::io::duplex(64 * 1024);
+        let request = RequestFrame::new(Request::CheckHealth(never_passing()));
+        handover_common::wire::write_frame(&mut caller_side, &request)
+            .await
+            .expect("request sent");
+        let (mut recv, mut send) = tokio::io::split(agent_side);
+        let gone = async move {
+            let _ = first.await;
+        };
+        let caller = crate::dispatch::Caller::Coordinator("ops".into());
+        crate::dispatch::serve_exchange(&agent, &caller, &mut recv, &mut send, gone)
+            .await
+            .expect("ends cleanly");
+        // It ended because the caller went, not because the probe answered.
+        drop((recv, send));
+        let answer = handover_common::wire::read_frame::<_, handover_common::proto::Response>(
+            &mut caller_side,
+        )
+        .await
+        .expect("a clean end");
+        assert!(answer.is_none(), "the probe answered: {answer:?}");
     }
 }
