@@ -44,4 +44,9 @@ impl Reporter {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Resolves once the caller has gone away: a wait selects on it to stop.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }

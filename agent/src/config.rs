@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use handover_common::names::HostName;
+use std::collections::BTreeMap;
+
+use handover_common::names::{HookName, HostName};
 use handover_common::tls::{CredentialFiles, Credentials};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// Default config path.
 pub const DEFAULT_CONFIG: &str = "/etc/handover/agent.toml";
@@ -46,9 +48,20 @@ pub struct AgentConfig {
     pub haproxy: Option<crate::haproxy::HaproxyConfig>,
     /// Releases, on app hosts.
     pub deploy: Option<crate::deploy::DeployConfig>,
-    /// Named commands the coordinator may cause to run: the only ones.
-    #[serde(default)]
-    pub hooks: std::collections::BTreeMap<String, String>,
+    /// Named commands the coordinator may cause to run: the only ones. Names are
+    /// [`HookName`]s and commands are not blank, checked at load.
+    #[serde(default, deserialize_with = "hooks")]
+    pub hooks: BTreeMap<HookName, String>,
+}
+
+fn hooks<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<HookName, String>, D::Error> {
+    let hooks = BTreeMap::<HookName, String>::deserialize(d)?;
+    if let Some((name, _)) = hooks.iter().find(|(_, command)| command.trim().is_empty()) {
+        return Err(D::Error::custom(format!(
+            "hook {name} has an empty command: give the command to run, or remove the hook"
+        )));
+    }
+    Ok(hooks)
 }
 
 fn default_listen() -> SocketAddr {
@@ -89,10 +102,6 @@ impl AgentConfig {
         if let Some(h) = &config.haproxy {
             h.validate()
                 .with_context(|| format!("invalid agent config {}", path.display()))?;
-        }
-        for name in config.hooks.keys() {
-            handover_common::names::HookName::new(name.clone())
-                .with_context(|| format!("{}: [hooks]", path.display()))?;
         }
         Ok(config)
     }
@@ -159,6 +168,28 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BASE: &str =
+        "name = \"web-1\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = \"s\"\n";
+
+    fn refused(text: &str) -> String {
+        let err = toml::from_str::<AgentConfig>(text).expect_err("refused");
+        handover_common::toml_error::describe(text, &err)
+    }
+
+    /// Hook names and commands are typed at load (issue 11), each with its line.
+    #[test]
+    fn refuses_bad_hook_names_and_blank_commands_naming_the_line() {
+        let err = refused(&format!("{BASE}[hooks]\n\"-rf\" = \"true\"\n"));
+        assert!(err.starts_with("line "), "{err}");
+        assert!(err.contains("invalid hook name"), "{err}");
+        let err = refused(&format!("{BASE}[hooks]\nwarm = \"  \"\n"));
+        assert!(err.contains("hook warm has an empty command"), "{err}");
+        let ok: AgentConfig =
+            toml::from_str(&format!("{BASE}[hooks]\nwarm = \"/bin/true\"\n")).expect("valid");
+        let warm = HookName::new("warm").expect("valid");
+        assert_eq!(ok.hooks.get(&warm).map(String::as_str), Some("/bin/true"));
+    }
 
     /// Issue 13, hole 12: a relative `--config` left every relative path in it
     /// relative (to whatever directory the agent ran in).

@@ -187,7 +187,7 @@ async fn serve_local(agent: &Arc<Agent>, access: &Access, stream: UnixStream) {
     let (mut recv, mut send) = stream.into_split();
     match allowed {
         Ok(()) => {
-            let _ = serve_exchange(agent, &Caller::Local, &mut recv, &mut send).await;
+            let _ = serve_exchange(agent, &Caller::Local, &mut recv, &mut send, std::future::pending()).await;
         }
         Err(failure) => {
             tracing::warn!(reason = %failure.message, "refused a control socket connection");

@@ -40,7 +40,7 @@ pub async fn handle(
     }
     let result = match frame.request {
         Request::Lease(req) => agent.lease.lock().await.handle(req).map(Reply::Lease),
-        Request::CheckHealth(check) => crate::probe::check_health(agent, check)
+        Request::CheckHealth(check) => crate::probe::check_health(agent, check, reporter)
             .await
             .map(Reply::Health),
         Request::Status => Ok(Reply::Status(Box::new(crate::status::report(agent).await))),

@@ -16,6 +16,9 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Serves one exchange on one stream (QUIC or control socket): read one request
 /// frame, run it, write progress and the final response.
 ///
+/// When `gone` resolves (the caller's connection closed) the exchange ends: the
+/// action is not cancelled, but its [`Reporter`] reads closed, so waits stop.
+///
 /// A frame that is too large, truncated, undecodable or followed by trailing bytes
 /// gets a `BadRequest` answer and ends this stream only; the caller's other streams
 /// and other callers are unaffected.
@@ -24,6 +27,7 @@ pub async fn serve_exchange<R, W>(
     caller: &Caller,
     recv: &mut R,
     send: &mut W,
+    gone: impl std::future::Future<Output = ()>,
 ) -> Result<(), handover_common::wire::WireError>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
@@ -68,7 +72,16 @@ where
         let response = handle(&task_agent, &task_caller, frame, &reporter).await;
         let _ = tx.send(response).await;
     });
-    while let Some(response) = rx.recv().await {
+    tokio::pin!(gone);
+    loop {
+        let response = tokio::select! {
+            response = rx.recv() => response,
+            () = &mut gone => {
+                tracing::info!(%caller, "caller went away; its waits stop");
+                return Ok(());
+            }
+        };
+        let Some(response) = response else { break };
         let last = !matches!(response, Response::Progress(_));
         wire::write_frame(send, &response).await?;
         if last {

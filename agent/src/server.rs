@@ -86,8 +86,12 @@ async fn serve_connection(agent: Arc<Agent>, incoming: quinn::Incoming) {
             Ok((mut send, mut recv)) => {
                 let agent = agent.clone();
                 let caller = caller.clone();
+                let conn = conn.clone();
                 tokio::spawn(async move {
-                    match serve_exchange(&agent, &caller, &mut recv, &mut send).await {
+                    let gone = async move {
+                        conn.closed().await;
+                    };
+                    match serve_exchange(&agent, &caller, &mut recv, &mut send, gone).await {
                         Ok(()) => {
                             let _ = send.finish();
                         }

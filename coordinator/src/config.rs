@@ -1,11 +1,13 @@
 //! `handover.toml`: the coordinator's credentials and the inventory of hosts.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use handover_common::names::{HostName, HostRole};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 /// Default config file name, looked up in the current directory.
 pub const DEFAULT_CONFIG: &str = "handover.toml";
@@ -22,16 +24,64 @@ pub struct CoordinatorConfig {
     pub key: PathBuf,
     /// Where the journal lives.
     pub state_dir: PathBuf,
-    /// How many agents to talk to at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// The inventory.
+    /// How many agents to talk to at once (at least 1).
+    #[serde(default = "default_concurrency", deserialize_with = "concurrency")]
+    pub concurrency: NonZeroUsize,
+    /// The inventory: each host once.
     #[serde(default)]
-    pub hosts: Vec<HostEntry>,
+    pub hosts: Inventory,
 }
 
-fn default_concurrency() -> usize {
-    32
+fn default_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
+    let n = u64::deserialize(d)?;
+    usize::try_from(n)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .ok_or_else(|| D::Error::custom("0 would talk to no agent: set it to at least 1"))
+}
+
+/// The `[[hosts]]` of the config, each name once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory(Vec<HostEntry>);
+
+impl Inventory {
+    /// The hosts, in the config's order.
+    pub fn iter(&self) -> std::slice::Iter<'_, HostEntry> {
+        self.0.iter()
+    }
+
+    /// Every host, in the config's order.
+    pub(crate) fn to_vec(&self) -> Vec<HostEntry> {
+        self.0.clone()
+    }
+}
+
+impl<'a> IntoIterator for &'a Inventory {
+    type Item = &'a HostEntry;
+    type IntoIter = std::slice::Iter<'a, HostEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for Inventory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hosts = Vec::<HostEntry>::deserialize(d)?;
+        let mut seen = BTreeSet::new();
+        for host in &hosts {
+            if !seen.insert(&host.name) {
+                return Err(D::Error::custom(format!(
+                    "host {} is listed twice in [[hosts]]: keep one entry per host",
+                    host.name
+                )));
+            }
+        }
+        Ok(Inventory(hosts))
+    }
 }
 
 /// One host of the inventory.
@@ -40,14 +90,16 @@ fn default_concurrency() -> usize {
 pub struct HostEntry {
     /// The host's name: must equal the name in its agent's certificate.
     pub name: HostName,
-    /// The agent's UDP address, "HOST:PORT" (port defaults to 7443).
+    /// The agent's UDP address, "HOST:PORT" (port defaults to 7443); checked
+    /// for its form at load, resolved when dialled.
+    #[serde(deserialize_with = "agent_address")]
     pub address: String,
     /// What the host does.
     #[serde(default)]
     pub roles: BTreeSet<HostRole>,
     /// The app server as the load balancers reach it, "ADDR:PORT".
     #[serde(default)]
-    pub app: Option<String>,
+    pub app: Option<SocketAddr>,
     /// A spare app host (surge strategy's `standby` provider).
     #[serde(default)]
     pub standby: bool,
@@ -58,9 +110,52 @@ pub struct HostEntry {
     pub source: Vec<std::net::IpAddr>,
 }
 
+/// "HOST", "HOST:PORT", "IP", "IP:PORT" or "[IPv6]:PORT": a name or address and
+/// an optional port from 1 to 65535, nothing a resolver would choke on later.
+fn agent_address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    check_agent_address(&text).map_err(|why| {
+        D::Error::custom(format!(
+            "{text:?} {why}: write it like \"10.0.0.5:7443\" or \"web-1.internal\""
+        ))
+    })?;
+    Ok(text)
+}
+
+fn check_agent_address(text: &str) -> Result<(), &'static str> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return match addr.port() {
+            0 => Err("has no port from 1 to 65535 after ':'"),
+            _ => Ok(()),
+        };
+    }
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Err("has no port from 1 to 65535 after ':'");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("is not a host name or IP address");
+    }
+    Ok(())
+}
+
 impl HostEntry {
     /// "app,lb" style list for tables.
-    pub fn roles_text(&self) -> String {
+    pub(crate) fn roles_text(&self) -> String {
         let roles: Vec<String> = self.roles.iter().map(|r| r.to_string()).collect();
         if roles.is_empty() {
             "-".into()
@@ -93,24 +188,11 @@ impl CoordinatorConfig {
                 *p = base.join(&*p);
             }
         }
-        if config.concurrency == 0 {
-            bail!("{}: concurrency must be at least 1", path.display());
-        }
-        let mut seen = BTreeSet::new();
-        for host in &config.hosts {
-            if !seen.insert(&host.name) {
-                bail!(
-                    "{}: host {} is listed twice in [[hosts]]: keep one entry per host",
-                    path.display(),
-                    host.name
-                );
-            }
-        }
         Ok(config)
     }
 
     /// The inventory entry for `name`, or an error listing the known hosts.
-    pub fn host(&self, name: &str) -> anyhow::Result<&HostEntry> {
+    pub(crate) fn host(&self, name: &str) -> anyhow::Result<&HostEntry> {
         self.hosts
             .iter()
             .find(|h| h.name.as_str() == name)
@@ -129,19 +211,89 @@ impl CoordinatorConfig {
 
     /// The named hosts (all of them when `names` is empty), checked before anything
     /// is sent to any of them.
-    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<HostEntry>> {
+    pub(crate) fn select(&self, names: &[String]) -> anyhow::Result<Vec<HostEntry>> {
         if names.is_empty() {
-            return Ok(self.hosts.clone());
+            return Ok(self.hosts.to_vec());
         }
         names.iter().map(|n| self.host(n).cloned()).collect()
     }
 
     /// Hosts with `role`.
-    pub fn with_role(&self, role: HostRole) -> Vec<HostEntry> {
+    pub(crate) fn with_role(&self, role: HostRole) -> Vec<HostEntry> {
         self.hosts
             .iter()
             .filter(|h| h.roles.contains(&role))
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handover_common::toml_error::describe;
+
+    const BASE: &str = "ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = \"s\"\n";
+
+    fn host(name: &str, address: &str) -> String {
+        format!("[[hosts]]\nname = \"{name}\"\naddress = \"{address}\"\nroles = [\"app\"]\n")
+    }
+
+    fn refused(text: &str) -> String {
+        let err = toml::from_str::<CoordinatorConfig>(text).expect_err("refused");
+        describe(text, &err)
+    }
+
+    /// A regression test per field (issue 11): each refused at load with its line.
+    #[test]
+    fn refuses_each_value_that_cannot_work_naming_its_line() {
+        let twice = format!(
+            "{BASE}{}{}",
+            host("web-1", "127.0.1.1"),
+            host("web-1", "127.0.1.2")
+        );
+        let cases = [
+            (twice, "listed twice"),
+            (format!("{BASE}concurrency = 0\n"), "at least 1"),
+            (format!("{BASE}{}", host("web-1", "10.0.0.1:0")), "no port"),
+            (
+                format!("{BASE}{}", host("web-1", "web 1:7443")),
+                "not a host name",
+            ),
+            (
+                format!("{BASE}{}", host("web-1", "-oX:7443")),
+                "not a host name",
+            ),
+            (
+                format!("{BASE}{}app = \"web-1\"\n", host("web-1", "127.0.1.1")),
+                "invalid socket address",
+            ),
+        ];
+        for (text, fix) in cases {
+            let err = refused(&text);
+            assert!(err.starts_with("line "), "no line in {err}");
+            assert!(err.contains(fix), "should say {fix}: {err}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_address_forms_the_readme_shows() {
+        for address in [
+            "127.0.1.1",
+            "127.0.1.1:7443",
+            "[::1]:7443",
+            "::1",
+            "web-1.internal",
+            "web-1:7443",
+        ] {
+            assert!(check_agent_address(address).is_ok(), "{address}");
+        }
+        let text = format!(
+            "{BASE}{}app = \"127.0.1.1:80\"\n",
+            host("web-1", "127.0.1.1")
+        );
+        let config: CoordinatorConfig = toml::from_str(&text).expect("valid");
+        assert_eq!(config.concurrency.get(), 32);
+        assert_eq!(config.hosts.iter().count(), 1);
     }
 }

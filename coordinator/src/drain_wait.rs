@@ -75,6 +75,9 @@ pub enum DrainWaitError {
     /// A zero timeout cannot be waited on.
     #[error("a drain wait needs a timeout above zero (e.g. --timeout 5m)")]
     ZeroTimeout,
+    /// A timeout past the clock's range.
+    #[error(transparent)]
+    BeyondClock(#[from] duration::BeyondClock),
 }
 
 /// One of the host's servers in one LB, as watched during the wait.
@@ -499,7 +502,9 @@ pub async fn wait_for_sessions_to_end(
     let exempt = exempt_addresses(config).await?;
     let lbs = config.with_role(HostRole::Lb);
     let started = Instant::now();
-    let deadline = started + options.timeout;
+    let deadline = started
+        .checked_add(options.timeout)
+        .ok_or(duration::BeyondClock::new("drain wait", options.timeout))?;
     let names: Vec<HostName> = hosts.iter().map(|h| h.name.clone()).collect();
     let mut waits: Vec<HostWait> = hosts
         .iter()

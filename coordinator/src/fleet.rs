@@ -126,7 +126,7 @@ impl Fleet {
         Ok(Fleet {
             endpoint,
             connections: Mutex::new(HashMap::new()),
-            concurrency: config.concurrency,
+            concurrency: config.concurrency.get(),
             identity,
             rollout: None,
         })

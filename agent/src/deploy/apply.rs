@@ -687,8 +687,8 @@ pub fn deploy_state_dir(agent: &Agent) -> std::path::PathBuf {
 
 /// The command configured for `hook`, or a `Refused` failure naming the fix.
 pub fn check_hook_configured(agent: &Agent, hook: &HookName) -> Result<String, Failure> {
-    agent.config.hooks.get(hook.as_str()).cloned().ok_or_else(|| {
-        let known: Vec<&str> = agent.config.hooks.keys().map(String::as_str).collect();
+    agent.config.hooks.get(hook).cloned().ok_or_else(|| {
+        let known: Vec<&str> = agent.config.hooks.keys().map(HookName::as_str).collect();
         Failure::new(
             FailureKind::Refused,
             format!(

@@ -123,6 +123,13 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A deadline past the clock, asked for by a caller: its request was bad.
+impl From<crate::duration::BeyondClock> for Failure {
+    fn from(e: crate::duration::BeyondClock) -> Self {
+        Failure::new(FailureKind::BadRequest, e.to_string())
+    }
+}
+
 impl Failure {
     /// A failure of `kind` with `message`.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {

@@ -96,15 +96,20 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
 
 /// Where an agent's files go on its host: fixed names, so the packaged unit can
 /// check for them (`ConditionPathExists=`) and the packaged agent.toml names them.
-pub const AGENT_CA: &str = "/etc/handover/ca.pem";
+pub(crate) const AGENT_CA: &str = "/etc/handover/ca.pem";
 /// See [`AGENT_CA`].
-pub const AGENT_CERT: &str = "/etc/handover/agent.pem";
+pub(crate) const AGENT_CERT: &str = "/etc/handover/agent.pem";
 /// See [`AGENT_CA`].
-pub const AGENT_KEY: &str = "/etc/handover/agent.key";
+pub(crate) const AGENT_KEY: &str = "/etc/handover/agent.key";
 
 /// The operator's next steps after `ca issue`: which files to copy to which host,
 /// where they go, and the config lines that name them. The CA key is never listed.
-pub fn install_hint(role: Role, name: &HostName, ca: &Path, files: &pki::PemFiles) -> String {
+pub(crate) fn install_hint(
+    role: Role,
+    name: &HostName,
+    ca: &Path,
+    files: &pki::PemFiles,
+) -> String {
     let (ca, cert, key) = (ca.display(), files.cert.display(), files.key.display());
     match role {
         Role::Agent => format!(

@@ -11,7 +11,7 @@ use crate::output::{Table, bytes, short_duration};
 
 /// One host's line of `status --json`.
 #[derive(Debug, Serialize)]
-pub struct HostStatus {
+pub(crate) struct HostStatus {
     /// Inventory name.
     pub name: String,
     /// Inventory roles.

@@ -12,7 +12,6 @@ use handover_common::proto::deploy::{
     ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseOutcome,
 };
 use handover_common::proto::drain::{DrainReply, DrainRequest};
-use handover_common::proto::health::{HealthCheck, HealthPath};
 use handover_common::proto::lb::StatusKind;
 use handover_common::proto::{Progress, Reply, Request};
 
@@ -187,9 +186,12 @@ async fn capacity(
 /// Waits until taking `hosts` out leaves at least `min_healthy` UP in every
 /// backend of every LB — as HAProxy reports it now.
 async fn ensure_capacity(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
-    let min = ctx.plan.file.rollout.min_healthy;
+    let min = ctx.plan.file.rollout.min_healthy.get();
     let excluded: BTreeSet<&HostName> = hosts.iter().collect();
-    let deadline = tokio::time::Instant::now() + ctx.plan.file.rollout.attach_timeout;
+    let wait = ctx.plan.file.rollout.attach_timeout;
+    let deadline = tokio::time::Instant::now().checked_add(wait).ok_or(
+        handover_common::duration::BeyondClock::new("capacity wait", wait),
+    )?;
     loop {
         let reading = capacity(ctx, &excluded).await;
         let why = match &reading {
@@ -408,7 +410,7 @@ async fn apply_revision(
     hosts: &[HostName],
     facts: &BTreeMap<String, String>,
 ) -> anyhow::Result<Outputs> {
-    let (repo, rev) = ctx.plan.revision()?;
+    let (repo, rev) = ctx.plan.revision();
     on_each(hosts, |h| {
         let (repo, rev) = (repo.clone(), rev.clone());
         async move {
@@ -497,14 +499,7 @@ async fn restore_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow:
 }
 
 async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
-    let spec = &ctx.plan.file.health;
-    let check = HealthCheck {
-        path: HealthPath::new(spec.path.clone())?,
-        expect: spec.expect,
-        rise: spec.rise,
-        interval: spec.interval,
-        timeout: spec.timeout,
-    };
+    let check = ctx.plan.health_check();
     on_each(hosts, |h| {
         let check = check.clone();
         async move {
@@ -555,7 +550,9 @@ async fn attach_to_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
 }
 
 async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result<Outputs> {
-    let end = tokio::time::Instant::now() + d;
+    let end = tokio::time::Instant::now().checked_add(d).ok_or(
+        handover_common::duration::BeyondClock::new("canary pause", d),
+    )?;
     while tokio::time::Instant::now() < end {
         let left = end - tokio::time::Instant::now();
         if let Some(h) = hosts.first() {
