@@ -40,7 +40,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this long (the host stays drained).
-        #[arg(long, default_value = "10m", value_parser = drain_timeout)]
+        #[arg(long, default_value = "10m", value_parser = handover_common::duration::parse)]
         timeout: std::time::Duration,
         /// With --wait: idle means no session for this long (default: `[app] quiet_period`).
         #[arg(long, value_parser = handover_common::duration::parse)]
@@ -297,17 +297,3 @@ fn explain_missing_credentials(config: &AgentConfig) {
     }
 }
 
-/// The longest `drain --wait --timeout`: a drain that takes longer is a host to
-/// look at, and a bound keeps deadline arithmetic far from overflowing.
-const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
-
-/// `--timeout` of `drain`: a duration up to [`MAX_DRAIN_TIMEOUT`].
-fn drain_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let timeout = handover_common::duration::parse(text)?;
-    if timeout > MAX_DRAIN_TIMEOUT {
-        return Err(format!(
-            "{text} is too long for a drain wait: give at most 30d (e.g. --timeout 1h)"
-        ));
-    }
-    Ok(timeout)
-}

@@ -15,7 +15,7 @@ use handover_common::proto::{Failure, FailureKind};
 use tokio::time::Instant;
 
 use crate::Agent;
-use crate::dispatch::Reporter;
+use crate::caller::Reporter;
 
 /// Runs the check; fails with the last answer seen when it does not pass in time,
 /// and stops when `reporter`'s caller goes away.
@@ -231,8 +231,8 @@ mod tests {
         let gone = async move {
             let _ = first.await;
         };
-        let caller = crate::dispatch::Caller::Coordinator("ops".into());
-        crate::dispatch::serve_exchange(&agent, &caller, &mut recv, &mut send, gone)
+        let caller = crate::caller::Caller::Coordinator("ops".into());
+        crate::exchange::serve_exchange(&agent, &caller, &mut recv, &mut send, gone)
             .await
             .expect("ends cleanly");
         // It ended because the caller went, not because the probe answered.

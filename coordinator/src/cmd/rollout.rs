@@ -57,7 +57,7 @@ pub async fn plan(
                 println!("revision resolved by each host's agent:");
                 print!(
                     "{}",
-                    crate::gate::render_resolutions(resolved, &plan.revision()?.1)
+                    crate::gate::render_resolutions(resolved, &plan.revision().1)
                 );
             }
             None => println!("revision not checked on the agents (--offline)"),
@@ -73,7 +73,7 @@ async fn resolve_plan_revision(
     config: &CoordinatorConfig,
     plan: &Plan,
 ) -> anyhow::Result<Vec<crate::gate::Resolution>> {
-    let (repo, rev) = plan.revision()?;
+    let (repo, rev) = plan.revision();
     crate::gate::resolve_revision(config, &plan.hosts, &repo, &rev).await
 }
 
