@@ -32,7 +32,7 @@ use futures::stream::FuturesUnordered;
 use handover_common::duration;
 use handover_common::names::{HostName, HostRole};
 use handover_common::proto::drain::{
-    DrainProgress, DrainReply, DrainRequest, DrainWait, STAYS_DRAINED,
+    DrainProgress, DrainReply, DrainRequest, DrainWait, STAYS_DRAINED, ZERO_TIMEOUT,
 };
 use handover_common::proto::{FailureKind, Progress, Reply, Request};
 use tokio::sync::mpsc;
@@ -42,7 +42,7 @@ use crate::config::{CoordinatorConfig, HostEntry};
 use crate::fleet::{Fleet, FleetError};
 use crate::lb::{LbView, lb_view};
 pub use eta::Decay;
-pub use hold::{Hold, LbEvidence, LbServer};
+pub use hold::{Hold, LbEvidence, LbServer, source_hint};
 pub use machine::{AgentEnd, HostResult, HostState, Observation, RoundAsk, WaitSettings, on_event};
 
 /// How often the LBs' `show stat` is read during a wait.
@@ -74,7 +74,7 @@ pub enum DrainWaitError {
         why: String,
     },
     /// A zero timeout cannot be waited on.
-    #[error("a drain wait needs a timeout above zero (e.g. --timeout 5m)")]
+    #[error("{ZERO_TIMEOUT}")]
     ZeroTimeout,
 }
 
@@ -198,6 +198,12 @@ impl HostDrained {
             .collect();
         if let Some(m) = agent_message {
             parts.push(m.clone());
+            // The agent knows nothing of LBs: the `source` hint is ours to add.
+            for h in holds {
+                if let Hold::Direct { at_lb_address, .. } = h {
+                    parts.extend(at_lb_address.iter().map(|(ip, lb)| source_hint(*ip, lb)));
+                }
+            }
             return Some(format!(
                 "{name} is still in use after {}: {}",
                 duration::format(timeout),

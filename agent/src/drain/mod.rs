@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use handover_common::proto::drain::{
     DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait, STAYS_DRAINED, SessionReading,
-    UNDRAINED_DURING_WAIT,
+    UNDRAINED_DURING_WAIT, ZERO_TIMEOUT,
 };
 use handover_common::proto::{Failure, FailureKind};
 use serde::Deserialize;
@@ -151,10 +151,7 @@ fn wait_plan(
     health: &HealthFile,
 ) -> Result<wait::WaitPlan, Failure> {
     if wait.timeout.is_zero() {
-        return Err(Failure::new(
-            FailureKind::BadRequest,
-            "a drain wait needs a timeout above zero (e.g. --timeout 5m)",
-        ));
+        return Err(Failure::new(FailureKind::BadRequest, ZERO_TIMEOUT));
     }
     Ok(wait::WaitPlan {
         listen: app.listen,

@@ -183,6 +183,9 @@ impl ApacheReading {
 /// What a drain wait leaves behind when it ends without the host idle.
 pub const STAYS_DRAINED: &str = "The host stays drained (health-check file removed)";
 
+/// Why a wait with a zero timeout is refused (nothing changed).
+pub const ZERO_TIMEOUT: &str = "a drain wait needs a timeout above zero (e.g. --timeout 5m)";
+
 /// Why a wait stopped when the health-check file came back.
 pub const UNDRAINED_DURING_WAIT: &str = "the health-check file is back (the host was undrained during the wait): \
      HAProxy sends it new clients again, so the wait stopped";
