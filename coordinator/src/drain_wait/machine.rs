@@ -455,10 +455,10 @@ impl Watch {
     /// Why the host is not idle yet; empty when it is.
     pub fn holds(&self) -> Vec<Hold> {
         let mut holds = Vec::new();
-        if let Some(p) = &self.agent.last {
-            if p.blocking > 0 {
-                holds.push(self.direct(p));
-            }
+        if let Some(p) = &self.agent.last
+            && p.blocking > 0
+        {
+            holds.push(self.direct(p));
         }
         for (lb, why) in &self.lbs.evidence.unreadable {
             holds.push(Hold::LbUnknown {
