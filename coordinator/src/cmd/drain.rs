@@ -467,3 +467,75 @@ pub fn status_cells(report: &StatusReport) -> [String; 3] {
     };
     [drained, sessions, apache]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain_wait::Hold;
+
+    fn web_1() -> HostEntry {
+        let toml = r#"
+            ca = "ca.pem"
+            cert = "ops.pem"
+            key = "ops.key"
+            state_dir = "state"
+            [[hosts]]
+            name = "web-1"
+            address = "10.0.0.5:7443"
+            roles = ["app"]
+        "#;
+        let config: CoordinatorConfig = toml::from_str(toml).expect("config parses");
+        config.hosts[0].clone()
+    }
+
+    fn options() -> DrainOptions {
+        DrainOptions {
+            wait: true,
+            timeout: Duration::from_secs(2),
+            quiet: None,
+            json: true,
+        }
+    }
+
+    fn ended(result: HostResult) -> HostDrained {
+        HostDrained {
+            host: web_1(),
+            result,
+            last: None,
+            lbs: LbEvidence::default(),
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_wait_is_one_drained_line_or_the_facts_then_the_advice_once() {
+        let (event, text, ok) = end_of_wait(
+            &ended(HostResult::Idle {
+                already: false,
+                waited: Duration::from_millis(1500),
+            }),
+            &options(),
+        );
+        assert!(ok);
+        assert_eq!(event.event, DrainEventKind::Drained);
+        assert!(text.starts_with("drained: "), "{text}");
+        assert!(text.contains("no session left after 1.5s"), "{text}");
+
+        let held = ended(HostResult::TimedOut {
+            holds: vec![Hold::NotYetQuiet {
+                quiet_for: Duration::from_millis(200),
+                quiet: Duration::from_secs(1),
+            }],
+            agent_message: None,
+        });
+        let (event, text, ok) = end_of_wait(&held, &options());
+        assert!(!ok);
+        assert_eq!(event.event, DrainEventKind::Timeout);
+        assert_eq!(event.message.as_deref(), Some(text.as_str()));
+        assert!(
+            text.starts_with("TIMED OUT: web-1 is still in use after 2s"),
+            "{text}"
+        );
+        assert!(text.contains("stays drained"), "{text}");
+        assert_eq!(text.matches("handover undrain web-1").count(), 1, "{text}");
+    }
+}
