@@ -36,6 +36,30 @@ mod drainwait {
         );
     }
 
+    /// Issue 18: `handover-agent drain --wait` printed a line per sample while
+    /// the quiet period counted up, and the "drained:" line was followed by
+    /// another; now a line per change, and the drained line last.
+    #[test]
+    fn local_drain_progress_is_a_line_per_change_and_ends_with_the_drained_line() {
+        let h = OneHost::start(Ipv4Addr::new(127, 0, 1, 38)).expect("one host");
+        let out = h
+            .agent
+            .cli(&["drain", "--wait", "--quiet", "1s", "--timeout", "30s"]);
+        let text = output_text(&out);
+        assert!(out.status.success(), "{text}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.starts_with("drained: ") && l.contains("no session left")),
+            "{stdout}"
+        );
+        // Ten samples over the 1 s quiet period, nothing changing: one line
+        // (two or three if a leftover connection closed meanwhile).
+        assert!(lines.len() <= 4, "a line per sample: {stdout}");
+    }
+
     /// Issue 11: an undrain during `drain --wait` left the wait running until its
     /// timeout while HAProxy sent the host new clients again; it ends the wait.
     #[test]
