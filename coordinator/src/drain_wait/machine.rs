@@ -579,6 +579,10 @@ mod tests {
     }
 
     fn lb(at: Instant, stot: u64, scur: u64) -> Observation {
+        lb_reading(at, stot, scur, "lb-1")
+    }
+
+    fn lb_reading(at: Instant, stot: u64, scur: u64, lb: &str) -> Observation {
         let stats = ServerStats {
             backend: "be_app".into(),
             host: Some(name("web-1")),
@@ -594,7 +598,7 @@ mod tests {
         };
         Observation::Lbs {
             at,
-            readings: BTreeMap::from([(name("lb-1"), Ok(vec![stats]))]),
+            readings: BTreeMap::from([(name(lb), Ok(vec![stats]))]),
         }
     }
 
@@ -884,6 +888,60 @@ mod tests {
             vec![
                 at(idle_sample(ms(1300)), t0 + ms(1300)),
                 lb(t0 + ms(1300), 7, 0),
+            ],
+        );
+        assert!(ended_idle(&s), "{:?}", holds(&s));
+    }
+
+    #[test]
+    fn the_window_starts_at_the_latest_arrival_on_any_lb() {
+        let t0 = Instant::now();
+        let mut settings = match start(t0, ms(1000), ms(60_000)) {
+            HostState::Waiting(w) => (*w.settings).clone(),
+            HostState::Ended(..) => unreachable!("a new wait is waiting"),
+        };
+        settings.lbs.push(name("lb-2"));
+        let two = |when, stot1: u64, stot2: u64| {
+            let mut readings = BTreeMap::new();
+            for (lb, stot) in [("lb-1", stot1), ("lb-2", stot2)] {
+                let Observation::Lbs { readings: r, .. } = lb_reading(when, stot, 0, lb) else {
+                    unreachable!("lb_reading makes an Lbs observation")
+                };
+                readings.extend(r);
+            }
+            Observation::Lbs { at: when, readings }
+        };
+        let s = feed(
+            HostState::new(Arc::new(settings)),
+            vec![
+                Observation::AgentAsked { at: t0 },
+                at(idle_sample(ms(0)), t0),
+                two(t0, 10, 20),
+                // lb-2 still sees a pinned client at 0.5 s; lb-1 is quiet.
+                two(t0 + ms(500), 10, 21),
+                at(idle_sample(ms(1000)), t0 + ms(1000)),
+                Observation::AgentEnded {
+                    at: t0 + ms(1000),
+                    end: AgentEnd::Idle { already: false },
+                },
+                two(t0 + ms(1000), 10, 21),
+            ],
+        );
+        assert!(
+            s.result().is_none(),
+            "lb-2's arrival at 0.5 s restarts the window"
+        );
+        assert_eq!(s.watch().quiet_for(), ms(500));
+        // Only the rest of the window is asked of the agent, not a whole period.
+        let ask = s.watch().round_wanted(t0 + ms(1000));
+        assert_eq!(ask.map(|a| a.quiet), Some(Some(ms(500))));
+        let s = feed(
+            s,
+            vec![
+                Observation::AgentAsked { at: t0 + ms(1000) },
+                at(idle_sample(ms(0)), t0 + ms(1100)),
+                at(idle_sample(ms(400)), t0 + ms(1500)),
+                two(t0 + ms(1500), 10, 21),
             ],
         );
         assert!(ended_idle(&s), "{:?}", holds(&s));
