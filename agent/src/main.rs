@@ -170,12 +170,20 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let config = AgentConfig::load(&cli.config)?;
-            handover_agent::drain::cli::drain(&config.control_socket, wait, timeout, quiet, json)
-                .await
+            handover_agent::drain::cli::drain(
+                &config.control_socket,
+                config.name.as_str(),
+                wait,
+                timeout,
+                quiet,
+                json,
+            )
+            .await
         }
         Command::Undrain { json } => {
             let config = AgentConfig::load(&cli.config)?;
-            handover_agent::drain::cli::undrain(&config.control_socket, json).await
+            handover_agent::drain::cli::undrain(&config.control_socket, config.name.as_str(), json)
+                .await
         }
         Command::Deploy {
             repo,

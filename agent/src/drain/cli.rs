@@ -1,6 +1,10 @@
 //! The local operator's drain commands (`handover-agent drain|undrain`), which go
 //! through the running daemon's control socket so the daemon stays the only
 //! writer of the drain state, and how drain state reads in `status`.
+//!
+//! `--json` prints [`DrainEvent`] lines: the same shape as `handover drain
+//! --json` (README, "Draining a host"); the wording of the lines is shared with
+//! the coordinator too.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use handover_common::proto::drain::{
-    ApacheReading, DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait, SessionReading,
+    ApacheReading, DrainEvent, DrainEventKind, DrainProgress, DrainReply, DrainRequest,
+    DrainStatus, DrainWait, SessionReading, after_timeout, drained_text, millis, undrained_text,
 };
 use handover_common::proto::{FailureKind, Progress, Reply, Request};
 
@@ -18,9 +23,11 @@ use crate::control::{self, CallError};
 /// Exit status when a wait timed out (the host stays drained).
 pub const EXIT_TIMEOUT: u8 = 1;
 
-/// `handover-agent drain [--wait] [--timeout DUR] [--quiet DUR] [--json]`.
+/// `handover-agent drain [--wait] [--timeout DUR] [--quiet DUR] [--json]` on
+/// host `host`.
 pub async fn drain(
     socket: &Path,
+    host: &str,
     wait: bool,
     timeout: Duration,
     quiet: Option<Duration>,
@@ -33,118 +40,108 @@ pub async fn drain(
             exempt: Vec::new(),
         }),
     });
-    let mut last_line = String::new();
+    let mut lines = Lines::default();
     let result = control::call(socket, request, |progress| {
         let Progress::Drain(p) = progress else { return };
         if json {
-            print_json(&serde_json::json!({"event": "progress", "progress": p}));
-        } else {
-            let line = progress_line(&p);
-            // Ten samples a second: print only what changed.
-            if line != last_line {
-                println!("{:>6.1}s  {line}", p.elapsed.as_secs_f64());
-                last_line = line;
-            }
+            print_json(&DrainEvent::new(host, DrainEventKind::Progress).with_sample(&p));
+        } else if let Some(line) = lines.next(&p) {
+            println!("{:>6.1}s  {line}", p.elapsed.as_secs_f64());
         }
     })
     .await;
-    finish(result, json)
+    finish(result, host, json)
 }
 
-/// `handover-agent undrain [--json]`.
-pub async fn undrain(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// `handover-agent undrain [--json]` on host `host`.
+pub async fn undrain(socket: &Path, host: &str, json: bool) -> anyhow::Result<ExitCode> {
     let result = control::call(socket, Request::Drain(DrainRequest::Undrain), |_| {}).await;
-    finish(result, json)
+    finish(result, host, json)
 }
 
-fn finish(result: Result<Reply, CallError>, json: bool) -> anyhow::Result<ExitCode> {
+fn finish(result: Result<Reply, CallError>, host: &str, json: bool) -> anyhow::Result<ExitCode> {
     let reply = match result {
         Ok(Reply::Drain(reply)) => reply,
         Ok(other) => bail!("the agent answered with {other:?}"),
         Err(CallError::Failed(f)) if f.kind == FailureKind::Timeout => {
+            let text = format!("{}: {}", f.message, after_timeout("handover-agent undrain"));
             if json {
-                print_json(&serde_json::json!({"event": "timeout", "message": f.message}));
+                let mut event = DrainEvent::new(host, DrainEventKind::Timeout);
+                event.drained = Some(true);
+                event.message = Some(text.clone());
+                print_json(&event);
             }
-            eprintln!("handover-agent: drain wait timed out: {}", f.message);
+            eprintln!("handover-agent: drain wait timed out: {text}");
             return Ok(ExitCode::from(EXIT_TIMEOUT));
         }
         Err(e) => return Err(e.into()),
     };
-    if json {
-        print_json(&serde_json::json!({"event": "done", "reply": reply}));
-        return Ok(ExitCode::SUCCESS);
-    }
-    match &reply {
+    let (event, text) = match &reply {
         DrainReply::Drained {
             already, waited, ..
         } => {
-            println!(
-                "{}",
-                if *already {
-                    "already drained: the health-check file was already removed"
-                } else {
-                    "drained: health-check file removed; HAProxy sends no new sessions"
-                }
-            );
-            if let Some(waited) = waited {
-                println!(
-                    "idle: no sessions left (waited {})",
-                    handover_common::duration::format(round_ms(*waited))
-                );
-            }
+            let mut event = DrainEvent::new(host, DrainEventKind::Drained);
+            event.drained = Some(true);
+            event.already = Some(*already);
+            event.elapsed_ms = waited.map(millis);
+            (event, drained_text(*already, *waited))
         }
-        DrainReply::Undrained { already, .. } => println!(
-            "{}",
-            if *already {
-                "already in service: the health-check file is in place"
-            } else {
-                "undrained: health-check file restored; HAProxy will send sessions again"
-            }
-        ),
-        DrainReply::Sessions(status) => print!("{}", status_lines(status)),
+        DrainReply::Undrained { already, .. } => {
+            let mut event = DrainEvent::new(host, DrainEventKind::Undrained);
+            event.drained = Some(false);
+            event.already = Some(*already);
+            (event, undrained_text(*already).to_string())
+        }
+        DrainReply::Sessions(status) => {
+            print!("{}", status_lines(status));
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        print_json(&event);
+    } else {
+        println!("{text}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn print_json(event: &DrainEvent) {
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
 }
 
-fn print_json(value: &serde_json::Value) {
-    let mut value = value.clone();
-    durations_as_ms(&mut value);
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
+/// Plain progress lines: one per change of who holds the host, not one per
+/// sample; Apache's error in full only when it first appears or changes.
+#[derive(Default)]
+struct Lines {
+    key: Option<String>,
+    apache_error: Option<String>,
 }
 
-/// serde writes a `Duration` as `{"secs":..,"nanos":..}`; scripts want one number.
-/// Every such field `name` becomes `name_ms`, the same as the coordinator's JSON.
-fn durations_as_ms(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for key in keys {
-                let Some(v) = map.get_mut(&key) else { continue };
-                let ms = v.as_object().filter(|o| o.len() == 2).and_then(|o| {
-                    Some(o.get("secs")?.as_u64()? * 1000 + o.get("nanos")?.as_u64()? / 1_000_000)
-                });
-                match ms {
-                    Some(ms) => {
-                        map.remove(&key);
-                        map.insert(format!("{key}_ms"), ms.into());
-                    }
-                    None => durations_as_ms(v),
-                }
-            }
+impl Lines {
+    /// The line to print for `p`, if it says something new.
+    fn next(&mut self, p: &DrainProgress) -> Option<String> {
+        let error = match &p.apache {
+            Some(ApacheReading::Unavailable(why)) => Some(why.clone()),
+            _ => None,
+        };
+        let new_error = error.is_some() && error != self.apache_error;
+        self.apache_error = error;
+        let holders: Vec<String> = p.sessions.holders.iter().map(|h| h.to_string()).collect();
+        let key = format!("{} {} {}", p.blocking, holders.join(","), p.drained);
+        if Some(&key) == self.key.as_ref() && !new_error {
+            return None;
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(durations_as_ms),
-        _ => {}
+        self.key = Some(key);
+        Some(progress_line(p, new_error))
     }
 }
 
 /// "2 sessions: 127.0.0.1 (2 connections); Apache busy 1 idle 74".
-pub fn progress_line(p: &DrainProgress) -> String {
+pub fn progress_line(p: &DrainProgress, apache_error: bool) -> String {
     let mut line = if p.blocking == 0 {
         format!(
             "no sessions (quiet {} of {})",
@@ -156,11 +153,19 @@ pub fn progress_line(p: &DrainProgress) -> String {
         let plural = if p.blocking == 1 { "" } else { "s" };
         format!("{} session{plural}: {}", p.blocking, holders.join(", "))
     };
-    if let Some(apache) = &p.apache {
-        line.push_str("; ");
-        line.push_str(&apache_summary(apache));
+    match &p.apache {
+        Some(ApacheReading::Unavailable(_)) if !apache_error => line.push_str("; Apache ?"),
+        Some(apache) => {
+            line.push_str("; ");
+            line.push_str(&apache_summary(apache));
+        }
+        None => {}
     }
     line
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(millis(d))
 }
 
 /// "busy 1 idle 74" or why it is unknown.
@@ -183,7 +188,12 @@ pub fn status_lines(status: &DrainStatus) -> String {
     let mut out = String::new();
     if let Some(drained) = status.drained {
         let file = status.health_file.as_deref().unwrap_or("?");
-        out.push_str(&if drained {
+        out.push_str(&if status.missing {
+            format!(
+                "drained   no: health file missing (never drained): {file} does not exist and \
+                 no drain saved it; create it with the content HAProxy's check expects\n"
+            )
+        } else if drained {
             format!("drained   yes ({file} removed; `handover-agent undrain` restores it)\n")
         } else {
             format!("drained   no ({file} in place)\n")
@@ -215,17 +225,76 @@ pub fn status_lines(status: &DrainStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use handover_common::proto::drain::{Holder, SessionCount};
+
+    fn sample(blocking: u32, quiet_for_ms: u64, apache: Option<ApacheReading>) -> DrainProgress {
+        DrainProgress {
+            sessions: SessionCount {
+                total: blocking,
+                holders: (blocking > 0)
+                    .then(|| Holder {
+                        remote: "192.0.2.7".parse().expect("literal"),
+                        connections: blocking,
+                    })
+                    .into_iter()
+                    .collect(),
+                source: "test".into(),
+            },
+            blocking,
+            apache,
+            elapsed: Duration::from_millis(quiet_for_ms),
+            quiet_for: Duration::from_millis(quiet_for_ms),
+            quiet: Duration::from_secs(1),
+            drained: true,
+        }
+    }
+
     #[test]
-    fn durations_become_milliseconds() {
-        let mut v = serde_json::json!({
-            "elapsed": {"secs": 2, "nanos": 500_000_000},
-            "nested": [{"quiet": {"secs": 0, "nanos": 300_000_000}, "n": 3}],
-            "other": {"secs": 1}
-        });
-        super::durations_as_ms(&mut v);
-        assert_eq!(v["elapsed_ms"], 2500);
-        assert_eq!(v["nested"][0]["quiet_ms"], 300);
-        assert_eq!(v["nested"][0]["n"], 3);
-        assert_eq!(v["other"]["secs"], 1);
+    fn progress_prints_a_line_per_change_and_apaches_error_once() {
+        let down = || {
+            Some(ApacheReading::Unavailable(
+                "connection refused (os error 111)".into(),
+            ))
+        };
+        let mut lines = Lines::default();
+        let printed: Vec<String> = [
+            sample(2, 0, down()),
+            sample(2, 0, down()),
+            sample(1, 0, down()),
+            sample(0, 100, down()),
+            sample(0, 200, down()),
+            sample(0, 300, down()),
+        ]
+        .iter()
+        .filter_map(|p| lines.next(p))
+        .collect();
+        assert_eq!(printed.len(), 3, "{printed:#?}");
+        assert_eq!(
+            printed
+                .iter()
+                .filter(|l| l.contains("connection refused"))
+                .count(),
+            1,
+            "{printed:#?}"
+        );
+        assert!(printed[1].ends_with("; Apache ?"), "{printed:#?}");
+    }
+
+    #[test]
+    fn a_health_file_that_never_existed_reads_missing_not_drained() {
+        let status = DrainStatus {
+            drained: Some(true),
+            missing: true,
+            health_file: Some("/var/www/html/health.html".into()),
+            sessions: None,
+            apache: None,
+        };
+        let text = status_lines(&status);
+        assert!(
+            text.contains("health file missing (never drained)"),
+            "{text}"
+        );
+        assert!(!text.contains("yes"), "{text}");
     }
 }

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use handover_common::proto::drain::{
-    DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait, SessionReading,
+    DrainProgress, DrainReply, DrainRequest, DrainStatus, DrainWait, STAYS_DRAINED, SessionReading,
+    UNDRAINED_DURING_WAIT, ZERO_TIMEOUT,
 };
 use handover_common::proto::{Failure, FailureKind};
 use serde::Deserialize;
@@ -106,7 +107,7 @@ pub async fn handle(
             let health = health_file(agent)?;
             // Check everything the wait needs before touching the file.
             let plan = match &wait {
-                Some(w) => Some(wait_plan(app_config(agent)?, w)?),
+                Some(w) => Some(wait_plan(app_config(agent)?, w, &health)?),
                 None => None,
             };
             let already = remove_health_check_file(&health, caller)?;
@@ -144,12 +145,13 @@ fn remove_health_check_file(health: &HealthFile, caller: &Caller) -> Result<bool
     Ok(change == Change::Already)
 }
 
-fn wait_plan(app: &AppConfig, wait: &DrainWait) -> Result<wait::WaitPlan, Failure> {
+fn wait_plan(
+    app: &AppConfig,
+    wait: &DrainWait,
+    health: &HealthFile,
+) -> Result<wait::WaitPlan, Failure> {
     if wait.timeout.is_zero() {
-        return Err(Failure::new(
-            FailureKind::BadRequest,
-            "a drain wait needs a timeout above zero (e.g. --timeout 5m)",
-        ));
+        return Err(Failure::new(FailureKind::BadRequest, ZERO_TIMEOUT));
     }
     Ok(wait::WaitPlan {
         listen: app.listen,
@@ -157,6 +159,7 @@ fn wait_plan(app: &AppConfig, wait: &DrainWait) -> Result<wait::WaitPlan, Failur
         timeout: wait.timeout,
         quiet: wait.quiet.unwrap_or(app.quiet_period),
         exempt: wait.exempt.clone(),
+        health: Some(health.clone()),
     })
 }
 
@@ -172,13 +175,14 @@ async fn wait_until_idle(
             FailureKind::Timeout,
             describe_timeout(agent.config.name.as_str(), plan, &last),
         )),
+        wait::WaitEnd::Undrained => Err(Failure::new(FailureKind::Failed, UNDRAINED_DURING_WAIT)),
         wait::WaitEnd::CallerGone => Err(Failure::new(
             FailureKind::Failed,
             "the caller went away; stopped waiting (the host stays drained)",
         )),
         wait::WaitEnd::CannotCount(e) => Err(Failure::new(
             FailureKind::Failed,
-            format!("{e}; the host stays drained"),
+            format!("{e}. {STAYS_DRAINED}"),
         )),
     }
 }
@@ -216,17 +220,22 @@ pub fn describe_timeout(host: &str, plan: &wait::WaitPlan, last: &DrainProgress)
     {
         text.push_str(&format!("; Apache busy workers: {busy}"));
     }
-    text.push_str(
-        ". The host stays drained (health-check file removed): wait again with a longer \
-         --timeout, or put it back in service with `undrain`",
-    );
+    text.push_str(". ");
+    text.push_str(STAYS_DRAINED);
     text
 }
 
 async fn status_report(agent: &Agent) -> DrainStatus {
-    let (drained, health_file) = match health_file(agent) {
-        Ok(h) => (h.is_drained().ok(), Some(h.path().display().to_string())),
-        Err(_) => (None, None),
+    let (drained, missing, health_file) = match health_file(agent) {
+        Ok(h) => {
+            let drained = h.is_drained().ok();
+            (
+                drained,
+                drained == Some(true) && never_saved(&h),
+                Some(h.path().display().to_string()),
+            )
+        }
+        Err(_) => (None, false, None),
     };
     let (sessions, apache) = match &agent.config.app {
         None => (None, None),
@@ -244,10 +253,20 @@ async fn status_report(agent: &Agent) -> DrainStatus {
     };
     DrainStatus {
         drained,
+        missing,
         health_file,
         sessions,
         apache,
     }
+}
+
+/// The file is absent but no drain saved it: it never existed, or someone
+/// removed it by hand. `undrain` cannot bring it back, so it is not "drained".
+fn never_saved(health: &HealthFile) -> bool {
+    matches!(
+        std::fs::symlink_metadata(health.saved_path()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    )
 }
 
 /// The drain part of `status`: `None` when neither `[health]` nor `[app]` is set.

@@ -4,7 +4,9 @@
 //! The host is idle once the connections that count ("blocking": all except those
 //! from exempt addresses such as a load balancer's pool) have been zero for the
 //! quiet period. Sessions are sampled every [`SAMPLE_EVERY`]; Apache, which costs
-//! an HTTP request and is only for display, about once a second.
+//! an HTTP request and is only for display, about once a second. Each sample
+//! also checks that the health-check file is still removed: an undrain during
+//! the wait ends it, since HAProxy then sends the host new clients again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use handover_common::proto::Progress;
 use handover_common::proto::drain::{ApacheReading, DrainProgress, SessionCount};
 
 use super::apache::{self, StatusUrl};
+use super::health::HealthFile;
 use super::sessions;
 use crate::caller::Reporter;
 
@@ -35,6 +38,9 @@ pub struct WaitPlan {
     pub quiet: Duration,
     /// Remote addresses whose connections do not block.
     pub exempt: Vec<IpAddr>,
+    /// The health-check file, checked at every sample: an undrain during the
+    /// wait ends it (`None`: not checked).
+    pub health: Option<HealthFile>,
 }
 
 /// How a wait ended.
@@ -47,6 +53,8 @@ pub enum WaitEnd {
     },
     /// The timeout passed with sessions still there; the last sample says which.
     TimedOut(Box<DrainProgress>),
+    /// The health-check file came back: HAProxy sends new clients again.
+    Undrained,
     /// The caller went away; nobody is listening, so the wait stopped.
     CallerGone,
     /// Sessions could not be counted.
@@ -70,64 +78,102 @@ pub async fn count_sessions(listen: SocketAddr) -> Result<SessionCount, String> 
     }
 }
 
-/// Samples until the host is idle, the timeout passes, or the caller leaves.
-pub async fn wait_for_sessions_to_end(plan: &WaitPlan, reporter: &Reporter) -> WaitEnd {
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(SAMPLE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut quiet_since: Option<Instant> = None;
-    let mut apache: Option<ApacheReading> = None;
-    let mut apache_read_at: Option<Instant> = None;
-    loop {
-        // The tick's scheduled instant, not "now": quiet periods then come out as
-        // whole numbers of ticks instead of needing one more tick for a few µs.
-        let tick = ticker.tick().await.into_std();
-        if reporter.is_closed() {
-            return WaitEnd::CallerGone;
-        }
-        let sessions = match count_sessions(plan.listen).await {
-            Ok(count) => count,
-            Err(e) => return WaitEnd::CannotCount(e),
-        };
-        let now = tick;
-        let blocking = blocking_connections(&sessions, &plan.exempt);
-        if blocking == 0 {
-            quiet_since.get_or_insert(now);
+/// What the samples so far say: since when no blocking session, and Apache's
+/// last figures.
+struct Sampler<'p> {
+    plan: &'p WaitPlan,
+    started: Instant,
+    quiet_since: Option<Instant>,
+    apache: Option<ApacheReading>,
+    apache_read_at: Option<Instant>,
+}
+
+impl Sampler<'_> {
+    /// One sample at `now`.
+    async fn sample(&mut self, now: Instant) -> Result<DrainProgress, String> {
+        let sessions = count_sessions(self.plan.listen).await?;
+        let blocking = blocking_connections(&sessions, &self.plan.exempt);
+        // A file that cannot be inspected is not known to be back: still drained.
+        let drained = self
+            .plan
+            .health
+            .as_ref()
+            .is_none_or(|h| h.is_drained().unwrap_or(true));
+        if blocking == 0 && drained {
+            self.quiet_since.get_or_insert(now);
         } else {
-            quiet_since = None;
+            self.quiet_since = None;
         }
         // Apache after the count: our own mod_status connection is closed by then,
         // so it never shows up as a session.
-        if let Some(url) = &plan.status_url
-            && apache_read_at.is_none_or(|at| now.duration_since(at) >= APACHE_EVERY)
+        if let Some(url) = &self.plan.status_url
+            && self
+                .apache_read_at
+                .is_none_or(|at| now.duration_since(at) >= APACHE_EVERY)
         {
-            apache = Some(read_apache(url).await);
-            apache_read_at = Some(now);
+            self.apache = Some(read_apache(url).await);
+            self.apache_read_at = Some(now);
         }
-        let quiet_for = quiet_since.map_or(Duration::ZERO, |since| now.duration_since(since));
-        let progress = DrainProgress {
+        let quiet_for = self
+            .quiet_since
+            .map_or(Duration::ZERO, |since| now.duration_since(since));
+        Ok(DrainProgress {
             sessions,
             blocking,
-            apache: apache.clone(),
-            elapsed: now.duration_since(started),
+            apache: self.apache.clone(),
+            elapsed: now.duration_since(self.started),
             quiet_for,
-            quiet: plan.quiet,
-            drained: true,
-        };
-        if quiet_since.is_some() && quiet_for >= plan.quiet {
-            // The last sample shows the zero the caller is waiting for.
-            if !reporter.progress(Progress::Drain(progress)).await {
-                return WaitEnd::CallerGone;
-            }
-            return WaitEnd::Idle {
-                waited: now.duration_since(started),
-            };
+            quiet: self.plan.quiet,
+            drained,
+        })
+    }
+
+    fn is_quiet(&self, p: &DrainProgress) -> bool {
+        self.quiet_since.is_some() && p.quiet_for >= self.plan.quiet
+    }
+}
+
+/// Samples until the host is idle, the timeout passes, the host is undrained
+/// or the caller leaves.
+pub async fn wait_for_sessions_to_end(plan: &WaitPlan, reporter: &Reporter) -> WaitEnd {
+    let mut sampler = Sampler {
+        plan,
+        started: Instant::now(),
+        quiet_since: None,
+        apache: None,
+        apache_read_at: None,
+    };
+    let mut ticker = tokio::time::interval(SAMPLE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // The tick's scheduled instant, not "now": quiet periods then come out as
+        // whole numbers of ticks instead of needing one more tick for a few µs.
+        let now = ticker.tick().await.into_std();
+        if reporter.is_closed() {
+            return WaitEnd::CallerGone;
         }
-        if progress.elapsed >= plan.timeout {
+        let progress = match sampler.sample(now).await {
+            Ok(p) => p,
+            Err(e) => return WaitEnd::CannotCount(e),
+        };
+        let end = if !progress.drained {
+            Some(WaitEnd::Undrained)
+        } else if sampler.is_quiet(&progress) {
+            Some(WaitEnd::Idle {
+                waited: progress.elapsed,
+            })
+        } else {
+            None
+        };
+        if end.is_none() && progress.elapsed >= plan.timeout {
             return WaitEnd::TimedOut(Box::new(progress));
         }
+        // The last sample shows what the caller is waiting for (or why it ends).
         if !reporter.progress(Progress::Drain(progress)).await {
             return WaitEnd::CallerGone;
+        }
+        if let Some(end) = end {
+            return end;
         }
     }
 }
@@ -154,6 +200,7 @@ mod tests {
             timeout,
             quiet: Duration::from_millis(200),
             exempt: Vec::new(),
+            health: None,
         }
     }
 
@@ -191,6 +238,44 @@ mod tests {
         let local = client.local_addr().expect("client addr");
         assert_eq!(last.sessions.holders[0].remote, local.ip());
         drain_rx.abort();
+    }
+
+    #[tokio::test]
+    async fn an_undrain_during_the_wait_ends_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("health.html");
+        std::fs::write(&file, "ok").expect("write health file");
+        let health = HealthFile::new(&file, &dir.path().join("state"));
+        health.drain().expect("drain");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listen = listener.local_addr().expect("addr");
+        // A held connection keeps the wait going until the undrain.
+        let _client = std::net::TcpStream::connect(listen).expect("connect");
+        let _server = listener.accept().expect("accept");
+        let mut plan = plan(listen, Duration::from_secs(600));
+        plan.health = Some(health.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let samples = tokio::spawn(async move {
+            let mut drained = Vec::new();
+            while let Some(handover_common::proto::Response::Progress(Progress::Drain(p))) =
+                rx.recv().await
+            {
+                drained.push(p.drained);
+                if drained.len() == 2 {
+                    health.undrain().expect("undrain");
+                }
+            }
+            drained
+        });
+        let end = wait_for_sessions_to_end(&plan, &Reporter::new(tx)).await;
+        assert!(matches!(end, WaitEnd::Undrained), "{end:?}");
+        let drained = samples.await.expect("samples");
+        assert_eq!(
+            drained.last(),
+            Some(&false),
+            "the last sample shows why: {drained:?}"
+        );
+        assert!(drained.iter().filter(|d| **d).count() >= 2, "{drained:?}");
     }
 
     #[test]

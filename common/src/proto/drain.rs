@@ -136,8 +136,13 @@ pub enum DrainReply {
 /// Drain part of the status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainStatus {
-    /// Whether the health-check file is removed; `None` without `[health]`.
+    /// Whether the health-check file is absent (HAProxy's check gets 404);
+    /// `None` without `[health]`.
     pub drained: Option<bool>,
+    /// The file is absent and no drain saved it: the host was never drained,
+    /// and `undrain` cannot bring it back.
+    #[serde(default)]
+    pub missing: bool,
     /// The configured health-check file.
     pub health_file: Option<String>,
     /// Sessions on the app port; `None` without `[app]`.
@@ -172,6 +177,191 @@ impl ApacheReading {
             ApacheReading::Figures(f) => Some(f),
             ApacheReading::Unavailable(_) => None,
         }
+    }
+}
+
+/// What a drain wait leaves behind when it ends without the host idle.
+pub const STAYS_DRAINED: &str = "The host stays drained (health-check file removed)";
+
+/// Why a wait with a zero timeout is refused (nothing changed).
+pub const ZERO_TIMEOUT: &str = "a drain wait needs a timeout above zero (e.g. --timeout 5m)";
+
+/// Why a wait stopped when the health-check file came back.
+pub const UNDRAINED_DURING_WAIT: &str = "the health-check file is back (the host was undrained during the wait): \
+     HAProxy sends it new clients again, so the wait stopped";
+
+/// What to do after a wait timed out; `undrain` is the command for this host.
+pub fn after_timeout(undrain: &str) -> String {
+    format!("wait again with a longer --timeout, or put it back in service with `{undrain}`")
+}
+
+/// The line that ends a drain: "drained: …" (with how long the wait took).
+pub fn drained_text(already: bool, waited: Option<Duration>) -> String {
+    let mut text = if already {
+        "already drained (the health-check file was removed)".to_string()
+    } else {
+        "drained: health-check file removed, HAProxy sends no new sessions".to_string()
+    };
+    if let Some(waited) = waited {
+        text.push_str(&format!(
+            "; no session left after {:.1}s",
+            waited.as_secs_f64()
+        ));
+    }
+    text
+}
+
+/// The line that ends an undrain.
+pub fn undrained_text(already: bool) -> &'static str {
+    if already {
+        "already in service (health-check file in place)"
+    } else {
+        "undrained: health-check file restored, HAProxy will send sessions again"
+    }
+}
+
+/// What a JSON line of a drain command is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainEventKind {
+    /// A sample during `--wait`.
+    Progress,
+    /// The host is drained (and, after `--wait`, idle).
+    Drained,
+    /// The health-check file is back.
+    Undrained,
+    /// `--wait` ran out of time; the host stays drained.
+    Timeout,
+    /// The command failed for this host.
+    Failed,
+}
+
+/// One JSON line of `handover drain|undrain --json` and `handover-agent
+/// drain|undrain --json`: the same shape from both binaries (README, "Draining
+/// a host"). Durations are whole milliseconds; absent fields are unknown or do
+/// not apply (the agent knows nothing of load balancers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainEvent {
+    /// The host.
+    pub host: String,
+    /// What this line is about.
+    pub event: DrainEventKind,
+    /// Whether the health-check file is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<bool>,
+    /// Whether it already was (before this command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already: Option<bool>,
+    /// Connections that keep the drain open (not from a load balancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u32>,
+    /// Every connection on the app port, by remote address (LBs' included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holders: Option<Vec<Holder>>,
+    /// Since the wait began (or how long it took, on the last line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
+    /// How long nothing held the host (host and load balancers together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_for_ms: Option<u64>,
+    /// The quiet period waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_ms: Option<u64>,
+    /// When the direct sessions should be gone, from their recent decay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_ms: Option<u64>,
+    /// Apache's busy workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apache_busy: Option<u32>,
+    /// Apache's idle workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apache_idle: Option<u32>,
+    /// The host's servers in every load balancer that answered (coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lbs: Option<Vec<DrainLbServer>>,
+    /// Load balancers that could not be read, and why (coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_errors: Option<Vec<DrainLbError>>,
+    /// What still holds the host, as text; empty once idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Vec<String>>,
+    /// The whole story, on a timeout or failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One of the host's servers in one load balancer, in a [`DrainEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainLbServer {
+    /// The load balancer.
+    pub lb: String,
+    /// The backend.
+    pub backend: String,
+    /// HAProxy's server name.
+    pub server: String,
+    /// HAProxy's status (NOLB while drained).
+    pub status: String,
+    /// Requests in flight.
+    pub scur: u64,
+    /// Requests queued.
+    pub qcur: u64,
+    /// Sessions so far.
+    pub stot: u64,
+    /// New sessions since the wait began.
+    pub arrived: u64,
+    /// How long stot has not changed.
+    pub steady_ms: u64,
+}
+
+/// A load balancer that could not be read, in a [`DrainEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainLbError {
+    /// The load balancer.
+    pub lb: String,
+    /// Why.
+    pub error: String,
+}
+
+/// Whole milliseconds, for JSON.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl DrainEvent {
+    /// A line with only the host and the event.
+    pub fn new(host: impl Into<String>, event: DrainEventKind) -> Self {
+        DrainEvent {
+            host: host.into(),
+            event,
+            drained: None,
+            already: None,
+            sessions: None,
+            holders: None,
+            elapsed_ms: None,
+            quiet_for_ms: None,
+            quiet_ms: None,
+            eta_ms: None,
+            apache_busy: None,
+            apache_idle: None,
+            lbs: None,
+            lb_errors: None,
+            holding: None,
+            message: None,
+        }
+    }
+
+    /// Adds what an agent sample says about the host.
+    pub fn with_sample(mut self, p: &DrainProgress) -> Self {
+        let figures = p.apache.as_ref().and_then(|a| a.figures());
+        self.drained = Some(p.drained);
+        self.sessions = Some(p.blocking);
+        self.holders = Some(p.sessions.holders.clone());
+        self.elapsed_ms = Some(millis(p.elapsed));
+        self.quiet_for_ms = Some(millis(p.quiet_for));
+        self.quiet_ms = Some(millis(p.quiet));
+        self.apache_busy = figures.and_then(|f| f.busy_workers);
+        self.apache_idle = figures.and_then(|f| f.idle_workers);
+        self
     }
 }
 

@@ -4,30 +4,28 @@
 //! Each named agent removes its health-check file. With `--wait`, whether a host
 //! is idle is judged by its agent *and* every load balancer, in
 //! [`crate::drain_wait`] (the rollout engine calls the same function); this
-//! module only shows the progress and the end.
+//! module only shows the progress and the end. Its JSON lines are
+//! [`DrainEvent`]s, the shape `handover-agent drain --json` prints too.
 
-use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use handover_common::proto::drain::{
-    ApacheReading, DrainProgress, DrainReply, DrainRequest, Holder, SessionReading,
+    ApacheReading, DrainEvent, DrainEventKind, DrainLbError, DrainLbServer, DrainProgress,
+    DrainReply, DrainRequest, Holder, SessionReading, after_timeout, drained_text, millis,
+    undrained_text,
 };
 use handover_common::proto::status::StatusReport;
 use handover_common::proto::{Reply, Request};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
+use crate::drain_wait::hold::secs;
 use crate::drain_wait::{
-    Hold, HostDrained, HostProgress, HostResult, LbEvidence, WaitOptions, wait_for_sessions_to_end,
+    HostDrained, HostProgress, HostResult, LbEvidence, WaitOptions, wait_for_sessions_to_end,
 };
-pub use crate::drain_wait::{IdleEvidence, host_is_idle};
 use crate::fleet::Fleet;
-
-/// The ETA is estimated from the decay over this much recent history.
-const ETA_WINDOW: Duration = Duration::from_secs(30);
 
 /// `handover drain` options.
 #[derive(Debug, Clone)]
@@ -42,52 +40,6 @@ pub struct DrainOptions {
     pub json: bool,
 }
 
-/// One host being watched.
-struct Watch {
-    host: HostEntry,
-    samples: VecDeque<(Duration, u32)>,
-    last_elapsed: Option<Duration>,
-    bar: Option<ProgressBar>,
-    last_line: String,
-}
-
-impl Watch {
-    fn record(&mut self, p: &DrainProgress) {
-        if self.last_elapsed == Some(p.elapsed) {
-            return;
-        }
-        self.last_elapsed = Some(p.elapsed);
-        self.samples.push_back((p.elapsed, p.blocking));
-        while self
-            .samples
-            .front()
-            .is_some_and(|(t, _)| p.elapsed.saturating_sub(*t) > ETA_WINDOW)
-        {
-            self.samples.pop_front();
-        }
-    }
-
-    fn eta(&self) -> Option<Duration> {
-        eta_from_decay(self.samples.iter().copied())
-    }
-}
-
-/// Time until zero at the rate the count fell over the samples, if it fell.
-pub fn eta_from_decay(samples: impl Iterator<Item = (Duration, u32)>) -> Option<Duration> {
-    let samples: Vec<(Duration, u32)> = samples.collect();
-    let (t0, n0) = *samples.first()?;
-    let (t1, n1) = *samples.last()?;
-    if n1 == 0 {
-        return Some(Duration::ZERO);
-    }
-    let span = t1.checked_sub(t0)?.as_secs_f64();
-    if n1 >= n0 || span <= 0.0 {
-        return None;
-    }
-    let rate = f64::from(n0 - n1) / span;
-    Some(Duration::from_secs_f64(f64::from(n1) / rate))
-}
-
 fn holders_text(holders: &[Holder]) -> String {
     holders
         .iter()
@@ -96,6 +48,8 @@ fn holders_text(holders: &[Holder]) -> String {
         .join(", ")
 }
 
+/// "apache 2/73" (busy/idle); nothing when Apache could not be read (the
+/// reason is in `status`, not repeated on every line).
 fn apache_text(apache: Option<&ApacheReading>) -> Option<String> {
     let f = apache?.figures()?;
     Some(format!(
@@ -105,17 +59,19 @@ fn apache_text(apache: Option<&ApacheReading>) -> Option<String> {
     ))
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
 /// "3 sessions (127.0.0.1 ×2, 10.0.0.4 ×1)  elapsed 4.2s  ETA 6.0s  apache 2/73".
-fn progress_text(p: &DrainProgress, eta: Option<Duration>) -> String {
+fn progress_text(progress: &HostProgress<'_>) -> String {
+    let Some(p) = progress.agent else {
+        return format!(
+            "removing the health-check file…  elapsed {}",
+            secs(progress.elapsed)
+        );
+    };
     let mut text = if p.blocking == 0 {
         format!(
             "no sessions, quiet {} of {}",
-            secs(p.quiet_for),
-            secs(p.quiet)
+            secs(progress.quiet_for),
+            secs(progress.quiet)
         )
     } else {
         let plural = if p.blocking == 1 { "" } else { "s" };
@@ -125,9 +81,9 @@ fn progress_text(p: &DrainProgress, eta: Option<Duration>) -> String {
             holders_text(&p.sessions.holders)
         )
     };
-    text.push_str(&format!("  elapsed {}", secs(p.elapsed)));
+    text.push_str(&format!("  elapsed {}", secs(progress.elapsed)));
     if p.blocking > 0 {
-        match eta {
+        match progress.eta {
             Some(eta) => text.push_str(&format!("  ETA {}", secs(eta))),
             None => text.push_str("  ETA ?"),
         }
@@ -160,124 +116,58 @@ fn lbs_text(lbs: &LbEvidence) -> String {
     text
 }
 
-/// One LB server in the JSON lines.
-#[derive(Serialize)]
-struct JsonLbServer<'a> {
-    lb: &'a str,
-    backend: &'a str,
-    server: &'a str,
-    status: &'a str,
-    scur: u64,
-    qcur: u64,
-    stot: u64,
-    arrived: u64,
-    steady_ms: u128,
-}
-
-/// An LB that could not be read, in the JSON lines.
-#[derive(Serialize)]
-struct JsonLbError<'a> {
-    lb: &'a str,
-    error: &'a str,
-}
-
-/// One JSON line of `drain --wait --json`.
-#[derive(Serialize)]
-struct JsonEvent<'a> {
-    host: &'a str,
-    event: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sessions: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    holders: Option<&'a [Holder]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    elapsed_ms: Option<u128>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eta_ms: Option<u128>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    apache_busy: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    apache_idle: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lbs: Option<Vec<JsonLbServer<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lb_errors: Option<Vec<JsonLbError<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    holding: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    drained: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    already: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-}
-
-impl<'a> JsonEvent<'a> {
-    fn new(host: &'a str, event: &'a str) -> Self {
-        JsonEvent {
-            host,
-            event,
-            sessions: None,
-            holders: None,
-            elapsed_ms: None,
-            eta_ms: None,
-            apache_busy: None,
-            apache_idle: None,
-            lbs: None,
-            lb_errors: None,
-            holding: None,
-            drained: None,
-            already: None,
-            message: None,
-        }
-    }
-
-    /// The agent's last sample and the LBs' figures.
-    fn with_evidence(mut self, last: Option<&'a DrainProgress>, lbs: &'a LbEvidence) -> Self {
-        if let Some(p) = last {
-            let figures = p.apache.as_ref().and_then(|a| a.figures());
-            self.sessions = Some(p.blocking);
-            self.holders = Some(&p.sessions.holders);
-            self.elapsed_ms = Some(p.elapsed.as_millis());
-            self.apache_busy = figures.and_then(|f| f.busy_workers);
-            self.apache_idle = figures.and_then(|f| f.idle_workers);
-        }
-        self.lbs = Some(
-            lbs.servers
+/// The LBs' figures in a JSON line.
+fn with_lbs(mut event: DrainEvent, lbs: &LbEvidence) -> DrainEvent {
+    event.lbs = Some(
+        lbs.servers
+            .iter()
+            .map(|s| DrainLbServer {
+                lb: s.lb.to_string(),
+                backend: s.backend.clone(),
+                server: s.server.clone(),
+                status: s.status.clone(),
+                scur: s.scur,
+                qcur: s.qcur,
+                stot: s.stot,
+                arrived: s.arrived,
+                steady_ms: millis(s.steady_for),
+            })
+            .collect(),
+    );
+    if !lbs.unreadable.is_empty() {
+        event.lb_errors = Some(
+            lbs.unreadable
                 .iter()
-                .map(|s| JsonLbServer {
-                    lb: s.lb.as_str(),
-                    backend: &s.backend,
-                    server: &s.server,
-                    status: &s.status,
-                    scur: s.scur,
-                    qcur: s.qcur,
-                    stot: s.stot,
-                    arrived: s.arrived,
-                    steady_ms: s.steady_for.as_millis(),
+                .map(|(lb, error)| DrainLbError {
+                    lb: lb.to_string(),
+                    error: error.clone(),
                 })
                 .collect(),
         );
-        if !lbs.unreadable.is_empty() {
-            self.lb_errors = Some(
-                lbs.unreadable
-                    .iter()
-                    .map(|(lb, error)| JsonLbError {
-                        lb: lb.as_str(),
-                        error,
-                    })
-                    .collect(),
-            );
-        }
-        self
     }
+    event
+}
 
-    fn print(&self) {
-        if let Ok(line) = serde_json::to_string(self) {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }
+/// A JSON line with the agent's last sample and the LBs' figures.
+fn evidence_event(
+    host: &str,
+    kind: DrainEventKind,
+    last: Option<&DrainProgress>,
+    lbs: &LbEvidence,
+) -> DrainEvent {
+    let event = DrainEvent::new(host, kind);
+    let event = match last {
+        Some(p) => event.with_sample(p),
+        None => event,
+    };
+    with_lbs(event, lbs)
+}
+
+fn print_json(event: &DrainEvent) {
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
     }
 }
 
@@ -288,54 +178,61 @@ enum Display {
 }
 
 impl Display {
-    fn show(&self, w: &mut Watch, progress: &HostProgress<'_>) {
-        if let Some(p) = progress.agent {
-            w.record(p);
+    fn choose(json: bool) -> Self {
+        if json {
+            Display::Json
+        } else if std::io::stdout().is_terminal() {
+            Display::Bars(MultiProgress::new())
+        } else {
+            Display::Lines
         }
-        let eta = w.eta();
-        let name = w.host.name.as_str();
-        let host_text = match progress.agent {
-            Some(p) => progress_text(p, eta),
-            None => format!(
-                "removing the health-check file…  elapsed {}",
-                secs(progress.elapsed)
-            ),
+    }
+
+    fn bar(&self, host: &HostEntry) -> Option<ProgressBar> {
+        let Display::Bars(multi) = self else {
+            return None;
         };
-        let text = format!("{host_text}{}", lbs_text(progress.lbs));
+        let bar = multi.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(host.name.to_string());
+        bar.set_message("removing the health-check file…");
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    }
+
+    fn show(&self, bar: Option<&ProgressBar>, progress: &HostProgress<'_>) {
+        let name = progress.host.as_str();
         match self {
             Display::Bars(_) => {
-                if let Some(bar) = &w.bar {
-                    bar.set_message(text);
+                if let Some(bar) = bar {
+                    bar.set_message(format!(
+                        "{}{}",
+                        progress_text(progress),
+                        lbs_text(progress.lbs)
+                    ));
                 }
             }
-            Display::Lines => {
-                // Only changes, not ten identical lines a second.
-                let key = format!(
-                    "{} {} | {}",
-                    progress.agent.map_or(0, |p| p.blocking),
-                    progress
-                        .agent
-                        .map(|p| holders_text(&p.sessions.holders))
-                        .unwrap_or_default(),
-                    progress
-                        .holds
-                        .iter()
-                        .map(Hold::label)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+            // Only changes, not ten identical lines a second.
+            Display::Lines if progress.changed => {
+                println!(
+                    "{name}  {}{}",
+                    progress_text(progress),
+                    lbs_text(progress.lbs)
                 );
-                if key != w.last_line {
-                    println!("{name}  {text}");
-                    w.last_line = key;
-                }
             }
+            Display::Lines => {}
             Display::Json => {
                 let mut event =
-                    JsonEvent::new(name, "progress").with_evidence(progress.agent, progress.lbs);
-                event.eta_ms = eta.map(|e| e.as_millis());
-                event.elapsed_ms = Some(progress.elapsed.as_millis());
+                    evidence_event(name, DrainEventKind::Progress, progress.agent, progress.lbs);
+                event.elapsed_ms = Some(millis(progress.elapsed));
+                event.eta_ms = progress.eta.map(millis);
+                event.quiet_for_ms = Some(millis(progress.quiet_for));
+                event.quiet_ms = Some(millis(progress.quiet));
                 event.holding = Some(progress.holds.iter().map(ToString::to_string).collect());
-                event.print();
+                print_json(&event);
             }
         }
     }
@@ -352,57 +249,32 @@ pub async fn drain(
         return drain_now(config, &hosts, options.json).await;
     }
     let fleet = Fleet::new(config)?;
-    let display = if options.json {
-        Display::Json
-    } else if std::io::stdout().is_terminal() {
-        Display::Bars(MultiProgress::new())
-    } else {
-        Display::Lines
-    };
-    let mut watches: Vec<Watch> = hosts
-        .iter()
-        .map(|host| Watch {
-            host: host.clone(),
-            samples: VecDeque::new(),
-            last_elapsed: None,
-            bar: match &display {
-                Display::Bars(multi) => {
-                    let bar = multi.add(ProgressBar::new_spinner());
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    bar.set_prefix(host.name.to_string());
-                    bar.set_message("removing the health-check file…");
-                    bar.enable_steady_tick(Duration::from_millis(120));
-                    Some(bar)
-                }
-                _ => None,
-            },
-            last_line: String::new(),
-        })
-        .collect();
+    let display = Display::choose(options.json);
+    let bars: Vec<Option<ProgressBar>> = hosts.iter().map(|h| display.bar(h)).collect();
     let wait = WaitOptions {
         timeout: options.timeout,
         quiet: options.quiet,
     };
     let outcome = wait_for_sessions_to_end(&fleet, config, &hosts, wait, &mut |progress| {
-        if let Some(w) = watches.iter_mut().find(|w| &w.host.name == progress.host) {
-            display.show(w, progress);
-        }
+        let i = hosts.iter().position(|h| &h.name == progress.host);
+        display.show(i.and_then(|i| bars[i].as_ref()), progress);
     })
     .await;
     fleet.close().await;
     let outcome = outcome?;
     let mut all_idle = true;
-    for (w, drained) in watches.iter().zip(&outcome.hosts) {
-        all_idle &= report_wait(w, drained, options, &display);
+    for (bar, drained) in bars.iter().zip(&outcome.hosts) {
+        all_idle &= report_wait(bar.as_ref(), drained, options, &display);
     }
-    Ok(if all_idle {
+    Ok(exit(all_idle))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 /// `handover drain` without `--wait`: remove the health-check files, report.
@@ -426,19 +298,17 @@ async fn drain_now(
                 already, status, ..
             })) => {
                 if json {
-                    JsonEvent {
-                        sessions: status
-                            .sessions
-                            .as_ref()
-                            .and_then(|s| s.count())
-                            .map(|c| c.total),
-                        drained: Some(true),
-                        already: Some(already),
-                        ..JsonEvent::new(name, "drained")
-                    }
-                    .print();
+                    let mut event = DrainEvent::new(name, DrainEventKind::Drained);
+                    event.sessions = status
+                        .sessions
+                        .as_ref()
+                        .and_then(|s| s.count())
+                        .map(|c| c.total);
+                    event.drained = Some(true);
+                    event.already = Some(already);
+                    print_json(&event);
                 } else {
-                    println!("{name}: {}", drained_text(already));
+                    println!("{name}: {}", drained_text(already, None));
                 }
             }
             other => {
@@ -451,102 +321,81 @@ async fn drain_now(
             }
         }
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-fn drained_text(already: bool) -> &'static str {
-    if already {
-        "already drained (health-check file was removed)"
-    } else {
-        "drained: health-check file removed, HAProxy sends no new sessions"
-    }
+    Ok(exit(failed == 0))
 }
 
 fn print_failure(name: &str, message: String, json: bool) {
     if json {
-        JsonEvent {
-            message: Some(message),
-            ..JsonEvent::new(name, "failed")
-        }
-        .print();
+        let mut event = DrainEvent::new(name, DrainEventKind::Failed);
+        event.message = Some(message);
+        print_json(&event);
     } else {
         eprintln!("{name}: FAILED: {message}");
     }
 }
 
+/// The end of one host's wait: the JSON event, the line, and whether it is idle.
+fn end_of_wait(drained: &HostDrained, options: &DrainOptions) -> (DrainEvent, String, bool) {
+    let name = drained.host.name.as_str();
+    let (kind, text) = match &drained.result {
+        HostResult::Idle { already, waited } => (
+            DrainEventKind::Drained,
+            format!(
+                "{} (host and every load balancer)",
+                drained_text(*already, Some(*waited))
+            ),
+        ),
+        HostResult::TimedOut { .. } => (
+            DrainEventKind::Timeout,
+            format!(
+                "TIMED OUT: {}: {}",
+                drained
+                    .timeout_text(options.timeout)
+                    .unwrap_or_else(|| "timed out".into()),
+                after_timeout(&format!("handover undrain {name}"))
+            ),
+        ),
+        HostResult::Failed(message) => (DrainEventKind::Failed, format!("FAILED: {message}")),
+    };
+    let mut event = evidence_event(name, kind, drained.last.as_ref(), &drained.lbs);
+    match &drained.result {
+        HostResult::Idle { already, waited } => {
+            event.drained = Some(true);
+            event.already = Some(*already);
+            event.elapsed_ms = Some(millis(*waited));
+            event.holding = Some(Vec::new());
+        }
+        HostResult::TimedOut { holds, .. } => {
+            event.drained = Some(true);
+            event.holding = Some(holds.iter().map(ToString::to_string).collect());
+            event.message = Some(text.clone());
+        }
+        HostResult::Failed(_) => event.message = Some(text.clone()),
+    }
+    (event, text, drained.is_idle())
+}
+
 /// Prints one host's end of a wait; `true` if it is drained and idle.
 fn report_wait(
-    w: &Watch,
+    bar: Option<&ProgressBar>,
     drained: &HostDrained,
     options: &DrainOptions,
     display: &Display,
 ) -> bool {
-    let name = w.host.name.as_str();
-    let (ok, event, text) = match &drained.result {
-        HostResult::Idle { already, waited } => (
-            true,
-            "drained",
-            format!(
-                "{}; idle after {} (host and every load balancer)",
-                drained_text(*already),
-                secs(*waited)
-            ),
-        ),
-        HostResult::TimedOut { .. } => (
-            false,
-            "timeout",
-            format!(
-                "TIMED OUT: {}\n  to put {name} back in service: handover undrain {name}",
-                drained
-                    .timeout_text(options.timeout)
-                    .unwrap_or_else(|| "timed out".into())
-            ),
-        ),
-        HostResult::Failed(message) => (false, "failed", format!("FAILED: {message}")),
-    };
+    let name = drained.host.name.as_str();
+    let (event, text, ok) = end_of_wait(drained, options);
     match display {
-        Display::Json => {
-            let mut event =
-                JsonEvent::new(name, event).with_evidence(drained.last.as_ref(), &drained.lbs);
-            match &drained.result {
-                HostResult::Idle { already, waited } => {
-                    event.drained = Some(true);
-                    event.already = Some(*already);
-                    event.elapsed_ms = Some(waited.as_millis());
-                    event.holding = Some(Vec::new());
-                }
-                HostResult::TimedOut { holds, .. } => {
-                    event.drained = Some(true);
-                    event.holding = Some(holds.iter().map(ToString::to_string).collect());
-                    event.message = Some(text.clone());
-                }
-                HostResult::Failed(_) => event.message = Some(text.clone()),
-            }
-            event.print();
-        }
+        Display::Json => print_json(&event),
         Display::Bars(_) => {
-            if let Some(bar) = &w.bar {
-                bar.finish_with_message(if ok {
-                    text.clone()
-                } else {
-                    text.replace('\n', " ")
-                });
+            if let Some(bar) = bar {
+                bar.finish_with_message(text.clone());
             }
             if !ok {
                 eprintln!("{name}: {text}");
             }
         }
-        Display::Lines => {
-            if ok {
-                println!("{name}: {text}");
-            } else {
-                eprintln!("{name}: {text}");
-            }
-        }
+        Display::Lines if ok => println!("{name}: {text}"),
+        Display::Lines => eprintln!("{name}: {text}"),
     }
     ok
 }
@@ -569,18 +418,12 @@ pub async fn undrain(
         match result {
             Ok(Reply::Drain(DrainReply::Undrained { already, .. })) => {
                 if json {
-                    JsonEvent {
-                        drained: Some(false),
-                        already: Some(already),
-                        ..JsonEvent::new(name, "undrained")
-                    }
-                    .print();
-                } else if already {
-                    println!("{name}: already in service (health-check file in place)");
+                    let mut event = DrainEvent::new(name, DrainEventKind::Undrained);
+                    event.drained = Some(false);
+                    event.already = Some(already);
+                    print_json(&event);
                 } else {
-                    println!(
-                        "{name}: undrained: health-check file restored, HAProxy will send sessions again"
-                    );
+                    println!("{name}: {}", undrained_text(already));
                 }
             }
             other => {
@@ -593,11 +436,7 @@ pub async fn undrain(
             }
         }
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(exit(failed == 0))
 }
 
 /// The `handover status` cells DRAINED, SESSIONS, APACHE (busy/idle) for a host.
@@ -606,6 +445,8 @@ pub fn status_cells(report: &StatusReport) -> [String; 3] {
         return ["-".into(), "-".into(), "-".into()];
     };
     let drained = match d.drained {
+        // Absent and never saved by a drain: not drained, broken.
+        _ if d.missing => "missing (never drained)".into(),
         Some(true) => "yes".into(),
         Some(false) => "no".into(),
         None => "-".into(),
@@ -630,22 +471,71 @@ pub fn status_cells(report: &StatusReport) -> [String; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drain_wait::Hold;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    fn web_1() -> HostEntry {
+        let toml = r#"
+            ca = "ca.pem"
+            cert = "ops.pem"
+            key = "ops.key"
+            state_dir = "state"
+            [[hosts]]
+            name = "web-1"
+            address = "10.0.0.5:7443"
+            roles = ["app"]
+        "#;
+        let config: CoordinatorConfig = toml::from_str(toml).expect("config parses");
+        config.hosts[0].clone()
+    }
+
+    fn options() -> DrainOptions {
+        DrainOptions {
+            wait: true,
+            timeout: Duration::from_secs(2),
+            quiet: None,
+            json: true,
+        }
+    }
+
+    fn ended(result: HostResult) -> HostDrained {
+        HostDrained {
+            host: web_1(),
+            result,
+            last: None,
+            lbs: LbEvidence::default(),
+        }
     }
 
     #[test]
-    fn eta_follows_the_observed_decay() {
-        // 10 → 6 sessions in 2 s: 2/s, so 3 s to go.
-        let eta = eta_from_decay([(ms(0), 10), (ms(1000), 8), (ms(2000), 6)].into_iter());
-        assert_eq!(eta, Some(Duration::from_secs(3)));
-        assert_eq!(eta_from_decay([(ms(0), 3), (ms(900), 3)].into_iter()), None);
-        assert_eq!(eta_from_decay([(ms(0), 3), (ms(900), 4)].into_iter()), None);
-        assert_eq!(eta_from_decay(std::iter::empty()), None);
-        assert_eq!(
-            eta_from_decay([(ms(5), 0)].into_iter()),
-            Some(Duration::ZERO)
+    fn the_end_of_a_wait_is_one_drained_line_or_the_facts_then_the_advice_once() {
+        let (event, text, ok) = end_of_wait(
+            &ended(HostResult::Idle {
+                already: false,
+                waited: Duration::from_millis(1500),
+            }),
+            &options(),
         );
+        assert!(ok);
+        assert_eq!(event.event, DrainEventKind::Drained);
+        assert!(text.starts_with("drained: "), "{text}");
+        assert!(text.contains("no session left after 1.5s"), "{text}");
+
+        let held = ended(HostResult::TimedOut {
+            holds: vec![Hold::NotYetQuiet {
+                quiet_for: Duration::from_millis(200),
+                quiet: Duration::from_secs(1),
+            }],
+            agent_message: None,
+        });
+        let (event, text, ok) = end_of_wait(&held, &options());
+        assert!(!ok);
+        assert_eq!(event.event, DrainEventKind::Timeout);
+        assert_eq!(event.message.as_deref(), Some(text.as_str()));
+        assert!(
+            text.starts_with("TIMED OUT: web-1 is still in use after 2s"),
+            "{text}"
+        );
+        assert!(text.contains("stays drained"), "{text}");
+        assert_eq!(text.matches("handover undrain web-1").count(), 1, "{text}");
     }
 }

@@ -251,9 +251,6 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
     let r = &ctx.plan.file.rollout;
     let entries = ctx.entries(hosts)?;
     let mut last_shown: BTreeMap<HostName, String> = BTreeMap::new();
-    // Blocking sessions per host over the last 30 s, for an ETA from their decay.
-    let mut decay: BTreeMap<HostName, std::collections::VecDeque<(Duration, u32)>> =
-        BTreeMap::new();
     let outcome = crate::drain_wait::wait_for_sessions_to_end(
         ctx.fleet,
         ctx.config,
@@ -272,20 +269,8 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
                     .collect::<Vec<_>>()
                     .join("; ")
             };
-            if let Some(agent) = p.agent {
-                let samples = decay.entry(p.host.clone()).or_default();
-                samples.push_back((p.elapsed, agent.blocking));
-                while samples
-                    .front()
-                    .is_some_and(|(t, _)| p.elapsed.saturating_sub(*t) > Duration::from_secs(30))
-                {
-                    samples.pop_front();
-                }
-                if agent.blocking > 0
-                    && let Some(eta) = crate::cmd::drain::eta_from_decay(samples.iter().copied())
-                {
-                    text.push_str(&format!(" — ETA ~{}s", eta.as_secs().max(1)));
-                }
+            if let Some(eta) = p.eta {
+                text.push_str(&format!(" — ETA ~{}s", eta.as_secs().max(1)));
             }
             if last_shown.get(p.host) != Some(&text) {
                 last_shown.insert(p.host.clone(), text.clone());

@@ -261,6 +261,7 @@ fn pinned_clients_through_the_lb_hold_a_drain_pooled_lb_connections_do_not_direc
         "drain --wait returned while the pinned client was still sending"
     );
     let served = client.stop();
+    let stopped_at = std::time::Instant::now();
     assert!(
         served.iter().all(|s| s == "web-1"),
         "the pinned client must be served by the draining server throughout: {served:?}"
@@ -272,6 +273,11 @@ fn pinned_clients_through_the_lb_hold_a_drain_pooled_lb_connections_do_not_direc
     assert!(status.success(), "exit {status}; end {done}");
     assert_eq!(done["event"], "drained", "{done}");
     assert_eq!(done["lbs"][0]["scur"], 0, "{done}");
+    // Reported, not asserted (issue 14: one quiet period, not two).
+    eprintln!(
+        "measured: drained {:.2}s after the pinned client stopped (quiet period 1s)",
+        stopped_at.elapsed().as_secs_f64()
+    );
     // (b) HAProxy's pooled connections from the LB's address were there and did
     // not hold it: reported as holders, not counted as sessions.
     assert!(
