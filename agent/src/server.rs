@@ -1,18 +1,22 @@
 //! The QUIC side: accept coordinators (mutual TLS against the private CA; the
 //! handshake itself refuses anyone else), one exchange per bidirectional stream.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use handover_common::tls::{self, Credentials};
-use tokio::sync::Semaphore;
 
 use crate::Agent;
 use crate::dispatch::{Caller, serve_exchange};
 
-/// At most this many coordinator connections at once.
-const MAX_CONNECTIONS: usize = 64;
+pub mod admission;
+
+use admission::{Admit, Gate, Limits, Refusal};
+
+/// Close code for a connection refused for lack of room (the reason says which).
+const CLOSE_BUSY: u32 = 2;
 
 /// A bound QUIC endpoint, ready to serve.
 pub struct QuicServer {
@@ -39,22 +43,14 @@ impl QuicServer {
 
     /// Serves until `shutdown` resolves, then closes connections politely.
     pub async fn run(self, agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()>) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let gate = Arc::new(Gate::new(Limits::default()));
+        let refusals = Arc::new(RefusalLog::default());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(remote = %incoming.remote_address(), "too many connections; refusing");
-                        incoming.refuse();
-                        continue;
-                    };
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        serve_connection(agent, incoming).await;
-                        drop(permit);
-                    });
+                    admit(&agent, &gate, &refusals, incoming);
                 }
                 () = &mut shutdown => break,
             }
@@ -64,15 +60,107 @@ impl QuicServer {
     }
 }
 
-async fn serve_connection(agent: Arc<Agent>, incoming: quinn::Incoming) {
+/// Applies the gate's decision to one incoming connection: Retry, refuse, or
+/// start its handshake on a task of its own.
+fn admit(
+    agent: &Arc<Agent>,
+    gate: &Arc<Gate>,
+    refusals: &Arc<RefusalLog>,
+    incoming: quinn::Incoming,
+) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
+    match gate.admit(remote.ip(), incoming.remote_address_validated()) {
+        Admit::Retry => {
+            if let Err(e) = incoming.retry() {
+                // Only when the peer already answered a Retry, which made it validated.
+                e.into_incoming().refuse();
+            }
+        }
+        // QUIC carries no reason text before the handshake: the peer sees
+        // CONNECTION_REFUSED, the log says why.
+        Admit::Refuse(why) => {
+            refusals.note(remote, &why);
+            incoming.refuse();
+        }
+        Admit::Handshake(slot) => {
+            let (agent, gate, refusals) = (agent.clone(), gate.clone(), refusals.clone());
+            tokio::spawn(async move {
+                let Some(conn) =
+                    handshake(incoming, gate.limits.handshake_timeout, &refusals).await
+                else {
+                    return;
+                };
+                drop(slot);
+                let _permit = match gate.connected() {
+                    Ok(permit) => permit,
+                    Err(why) => {
+                        refusals.note(remote, &why);
+                        conn.close(CLOSE_BUSY.into(), why.to_string().as_bytes());
+                        return;
+                    }
+                };
+                serve_connection(agent, conn).await;
+            });
+        }
+    }
+}
+
+/// Runs the handshake, giving up after `timeout` (dropping it closes the connection).
+async fn handshake(
+    incoming: quinn::Incoming,
+    timeout: Duration,
+    refusals: &RefusalLog,
+) -> Option<quinn::Connection> {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
         Err(e) => {
             tracing::warn!(%remote, error = %e, "refused a connection");
-            return;
+            return None;
         }
     };
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => {
+            refusals.note(remote, &Refusal::Stalled { timeout });
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "refused a connection");
+            None
+        }
+        Ok(Ok(conn)) => Some(conn),
+    }
+}
+
+/// Logs refusals without letting a flood fill the log: the first at once, then at
+/// most one a second, each saying how many were not logged since the last.
+#[derive(Default)]
+struct RefusalLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    fn note(&self, remote: SocketAddr, why: &Refusal) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, unlogged) = &mut *state;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            *unlogged += 1;
+            return;
+        }
+        *last = Some(Instant::now());
+        let skipped = std::mem::take(unlogged);
+        if skipped > 0 {
+            tracing::warn!(
+                "refused a connection from {remote}: {why} ({skipped} more refused since the last message)"
+            );
+        } else {
+            tracing::warn!("refused a connection from {remote}: {why}");
+        }
+    }
+}
+
+async fn serve_connection(agent: Arc<Agent>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
     let Some(identity) = tls::peer_identity(&conn) else {
         // Not reachable with our verifier; kept so a verifier bug fails closed.
         tracing::warn!(%remote, "connection without a Handover identity; closing");

@@ -79,6 +79,11 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     };
     match err {
         E::TimedOut => format!("connection to {host} timed out (agent unreachable?)"),
+        E::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            format!(
+                "the agent on {host} refused the connection: too many handshakes pending or coordinators connected (its log says which); try again shortly"
+            )
+        }
         E::ConnectionClosed(c) => format!(
             "the agent closed the connection: {}{hint}",
             String::from_utf8_lossy(&c.reason)
