@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use handover_common::tls::{self, Credentials};
+use handover_common::tls::{self, Credentials, RevokedSerials};
+use tokio::sync::watch;
 
 use crate::Agent;
 use crate::dispatch::{Caller, serve_exchange};
@@ -17,15 +18,19 @@ use admission::{Admit, Gate, Limits, Refusal};
 
 /// Close code for a connection refused for lack of room (the reason says which).
 const CLOSE_BUSY: u32 = 2;
+/// Close code for a connection whose coordinator certificate was revoked.
+const CLOSE_REVOKED: u32 = 3;
 
 /// A bound QUIC endpoint, ready to serve.
 pub struct QuicServer {
     endpoint: quinn::Endpoint,
+    revoked: watch::Sender<RevokedSerials>,
 }
 
 impl QuicServer {
     /// Binds the agent's `listen` address.
     pub fn bind(agent: &Agent, creds: Credentials) -> anyhow::Result<Self> {
+        let (revoked, _) = watch::channel(creds.revoked.clone());
         let config = tls::agent_server_config(creds)?;
         let endpoint = quinn::Endpoint::server(config, agent.config.listen).with_context(|| {
             format!(
@@ -33,7 +38,7 @@ impl QuicServer {
                 agent.config.listen
             )
         })?;
-        Ok(QuicServer { endpoint })
+        Ok(QuicServer { endpoint, revoked })
     }
 
     /// The bound address (useful when `listen` used port 0).
@@ -45,12 +50,22 @@ impl QuicServer {
     pub async fn run(self, agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()>) {
         let gate = Arc::new(Gate::new(Limits::default()));
         let refusals = Arc::new(RefusalLog::default());
+        let mut crl_seen = crl_fingerprint(&agent);
+        let mut crl_tick = tokio::time::interval(Duration::from_secs(tls::CRL_RELOAD_SECS));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    admit(&agent, &gate, &refusals, incoming);
+                    let revoked = self.revoked.subscribe();
+                    admit(&agent, &gate, &refusals, incoming, revoked);
+                }
+                _ = crl_tick.tick(), if agent.config.crl.is_some() => {
+                    let now = crl_fingerprint(&agent);
+                    if now != crl_seen {
+                        crl_seen = now;
+                        self.reload_credentials(&agent);
+                    }
                 }
                 () = &mut shutdown => break,
             }
@@ -60,6 +75,44 @@ impl QuicServer {
     }
 }
 
+impl QuicServer {
+    /// Reloads the agent's TLS files after its `crl` changed: new handshakes check
+    /// the new list at once, and open connections of a coordinator it revokes are
+    /// closed. A list that cannot be used is logged and the previous one kept.
+    fn reload_credentials(&self, agent: &Agent) {
+        let crl = agent
+            .config
+            .crl
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let reloaded = agent.config.credentials().and_then(|creds| {
+            let revoked = creds.revoked.clone();
+            Ok((tls::agent_server_config(creds)?, revoked))
+        });
+        match reloaded {
+            Ok((config, revoked)) => {
+                self.endpoint.set_server_config(Some(config));
+                tracing::info!(
+                    "revocation list {crl} loaded: {} certificate(s) revoked",
+                    revoked.len()
+                );
+                self.revoked.send_replace(revoked);
+            }
+            Err(e) => tracing::error!(
+                "cannot reload the revocation list {crl}: {e:#}; still using the previous one"
+            ),
+        }
+    }
+}
+
+/// What identifies one version of the `crl` file (inode, size, modification time).
+fn crl_fingerprint(agent: &Agent) -> Option<(u64, u64, Option<std::time::SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(agent.config.crl.as_ref()?).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()))
+}
+
 /// Applies the gate's decision to one incoming connection: Retry, refuse, or
 /// start its handshake on a task of its own.
 fn admit(
@@ -67,6 +120,7 @@ fn admit(
     gate: &Arc<Gate>,
     refusals: &Arc<RefusalLog>,
     incoming: quinn::Incoming,
+    revoked: watch::Receiver<RevokedSerials>,
 ) {
     let remote = incoming.remote_address();
     match gate.admit(remote.ip(), incoming.remote_address_validated()) {
@@ -99,7 +153,7 @@ fn admit(
                         return;
                     }
                 };
-                serve_connection(agent, conn).await;
+                serve_connection(agent, conn, revoked).await;
             });
         }
     }
@@ -159,7 +213,11 @@ impl RefusalLog {
     }
 }
 
-async fn serve_connection(agent: Arc<Agent>, conn: quinn::Connection) {
+async fn serve_connection(
+    agent: Arc<Agent>,
+    conn: quinn::Connection,
+    mut revoked: watch::Receiver<RevokedSerials>,
+) {
     let remote = conn.remote_address();
     let Some(identity) = tls::peer_identity(&conn) else {
         // Not reachable with our verifier; kept so a verifier bug fails closed.
@@ -169,27 +227,48 @@ async fn serve_connection(agent: Arc<Agent>, conn: quinn::Connection) {
     };
     let caller = Caller::Coordinator(identity.name.to_string());
     tracing::info!(%remote, %caller, "coordinator connected");
+    let serial = tls::peer_serial(&conn).unwrap_or_default();
+    let mut watching = true;
     loop {
-        match conn.accept_bi().await {
-            Ok((mut send, mut recv)) => {
-                let agent = agent.clone();
-                let caller = caller.clone();
-                tokio::spawn(async move {
-                    match serve_exchange(&agent, &caller, &mut recv, &mut send).await {
-                        Ok(()) => {
-                            let _ = send.finish();
-                        }
-                        Err(_) => {
-                            let _ = recv.stop(1u32.into());
-                            let _ = send.finish();
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::debug!(%remote, %caller, reason = %e, "connection ended");
-                break;
-            }
+        if revoked.borrow_and_update().contains(&serial) {
+            tracing::warn!(%remote, %caller, "closing the connection: its certificate (serial {serial}) is revoked");
+            conn.close(
+                CLOSE_REVOKED.into(),
+                b"this coordinator's certificate has been revoked",
+            );
+            break;
+        }
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => serve_stream(&agent, &caller, send, recv),
+                Err(e) => {
+                    tracing::debug!(%remote, %caller, reason = %e, "connection ended");
+                    break;
+                }
+            },
+            changed = revoked.changed(), if watching => watching = changed.is_ok(),
         }
     }
+}
+
+/// Runs one exchange on its own task, so a long drain wait blocks nothing else.
+fn serve_stream(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let agent = agent.clone();
+    let caller = caller.clone();
+    tokio::spawn(async move {
+        match serve_exchange(&agent, &caller, &mut recv, &mut send).await {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            Err(_) => {
+                let _ = recv.stop(1u32.into());
+                let _ = send.finish();
+            }
+        }
+    });
 }

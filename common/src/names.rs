@@ -607,7 +607,15 @@ mod tests {
 
     #[test]
     fn host_names_accept_what_dns_and_haproxy_accept() {
-        for ok in ["web-1", "db.internal", "a", "WEB_2", "web-10", "10a", "dc-2.web-1"] {
+        for ok in [
+            "web-1",
+            "db.internal",
+            "a",
+            "WEB_2",
+            "web-10",
+            "10a",
+            "dc-2.web-1",
+        ] {
             assert!(HostName::new(ok).is_ok(), "{ok}");
         }
     }
@@ -616,7 +624,15 @@ mod tests {
     /// TLS refuses it as a server name.
     #[test]
     fn host_names_must_be_dialable_dns_names() {
-        for bad in ["10", "127.0.1.1", "web.10", "0x1f", "web-", "web-.dc", "web."] {
+        for bad in [
+            "10",
+            "127.0.1.1",
+            "web.10",
+            "0x1f",
+            "web-",
+            "web-.dc",
+            "web.",
+        ] {
             let err = HostName::new(bad).expect_err(bad);
             assert!(
                 err.why.contains("DNS name") || err.why.contains("end with '.'"),
@@ -644,8 +660,19 @@ mod tests {
     #[test]
     fn certificate_dns_names_refuse_wildcards_and_non_names() {
         let err = DnsName::new("*.evil").expect_err("wildcard");
-        assert!(err.to_string().contains("wildcards are not allowed"), "{err}");
-        for bad in ["", "a b", "web_1.example", "10", "-x.example", "a..b", "x/y"] {
+        assert!(
+            err.to_string().contains("wildcards are not allowed"),
+            "{err}"
+        );
+        for bad in [
+            "",
+            "a b",
+            "web_1.example",
+            "10",
+            "-x.example",
+            "a..b",
+            "x/y",
+        ] {
             assert!(DnsName::new(bad).is_err(), "{bad:?}");
         }
         for ok in ["web-1.example.com", "localhost", "web-1"] {

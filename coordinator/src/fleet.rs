@@ -68,6 +68,8 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
         || text.contains("error 48")
     {
         " — the certificates are not from the same CA: check `ca` in both configs"
+    } else if text.contains("error 44") || text.contains("Revoked") {
+        " — this coordinator's certificate has been revoked: get a new one (`handover ca issue --renew --name NAME` on the CA host)"
     } else if text.contains("Expired") || text.contains("expired") {
         " — a certificate has expired: issue a new one with `handover ca issue`"
     } else if text.contains("dialled host") {
