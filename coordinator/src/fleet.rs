@@ -15,6 +15,8 @@ use tokio::sync::Mutex;
 
 use crate::config::{CoordinatorConfig, HostEntry};
 
+pub mod deadline;
+
 /// How long to wait for an agent to complete the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,6 +49,19 @@ pub enum FleetError {
     /// The agent ended the stream without a final answer.
     #[error("the agent closed the stream without an answer (see its log)")]
     NoAnswer,
+    /// The agent stayed silent past the call's deadline.
+    #[error(
+        "{host} did not answer within {} while {doing}: the agent may be stuck (see its log); the call was abandoned",
+        handover_common::duration::format(*limit)
+    )]
+    Deadline {
+        /// The host called.
+        host: HostName,
+        /// What the call asked of it.
+        doing: String,
+        /// The silence allowed.
+        limit: Duration,
+    },
 }
 
 impl FleetError {
@@ -202,17 +217,30 @@ impl Fleet {
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Reply, FleetError> {
         let conn = self.connection(host).await?;
+        let deadline::Deadline { limit, doing } = deadline::deadline(&request);
+        let late = || FleetError::Deadline {
+            host: host.name.clone(),
+            doing: doing.clone(),
+            limit,
+        };
         let lost = |e: quinn::ConnectionError| FleetError::Connection(describe(&host.name, &e));
-        let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut frame = RequestFrame::new(request);
         frame.rollout = self.rollout.clone();
-        wire::write_frame(&mut send, &frame)
-            .await
-            .map_err(|e| self.explain_stream_error(&conn, host, e))?;
+        let (mut send, mut recv) = tokio::time::timeout(limit, async {
+            let (mut send, recv) = conn.open_bi().await.map_err(lost)?;
+            wire::write_frame(&mut send, &frame)
+                .await
+                .map_err(|e| self.explain_stream_error(&conn, host, e))?;
+            Ok::<_, FleetError>((send, recv))
+        })
+        .await
+        .map_err(|_| late())??;
         let _ = send.finish();
         loop {
-            let response = wire::read_frame::<_, Response>(&mut recv)
+            // Every frame from the agent (progress included) restarts the deadline.
+            let response = tokio::time::timeout(limit, wire::read_frame::<_, Response>(&mut recv))
                 .await
+                .map_err(|_| late())?
                 .map_err(|e| self.explain_stream_error(&conn, host, e))?;
             match response {
                 Some(Response::Progress(p)) => on_progress(p),
