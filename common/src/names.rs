@@ -230,6 +230,36 @@ simple_name!(
     64
 );
 
+simple_name!(
+    /// A rollout's id (`r-20261203-112233-ab12`), as a lease and every call of the
+    /// rollout carry it. It reaches the agent's log, its lease file and other
+    /// operators' error messages, so it follows the host-name rule.
+    RolloutId,
+    "rollout id",
+    64
+);
+
+/// Who runs a rollout, as a lease names it ("ops (alice@bastion)"): free text
+/// for people, shown in other operators' terminals and the agent's log, so no
+/// control characters (a terminal escape would rewrite their screen) and short.
+pub fn check_lease_owner(value: &str) -> Result<(), InvalidName> {
+    const WHAT: &str = "lease owner";
+    if value.trim().is_empty() {
+        return Err(invalid(WHAT, value, "it must not be empty"));
+    }
+    if value.len() > 200 {
+        return Err(invalid(WHAT, value, "it is too long (200 bytes at most)"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            WHAT,
+            value,
+            "it must not contain control characters (newlines, escapes)",
+        ));
+    }
+    Ok(())
+}
+
 /// What a certificate entitles its holder to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -696,5 +726,20 @@ mod tests {
         assert!(ok.is_ok());
         let bad: Result<HostName, _> = serde_json::from_str("\"--upload-pack=x\"");
         assert!(bad.is_err());
+    }
+
+    /// Issue 13: lease owner and rollout strings reached the agent unchecked.
+    #[test]
+    fn rollout_ids_and_lease_owners_refuse_what_could_mislead_a_reader() {
+        assert!(RolloutId::new("r-20261203-112233-ab12").is_ok());
+        for bad in ["", "-x", "r 1", "r\n1", "r\u{1b}[2J", "../lease"] {
+            assert!(RolloutId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_lease_owner("ops (alice@bastion)").is_ok());
+        assert!(check_lease_owner("opérateur (zoë@bastion)").is_ok());
+        for bad in ["", "   ", "ops\nFAKE LOG LINE", "ops\u{1b}[2J"] {
+            assert!(check_lease_owner(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_lease_owner(&"x".repeat(201)).is_err());
     }
 }
