@@ -312,8 +312,14 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
 }
 
 fn refuse(why: String) -> rustls::Error {
-    #[derive(Debug)]
+    /// Debug prints the message as it is: quinn shows a handshake error with
+    /// `{:?}`, and the coordinator lifts our text out of it (fleet::describe).
     struct Refused(String);
+    impl std::fmt::Debug for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
     impl std::fmt::Display for Refused {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str(&self.0)
@@ -331,6 +337,15 @@ fn identity_with_role(cert: &CertificateDer<'_>, role: Role) -> Result<Identity,
         )));
     }
     Ok(identity)
+}
+
+/// The coordinator dialled `dialled` and an agent of our CA answered with a
+/// certificate for `holder`: say which, and both ways to fix it (issue 18: the
+/// raw rustls text named neither).
+pub fn name_mismatch(dialled: &str, holder: &str) -> String {
+    format!(
+        "dialled host {dialled:?} but its agent certificate is for {holder:?}: if that host is {holder}, set `name = \"{holder}\"` in its [[hosts]] entry; if it is {dialled}, issue it a certificate with `handover ca issue --role agent --name {dialled}`"
+    )
 }
 
 /// Client verifier for agents: webpki's checks, then role = coordinator.
@@ -397,20 +412,27 @@ impl ServerCertVerifier for RequireAgentNamed {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
+        let dialled = server_name.to_str();
+        let verified = match self.inner.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )?;
+        ) {
+            // webpki checks the name only once the chain is good, so the
+            // certificate's own identity is trustworthy enough to name.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {
+                let identity = identity_with_role(end_entity, Role::Agent)?;
+                return Err(refuse(name_mismatch(&dialled, identity.name.as_str())));
+            }
+            other => other?,
+        };
         let identity = identity_with_role(end_entity, Role::Agent)?;
-        let dialled = server_name.to_str();
         if identity.name.as_str() != dialled {
-            return Err(refuse(format!(
-                "dialled host {dialled:?} but its agent certificate is for {:?}",
-                identity.name.as_str()
-            )));
+            return Err(refuse(name_mismatch(&dialled, identity.name.as_str())));
         }
         Ok(verified)
     }

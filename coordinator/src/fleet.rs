@@ -74,6 +74,14 @@ impl FleetError {
     }
 }
 
+/// The text of a refusal by our own certificate checks (`tls::refuse`), which
+/// quinn wraps as `...invalid peer certificate: Other(OtherError(TEXT))`.
+fn our_refusal(text: &str) -> Option<&str> {
+    const WRAP: &str = "invalid peer certificate: Other(OtherError(";
+    let start = text.find(WRAP)? + WRAP.len();
+    text.get(start..)?.strip_suffix("))")
+}
+
 /// Explains a QUIC connection error in the operator's terms.
 fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
@@ -88,12 +96,16 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     } else if text.contains("Expired") || text.contains("expired") {
         " — a certificate has expired: issue a new one with `handover ca issue`"
     } else if text.contains("dialled host") {
-        " — fix `name` in [[hosts]] or issue the agent a certificate for this name"
+        // tls::name_mismatch already says which name the certificate has, and the fix.
+        ""
     } else if text.contains("only a coordinator") || text.contains("only a agent") {
         " — use a certificate of the right role (`handover ca issue --role ...`)"
     } else {
         ""
     };
+    if let Some(why) = our_refusal(&text) {
+        return format!("{host}: {why}{hint}");
+    }
     match err {
         E::TimedOut => format!("connection to {host} timed out (agent unreachable?)"),
         E::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
@@ -296,5 +308,20 @@ impl Fleet {
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_certificate_refusals_are_lifted_out_of_quinns_wrapping() {
+        let text = "the cryptographic handshake failed: error 46: invalid peer certificate: Other(OtherError(dialled host \"web-9\" but its agent certificate is for \"web-1\": fix))";
+        assert_eq!(
+            our_refusal(text),
+            Some("dialled host \"web-9\" but its agent certificate is for \"web-1\": fix")
+        );
+        assert_eq!(our_refusal("error 48: UnknownIssuer"), None);
     }
 }

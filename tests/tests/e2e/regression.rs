@@ -331,4 +331,30 @@ mod quic {
         let (ok, json) = f.coordinator.status_json(&[]).expect("status");
         assert!(ok, "after renewal: {json}");
     }
+
+    /// Issue 18 (polish): an inventory name that does not match the agent's
+    /// certificate gave rustls' raw text (CertNotValidForName). Now the error says
+    /// which name the certificate has, and both fixes.
+    #[test]
+    fn a_misnamed_host_is_told_which_name_its_certificate_has() {
+        let f = one_agent(Ipv4Addr::new(127, 0, 1, 44), false);
+        let mut host = HostSpec::of(&f.agent, &["app"]);
+        host.name = "web-9".into();
+        let c =
+            Coordinator::write(&f.pki.dir.join("ops-9"), &f.pki, "ops9", &[host]).expect("config");
+        let (ok, json) = c.status_json(&[]).expect("status");
+        assert!(!ok);
+        let error = json[0]["error"].as_str().unwrap_or_default();
+        for says in [
+            "certificate is for \"web-1\"",
+            "name = \"web-1\"",
+            "handover ca issue --role agent --name web-9",
+        ] {
+            assert!(error.contains(says), "{says:?} missing from: {error}");
+        }
+        assert!(
+            !error.contains("NotValidForName"),
+            "raw rustls text: {error}"
+        );
+    }
 }
