@@ -183,6 +183,8 @@ pub const AGENT_KEY: &str = "/etc/handover/agent.key";
 /// The operator's next steps after `ca issue`: which files to copy to which host,
 /// where they go, and the config lines that name them. The CA key is never listed.
 pub fn install_hint(role: Role, name: &HostName, ca: &Path, files: &pki::PemFiles) -> String {
+    let crl = ca.with_file_name("crl.pem");
+    let crl = crl.display();
     let (ca, cert, key) = (ca.display(), files.cert.display(), files.key.display());
     match role {
         Role::Agent => format!(
@@ -190,6 +192,7 @@ pub fn install_hint(role: Role, name: &HostName, ca: &Path, files: &pki::PemFile
              \x20 scp {ca} root@{name}:{AGENT_CA}\n\
              \x20 scp {cert} root@{name}:{AGENT_CERT}\n\
              \x20 scp {key} root@{name}:{AGENT_KEY}\n\
+             \x20 scp {crl} root@{name}:{AGENT_CRL}\n\
              \x20 ssh root@{name} 'chmod 0600 {AGENT_KEY} && \
              sed -i \"s/^name = .*/name = \\\"{name}\\\"/\" /etc/handover/agent.toml && \
              systemctl restart handover-agent'\n\
@@ -198,6 +201,8 @@ pub fn install_hint(role: Role, name: &HostName, ca: &Path, files: &pki::PemFile
              \x20 ca = \"{AGENT_CA}\"\n\
              \x20 cert = \"{AGENT_CERT}\"\n\
              \x20 key = \"{AGENT_KEY}\"\n\
+             Add this line too, so `handover ca revoke` reaches the host (the agent re-reads the file):\n\
+             \x20 crl = \"{AGENT_CRL}\"\n\
              Keep ca.key off the hosts.\n"
         ),
         Role::Coordinator => format!(
