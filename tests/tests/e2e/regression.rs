@@ -357,4 +357,51 @@ mod quic {
             "raw rustls text: {error}"
         );
     }
+
+    /// Issue 13, hole 12: lease owner and rollout strings reached the agent
+    /// unchecked (its log, its lease file, other operators' messages). A frame
+    /// carrying a forged log line or a terminal escape is refused, nothing kept.
+    #[test]
+    fn lease_strings_that_are_not_plain_text_are_refused_on_the_wire() {
+        use handover_common::proto::lease::LeaseRequest;
+        use handover_common::proto::{FailureKind, Request, Response};
+        let f = one_agent(Ipv4Addr::new(127, 0, 1, 45), false);
+        let cert = f.pki.dir.join("ops.pem");
+        let key = f.pki.dir.join("ops.key");
+        let acquire = |rollout: &str, owner: &str| {
+            Request::Lease(LeaseRequest::Acquire {
+                rollout: rollout.into(),
+                owner: owner.into(),
+                ttl_secs: 60,
+                break_existing: false,
+            })
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let answers = rt
+            .block_on(async {
+                let config = rawquic::client_config(&f.pki.ca(), Some((&cert, &key)))?;
+                let (_ep, conn) = rawquic::connect(config, f.agent.addr, "web-1").await?;
+                let mut answers = Vec::new();
+                for request in [
+                    acquire("r-1\nWARN forged log line", "ops"),
+                    acquire("r-1", "ops\u{1b}[2J"),
+                    acquire("-r", "ops"),
+                ] {
+                    answers.push(rawquic::request(&conn, request).await?);
+                }
+                anyhow::Ok(answers)
+            })
+            .expect("exchanges");
+        for responses in &answers {
+            assert!(
+                matches!(responses.as_slice(), [Response::Failed(f)] if f.kind == FailureKind::BadRequest),
+                "expected one BadRequest, got {responses:?}"
+            );
+        }
+        assert!(
+            !f.agent.state_dir.join("lease.json").exists(),
+            "a refused lease request left a lease behind"
+        );
+        assert!(!f.agent.log_text().contains("forged log line"));
+    }
 }
