@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub cert: PathBuf,
     /// This agent's private key (mode 0600).
     pub key: PathBuf,
+    /// The CA's revocation list (`handover ca revoke` writes it): coordinators it
+    /// lists are refused. Re-read when the file changes.
+    pub crl: Option<PathBuf>,
     /// Where the agent keeps what must survive a restart.
     pub state_dir: PathBuf,
     /// Local socket for `handover-agent drain|status|...` (mode 0600).
@@ -118,6 +121,11 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = &mut self.crl
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
         if let Some(h) = &mut self.health {
             h.resolve_paths(base);
         }
@@ -141,6 +149,12 @@ impl AgentConfig {
             handover_common::names::Role::Agent,
         )
         .context("loading this agent's TLS files (check `ca`, `cert` and `key` in its config)")?;
+        let creds = match &self.crl {
+            Some(crl) => creds
+                .with_crl(crl)
+                .context("loading this agent's revocation list (check `crl` in its config)")?,
+            None => creds,
+        };
         if creds.identity.name != self.name {
             bail!(
                 "{} is the certificate of {:?}, but this agent's name is {:?}: set `name = {:?}` or issue a certificate with `handover ca issue --role agent --name {}`",

@@ -26,6 +26,9 @@ pub async fn handle(
             ),
         ));
     }
+    if let Err(bad) = frame.check_strings() {
+        return Response::Failed(Failure::new(FailureKind::BadRequest, bad.to_string()));
+    }
     tracing::debug!(%caller, request = ?frame.request, "request");
     // Checked, not held, for the action: a long drain wait must not block an
     // operator's `undrain` or the holder's own lease renewals.

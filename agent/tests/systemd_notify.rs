@@ -39,7 +39,12 @@ fn the_agent_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let pki_dir = dir.join("pki");
     pki::init_ca(&pki_dir, false, 1).expect("make a CA");
     let name = HostName::new("web-1".to_string()).expect("valid name");
-    let files = pki::issue(&pki_dir, &LeafSpec::new(Role::Agent, name, 1)).expect("issue");
+    let files = pki::issue(
+        &pki_dir,
+        &LeafSpec::new(Role::Agent, name, 1),
+        pki::Existing::Refuse,
+    )
+    .expect("issue");
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,

@@ -56,7 +56,7 @@ pub fn check_simple(what: &'static str, value: &str, max: usize) -> Result<(), I
 }
 
 macro_rules! simple_name {
-    ($(#[$doc:meta])* $ty:ident, $what:literal, $max:expr) => {
+    ($(#[$doc:meta])* $ty:ident, $what:literal, $max:expr $(, $extra:path)?) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -67,6 +67,7 @@ macro_rules! simple_name {
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidName> {
                 let value = value.into();
                 check_simple($what, &value, $max)?;
+                $($extra($what, &value)?;)?
                 Ok(Self(value))
             }
 
@@ -121,8 +122,98 @@ simple_name!(
     /// name. Also a valid DNS name, so TLS can match it.
     HostName,
     "host name",
-    63
+    63,
+    check_dialable
 );
+
+/// A host name is what the coordinator hands TLS as the server name it dials, so
+/// it must be a DNS name TLS accepts: `10` passed the simple rule but no
+/// coordinator could ever dial it (issue 13). DNS refuses a name whose last label
+/// is a number (it would read as an IP address) and labels that end in `-`.
+fn check_dialable(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    if value.ends_with('.') {
+        return Err(invalid(what, value, "it must not end with '.'"));
+    }
+    if rustls_pki_types::DnsName::try_from(value).is_err() {
+        return Err(invalid(
+            what,
+            value,
+            "it must be a DNS name: no label may end with '-', and the last label must not be a number (use a name such as web-10, not 10)",
+        ));
+    }
+    Ok(())
+}
+
+/// An extra DNS name in a certificate (`handover ca issue --dns`): an exact name,
+/// never a wildcard, so a certificate stands for the hosts it names and no others.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DnsName(String);
+
+impl DnsName {
+    /// Validates and wraps `value`.
+    pub fn new(value: impl Into<String>) -> Result<Self, InvalidName> {
+        let value = value.into();
+        const WHAT: &str = "DNS name";
+        if value.contains('*') {
+            return Err(invalid(
+                WHAT,
+                &value,
+                "wildcards are not allowed: list each name with its own --dns",
+            ));
+        }
+        if value.is_empty()
+            || !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        {
+            return Err(invalid(
+                WHAT,
+                &value,
+                "use only letters, digits, '.' and '-'",
+            ));
+        }
+        check_dialable(WHAT, &value)?;
+        Ok(DnsName(value))
+    }
+
+    /// The validated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DnsName {
+    type Error = InvalidName;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<DnsName> for String {
+    fn from(name: DnsName) -> String {
+        name.0
+    }
+}
+
+impl std::str::FromStr for DnsName {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 simple_name!(
     /// The name of a hook in an agent's `[hooks]` table.
@@ -138,6 +229,36 @@ simple_name!(
     "backend name",
     64
 );
+
+simple_name!(
+    /// A rollout's id (`r-20261203-112233-ab12`), as a lease and every call of the
+    /// rollout carry it. It reaches the agent's log, its lease file and other
+    /// operators' error messages, so it follows the host-name rule.
+    RolloutId,
+    "rollout id",
+    64
+);
+
+/// Who runs a rollout, as a lease names it ("ops (alice@bastion)"): free text
+/// for people, shown in other operators' terminals and the agent's log, so no
+/// control characters (a terminal escape would rewrite their screen) and short.
+pub fn check_lease_owner(value: &str) -> Result<(), InvalidName> {
+    const WHAT: &str = "lease owner";
+    if value.trim().is_empty() {
+        return Err(invalid(WHAT, value, "it must not be empty"));
+    }
+    if value.len() > 200 {
+        return Err(invalid(WHAT, value, "it is too long (200 bytes at most)"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            WHAT,
+            value,
+            "it must not contain control characters (newlines, escapes)",
+        ));
+    }
+    Ok(())
+}
 
 /// What a certificate entitles its holder to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -516,8 +637,76 @@ mod tests {
 
     #[test]
     fn host_names_accept_what_dns_and_haproxy_accept() {
-        for ok in ["web-1", "db.internal", "a", "WEB_2", "10"] {
+        for ok in [
+            "web-1",
+            "db.internal",
+            "a",
+            "WEB_2",
+            "web-10",
+            "10a",
+            "dc-2.web-1",
+        ] {
             assert!(HostName::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    /// Issue 13: `10` was a valid host name that no coordinator could dial, since
+    /// TLS refuses it as a server name.
+    #[test]
+    fn host_names_must_be_dialable_dns_names() {
+        for bad in [
+            "10",
+            "127.0.1.1",
+            "web.10",
+            "0x1f",
+            "web-",
+            "web-.dc",
+            "web.",
+        ] {
+            let err = HostName::new(bad).expect_err(bad);
+            assert!(
+                err.why.contains("DNS name") || err.why.contains("end with '.'"),
+                "{bad}: {err}"
+            );
+            assert!(
+                rustls_pki_types::ServerName::try_from(bad).is_err()
+                    || bad.parse::<std::net::IpAddr>().is_ok()
+                    || bad.ends_with('.'),
+                "{bad} would have been dialable after all"
+            );
+        }
+        for ok in ["web-1", "WEB_2", "dc-2.web-1"] {
+            let name = HostName::new(ok).expect(ok);
+            assert!(
+                matches!(
+                    rustls_pki_types::ServerName::try_from(name.as_str()),
+                    Ok(rustls_pki_types::ServerName::DnsName(_))
+                ),
+                "{ok} is a host name TLS cannot dial"
+            );
+        }
+    }
+
+    #[test]
+    fn certificate_dns_names_refuse_wildcards_and_non_names() {
+        let err = DnsName::new("*.evil").expect_err("wildcard");
+        assert!(
+            err.to_string().contains("wildcards are not allowed"),
+            "{err}"
+        );
+        for bad in [
+            "",
+            "a b",
+            "web_1.example",
+            "10",
+            "-x.example",
+            "a..b",
+            "x/y",
+        ] {
+            assert!(DnsName::new(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["web-1.example.com", "localhost", "web-1"] {
+            assert!(DnsName::new(ok).is_ok(), "{ok}");
         }
     }
 
@@ -537,5 +726,20 @@ mod tests {
         assert!(ok.is_ok());
         let bad: Result<HostName, _> = serde_json::from_str("\"--upload-pack=x\"");
         assert!(bad.is_err());
+    }
+
+    /// Issue 13: lease owner and rollout strings reached the agent unchecked.
+    #[test]
+    fn rollout_ids_and_lease_owners_refuse_what_could_mislead_a_reader() {
+        assert!(RolloutId::new("r-20261203-112233-ab12").is_ok());
+        for bad in ["", "-x", "r 1", "r\n1", "r\u{1b}[2J", "../lease"] {
+            assert!(RolloutId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_lease_owner("ops (alice@bastion)").is_ok());
+        assert!(check_lease_owner("opérateur (zoë@bastion)").is_ok());
+        for bad in ["", "   ", "ops\nFAKE LOG LINE", "ops\u{1b}[2J"] {
+            assert!(check_lease_owner(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_lease_owner(&"x".repeat(201)).is_err());
     }
 }

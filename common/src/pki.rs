@@ -24,10 +24,34 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::names::{HostName, Role};
+use crate::names::{DnsName, HostName, Role};
+
+pub mod revocation;
 
 /// Prefix of the URI SAN that carries role and name.
 const IDENTITY_URI_PREFIX: &str = "urn:handover:";
+
+/// Default validity of a coordinator certificate: 30 days. A coordinator
+/// certificate may drain, detach and deploy every host, so a lost one must stop
+/// working soon even if nobody revokes it; a month is long enough that renewing
+/// (`handover ca issue --renew`) is a monthly chore rather than a daily one, and
+/// short enough that a laptop lost today is harmless before the next quarter.
+pub const DEFAULT_COORDINATOR_DAYS: u32 = 30;
+/// The longest a coordinator certificate may be valid: a year.
+pub const MAX_COORDINATOR_DAYS: u32 = 365;
+/// Default validity of an agent certificate: a year. An agent certificate only
+/// lets its holder answer as that host; it cannot command anything.
+pub const DEFAULT_AGENT_DAYS: u32 = 365;
+/// The longest an agent certificate may be valid: ten years.
+pub const MAX_AGENT_DAYS: u32 = 3650;
+/// Default validity of the CA: ten years.
+pub const DEFAULT_CA_DAYS: u32 = 3650;
+/// The longest the CA may be valid: thirty years.
+pub const MAX_CA_DAYS: u32 = 10950;
+
+/// Leaf names whose files would be the CA's own (`ca.pem`, `ca.key`) or the CRL
+/// (`crl.pem`): `ca issue --name ca` once replaced the CA with a leaf (issue 13).
+const RESERVED_NAMES: &[&str] = &["ca", "crl"];
 
 /// Everything that can go wrong making or reading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +98,53 @@ pub enum PkiError {
     /// A bad argument (validity, name).
     #[error("{0}")]
     Invalid(String),
+    /// A certificate for this name was issued already.
+    #[error(
+        "{0} already exists: pass --renew to give it a new certificate and key with the same role and names, or --force to replace it with this one"
+    )]
+    LeafExists(PathBuf),
+    /// The name is one the CA's own files use.
+    #[error(
+        "{0:?} cannot be a certificate name: its files would replace the CA's own (ca.pem, ca.key, crl.pem); choose another name"
+    )]
+    ReservedName(String),
+    /// `--renew` for a name that has no certificate yet.
+    #[error("{0} does not exist: nothing to renew (issue it first, without --renew)")]
+    NothingToRenew(PathBuf),
+}
+
+/// The validity `days` from now, refused outside `1..=max` days.
+pub fn validity(
+    what: &str,
+    days: u32,
+    max: u32,
+) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    if days == 0 || days > max {
+        return Err(PkiError::Invalid(format!(
+            "--days {days}: a {what} must be valid for 1 to {max} days"
+        )));
+    }
+    let now = OffsetDateTime::now_utc();
+    let not_after = now
+        .checked_add(Duration::days(i64::from(days)))
+        .ok_or_else(|| PkiError::Invalid(format!("--days {days} is past the year 9999")))?;
+    Ok((now - Duration::minutes(1), not_after))
+}
+
+/// The longest validity a certificate of `role` may have, in days.
+pub fn max_days(role: Role) -> u32 {
+    match role {
+        Role::Agent => MAX_AGENT_DAYS,
+        Role::Coordinator => MAX_COORDINATOR_DAYS,
+    }
+}
+
+/// The validity a certificate of `role` gets when `--days` is not given.
+pub fn default_days(role: Role) -> u32 {
+    match role {
+        Role::Agent => DEFAULT_AGENT_DAYS,
+        Role::Coordinator => DEFAULT_COORDINATOR_DAYS,
+    }
 }
 
 /// Who a certificate says its holder is.
@@ -118,7 +189,8 @@ pub struct LeafSpec {
 }
 
 impl LeafSpec {
-    /// A certificate valid from a minute ago for `days` days.
+    /// A certificate valid from a minute ago for `days` days (saturating at the
+    /// end of year 9999; [`issue`] refuses what the role or the CA does not allow).
     pub fn new(role: Role, name: HostName, days: u32) -> Self {
         let now = OffsetDateTime::now_utc();
         LeafSpec {
@@ -127,7 +199,9 @@ impl LeafSpec {
             dns: Vec::new(),
             ips: Vec::new(),
             not_before: now - Duration::minutes(1),
-            not_after: now + Duration::days(i64::from(days)),
+            not_after: now
+                .checked_add(Duration::days(i64::from(days)))
+                .unwrap_or_else(|| time::Date::MAX.midnight().assume_utc()),
         }
     }
 }
@@ -162,6 +236,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// A new self-signed CA certificate and key, as PEM text.
 pub fn new_ca(common_name: &str, days: u32) -> Result<(String, String), PkiError> {
+    validity("CA", days, MAX_CA_DAYS)?;
     let key = KeyPair::generate().map_err(rcgen_err("generating the CA key"))?;
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -174,9 +249,7 @@ pub fn new_ca(common_name: &str, days: u32) -> Result<(String, String), PkiError
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "Handover");
     params.distinguished_name = dn;
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(1);
-    params.not_after = now + Duration::days(i64::from(days));
+    (params.not_before, params.not_after) = validity("CA", days, MAX_CA_DAYS)?;
     let cert = params
         .self_signed(&key)
         .map_err(rcgen_err("signing the CA certificate"))?;
@@ -214,8 +287,9 @@ pub fn new_leaf(
     }];
     let mut sans = vec![dns_san(spec.name.as_str())?];
     for dns in &spec.dns {
-        if dns != spec.name.as_str() {
-            sans.push(dns_san(dns)?);
+        let dns = DnsName::new(dns.as_str()).map_err(|e| PkiError::Invalid(e.to_string()))?;
+        if dns.as_str() != spec.name.as_str() {
+            sans.push(dns_san(dns.as_str())?);
         }
     }
     sans.extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
@@ -239,6 +313,7 @@ fn dns_san(name: &str) -> Result<SanType, PkiError> {
 
 /// `handover ca init`: writes `DIR/ca.pem` and `DIR/ca.key` (0600).
 pub fn init_ca(dir: &Path, force: bool, days: u32) -> Result<PemFiles, PkiError> {
+    validity("CA", days, MAX_CA_DAYS)?;
     let files = ca_files(dir);
     if !force {
         for path in [&files.cert, &files.key] {
@@ -254,6 +329,20 @@ pub fn init_ca(dir: &Path, force: bool, days: u32) -> Result<PemFiles, PkiError>
     let (cert, key) = new_ca(&format!("Handover private CA {id:08x}"), days)?;
     write_private(&files.key, key.as_bytes())?;
     write_public(&files.cert, cert.as_bytes())?;
+    // A new CA revokes nothing yet: start both ledgers afresh and publish an empty
+    // CRL, so agents can name `crl` from day one.
+    for ledger in ["issued.tsv", "revoked.tsv"] {
+        match fs::remove_file(dir.join(ledger)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PkiError::Io {
+                    path: dir.join(ledger),
+                    error: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    revocation::write_crl(dir)?;
     Ok(files)
 }
 
@@ -269,18 +358,145 @@ fn rand_id() -> u32 {
     h.finish() as u32
 }
 
+/// Whether `issue` may replace an existing certificate for the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse (the default: a silent overwrite lost the CA once).
+    Refuse,
+    /// Replace it (`--force`, or `--renew`).
+    Replace,
+}
+
 /// `handover ca issue`: signs a leaf with the CA in `dir` and writes
-/// `DIR/NAME.pem` and `DIR/NAME.key` (0600).
-pub fn issue(dir: &Path, spec: &LeafSpec) -> Result<PemFiles, PkiError> {
+/// `DIR/NAME.pem` and `DIR/NAME.key` (0600), and records its serial in the CA's
+/// ledger so `ca revoke NAME` can find every certificate the name was given.
+pub fn issue(dir: &Path, spec: &LeafSpec, existing: Existing) -> Result<PemFiles, PkiError> {
+    if RESERVED_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(spec.name.as_str()))
+    {
+        return Err(PkiError::ReservedName(spec.name.to_string()));
+    }
+    let days = (spec.not_after - spec.not_before).whole_days();
+    let max = max_days(spec.role);
+    if days > i64::from(max) {
+        return Err(PkiError::Invalid(format!(
+            "--days {days}: a {} certificate may be valid for at most {max} days (renew it with `handover ca issue --renew`)",
+            spec.role
+        )));
+    }
+    let files = leaf_files(dir, &spec.name);
+    if existing == Existing::Refuse {
+        for path in [&files.cert, &files.key] {
+            if path.exists() {
+                return Err(PkiError::LeafExists(path.clone()));
+            }
+        }
+    }
     let ca = ca_files(dir);
     check_private_key_mode(&ca.key)?;
     let ca_cert = fs::read_to_string(&ca.cert).map_err(io_err(&ca.cert))?;
     let ca_key = fs::read_to_string(&ca.key).map_err(io_err(&ca.key))?;
-    let (cert, key) = new_leaf(&ca_cert, &ca_key, spec)?;
-    let files = leaf_files(dir, &spec.name);
+    let mut spec = spec.clone();
+    spec.not_after = within_ca(&ca, &ca_cert, &spec)?;
+    let (cert, key) = new_leaf(&ca_cert, &ca_key, &spec)?;
+    revocation::record_issued(dir, &cert)?;
     write_private(&files.key, key.as_bytes())?;
     write_public(&files.cert, cert.as_bytes())?;
     Ok(files)
+}
+
+/// `handover ca issue --renew`: a new key and certificate for `name`, with the
+/// role and names of its current certificate, valid for `days` from now (the
+/// role's default when `None`). The old certificate stays valid until it expires;
+/// revoke it (`ca revoke`) if its key may be lost.
+pub fn renew(
+    dir: &Path,
+    name: &HostName,
+    days: Option<u32>,
+) -> Result<(PemFiles, LeafSpec), PkiError> {
+    let files = leaf_files(dir, name);
+    if !files.cert.exists() {
+        return Err(PkiError::NothingToRenew(files.cert));
+    }
+    let chain = read_cert_chain(&files.cert)?;
+    let identity = identity_of(&chain[0])?;
+    if &identity.name != name {
+        return Err(PkiError::Invalid(format!(
+            "{} is the certificate of {}, not {name}: renew it by its own name",
+            files.cert.display(),
+            identity
+        )));
+    }
+    let days = days.unwrap_or_else(|| default_days(identity.role));
+    let (not_before, not_after) = validity(
+        &format!("{} certificate", identity.role),
+        days,
+        max_days(identity.role),
+    )?;
+    let (dns, ips) = alt_names(&chain[0])?;
+    let spec = LeafSpec {
+        role: identity.role,
+        dns: dns.into_iter().filter(|d| d != name.as_str()).collect(),
+        name: identity.name,
+        ips,
+        not_before,
+        not_after,
+    };
+    let files = issue(dir, &spec, Existing::Replace)?;
+    Ok((files, spec))
+}
+
+/// The DNS and IP names a certificate lists.
+fn alt_names(cert: &CertificateDer<'_>) -> Result<(Vec<String>, Vec<IpAddr>), PkiError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) =
+        X509Certificate::from_der(cert.as_ref()).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    if let Some(san) = parsed
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Parse(e.to_string()))?
+    {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                    16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok((dns, ips))
+}
+
+/// Refuses a leaf that would outlive the CA that signs it by more than a day; a
+/// leaf that would end within a day after the CA ends with it instead (the same
+/// `--days` for both must work).
+fn within_ca(
+    ca: &PemFiles,
+    ca_cert_pem: &str,
+    spec: &LeafSpec,
+) -> Result<OffsetDateTime, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::*;
+    let der = CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(format!("{}: {e}", ca.cert.display())))?;
+    let (_, parsed) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let ca_end = parsed.validity().not_after.to_datetime();
+    if spec.not_after > ca_end + Duration::days(1) {
+        let left = (ca_end - OffsetDateTime::now_utc()).whole_days().max(0);
+        return Err(PkiError::Invalid(format!(
+            "the CA in {} expires on {}: a certificate cannot outlive it; give --days {left} or less, or make a new CA",
+            ca.cert.display(),
+            ca_end.date()
+        )));
+    }
+    Ok(spec.not_after.min(ca_end))
 }
 
 /// Refuses a private key that group or others can read.
@@ -380,7 +596,7 @@ mod tests {
         init_ca(dir.path(), false, 30).expect("init");
         let mut spec = LeafSpec::new(Role::Agent, name("web-1"), 30);
         spec.ips.push("127.0.1.1".parse().expect("ip"));
-        let files = issue(dir.path(), &spec).expect("issue");
+        let files = issue(dir.path(), &spec, Existing::Refuse).expect("issue");
         let chain = read_cert_chain(&files.cert).expect("read");
         let id = identity_of(&chain[0]).expect("identity");
         assert_eq!(id.role, Role::Agent);
@@ -408,9 +624,104 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = init_ca(dir.path(), false, 30).expect("init");
         fs::set_permissions(&ca.key, fs::Permissions::from_mode(0o644)).expect("chmod");
-        let err = issue(dir.path(), &LeafSpec::new(Role::Agent, name("web-1"), 1))
-            .expect_err("must refuse");
+        let err = issue(
+            dir.path(),
+            &LeafSpec::new(Role::Agent, name("web-1"), 1),
+            Existing::Refuse,
+        )
+        .expect_err("must refuse");
         assert!(err.to_string().contains("chmod 600"), "{err}");
         assert!(!dir.path().join("web-1.pem").exists());
+    }
+
+    /// Issue 13, hole 5: `ca issue --name ca` replaced the CA's own files with a
+    /// leaf (the CA key was lost). Refused always, --force or not.
+    #[test]
+    fn a_leaf_never_takes_the_ca_files_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init_ca(dir.path(), false, 30).expect("init");
+        let ca_before = fs::read(dir.path().join("ca.key")).expect("read");
+        for reserved in ["ca", "CA", "crl"] {
+            for existing in [Existing::Refuse, Existing::Replace] {
+                let err = issue(
+                    dir.path(),
+                    &LeafSpec::new(Role::Coordinator, name(reserved), 1),
+                    existing,
+                )
+                .expect_err("must refuse");
+                assert!(matches!(err, PkiError::ReservedName(_)), "{err}");
+            }
+        }
+        assert_eq!(
+            ca_before,
+            fs::read(dir.path().join("ca.key")).expect("read")
+        );
+    }
+
+    /// Issue 13, hole 5: `issue` overwrote an existing leaf silently.
+    #[test]
+    fn issuing_a_name_again_needs_force_or_renew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init_ca(dir.path(), false, 30).expect("init");
+        let spec = LeafSpec::new(Role::Agent, name("web-1"), 10);
+        let files = issue(dir.path(), &spec, Existing::Refuse).expect("issue");
+        let before = fs::read(&files.key).expect("read");
+        let err = issue(dir.path(), &spec, Existing::Refuse).expect_err("must refuse");
+        assert!(err.to_string().contains("--renew"), "{err}");
+        assert_eq!(before, fs::read(&files.key).expect("read"));
+        issue(dir.path(), &spec, Existing::Replace).expect("forced");
+        assert_ne!(before, fs::read(&files.key).expect("read"));
+    }
+
+    /// Issue 13, hole 12: huge --days panicked, --days 0 made a useless CA.
+    #[test]
+    fn validity_is_bounded_without_panicking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for days in [0, MAX_CA_DAYS + 1, u32::MAX] {
+            let err = init_ca(dir.path(), false, days).expect_err("must refuse");
+            assert!(err.to_string().contains("valid for 1 to"), "{err}");
+            assert!(!dir.path().join("ca.pem").exists());
+        }
+        init_ca(dir.path(), false, 100).expect("init");
+        for (role, days) in [
+            (Role::Coordinator, MAX_COORDINATOR_DAYS + 1),
+            (Role::Agent, u32::MAX),
+            (Role::Agent, 102),
+        ] {
+            let err = issue(
+                dir.path(),
+                &LeafSpec::new(role, name("web-1"), days),
+                Existing::Refuse,
+            )
+            .expect_err("must refuse");
+            let text = err.to_string();
+            assert!(
+                text.contains("at most") || text.contains("cannot outlive"),
+                "{text}"
+            );
+        }
+        assert!(!dir.path().join("web-1.pem").exists());
+    }
+
+    #[test]
+    fn renewal_keeps_role_and_names_with_a_new_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init_ca(dir.path(), false, 400).expect("init");
+        let mut spec = LeafSpec::new(Role::Agent, name("web-1"), 10);
+        spec.dns.push("web-1.example.com".into());
+        spec.ips.push("127.0.1.1".parse().expect("ip"));
+        let files = issue(dir.path(), &spec, Existing::Refuse).expect("issue");
+        let key_before = fs::read(&files.key).expect("read");
+        let (_, renewed) = renew(dir.path(), &name("web-1"), None).expect("renew");
+        assert_eq!(renewed.role, Role::Agent);
+        assert_eq!(renewed.dns, ["web-1.example.com"]);
+        assert_eq!(renewed.ips, spec.ips);
+        assert!(
+            renewed.not_after > spec.not_after,
+            "default agent validity is longer"
+        );
+        assert_ne!(key_before, fs::read(&files.key).expect("read"));
+        let err = renew(dir.path(), &name("web-2"), None).expect_err("nothing to renew");
+        assert!(err.to_string().contains("nothing to renew"), "{err}");
     }
 }

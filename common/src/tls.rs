@@ -15,7 +15,9 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
@@ -28,6 +30,9 @@ use crate::pki::{self, Identity, PkiError};
 
 /// The ALPN protocol both sides must speak.
 pub const ALPN: &[u8] = b"handover/1";
+
+/// How often an agent looks at its `crl` file for a new revocation list.
+pub const CRL_RELOAD_SECS: u64 = 10;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,14 @@ pub enum TlsError {
     /// quinn refused the rustls configuration.
     #[error("QUIC configuration: {0}")]
     Quic(String),
+    /// The revocation list cannot be used.
+    #[error("{path}: not a usable revocation list: {why}")]
+    BadCrl {
+        /// The CRL file.
+        path: String,
+        /// What went wrong, and the fix.
+        why: String,
+    },
 }
 
 /// Installs ring as rustls' process-wide crypto provider. Idempotent; call once at
@@ -96,6 +109,9 @@ pub struct Credentials {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The serials our revocation list revokes (empty without one).
+    pub revoked: RevokedSerials,
     /// Who our own certificate says we are.
     pub identity: Identity,
 }
@@ -138,9 +154,97 @@ impl Credentials {
             roots: Arc::new(roots),
             chain,
             key,
+            crls: Vec::new(),
+            revoked: RevokedSerials::new(),
             identity,
         })
     }
+
+    /// Adds the revocation list at `path` (from `handover ca revoke`): peers whose
+    /// certificate it lists are refused during the handshake. The list must be
+    /// signed by our CA; one from another CA would make every peer's status
+    /// unknown, and so refuse everyone.
+    pub fn with_crl(mut self, path: &Path) -> Result<Self, TlsError> {
+        (self.crls, self.revoked) = read_crl(path, &self.roots)?;
+        Ok(self)
+    }
+}
+
+/// The serial numbers a CRL revokes (lowercase hex, no leading zeros), to close
+/// connections that were opened before the revocation.
+pub type RevokedSerials = std::collections::BTreeSet<String>;
+
+/// Normalises a hex serial for comparison (DER may carry a leading zero byte).
+pub fn normal_serial(hex: &str) -> String {
+    hex.trim_start_matches('0').to_ascii_lowercase()
+}
+
+/// Reads a PEM CRL and checks it was issued by one of `roots`.
+pub fn read_crl(
+    path: &Path,
+    roots: &RootCertStore,
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, RevokedSerials), TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::*;
+    let bad = |why: String| TlsError::BadCrl {
+        path: path.display().to_string(),
+        why,
+    };
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            bad(format!(
+                "{e} (expected the crl.pem written by `handover ca revoke`)"
+            ))
+        })?;
+    if crls.is_empty() {
+        return Err(bad(
+            "no PEM CRL in it (expected the crl.pem written by `handover ca revoke`)".into(),
+        ));
+    }
+    let mut serials = RevokedSerials::new();
+    for der in &crls {
+        let (_, crl) = parse_x509_crl(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+        let issuer = crl.issuer().as_raw();
+        if !roots
+            .roots
+            .iter()
+            .any(|r| r.subject.as_ref() == strip_sequence(issuer))
+        {
+            return Err(bad(format!(
+                "it was issued by {}, not by this agent's CA: copy the crl.pem from the CA directory that issued this host's certificates",
+                crl.issuer()
+            )));
+        }
+        serials.extend(
+            crl.iter_revoked_certificates()
+                .map(|r| normal_serial(&hex(r.raw_serial()))),
+        );
+    }
+    Ok((crls, serials))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// webpki keeps a trust anchor's subject without its outer SEQUENCE header.
+fn strip_sequence(der: &[u8]) -> &[u8] {
+    match der {
+        [0x30, len, rest @ ..] if *len < 0x80 => rest,
+        [0x30, 0x81, _, rest @ ..] => rest,
+        [0x30, 0x82, _, _, rest @ ..] => rest,
+        other => other,
+    }
+}
+
+/// The serial number of the peer's certificate on an established connection.
+pub fn peer_serial(conn: &quinn::Connection) -> Option<String> {
+    let any = conn.peer_identity()?;
+    let chain = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    pki::revocation::serial_of(chain.first()?)
+        .ok()
+        .map(|s| normal_serial(&s))
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -159,6 +263,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// The agent side: accepts only coordinators from our CA.
 pub fn agent_server_config(creds: Credentials) -> Result<quinn::ServerConfig, TlsError> {
     let inner = WebPkiClientVerifier::builder(creds.roots.clone())
+        .with_crls(creds.crls.clone())
+        .only_check_end_entity_revocation()
         .build()
         .map_err(|e| TlsError::BadCa {
             path: "CA".into(),
@@ -206,8 +312,14 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<Identity> {
 }
 
 fn refuse(why: String) -> rustls::Error {
-    #[derive(Debug)]
+    /// Debug prints the message as it is: quinn shows a handshake error with
+    /// `{:?}`, and the coordinator lifts our text out of it (fleet::describe).
     struct Refused(String);
+    impl std::fmt::Debug for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
     impl std::fmt::Display for Refused {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str(&self.0)
@@ -225,6 +337,15 @@ fn identity_with_role(cert: &CertificateDer<'_>, role: Role) -> Result<Identity,
         )));
     }
     Ok(identity)
+}
+
+/// The coordinator dialled `dialled` and an agent of our CA answered with a
+/// certificate for `holder`: say which, and both ways to fix it (issue 18: the
+/// raw rustls text named neither).
+pub fn name_mismatch(dialled: &str, holder: &str) -> String {
+    format!(
+        "dialled host {dialled:?} but its agent certificate is for {holder:?}: if that host is {holder}, set `name = \"{holder}\"` in its [[hosts]] entry; if it is {dialled}, issue it a certificate with `handover ca issue --role agent --name {dialled}`"
+    )
 }
 
 /// Client verifier for agents: webpki's checks, then role = coordinator.
@@ -291,20 +412,27 @@ impl ServerCertVerifier for RequireAgentNamed {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
+        let dialled = server_name.to_str();
+        let verified = match self.inner.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )?;
+        ) {
+            // webpki checks the name only once the chain is good, so the
+            // certificate's own identity is trustworthy enough to name.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {
+                let identity = identity_with_role(end_entity, Role::Agent)?;
+                return Err(refuse(name_mismatch(&dialled, identity.name.as_str())));
+            }
+            other => other?,
+        };
         let identity = identity_with_role(end_entity, Role::Agent)?;
-        let dialled = server_name.to_str();
         if identity.name.as_str() != dialled {
-            return Err(refuse(format!(
-                "dialled host {dialled:?} but its agent certificate is for {:?}",
-                identity.name.as_str()
-            )));
+            return Err(refuse(name_mismatch(&dialled, identity.name.as_str())));
         }
         Ok(verified)
     }

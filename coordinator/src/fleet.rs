@@ -15,6 +15,8 @@ use tokio::sync::Mutex;
 
 use crate::config::{CoordinatorConfig, HostEntry};
 
+pub mod deadline;
+
 /// How long to wait for an agent to complete the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,6 +49,19 @@ pub enum FleetError {
     /// The agent ended the stream without a final answer.
     #[error("the agent closed the stream without an answer (see its log)")]
     NoAnswer,
+    /// The agent stayed silent past the call's deadline.
+    #[error(
+        "{host} did not answer within {} while {doing}: the agent may be stuck (see its log); the call was abandoned",
+        handover_common::duration::format(*limit)
+    )]
+    Deadline {
+        /// The host called.
+        host: HostName,
+        /// What the call asked of it.
+        doing: String,
+        /// The silence allowed.
+        limit: Duration,
+    },
 }
 
 impl FleetError {
@@ -59,6 +74,14 @@ impl FleetError {
     }
 }
 
+/// The text of a refusal by our own certificate checks (`tls::refuse`), which
+/// quinn wraps as `...invalid peer certificate: Other(OtherError(TEXT))`.
+fn our_refusal(text: &str) -> Option<&str> {
+    const WRAP: &str = "invalid peer certificate: Other(OtherError(";
+    let start = text.find(WRAP)? + WRAP.len();
+    text.get(start..)?.strip_suffix("))")
+}
+
 /// Explains a QUIC connection error in the operator's terms.
 fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
@@ -68,17 +91,28 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
         || text.contains("error 48")
     {
         " — the certificates are not from the same CA: check `ca` in both configs"
+    } else if text.contains("error 44") || text.contains("Revoked") {
+        " — this coordinator's certificate has been revoked: get a new one (`handover ca issue --renew --name NAME` on the CA host)"
     } else if text.contains("Expired") || text.contains("expired") {
         " — a certificate has expired: issue a new one with `handover ca issue`"
     } else if text.contains("dialled host") {
-        " — fix `name` in [[hosts]] or issue the agent a certificate for this name"
+        // tls::name_mismatch already says which name the certificate has, and the fix.
+        ""
     } else if text.contains("only a coordinator") || text.contains("only a agent") {
         " — use a certificate of the right role (`handover ca issue --role ...`)"
     } else {
         ""
     };
+    if let Some(why) = our_refusal(&text) {
+        return format!("{host}: {why}{hint}");
+    }
     match err {
         E::TimedOut => format!("connection to {host} timed out (agent unreachable?)"),
+        E::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            format!(
+                "the agent on {host} refused the connection: too many handshakes pending or coordinators connected (its log says which); try again shortly"
+            )
+        }
         E::ConnectionClosed(c) => format!(
             "the agent closed the connection: {}{hint}",
             String::from_utf8_lossy(&c.reason)
@@ -195,17 +229,30 @@ impl Fleet {
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Reply, FleetError> {
         let conn = self.connection(host).await?;
+        let deadline::Deadline { limit, doing } = deadline::deadline(&request);
+        let late = || FleetError::Deadline {
+            host: host.name.clone(),
+            doing: doing.clone(),
+            limit,
+        };
         let lost = |e: quinn::ConnectionError| FleetError::Connection(describe(&host.name, &e));
-        let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut frame = RequestFrame::new(request);
         frame.rollout = self.rollout.clone();
-        wire::write_frame(&mut send, &frame)
-            .await
-            .map_err(|e| self.explain_stream_error(&conn, host, e))?;
+        let (mut send, mut recv) = tokio::time::timeout(limit, async {
+            let (mut send, recv) = conn.open_bi().await.map_err(lost)?;
+            wire::write_frame(&mut send, &frame)
+                .await
+                .map_err(|e| self.explain_stream_error(&conn, host, e))?;
+            Ok::<_, FleetError>((send, recv))
+        })
+        .await
+        .map_err(|_| late())??;
         let _ = send.finish();
         loop {
-            let response = wire::read_frame::<_, Response>(&mut recv)
+            // Every frame from the agent (progress included) restarts the deadline.
+            let response = tokio::time::timeout(limit, wire::read_frame::<_, Response>(&mut recv))
                 .await
+                .map_err(|_| late())?
                 .map_err(|e| self.explain_stream_error(&conn, host, e))?;
             match response {
                 Some(Response::Progress(p)) => on_progress(p),
@@ -261,5 +308,20 @@ impl Fleet {
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_certificate_refusals_are_lifted_out_of_quinns_wrapping() {
+        let text = "the cryptographic handshake failed: error 46: invalid peer certificate: Other(OtherError(dialled host \"web-9\" but its agent certificate is for \"web-1\": fix))";
+        assert_eq!(
+            our_refusal(text),
+            Some("dialled host \"web-9\" but its agent certificate is for \"web-1\": fix")
+        );
+        assert_eq!(our_refusal("error 48: UnknownIssuer"), None);
     }
 }

@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod apache;
 pub mod fleet;
+pub mod flood;
 pub mod git;
 pub mod haproxy;
 pub mod http;

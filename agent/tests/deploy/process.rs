@@ -99,7 +99,12 @@ fn host_dir(repo: &Repo) -> (tempfile::TempDir, PathBuf) {
     std::fs::create_dir_all(&pki_dir).expect("mkdir");
     pki::init_ca(&pki_dir, false, 30).expect("CA");
     let name = HostName::new("web-1").expect("valid");
-    pki::issue(&pki_dir, &pki::LeafSpec::new(Role::Agent, name, 30)).expect("agent cert");
+    pki::issue(
+        &pki_dir,
+        &pki::LeafSpec::new(Role::Agent, name, 30),
+        pki::Existing::Refuse,
+    )
+    .expect("agent cert");
     let config = write_config(&host, &repo.url, &Options::default());
     (dir, config)
 }

@@ -34,6 +34,28 @@ pub struct RequestFrame {
 }
 
 impl RequestFrame {
+    /// Checks the free strings a frame carries beyond its typed names (the rollout
+    /// id and a lease's owner); the agent calls it on every decoded frame.
+    pub fn check_strings(&self) -> Result<(), crate::names::InvalidName> {
+        let rollouts = [
+            self.rollout.as_deref(),
+            match &self.request {
+                Request::Lease(
+                    lease::LeaseRequest::Acquire { rollout, .. }
+                    | lease::LeaseRequest::Release { rollout },
+                ) => Some(rollout.as_str()),
+                _ => None,
+            },
+        ];
+        for rollout in rollouts.into_iter().flatten() {
+            crate::names::RolloutId::new(rollout)?;
+        }
+        if let Request::Lease(lease::LeaseRequest::Acquire { owner, .. }) = &self.request {
+            crate::names::check_lease_owner(owner)?;
+        }
+        Ok(())
+    }
+
     /// A request outside any rollout.
     pub fn new(request: Request) -> Self {
         RequestFrame {
@@ -173,5 +195,45 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Failed => "failed",
             FailureKind::Internal => "internal error",
         })
+    }
+}
+
+#[cfg(test)]
+mod check_strings_tests {
+    use super::lease::LeaseRequest;
+    use super::*;
+
+    fn acquire(rollout: &str, owner: &str) -> RequestFrame {
+        RequestFrame::new(Request::Lease(LeaseRequest::Acquire {
+            rollout: rollout.into(),
+            owner: owner.into(),
+            ttl_secs: 60,
+            break_existing: false,
+        }))
+    }
+
+    /// Issue 13: the agent took lease owners and rollout ids as they came.
+    #[test]
+    fn frames_with_bad_rollout_ids_or_owners_are_refused() {
+        assert!(
+            acquire("r-20261203-112233-ab12", "ops (alice@bastion)")
+                .check_strings()
+                .is_ok()
+        );
+        let err = acquire("r-1\nforged", "ops")
+            .check_strings()
+            .expect_err("newline");
+        assert!(err.to_string().contains("rollout id"), "{err}");
+        let err = acquire("r-1", "ops\u{1b}[2J")
+            .check_strings()
+            .expect_err("escape");
+        assert!(err.to_string().contains("lease owner"), "{err}");
+        let mut frame = RequestFrame::new(Request::Status);
+        frame.rollout = Some("../../etc".into());
+        assert!(frame.check_strings().is_err());
+        let release = RequestFrame::new(Request::Lease(LeaseRequest::Release {
+            rollout: String::new(),
+        }));
+        assert!(release.check_strings().is_err());
     }
 }

@@ -1,17 +1,17 @@
-//! `handover ca init|issue`: the private CA.
+//! `handover ca init|issue|revoke`: the private CA.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use handover_common::names::{HostName, Role};
-use handover_common::pki::{self, LeafSpec};
+use handover_common::names::{DnsName, HostName, Role};
+use handover_common::pki::{self, Existing, LeafSpec};
 
 /// `handover ca ...`
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Create a private CA: DIR/ca.pem and DIR/ca.key (mode 0600).
+    /// Create a private CA: DIR/ca.pem, DIR/ca.key (mode 0600) and an empty DIR/crl.pem.
     Init {
         /// Where the CA files go.
         #[arg(long)]
@@ -19,8 +19,8 @@ pub enum CaCommand {
         /// Replace an existing CA (every certificate it issued stops working).
         #[arg(long)]
         force: bool,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days (1 to 10950).
+        #[arg(long, default_value_t = pki::DEFAULT_CA_DAYS)]
         days: u32,
     },
     /// Issue a certificate for an agent or a coordinator: DIR/NAME.pem, DIR/NAME.key.
@@ -28,24 +28,44 @@ pub enum CaCommand {
         /// The directory holding the CA (ca.pem, ca.key); the new files go there too.
         #[arg(long)]
         dir: PathBuf,
-        /// `agent` (a host) or `coordinator` (an operator).
-        #[arg(long)]
-        role: Role,
+        /// `agent` (a host) or `coordinator` (an operator); with --renew, taken from
+        /// the current certificate.
+        #[arg(long, required_unless_present = "renew")]
+        role: Option<Role>,
         /// The host's inventory name (agents) or the operator's name (coordinators).
         #[arg(long)]
         name: HostName,
-        /// An extra DNS name for the certificate.
-        #[arg(long = "dns")]
-        dns: Vec<String>,
+        /// An extra DNS name for the certificate (exact, no wildcards).
+        #[arg(long = "dns", conflicts_with = "renew")]
+        dns: Vec<DnsName>,
         /// An IP address for the certificate.
-        #[arg(long = "ip")]
+        #[arg(long = "ip", conflicts_with = "renew")]
         ips: Vec<IpAddr>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 825)]
-        days: u32,
+        /// Validity in days [default: 30 for a coordinator (at most 365), 365 for an
+        /// agent (at most 3650)].
+        #[arg(long)]
+        days: Option<u32>,
+        /// Replace an existing certificate for NAME with this one.
+        #[arg(long, conflicts_with = "renew")]
+        force: bool,
+        /// Give NAME a new key and certificate with the role and names of its
+        /// current one, valid for --days from now (the old one stays valid until
+        /// it expires: revoke it if its key may be lost).
+        #[arg(long)]
+        renew: bool,
         /// Also print which files to copy where (and the config lines that name them).
         #[arg(long)]
         print_install: bool,
+    },
+    /// Revoke every certificate issued to NAME and write DIR/crl.pem, which agents
+    /// load through `crl` in agent.toml: they then refuse that certificate.
+    Revoke {
+        /// The directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The name whose certificates to revoke.
+        #[arg(long)]
+        name: HostName,
     },
 }
 
@@ -60,6 +80,10 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
                 "CA key:         {} (keep it off the hosts)",
                 files.key.display()
             );
+            println!(
+                "CRL:            {} (revokes nothing yet)",
+                pki::revocation::crl_file(&dir).display()
+            );
             Ok(())
         }
         CaCommand::Issue {
@@ -69,29 +93,83 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             dns,
             ips,
             days,
+            force,
+            renew,
             print_install,
         } => {
-            if days == 0 {
-                anyhow::bail!("--days must be at least 1");
-            }
-            let mut spec = LeafSpec::new(role, name, days);
-            spec.dns = dns;
-            spec.ips = ips;
-            let files = pki::issue(&dir, &spec).with_context(|| {
+            let context = || {
                 format!(
                     "cannot issue a certificate from the CA in {}",
                     dir.display()
                 )
-            })?;
+            };
+            let (files, spec) = if renew {
+                let (files, spec) = pki::renew(&dir, &name, days).with_context(context)?;
+                if let Some(role) = role
+                    && role != spec.role
+                {
+                    anyhow::bail!(
+                        "{name} holds a {} certificate, not a {role} one: --renew keeps the role; issue a new name for another role",
+                        spec.role
+                    );
+                }
+                (files, spec)
+            } else {
+                let role = role.context("--role is required (agent or coordinator)")?;
+                let days = days.unwrap_or_else(|| pki::default_days(role));
+                pki::validity(&format!("{role} certificate"), days, pki::max_days(role))
+                    .with_context(context)?;
+                let mut spec = LeafSpec::new(role, name, days);
+                spec.dns = dns.into_iter().map(String::from).collect();
+                spec.ips = ips;
+                let existing = if force {
+                    Existing::Replace
+                } else {
+                    Existing::Refuse
+                };
+                let files = pki::issue(&dir, &spec, existing).with_context(context)?;
+                (files, spec)
+            };
+            let role = spec.role;
             println!("{role} certificate: {}", files.cert.display());
             println!("{role} key:         {}", files.key.display());
+            println!(
+                "valid until:         {} (renew with `handover ca issue --renew --name {}`)",
+                spec.not_after.date(),
+                spec.name
+            );
             if print_install {
                 let ca = pki::ca_files(&dir).cert;
                 print!("\n{}", install_hint(role, &spec.name, &ca, &files));
             }
             Ok(())
         }
+        CaCommand::Revoke { dir, name } => {
+            let revoked = pki::revocation::revoke(&dir, &name).with_context(|| {
+                format!("cannot revoke {name} with the CA in {}", dir.display())
+            })?;
+            for serial in &revoked.newly {
+                println!("revoked {name} serial {serial}");
+            }
+            for serial in &revoked.already {
+                println!("already revoked: {name} serial {serial}");
+            }
+            print!("{}", crl_hint(&revoked.crl));
+            Ok(())
+        }
     }
+}
+
+/// Where the CRL goes on every agent host.
+pub const AGENT_CRL: &str = "/etc/handover/crl.pem";
+
+/// What to do with a new CRL: it protects only the agents that have it.
+pub fn crl_hint(crl: &Path) -> String {
+    format!(
+        "CRL: {crl}\n         Copy it to every agent host, and name it in each agent.toml (once):\n         \x20 scp {crl} root@HOST:{AGENT_CRL}\n         \x20 crl = \"{AGENT_CRL}\"\n         Agents re-read it within {secs} s; an agent with an older copy still accepts the revoked certificate.\n",
+        crl = crl.display(),
+        secs = handover_common::tls::CRL_RELOAD_SECS,
+    )
 }
 
 /// Where an agent's files go on its host: fixed names, so the packaged unit can
@@ -104,12 +182,9 @@ pub(crate) const AGENT_KEY: &str = "/etc/handover/agent.key";
 
 /// The operator's next steps after `ca issue`: which files to copy to which host,
 /// where they go, and the config lines that name them. The CA key is never listed.
-pub(crate) fn install_hint(
-    role: Role,
-    name: &HostName,
-    ca: &Path,
-    files: &pki::PemFiles,
-) -> String {
+pub(crate) fn install_hint(role: Role, name: &HostName, ca: &Path, files: &pki::PemFiles) -> String {
+    let crl = ca.with_file_name("crl.pem");
+    let crl = crl.display();
     let (ca, cert, key) = (ca.display(), files.cert.display(), files.key.display());
     match role {
         Role::Agent => format!(
@@ -117,6 +192,7 @@ pub(crate) fn install_hint(
              \x20 scp {ca} root@{name}:{AGENT_CA}\n\
              \x20 scp {cert} root@{name}:{AGENT_CERT}\n\
              \x20 scp {key} root@{name}:{AGENT_KEY}\n\
+             \x20 scp {crl} root@{name}:{AGENT_CRL}\n\
              \x20 ssh root@{name} 'chmod 0600 {AGENT_KEY} && \
              sed -i \"s/^name = .*/name = \\\"{name}\\\"/\" /etc/handover/agent.toml && \
              systemctl restart handover-agent'\n\
@@ -125,6 +201,8 @@ pub(crate) fn install_hint(
              \x20 ca = \"{AGENT_CA}\"\n\
              \x20 cert = \"{AGENT_CERT}\"\n\
              \x20 key = \"{AGENT_KEY}\"\n\
+             Add this line too, so `handover ca revoke` reaches the host (the agent re-reads the file):\n\
+             \x20 crl = \"{AGENT_CRL}\"\n\
              Keep ca.key off the hosts.\n"
         ),
         Role::Coordinator => format!(

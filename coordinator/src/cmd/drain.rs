@@ -485,7 +485,7 @@ mod tests {
             roles = ["app"]
         "#;
         let config: CoordinatorConfig = toml::from_str(toml).expect("config parses");
-        config.hosts[0].clone()
+        config.hosts.iter().next().expect("one host").clone()
     }
 
     fn options() -> DrainOptions {
