@@ -4,3 +4,148 @@
 
 #[allow(unused_imports)]
 use handover_tests::fleet;
+
+// --- lease ---
+
+mod lease {
+    use std::process::{Child, Stdio};
+    use std::time::Duration;
+
+    use handover_tests::agents::{Coordinator, StdoutLines, output_text, spawn_lines};
+    use handover_tests::scenario::{Scenario, ScenarioOptions};
+
+    fn scenario(apps: u8) -> Scenario {
+        Scenario::start(ScenarioOptions {
+            apps,
+            ..ScenarioOptions::default()
+        })
+        .expect("fleet starts")
+    }
+
+    /// Starts `handover ARGS --json` with `coordinator`'s config.
+    fn spawn_json(coordinator: &Coordinator, args: &[&str]) -> (Child, StdoutLines) {
+        let mut cmd = coordinator.command(args);
+        cmd.arg("--json");
+        spawn_lines(cmd, Stdio::null()).expect("spawn handover")
+    }
+
+    /// Reads JSON events until a step whose title starts with `prefix` starts;
+    /// returns the rollout id seen in the phase event.
+    fn wait_for_step(lines: &mut StdoutLines, prefix: &str) -> String {
+        let mut id = String::new();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["event"] == "phase" {
+                id = event["rollout"].as_str().unwrap_or("").to_string();
+            }
+            if event["event"] == "step-started"
+                && event["title"].as_str().unwrap_or("").starts_with(prefix)
+            {
+                return id;
+            }
+        }
+        panic!("the rollout never reached a step starting with {prefix:?}");
+    }
+
+    /// The same coordinator on "another bastion": its own state_dir holding a copy
+    /// of the journal, so it knows the rollout but not the first process's lock.
+    fn second_bastion(s: &Scenario) -> Coordinator {
+        let text = std::fs::read_to_string(&s.coordinator.config).expect("config");
+        let ops = s.coordinator.config.parent().expect("config dir");
+        let dir = s.dir().join("bastion-2");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        std::fs::copy(ops.join("state/journal.redb"), state.join("journal.redb"))
+            .expect("copy the journal");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("state_dir") {
+                    format!("state_dir = {:?}", state.display().to_string())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = dir.join("handover.toml");
+        std::fs::write(&config, text).expect("write config");
+        Coordinator { config }
+    }
+
+    /// Releases of `rev` on `host`, as its agent lists them.
+    fn releases_of(s: &Scenario, host: &str, rev: &str) -> usize {
+        let out = s.coordinator.run(&["releases", host, "--json"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("releases");
+        list["releases"]
+            .as_array()
+            .expect("releases array")
+            .iter()
+            .filter(|r| r["rev"] == rev)
+            .count()
+    }
+
+    /// Issue 18, safety 1: a bare `handover resume` beside a live `rollout` took the
+    /// rollout over and ran its steps a second time (two new releases per host).
+    /// Now the running process holds the rollout: a second process on the same
+    /// bastion is refused by the local lock, one on another bastion by the lease,
+    /// each naming the holder, and every host gets exactly one new release.
+    #[test]
+    fn a_bare_resume_beside_a_live_rollout_is_refused_and_each_host_gets_one_release() {
+        let s = scenario(2);
+        // A client on web-1 keeps the rollout in its first drain wait until dropped.
+        let held = handover_tests::traffic::hold_connection(
+            s.app("web-1").apache.addr(),
+            "/",
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("hold a connection to web-1");
+        let plan_text = s
+            .in_place_plan("v2", 1, 1)
+            .replace("drain_timeout = \"20s\"", "drain_timeout = \"60s\"");
+        let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
+        let (mut first, mut lines) = spawn_json(
+            &s.coordinator,
+            &["rollout", &plan.display().to_string(), "--yes"],
+        );
+        let id = wait_for_step(&mut lines, "wait for sessions");
+        assert!(!id.is_empty(), "the rollout never named itself");
+        let pid = first.id().to_string();
+
+        // Same bastion: refused at once by the local lock.
+        let out = s.coordinator.run(&["resume"]);
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&id) && err.contains(&pid), "names the holder: {err}");
+        let out = s.coordinator.run(&["resume", &id]);
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+
+        // Another bastion that knows the rollout: refused by the agents' lease.
+        let other = second_bastion(&s);
+        let out = other.run(&["resume"]);
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&id) && err.contains(&format!("pid {pid}")),
+            "names the holder process: {err}"
+        );
+        assert!(err.contains("nothing was changed"), "{err}");
+
+        // The first rollout carries on alone once the client leaves.
+        drop(held);
+        for line in lines.by_ref() {
+            if line.is_err() {
+                break;
+            }
+        }
+        let status = first.wait().expect("wait");
+        assert!(status.success(), "the first rollout must succeed");
+        for host in ["web-1", "web-2"] {
+            assert_eq!(s.app(host).version(), "v2");
+            assert_eq!(releases_of(&s, host, "v2"), 1, "{host}: one new release");
+        }
+    }
+}
