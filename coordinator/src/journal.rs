@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::rollout::steps::Phase;
 
 const ROLLOUTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rollouts");
 const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("steps");
@@ -32,12 +35,25 @@ pub fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// Where a rollout stands.
+/// The shape of the records this version writes. A record of another format is
+/// refused with a clear error rather than misread; records written before the
+/// field existed are format 1.
+pub const FORMAT: u32 = 1;
+
+fn format_1() -> u32 {
+    1
+}
+
+/// Where a rollout stands. One spelling everywhere: the kebab-case names below,
+/// in `history`, `show`, JSON and messages alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
-    /// Under way (or interrupted: `resume` continues it).
+    /// Under way (or its coordinator died: `resume` continues it).
     Running,
+    /// Stopped because a host did not answer; nothing was undone, capacity kept.
+    /// A plain `resume` continues from the step that failed.
+    Halted,
     /// Every host is on the new release and attached.
     Succeeded,
     /// A wave failed health; upgraded hosts are being put back.
@@ -51,9 +67,36 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
-    /// Whether `resume` has something to do.
+    /// Whether a plain `resume` (no id) picks it up.
     pub fn is_unfinished(self) -> bool {
-        matches!(self, RolloutState::Running | RolloutState::RollingBack)
+        matches!(
+            self,
+            RolloutState::Running | RolloutState::RollingBack | RolloutState::Halted
+        )
+    }
+
+    /// Whether it stopped short and `resume ID` can carry it on.
+    pub fn is_stopped(self) -> bool {
+        matches!(self, RolloutState::Aborted | RolloutState::Failed)
+    }
+
+    /// Its one spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Halted => "halted",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::RollingBack => "rolling-back",
+            RolloutState::RolledBack => "rolled-back",
+            RolloutState::Aborted => "aborted",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -73,6 +116,9 @@ pub enum RolloutKind {
 /// One rollout as journaled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RolloutRecord {
+    /// The record's format ([`FORMAT`]).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// Its id (`r-YYYYMMDD-HHMMSS-xxxx`).
     pub id: String,
     /// Rollout or rollback.
@@ -86,8 +132,8 @@ pub struct RolloutRecord {
     pub plan_text: String,
     /// Where it stands.
     pub state: RolloutState,
-    /// The phase whose steps run now (`forward`, or `rollback-from-wave-N`).
-    pub phase: String,
+    /// The phase whose steps run now.
+    pub phase: Phase,
     /// Created (ms since epoch).
     pub created_ms: u64,
     /// Last changed (ms since epoch).
@@ -111,7 +157,10 @@ pub enum StepOutcome {
 /// One step as journaled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// Phase it belongs to.
+    /// The record's format ([`FORMAT`]).
+    #[serde(default = "format_1")]
+    pub format: u32,
+    /// Phase it belongs to (its journal key).
     pub phase: String,
     /// Position in the phase.
     pub index: usize,
@@ -125,6 +174,14 @@ pub struct StepRecord {
     pub outcome: Option<StepOutcome>,
     /// Outputs (release ids, shas, session counts...).
     pub outputs: BTreeMap<String, String>,
+}
+
+/// A record's format, read before the rest so that a record from another version
+/// is named, not misread.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default = "format_1")]
+    format: u32,
 }
 
 /// The journal under a state_dir.
@@ -177,6 +234,25 @@ impl Journal {
         })
     }
 
+    /// Decodes a record of this version's format, or says whose it is.
+    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> anyhow::Result<T> {
+        let format = serde_json::from_slice::<Format>(bytes)
+            .with_context(|| format!("journal record {key} in {} is damaged", self.path.display()))?
+            .format;
+        if format != FORMAT {
+            bail!(
+                "journal record {key} in {} has format {format}, written by another handover version; this one reads format {FORMAT}: use the version that wrote it, or move the journal away",
+                self.path.display()
+            );
+        }
+        serde_json::from_slice(bytes).with_context(|| {
+            format!(
+                "journal record {key} in {} cannot be read",
+                self.path.display()
+            )
+        })
+    }
+
     fn write(
         &self,
         table: TableDefinition<'_, &str, &[u8]>,
@@ -214,9 +290,7 @@ impl Journal {
             Err(e) => return Err(e.into()),
         };
         match table.get(id)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value()).context("reading a journal record")?,
-            )),
+            Some(v) => Ok(Some(self.decode(id, v.value())?)),
             None => Ok(None),
         }
     }
@@ -235,8 +309,8 @@ impl Journal {
         };
         let mut out = Vec::new();
         for entry in table.iter()? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice::<RolloutRecord>(v.value())?);
+            let (k, v) = entry?;
+            out.push(self.decode::<RolloutRecord>(k.value(), v.value())?);
         }
         out.sort_by_key(|r| r.created_ms);
         Ok(out)
@@ -255,7 +329,7 @@ impl Journal {
                     .filter(|r| r.state.is_unfinished())
                     .collect();
                 match unfinished.as_slice() {
-                    [] => bail!("no unfinished rollout in the journal: nothing to resume"),
+                    [] => bail!("{}", self.nothing_to_resume()?),
                     [one] => Ok(one.clone()),
                     many => bail!(
                         "several unfinished rollouts ({}): name the one to resume",
@@ -269,6 +343,30 @@ impl Journal {
         }
     }
 
+    /// Why a plain `resume` has nothing to pick up, naming the stopped rollouts
+    /// (newest first) that `resume ID` could carry on.
+    fn nothing_to_resume(&self) -> anyhow::Result<String> {
+        let stopped: Vec<String> = self
+            .rollouts()?
+            .into_iter()
+            .rev()
+            .filter(|r| r.state.is_stopped())
+            .take(5)
+            .map(|r| match &r.error {
+                Some(e) => format!("{} ({}: {e})", r.id, r.state),
+                None => format!("{} ({})", r.id, r.state),
+            })
+            .collect();
+        Ok(if stopped.is_empty() {
+            "no unfinished rollout in the journal: nothing to resume".into()
+        } else {
+            format!(
+                "no rollout is under way; stopped rollouts, newest first (`handover resume ID` carries one on): {}",
+                stopped.join("; ")
+            )
+        })
+    }
+
     /// Records a step as started (or restarted).
     pub fn step_started(
         &self,
@@ -278,6 +376,7 @@ impl Journal {
         title: &str,
     ) -> anyhow::Result<()> {
         let record = StepRecord {
+            format: FORMAT,
             phase: phase.to_owned(),
             index,
             title: title.to_owned(),
@@ -352,8 +451,8 @@ impl Journal {
         let end = format!("{id}0");
         let mut out = Vec::new();
         for entry in table.range(start.as_str()..end.as_str())? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice::<StepRecord>(v.value())?);
+            let (k, v) = entry?;
+            out.push(self.decode::<StepRecord>(k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -389,13 +488,14 @@ mod tests {
 
     fn record(id: &str) -> RolloutRecord {
         RolloutRecord {
+            format: FORMAT,
             id: id.into(),
             kind: RolloutKind::Rollout,
             owner: "ops".into(),
             plan_path: "plan.toml".into(),
             plan_text: "strategy = \"in-place\"".into(),
             state: RolloutState::Running,
-            phase: "forward".into(),
+            phase: Phase::Forward,
             created_ms: now_ms(),
             updated_ms: 0,
             error: None,

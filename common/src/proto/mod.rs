@@ -20,7 +20,7 @@ pub mod lease;
 pub mod status;
 
 /// Bumped whenever the encoding of these types changes.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// What the caller sends first on a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@ use crate::config::CoordinatorConfig;
 use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, format_ms};
 use crate::output::Table;
 use crate::plan::Plan;
-use crate::rollout::engine::Engine;
+use crate::rollout::engine::{Engine, Leased};
+use crate::rollout::lease::{RolloutLock, Takeover};
 use crate::rollout::steps;
 
 /// `handover plan PLAN`: validate and print the numbered steps with capacity.
@@ -83,6 +84,26 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// Takes the rollout's lock and leases, then announces it: an id and a resume
+/// hint appear only for a rollout that `history` will list.
+async fn take(
+    engine: Engine,
+    lock: RolloutLock,
+    takeover: Takeover,
+    json: bool,
+) -> anyhow::Result<Leased> {
+    let notice = |text: &str| eprintln!("handover: {text}");
+    let leased = engine.take(lock, takeover, &notice).await?;
+    if !json {
+        eprintln!(
+            "rollout {} (if this terminal goes away: `handover resume {}`)",
+            leased.id(),
+            leased.id()
+        );
+    }
+    Ok(leased)
+}
+
 /// `handover rollout PLAN [--yes]`.
 pub async fn rollout(
     config: CoordinatorConfig,
@@ -103,27 +124,45 @@ pub async fn rollout(
             return Ok(ExitCode::from(1));
         }
     }
+    let state_dir = config.state_dir.clone();
     let engine = Engine::new_rollout(config, path, text, plan, json)?;
-    if !json {
-        eprintln!(
-            "rollout {} (if this terminal goes away: `handover resume {}`)",
-            engine.id(),
-            engine.id()
-        );
-    }
-    Ok(exit_for(engine.run(break_lease).await?))
+    let lock = new_lock_in(&state_dir, engine.id())?;
+    let takeover = if break_lease {
+        Takeover::Break
+    } else {
+        Takeover::Refuse
+    };
+    let leased = take(engine, lock, takeover, json).await?;
+    Ok(exit_for(leased.run().await?))
 }
 
-/// `handover resume [ROLLOUT]`.
+/// `handover resume [ROLLOUT] [--takeover | --break-lease]`.
 pub async fn resume(
     config: CoordinatorConfig,
     id: Option<&str>,
     json: bool,
-    break_lease: bool,
+    takeover: Takeover,
 ) -> anyhow::Result<ExitCode> {
-    let record = Journal::new(&config.state_dir).find(id)?;
+    let journal = Journal::new(&config.state_dir);
+    let record = journal.find(id)?;
+    let lock = match RolloutLock::try_take(&config.state_dir, &record.id)? {
+        Ok(lock) => lock,
+        Err(held) if takeover == Takeover::Wait => {
+            eprintln!(
+                "handover: waiting for pid {} on this bastion to exit (it runs {})",
+                held.pid, record.id
+            );
+            let lock = RolloutLock::wait(&config.state_dir, &record.id).await?;
+            eprintln!("handover: pid {} is gone: its lock is free", held.pid);
+            lock
+        }
+        Err(held) => return Err(held.into()),
+    };
+    // Read again under the lock: a process that just exited changed it.
+    let record = journal.find(Some(&record.id))?;
     let engine = Engine::resume(config, record, json)?;
-    Ok(exit_for(engine.run(break_lease).await?))
+    let leased = take(engine, lock, takeover, json).await?;
+    Ok(exit_for(leased.run().await?))
 }
 
 /// `handover rollback [ROLLOUT]`: the newest rollout when none is named.
@@ -150,22 +189,62 @@ pub async fn rollback(
             original.id
         );
     }
-    if !yes
-        && !confirm(&format!(
-            "Put the hosts of {} back on their previous release?",
-            original.id
-        ))?
-    {
-        println!("nothing was changed");
-        return Ok(ExitCode::from(1));
-    }
+    let state_dir = config.state_dir.clone();
     let engine = Engine::rollback_of(config, &original, json)?;
-    let state = engine.run(break_lease).await?;
+    if !yes {
+        print!("{}", describe_rollback(&original, &engine));
+        if !confirm(&format!(
+            "Put these hosts of {} back on their previous release?",
+            original.id
+        ))? {
+            println!("nothing was changed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let lock = new_lock_in(&state_dir, engine.id())?;
+    let takeover = if break_lease {
+        Takeover::Break
+    } else {
+        Takeover::Refuse
+    };
+    let leased = take(engine, lock, takeover, json).await?;
+    let state = leased.run().await?;
     Ok(if state == RolloutState::RolledBack {
         ExitCode::SUCCESS
     } else {
         exit_for(state)
     })
+}
+
+/// The local lock of a rollout this process just made up: free by construction.
+fn new_lock_in(state_dir: &Path, id: &str) -> anyhow::Result<RolloutLock> {
+    RolloutLock::try_take(state_dir, id)?.map_err(anyhow::Error::from)
+}
+
+/// What `rollback` will do, as `rollout` shows its plan: the hosts, newest wave
+/// first, each with the release it goes back to.
+fn describe_rollback(original: &RolloutRecord, engine: &Engine) -> String {
+    let mut out = format!(
+        "rollback of {} ({}), wave by wave with drain → detach → switch → verify → attach:\n",
+        original.id,
+        revision_of(&original.plan_text)
+    );
+    for (host, release) in engine.targets() {
+        let target = if release == "-" {
+            "no release before: left as it is".to_string()
+        } else {
+            format!("back to {release}")
+        };
+        out.push_str(&format!("  {host:<20} {target}\n"));
+    }
+    out
+}
+
+/// "repo@ref" of a journaled plan.
+fn revision_of(plan_text: &str) -> String {
+    toml::from_str::<crate::plan::PlanFile>(plan_text)
+        .map(|p| format!("{}@{}", p.revision.repo, p.revision.reference))
+        .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -195,16 +274,18 @@ pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCod
         "ROLLOUT", "KIND", "STATE", "STARTED", "REVISION", "OWNER", "ERROR",
     ]);
     for r in &records {
-        let revision = toml::from_str::<crate::plan::PlanFile>(&r.plan_text)
-            .map(|p| format!("{}@{}", p.revision.repo, p.revision.reference))
-            .unwrap_or_default();
+        let revision = match &r.kind {
+            RolloutKind::Rollout => revision_of(&r.plan_text),
+            // Where a rollback went: the releases the hosts had before the rollout.
+            RolloutKind::Rollback { .. } => back_to(r),
+        };
         table.row(vec![
             r.id.clone(),
             match &r.kind {
                 RolloutKind::Rollout => "rollout".into(),
                 RolloutKind::Rollback { of } => format!("rollback of {of}"),
             },
-            format!("{:?}", r.state).to_lowercase(),
+            r.state.to_string(),
             format_ms(r.created_ms),
             revision,
             r.owner.clone(),
@@ -213,6 +294,24 @@ pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCod
     }
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+/// "back to 20261126T050301Z-1a2b3c4": the releases a rollback put back.
+fn back_to(record: &RolloutRecord) -> String {
+    let mut releases: Vec<&str> = record
+        .facts
+        .iter()
+        .filter(|(k, _)| k.starts_with("before/"))
+        .map(|(_, v)| v.as_str())
+        .filter(|v| *v != "-")
+        .collect();
+    releases.sort_unstable();
+    releases.dedup();
+    if releases.is_empty() {
+        String::new()
+    } else {
+        format!("back to {}", releases.join(", "))
+    }
 }
 
 /// `handover show ROLLOUT`.
@@ -236,7 +335,7 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     println!("rollout  {}", record.id);
-    println!("state    {:?}  (phase {})", record.state, record.phase);
+    println!("state    {}  ({})", record.state, record.phase);
     println!("owner    {}", record.owner);
     println!("plan     {}", record.plan_path.display());
     println!("started  {}", format_ms(record.created_ms));

@@ -8,13 +8,15 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::lease::Leases;
+use super::lease::{Leases, Process, RolloutLock, Takeover};
 use super::ops::{self, Ctx};
-use super::steps::{self, Action, phase};
+use super::steps::{self, Action, Phase};
 use super::ui::{Event, Ui};
 use crate::config::CoordinatorConfig;
 use crate::fleet::Fleet;
-use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, now_ms};
+use crate::journal::{
+    FORMAT, Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, now_ms,
+};
 use crate::plan::Plan;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
@@ -24,18 +26,15 @@ pub struct Engine {
     journal: Journal,
     plan: Plan,
     record: RolloutRecord,
+    process: Process,
     ui: Ui,
 }
 
-/// Who runs it, for lease messages: the certificate's name and the local user.
-fn owner(fleet: &Fleet) -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    format!("{} ({user}@{host})", fleet.identity.name)
+/// A rollout whose process holds its lock and every host's lease: it may run.
+pub struct Leased {
+    engine: Engine,
+    leases: Leases,
+    _lock: RolloutLock,
 }
 
 impl Engine {
@@ -48,14 +47,16 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let mut fleet = Fleet::new(&config)?;
         fleet.set_rollout(Some(record.id.clone()));
+        let process = Process::this(fleet.identity.name.as_str())?;
         if record.owner.is_empty() {
-            record.owner = owner(&fleet);
+            record.owner = process.owner();
         }
         Ok(Engine {
             journal: Journal::new(&config.state_dir),
             fleet: Arc::new(fleet),
             plan,
             record,
+            process,
             ui: Ui::new(json),
             config,
         })
@@ -70,6 +71,7 @@ impl Engine {
         json: bool,
     ) -> anyhow::Result<Self> {
         let record = RolloutRecord {
+            format: FORMAT,
             id: crate::journal::new_rollout_id(),
             kind: RolloutKind::Rollout,
             // Filled in by `assemble`, from this coordinator's certificate.
@@ -77,7 +79,7 @@ impl Engine {
             plan_path: plan_path.to_owned(),
             plan_text,
             state: RolloutState::Running,
-            phase: phase::FORWARD.to_string(),
+            phase: Phase::Forward,
             created_ms: now_ms(),
             updated_ms: now_ms(),
             error: None,
@@ -101,26 +103,20 @@ impl Engine {
         })?;
         match record.state {
             RolloutState::Succeeded | RolloutState::RolledBack => anyhow::bail!(
-                "rollout {} already ended ({:?}): nothing to resume",
+                "rollout {} already ended ({}): nothing to resume",
                 record.id,
                 record.state
             ),
-            // Stopped by the operator: its current wave was put back in service and
-            // is redone from its first step.
-            RolloutState::Aborted => {
-                record.phase = phase::FORWARD.to_string();
-                record.state = RolloutState::Running;
-                record.error = None;
-            }
-            RolloutState::Running | RolloutState::RollingBack | RolloutState::Failed => {}
+            // Stopped by the operator or short of capacity: its current wave was
+            // put back and is redone from its first step.
+            RolloutState::Aborted => record.phase = Phase::Forward,
+            RolloutState::Running
+            | RolloutState::RollingBack
+            | RolloutState::Halted
+            | RolloutState::Failed => {}
         }
-        if record.state == RolloutState::Failed {
-            record.state = if record.phase.starts_with("rollback") {
-                RolloutState::RollingBack
-            } else {
-                RolloutState::Running
-            };
-        }
+        record.state = running_state(record.phase);
+        record.error = None;
         Self::assemble(config, plan, record, json)
     }
 
@@ -143,20 +139,14 @@ impl Engine {
             .filter(|(k, _)| k.starts_with("before/"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let last_wave = plan
-            .waves
-            .iter()
-            .rposition(|wave| {
-                wave.iter()
-                    .any(|h| facts.contains_key(&format!("before/{h}")))
-            })
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "rollout {} never switched a host: there is nothing to roll back",
-                    original.id
-                )
-            })?;
+        let last_wave = last_switched_wave(&plan, &facts).ok_or_else(|| {
+            anyhow::anyhow!(
+                "rollout {} never switched a host: there is nothing to roll back",
+                original.id
+            )
+        })?;
         let record = RolloutRecord {
+            format: FORMAT,
             id: crate::journal::new_rollout_id(),
             kind: RolloutKind::Rollback {
                 of: original.id.clone(),
@@ -166,7 +156,7 @@ impl Engine {
             plan_path: original.plan_path.clone(),
             plan_text: original.plan_text.clone(),
             state: RolloutState::RollingBack,
-            phase: phase::undo(last_wave),
+            phase: Phase::Undo { last_wave },
             created_ms: now_ms(),
             updated_ms: now_ms(),
             error: None,
@@ -180,92 +170,231 @@ impl Engine {
         &self.record.id
     }
 
-    /// Runs to the end (success, rollback, abort) and returns the final state.
-    pub async fn run(mut self, break_lease: bool) -> anyhow::Result<RolloutState> {
+    /// The rollout's plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// What a `rollback` will do: each host the rollout switched, newest wave
+    /// first, with the release it goes back to.
+    pub fn targets(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for wave in self.plan.waves.iter().rev() {
+            for host in wave {
+                if let Some(before) = self.record.facts.get(&format!("before/{host}")) {
+                    out.push((host.to_string(), before.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes the rollout: its local lock (held by the caller, `lock`), then the
+    /// lease on every host it touches. Only then is it journaled, so a refused
+    /// rollout leaves no trace. `notice` hears how another holder was dealt with.
+    pub async fn take(
+        self,
+        lock: RolloutLock,
+        takeover: Takeover,
+        notice: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<Leased> {
         let mut touched = self.plan.hosts.clone();
         touched.extend(self.plan.lbs.iter().cloned());
-        let leases = Leases::take(
+        let leases = match Leases::take(
             self.fleet.clone(),
             touched,
             &self.record.id,
-            &self.record.owner,
-            break_lease,
+            self.process.clone(),
+            takeover,
+            notice,
         )
-        .await?;
-        self.journal.save_rollout(&self.record)?;
-        let (interrupts, _watcher) = watch_signals();
-        let result = self.run_phases(interrupts).await;
+        .await
+        {
+            Ok(leases) => leases,
+            Err(e) => {
+                self.fleet.close().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.journal.save_rollout(&self.record) {
+            leases.release().await;
+            self.fleet.close().await;
+            return Err(e);
+        }
+        Ok(Leased {
+            engine: self,
+            leases,
+            _lock: lock,
+        })
+    }
+}
+
+/// The state a rollout is in while `phase` runs.
+fn running_state(phase: Phase) -> RolloutState {
+    if phase.is_rollback() {
+        RolloutState::RollingBack
+    } else {
+        RolloutState::Running
+    }
+}
+
+/// The newest wave with a host the rollout switched (it journaled where from).
+fn last_switched_wave(plan: &Plan, facts: &BTreeMap<String, String>) -> Option<usize> {
+    plan.waves.iter().rposition(|wave| {
+        wave.iter()
+            .any(|h| facts.contains_key(&format!("before/{h}")))
+    })
+}
+
+/// What stopped a phase short.
+#[derive(Debug, Clone)]
+struct StepFailure {
+    wave: usize,
+    action: Action,
+    error: String,
+    interrupted: bool,
+    unreachable: bool,
+}
+
+/// How a phase's run ended.
+enum PhaseEnd {
+    Done,
+    Failed(StepFailure),
+    /// Another process took a lease over: stop without touching anything.
+    LeaseLost(String),
+}
+
+/// What the engine does after a step of `phase` failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Stop here in this state; `resume` carries on from the failed step.
+    Stop(RolloutState),
+    /// Run `phase` next. `undo_wave`: the forward steps of that wave are marked
+    /// undone, so a later `resume` redoes the wave from its first step.
+    Switch { phase: Phase, undo_wave: bool },
+}
+
+/// The decision after a failure: pure, so it is tested without processes.
+fn after_failure(phase: Phase, f: &StepFailure, auto_rollback: bool) -> Next {
+    if f.unreachable && !f.interrupted {
+        // Not the release's fault, and nothing can be put back on a host that does
+        // not answer: halt with capacity kept, `resume` retries this step.
+        return Next::Stop(RolloutState::Halted);
+    }
+    if phase != Phase::Forward {
+        return Next::Stop(RolloutState::Failed);
+    }
+    match f.action {
+        // Nothing of the wave has changed yet: there is nothing to put back, and
+        // without capacity nothing could be rolled back safely either.
+        Action::EnsureCapacity => Next::Stop(RolloutState::Aborted),
+        // Stopped at the canary pause: the canary serves the new release and goes
+        // back to its previous one, as every interrupted wave does.
+        Action::Pause(_) => Next::Switch {
+            phase: Phase::Withdraw { wave: f.wave },
+            undo_wave: true,
+        },
+        _ if !f.interrupted && auto_rollback => Next::Switch {
+            phase: Phase::RollbackFrom { wave: f.wave },
+            undo_wave: false,
+        },
+        _ => Next::Switch {
+            phase: Phase::Repair { wave: f.wave },
+            undo_wave: true,
+        },
+    }
+}
+
+/// The state a phase that ran to its end leaves the rollout in.
+fn end_state(phase: Phase) -> RolloutState {
+    match phase {
+        Phase::Forward => RolloutState::Succeeded,
+        Phase::RollbackFrom { .. } | Phase::Undo { .. } => RolloutState::RolledBack,
+        Phase::Repair { .. } | Phase::Withdraw { .. } => RolloutState::Aborted,
+    }
+}
+
+impl Leased {
+    /// The rollout's id.
+    pub fn id(&self) -> &str {
+        self.engine.id()
+    }
+
+    /// Runs to the end (success, rollback, abort, halt) and returns the final state.
+    pub async fn run(self) -> anyhow::Result<RolloutState> {
+        let Leased {
+            mut engine,
+            leases,
+            _lock,
+        } = self;
+        let (interrupts, _watcher) = watch_signals(engine.record.id.clone());
+        let result = engine.run_phases(interrupts, leases.lost()).await;
         leases.release().await;
-        self.fleet.close().await;
+        engine.fleet.close().await;
         let state = result?;
-        self.ui.show(Event::Finished {
-            rollout: self.record.id.clone(),
-            state: format!("{state:?}").to_lowercase(),
-            error: self.record.error.clone(),
+        engine.ui.show(Event::Finished {
+            rollout: engine.record.id.clone(),
+            state: state.to_string(),
+            error: engine.record.error.clone(),
         });
         Ok(state)
     }
+}
 
+impl Engine {
     async fn run_phases(
         &mut self,
         interrupts: watch::Receiver<u32>,
+        lost: watch::Receiver<Option<String>>,
     ) -> anyhow::Result<RolloutState> {
         let mut reason: Option<String> = None;
         loop {
-            let phase_name = self.record.phase.clone();
-            let steps = steps::for_phase(&self.plan, &phase_name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "journal: unknown phase {phase_name:?} in rollout {}",
-                    self.record.id
-                )
-            })?;
+            let phase = self.record.phase;
+            let steps = steps::for_phase(&self.plan, phase);
             let journaled = self.journal.steps(&self.record.id)?;
             let done = (0..steps.len())
-                .filter(|i| self.journal.step_done(&journaled, &phase_name, *i))
+                .filter(|i| self.journal.step_done(&journaled, &phase.key(), *i))
                 .count();
             self.ui.show(Event::Phase {
                 rollout: self.record.id.clone(),
-                phase: phase_name.clone(),
+                phase: phase.key(),
+                title: phase.to_string(),
                 steps: steps.len(),
                 done,
                 reason: reason.take(),
             });
-            let forward = phase_name == phase::FORWARD;
-            let failure = self
-                .run_steps(&phase_name, &steps, &journaled, forward, interrupts.clone())
+            let end = self
+                .run_steps(phase, &steps, &journaled, interrupts.clone(), lost.clone())
                 .await?;
-            match failure {
-                None => {
-                    self.record.state = if forward {
-                        RolloutState::Succeeded
-                    } else if phase_name.starts_with("rollback") {
-                        RolloutState::RolledBack
-                    } else {
-                        RolloutState::Aborted
-                    };
+            let f = match end {
+                PhaseEnd::Done => {
+                    self.record.state = end_state(phase);
                     self.journal.save_rollout(&self.record)?;
                     return Ok(self.record.state);
                 }
-                Some(f)
-                    if forward && matches!(f.action, Action::EnsureCapacity | Action::Pause(_)) =>
-                {
-                    // Nothing of the wave has changed yet (capacity), or the wave is
-                    // complete (the canary pause): there is nothing to put back, and
-                    // without capacity nothing could be rolled back safely either.
-                    // `handover resume ID` carries on from this step.
-                    self.record.error = Some(f.error.clone());
-                    self.record.state = RolloutState::Aborted;
+                PhaseEnd::LeaseLost(holders) => anyhow::bail!(
+                    "rollout {} stopped: another coordinator process took its lease over ({holders}); this one touches nothing more, the new holder carries on",
+                    self.record.id
+                ),
+                PhaseEnd::Failed(f) => f,
+            };
+            match after_failure(phase, &f, self.plan.file.rollout.auto_rollback) {
+                Next::Stop(state) => {
+                    self.record.error = Some(match self.record.error.take() {
+                        Some(first) if phase != Phase::Forward => {
+                            format!("{first}; then, while {phase}: {}", f.error)
+                        }
+                        _ => f.error.clone(),
+                    });
+                    self.record.state = state;
                     self.journal.save_rollout(&self.record)?;
-                    return Ok(RolloutState::Aborted);
+                    return Ok(state);
                 }
-                Some(f) if forward => {
-                    self.record.error = Some(f.error.clone());
-                    if !f.interrupted && self.plan.file.rollout.auto_rollback {
-                        self.record.phase = phase::rollback(f.wave);
-                        self.record.state = RolloutState::RollingBack;
-                        reason = Some(format!("rolling back: {}", f.error));
-                    } else {
-                        // The wave goes back in service; a later `resume` redoes it.
+                Next::Switch {
+                    phase: next,
+                    undo_wave,
+                } => {
+                    if undo_wave {
                         let undone: Vec<usize> = steps
                             .iter()
                             .enumerate()
@@ -273,28 +402,13 @@ impl Engine {
                             .map(|(i, _)| i)
                             .collect();
                         self.journal
-                            .mark_undone(&self.record.id, &phase_name, &undone)?;
-                        self.record.phase = phase::repair(f.wave);
-                        reason = Some(format!(
-                            "putting wave {} back in service: {}",
-                            f.wave + 1,
-                            f.error
-                        ));
+                            .mark_undone(&self.record.id, &phase.key(), &undone)?;
                     }
+                    self.record.error = Some(f.error.clone());
+                    self.record.phase = next;
+                    self.record.state = running_state(next);
+                    reason = Some(f.error);
                     self.journal.save_rollout(&self.record)?;
-                }
-                Some(f) => {
-                    let first = self.record.error.take();
-                    self.record.error = Some(match first {
-                        Some(first) => format!(
-                            "{first}; then, while putting hosts back ({phase_name}): {}",
-                            f.error
-                        ),
-                        None => format!("{phase_name}: {}", f.error),
-                    });
-                    self.record.state = RolloutState::Failed;
-                    self.journal.save_rollout(&self.record)?;
-                    return Ok(RolloutState::Failed);
                 }
             }
         }
@@ -302,41 +416,42 @@ impl Engine {
 
     async fn run_steps(
         &mut self,
-        phase_name: &str,
+        phase: Phase,
         steps: &[steps::Step],
         journaled: &[crate::journal::StepRecord],
-        forward: bool,
         mut interrupts: watch::Receiver<u32>,
-    ) -> anyhow::Result<Option<StepFailure>> {
+        mut lost: watch::Receiver<Option<String>>,
+    ) -> anyhow::Result<PhaseEnd> {
         let id = self.record.id.clone();
+        let key = phase.key();
+        let forward = phase == Phase::Forward;
         for (i, step) in steps.iter().enumerate() {
-            if self.journal.step_done(journaled, phase_name, i) {
+            if self.journal.step_done(journaled, &key, i) {
                 continue;
             }
+            if let Some(holders) = lost.borrow().clone() {
+                return Ok(PhaseEnd::LeaseLost(holders));
+            }
             if forward && *interrupts.borrow() > 0 {
-                return Ok(Some(StepFailure {
+                return Ok(PhaseEnd::Failed(StepFailure {
                     wave: step.wave,
                     action: step.action.clone(),
                     error: "interrupted by the operator".into(),
                     interrupted: true,
+                    unreachable: false,
                 }));
             }
             let title = step.title(&self.plan);
-            let ctx = Ctx {
-                config: &self.config,
-                fleet: &self.fleet,
-                plan: &self.plan,
-                ui: &self.ui,
-            };
             if step.action == Action::ApplyRevision {
                 // Journaled before the switch, so a rollback knows where to go back
                 // even if the coordinator dies during the apply.
+                let ctx = self.ctx();
                 let mut facts = self.record.facts.clone();
                 ops::record_releases_before(&ctx, &step.hosts, &mut facts).await?;
                 self.record.facts = facts;
                 self.journal.save_rollout(&self.record)?;
             }
-            self.journal.step_started(&id, phase_name, i, &title)?;
+            self.journal.step_started(&id, &key, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
                 of: steps.len(),
@@ -344,28 +459,19 @@ impl Engine {
                 title: title.clone(),
             });
             let started = Instant::now();
-            let ctx = Ctx {
-                config: &self.config,
-                fleet: &self.fleet,
-                plan: &self.plan,
-                ui: &self.ui,
-            };
+            let ctx = self.ctx();
             let facts = self.record.facts.clone();
             let (result, interrupted) = tokio::select! {
                 r = ops::execute(&ctx, step, &facts) => (r, false),
                 () = interrupted(&mut interrupts, forward) => {
                     (Err(anyhow::anyhow!("interrupted by the operator")), true)
                 }
+                holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
             match result {
                 Ok(outputs) => {
-                    self.journal.step_ended(
-                        &id,
-                        phase_name,
-                        i,
-                        StepOutcome::Ok,
-                        outputs.clone(),
-                    )?;
+                    self.journal
+                        .step_ended(&id, &key, i, StepOutcome::Ok, outputs.clone())?;
                     self.ui.show(Event::StepDone {
                         number: i + 1,
                         title,
@@ -378,7 +484,7 @@ impl Engine {
                     let error = format!("{e:#}");
                     self.journal.step_ended(
                         &id,
-                        phase_name,
+                        &key,
                         i,
                         StepOutcome::Failed(error.clone()),
                         BTreeMap::new(),
@@ -388,24 +494,27 @@ impl Engine {
                         title,
                         error: error.clone(),
                     });
-                    return Ok(Some(StepFailure {
+                    return Ok(PhaseEnd::Failed(StepFailure {
                         wave: step.wave,
                         action: step.action.clone(),
                         error,
                         interrupted,
+                        unreachable: ops::is_unreachable(&e),
                     }));
                 }
             }
         }
-        Ok(None)
+        Ok(PhaseEnd::Done)
     }
-}
 
-struct StepFailure {
-    wave: usize,
-    action: Action,
-    error: String,
-    interrupted: bool,
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            config: &self.config,
+            fleet: &self.fleet,
+            plan: &self.plan,
+            ui: &self.ui,
+        }
+    }
 }
 
 /// Resolves on the first interrupt in the forward phase; never otherwise (putting
@@ -417,10 +526,18 @@ async fn interrupted(rx: &mut watch::Receiver<u32>, forward: bool) {
     let _ = rx.wait_for(|n| *n > 0).await;
 }
 
+/// Resolves with the new holders once another process takes a lease over.
+async fn lease_lost(rx: &mut watch::Receiver<Option<String>>) -> String {
+    match rx.wait_for(Option::is_some).await {
+        Ok(holders) => holders.clone().unwrap_or_default(),
+        // The renewer is gone without news: nothing was lost.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// Counts SIGINT/SIGTERM. The first stops the forward phase (the current wave is
-/// put back in service); the second exits at once, leaving the journal for
-/// `handover resume`.
-fn watch_signals() -> (watch::Receiver<u32>, tokio::task::JoinHandle<()>) {
+/// put back); the second exits at once, leaving the journal for `handover resume`.
+fn watch_signals(id: String) -> (watch::Receiver<u32>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(0u32);
     let handle = tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -439,14 +556,104 @@ fn watch_signals() -> (watch::Receiver<u32>, tokio::task::JoinHandle<()>) {
             count += 1;
             if count == 1 {
                 eprintln!(
-                    "handover: stopping: the current wave is put back in service (press Ctrl-C again to exit at once; `handover resume` finishes from the journal)"
+                    "handover: stopping rollout {id}: the current wave goes back to its previous release and in service; then `handover resume {id}` redoes that wave and carries on (Ctrl-C again exits at once)"
                 );
             } else {
-                eprintln!("handover: exiting now; run `handover resume` to finish");
+                eprintln!(
+                    "handover: exiting now; `handover resume {id}` finishes from the journal"
+                );
                 std::process::exit(130);
             }
             let _ = tx.send(count);
         }
     });
     (rx, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn failure(action: Action) -> StepFailure {
+        StepFailure {
+            wave: 1,
+            action,
+            error: "boom".into(),
+            interrupted: false,
+            unreachable: false,
+        }
+    }
+
+    #[test]
+    fn a_failed_wave_rolls_back_or_is_repaired_as_the_plan_says() {
+        let f = failure(Action::VerifyHealth);
+        assert_eq!(
+            after_failure(Phase::Forward, &f, true),
+            Next::Switch {
+                phase: Phase::RollbackFrom { wave: 1 },
+                undo_wave: false
+            }
+        );
+        assert_eq!(
+            after_failure(Phase::Forward, &f, false),
+            Next::Switch {
+                phase: Phase::Repair { wave: 1 },
+                undo_wave: true
+            }
+        );
+        // A failure while putting hosts back stops there.
+        assert_eq!(
+            after_failure(Phase::RollbackFrom { wave: 1 }, &f, true),
+            Next::Stop(RolloutState::Failed)
+        );
+    }
+
+    #[test]
+    fn an_interrupt_puts_the_wave_back_even_at_the_canary_pause() {
+        let mut f = failure(Action::DetachFromLoadBalancers);
+        f.interrupted = true;
+        assert_eq!(
+            after_failure(Phase::Forward, &f, true),
+            Next::Switch {
+                phase: Phase::Repair { wave: 1 },
+                undo_wave: true
+            }
+        );
+        let mut f = failure(Action::Pause(Duration::from_secs(30)));
+        f.interrupted = true;
+        assert_eq!(
+            after_failure(Phase::Forward, &f, true),
+            Next::Switch {
+                phase: Phase::Withdraw { wave: 1 },
+                undo_wave: true
+            }
+        );
+        assert_eq!(
+            end_state(Phase::Withdraw { wave: 1 }),
+            RolloutState::Aborted
+        );
+    }
+
+    #[test]
+    fn an_unreachable_host_halts_the_rollout_for_resume_instead_of_rolling_back() {
+        for phase in [Phase::Forward, Phase::RollbackFrom { wave: 0 }] {
+            let mut f = failure(Action::ApplyRevision);
+            f.unreachable = true;
+            assert_eq!(
+                after_failure(phase, &f, true),
+                Next::Stop(RolloutState::Halted)
+            );
+            assert!(RolloutState::Halted.is_unfinished());
+        }
+    }
+
+    #[test]
+    fn without_capacity_nothing_is_touched() {
+        assert_eq!(
+            after_failure(Phase::Forward, &failure(Action::EnsureCapacity), true),
+            Next::Stop(RolloutState::Aborted)
+        );
+    }
 }

@@ -19,7 +19,7 @@ use handover_common::proto::{Progress, Reply, Request};
 use super::steps::{Action, Step};
 use super::ui::{Event, Ui};
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
 use crate::plan::{OnDrainTimeout, Plan};
 
 /// What a step produced, kept in the journal.
@@ -72,6 +72,28 @@ pub async fn execute(
     }
 }
 
+/// A host did not answer (no handshake, connection lost, stream broken): not the
+/// release's fault, so the engine halts for `resume` rather than rolling back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// Whether `error` comes from a host that did not answer.
+pub fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.is::<Unreachable>()
+            || e.downcast_ref::<FleetError>().is_some_and(|f| {
+                matches!(
+                    f,
+                    FleetError::Timeout { .. }
+                        | FleetError::Connection(_)
+                        | FleetError::Wire(_)
+                        | FleetError::NoAnswer
+                )
+            })
+    })
+}
+
 /// Runs `f` on every host at once; fails naming every host that failed.
 async fn on_each<'h, F, Fut>(hosts: &'h [HostName], f: F) -> anyhow::Result<Outputs>
 where
@@ -82,16 +104,20 @@ where
     let results = join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await;
     let mut outputs = Outputs::new();
     let mut failures = Vec::new();
+    let mut unreachable = false;
     for (host, result) in results {
         match result {
             Ok(o) => outputs.extend(o),
-            Err(e) => failures.push(format!("{host}: {e:#}")),
+            Err(e) => {
+                unreachable |= is_unreachable(&e);
+                failures.push(format!("{host}: {e:#}"));
+            }
         }
     }
-    if failures.is_empty() {
-        Ok(outputs)
-    } else {
-        bail!("{}", failures.join("; "))
+    match (failures.is_empty(), unreachable) {
+        (true, _) => Ok(outputs),
+        (false, true) => Err(Unreachable(failures.join("; ")).into()),
+        (false, false) => bail!("{}", failures.join("; ")),
     }
 }
 

@@ -5,6 +5,6 @@ mod deploy;
 mod drain;
 mod lb;
 mod lbdrain;
+mod regression;
 mod rollout;
 mod spine;
-mod regression;

@@ -119,7 +119,10 @@ mod lease {
         let out = s.coordinator.run(&["resume"]);
         assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&id) && err.contains(&pid), "names the holder: {err}");
+        assert!(
+            err.contains(&id) && err.contains(&pid),
+            "names the holder: {err}"
+        );
         let out = s.coordinator.run(&["resume", &id]);
         assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
 
