@@ -151,4 +151,147 @@ mod lease {
             assert_eq!(releases_of(&s, host, "v2"), 1, "{host}: one new release");
         }
     }
+
+    /// Every app host on `version`, its health file in place.
+    fn assert_all_on(s: &Scenario, version: &str) {
+        for app in &s.apps {
+            assert_eq!(
+                app.version(),
+                version,
+                "{} runs the wrong release",
+                app.name
+            );
+            assert!(app.health_file_present(), "{} was left drained", app.name);
+        }
+    }
+
+    fn history(s: &Scenario) -> serde_json::Value {
+        let out = s.coordinator.run(&["history", "--json"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        serde_json::from_slice(&out.stdout).expect("history --json")
+    }
+
+    /// Issue 18, safety 4: Ctrl-C during the canary pause left the canary on the
+    /// new release (the README says the wave goes back), `resume ID` restarted at
+    /// the pause, a bare `resume` said "no unfinished rollout", and a refused
+    /// rollout printed an id and a resume hint for a rollout `history` never lists.
+    #[test]
+    fn ctrl_c_at_the_canary_pause_puts_the_canary_back_and_resume_id_redoes_it() {
+        let s = scenario(3);
+        let plan_text = s
+            .in_place_plan("v2", 1, 2)
+            .replace("batch = 1", "batch = 1\ncanary = 1\npause = \"60s\"");
+        let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
+        let plan_arg = plan.display().to_string();
+        let err_path = s.dir().join("first.stderr");
+        let mut cmd = s
+            .coordinator
+            .command(&["rollout", &plan_arg, "--yes", "--json"]);
+        cmd.stdin(Stdio::null());
+        let stderr = std::fs::File::create(&err_path).expect("stderr file");
+        let (mut first, mut lines) = spawn_lines(cmd, Stdio::from(stderr)).expect("spawn");
+        let id = wait_for_step(&mut lines, "pause");
+        assert_eq!(
+            s.app("web-1").version(),
+            "v2",
+            "the canary runs v2 in its pause"
+        );
+
+        // A rollout refused by the lease names no rollout of its own.
+        let out = s.coordinator.run(&["rollout", &plan_arg, "--yes"]);
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("held by") && err.contains(&id), "{err}");
+        assert!(!err.contains("handover resume r-"), "no resume hint: {err}");
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        for line in lines.by_ref() {
+            if line.is_err() {
+                break;
+            }
+        }
+        let status = first.wait().expect("wait");
+        assert_eq!(status.code(), Some(1), "an interrupted rollout exits 1");
+        let err = std::fs::read_to_string(&err_path).expect("stderr");
+        assert!(
+            err.contains(&format!("handover resume {id}")),
+            "the Ctrl-C message names the id: {err}"
+        );
+        assert_all_on(&s, "v1");
+        let h = history(&s);
+        assert_eq!(
+            h.as_array().map(Vec::len),
+            Some(1),
+            "the refused rollout is not in history: {h}"
+        );
+        assert_eq!(h[0]["state"], "aborted", "{h}");
+
+        // A bare resume lists the stopped rollout instead of saying nothing is left.
+        let out = s.coordinator.run(&["resume"]);
+        assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&id) && err.contains("aborted"), "{err}");
+
+        // `resume ID` redoes the canary wave from its first step.
+        let (mut again, mut lines) = spawn_json(&s.coordinator, &["resume", &id]);
+        let mut phase = serde_json::Value::Null;
+        let mut first_step = serde_json::Value::Null;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["event"] == "phase" && phase.is_null() {
+                phase = event.clone();
+            }
+            if event["event"] == "step-started" && first_step.is_null() {
+                first_step = event.clone();
+            }
+        }
+        assert!(
+            again.wait().expect("wait").success(),
+            "resume must finish the rollout"
+        );
+        assert_eq!(phase["phase"], "forward", "{phase}");
+        assert_eq!(phase["done"], 0, "the canary wave is redone: {phase}");
+        assert_eq!(first_step["number"], 1, "{first_step}");
+        assert_all_on(&s, "v2");
+        assert_eq!(history(&s)[0]["state"], "succeeded");
+    }
+
+    /// Issue 13, faults: a rollout halted because an agent stopped answering was
+    /// recorded as finished, and a plain `resume` said "nothing to resume". Now it
+    /// is `halted`, nothing is rolled back for a host that cannot answer, and a
+    /// plain `resume` carries on once the agent is back.
+    #[test]
+    fn a_rollout_halted_by_an_unreachable_agent_is_continued_by_a_plain_resume() {
+        let mut s = scenario(3);
+        let plan = s
+            .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
+            .expect("plan");
+        let (mut child, mut lines) = spawn_json(
+            &s.coordinator,
+            &["rollout", &plan.display().to_string(), "--yes"],
+        );
+        let _ = wait_for_step(&mut lines, "attach");
+        s.apps[1].agent.kill();
+        let mut last = serde_json::Value::Null;
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            last = serde_json::from_str(&line).unwrap_or_default();
+        }
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(2), "a halted rollout exits 2: {last}");
+        let h = history(&s);
+        assert_eq!(h[0]["state"], "halted", "{h}");
+        assert_eq!(s.app("web-1").version(), "v2");
+        assert_eq!(s.app("web-3").version(), "v1");
+
+        s.apps[1].agent.spawn().expect("restart web-2's agent");
+        let out = s.coordinator.run(&["resume"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert_all_on(&s, "v2");
+        let h = history(&s);
+        assert_eq!(h.as_array().map(Vec::len), Some(1), "{h}");
+        assert_eq!(h[0]["state"], "succeeded", "{h}");
+    }
 }
