@@ -533,6 +533,69 @@ mod tests {
     }
 
     #[test]
+    fn every_state_has_one_spelling() {
+        use RolloutState::*;
+        for state in [
+            Running,
+            Halted,
+            Succeeded,
+            RollingBack,
+            RolledBack,
+            Aborted,
+            Failed,
+        ] {
+            let json = serde_json::to_string(&state).expect("json");
+            assert_eq!(json, format!("\"{state}\""));
+        }
+        assert_eq!(RolledBack.to_string(), "rolled-back");
+    }
+
+    #[test]
+    fn a_record_of_another_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::new(dir.path());
+        let mut value = serde_json::to_value(record("r-9")).expect("json");
+        value["format"] = 99.into();
+        journal
+            .write(ROLLOUTS, "r-9", &serde_json::to_vec(&value).expect("bytes"))
+            .expect("write");
+        let err = format!("{:#}", journal.rollouts().expect_err("refused"));
+        assert!(err.contains("r-9") && err.contains("format 99"), "{err}");
+        // A record written before formats existed reads as format 1.
+        value.as_object_mut().expect("object").remove("format");
+        journal
+            .write(ROLLOUTS, "r-9", &serde_json::to_vec(&value).expect("bytes"))
+            .expect("write");
+        assert_eq!(journal.rollouts().expect("read")[0].format, 1);
+    }
+
+    #[test]
+    fn a_plain_resume_with_nothing_under_way_lists_the_stopped_rollouts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::new(dir.path());
+        let mut done = record("r-1");
+        done.state = RolloutState::Succeeded;
+        journal.save_rollout(&done).expect("save");
+        assert!(
+            format!("{:#}", journal.find(None).expect_err("none")).contains("nothing to resume")
+        );
+        let mut stopped = record("r-2");
+        stopped.state = RolloutState::Aborted;
+        stopped.error = Some("interrupted by the operator".into());
+        journal.save_rollout(&stopped).expect("save");
+        let err = format!("{:#}", journal.find(None).expect_err("none under way"));
+        assert!(
+            err.contains("r-2 (aborted: interrupted by the operator)"),
+            "{err}"
+        );
+        assert!(!err.contains("r-1"), "{err}");
+        let mut halted = record("r-3");
+        halted.state = RolloutState::Halted;
+        journal.save_rollout(&halted).expect("save");
+        assert_eq!(journal.find(None).expect("halted is picked").id, "r-3");
+    }
+
+    #[test]
     fn ids_are_distinct_and_safe() {
         let a = new_rollout_id();
         let b = new_rollout_id();

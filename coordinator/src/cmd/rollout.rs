@@ -346,7 +346,9 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
     let mut table = Table::new(&["PHASE", "#", "STEP", "STARTED", "TOOK", "OUTCOME"]);
     for s in &steps {
         table.row(vec![
-            s.phase.clone(),
+            steps::Phase::try_from(s.phase.clone())
+                .map(|p| p.to_string())
+                .unwrap_or_else(|_| s.phase.clone()),
             (s.index + 1).to_string(),
             s.title.clone(),
             format_ms(s.started_ms),
@@ -362,4 +364,34 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
     }
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_shows_where_a_rollback_went() {
+        let mut record = RolloutRecord {
+            format: crate::journal::FORMAT,
+            id: "r-2".into(),
+            kind: RolloutKind::Rollback { of: "r-1".into() },
+            owner: "ops (bastion)".into(),
+            plan_path: "plan.toml".into(),
+            plan_text: String::new(),
+            state: RolloutState::RolledBack,
+            phase: steps::Phase::Undo { last_wave: 1 },
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            facts: Default::default(),
+        };
+        assert_eq!(back_to(&record), "");
+        for (host, release) in [("web-1", "rel-a"), ("web-2", "rel-a"), ("web-3", "-")] {
+            record
+                .facts
+                .insert(format!("before/{host}"), release.into());
+        }
+        assert_eq!(back_to(&record), "back to rel-a");
+    }
 }
