@@ -17,6 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::facts::Facts;
 use crate::rollout::steps::Phase;
 
 const ROLLOUTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rollouts");
@@ -35,10 +36,12 @@ pub fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// The shape of the records this version writes. A record of another format is
-/// refused with a clear error rather than misread; records written before the
-/// field existed are format 1.
-pub const FORMAT: u32 = 1;
+/// The shape of the records this version writes. Records written before the field
+/// existed are format 1 (eight steps a wave, facts as `before/HOST` strings): they
+/// read fine for `history` and `rollback`, but `resume` refuses them, since their
+/// step numbers mean other steps now. A record of a newer format is refused with a
+/// clear error rather than misread.
+pub const FORMAT: u32 = 2;
 
 fn format_1() -> u32 {
     1
@@ -140,8 +143,8 @@ pub struct RolloutRecord {
     pub updated_ms: u64,
     /// Why it stopped, when it did not succeed.
     pub error: Option<String>,
-    /// Facts later steps need: `before/<host>` = the release a host had before.
-    pub facts: BTreeMap<String, String>,
+    /// Facts later steps need: the release each host had before.
+    pub facts: Facts,
 }
 
 /// How a step ended.
@@ -239,9 +242,9 @@ impl Journal {
         let format = serde_json::from_slice::<Format>(bytes)
             .with_context(|| format!("journal record {key} in {} is damaged", self.path.display()))?
             .format;
-        if format != FORMAT {
+        if format > FORMAT {
             bail!(
-                "journal record {key} in {} has format {format}, written by another handover version; this one reads format {FORMAT}: use the version that wrote it, or move the journal away",
+                "journal record {key} in {} has format {format}, written by a newer handover version; this one reads formats up to {FORMAT}: use the version that wrote it, or move the journal away",
                 self.path.display()
             );
         }
@@ -499,7 +502,7 @@ mod tests {
             created_ms: now_ms(),
             updated_ms: 0,
             error: None,
-            facts: BTreeMap::new(),
+            facts: Facts::default(),
         }
     }
 
@@ -561,7 +564,8 @@ mod tests {
             .expect("write");
         let err = format!("{:#}", journal.rollouts().expect_err("refused"));
         assert!(err.contains("r-9") && err.contains("format 99"), "{err}");
-        // A record written before formats existed reads as format 1.
+        // A record written before formats existed reads as format 1 (and `resume`
+        // refuses it: see the engine).
         value.as_object_mut().expect("object").remove("format");
         journal
             .write(ROLLOUTS, "r-9", &serde_json::to_vec(&value).expect("bytes"))

@@ -230,10 +230,9 @@ fn describe_rollback(original: &RolloutRecord, engine: &Engine) -> String {
         revision_of(&original.plan_text)
     );
     for (host, release) in engine.targets() {
-        let target = if release == "-" {
-            "no release before: left as it is".to_string()
-        } else {
-            format!("back to {release}")
+        let target = match release {
+            None => "had no release before: left as it is".to_string(),
+            Some(release) => format!("back to {release}"),
         };
         out.push_str(&format!("  {host:<20} {target}\n"));
     }
@@ -300,10 +299,10 @@ pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCod
 fn back_to(record: &RolloutRecord) -> String {
     let mut releases: Vec<&str> = record
         .facts
-        .iter()
-        .filter(|(k, _)| k.starts_with("before/"))
-        .map(|(_, v)| v.as_str())
-        .filter(|v| *v != "-")
+        .before
+        .values()
+        .flatten()
+        .map(|r| r.as_str())
         .collect();
     releases.sort_unstable();
     releases.dedup();
@@ -387,11 +386,13 @@ mod tests {
             facts: Default::default(),
         };
         assert_eq!(back_to(&record), "");
-        for (host, release) in [("web-1", "rel-a"), ("web-2", "rel-a"), ("web-3", "-")] {
-            record
-                .facts
-                .insert(format!("before/{host}"), release.into());
+        let rel = "20260101T000000Z-aaaaaaa";
+        for (host, release) in [("web-1", Some(rel)), ("web-2", Some(rel)), ("web-3", None)] {
+            let host = handover_common::names::HostName::new(host.to_string()).expect("host");
+            let release = release
+                .map(|r| handover_common::names::ReleaseName::new(r.to_string()).expect("release"));
+            record.facts.before.insert(host, release);
         }
-        assert_eq!(back_to(&record), "back to rel-a");
+        assert_eq!(back_to(&record), format!("back to {rel}"));
     }
 }

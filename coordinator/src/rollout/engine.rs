@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use handover_common::names::{HostName, ReleaseName};
 use std::time::Instant;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
+use super::facts::Facts;
 use super::lease::{Leases, Process, RolloutLock, Takeover};
-use super::ops::{self, Ctx};
+use super::ops::{self, Actions, Done, Live};
 use super::steps::{self, Action, Phase};
 use super::ui::{Event, Ui};
 use crate::config::CoordinatorConfig;
@@ -21,13 +24,19 @@ use crate::plan::Plan;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
 pub struct Engine {
-    config: CoordinatorConfig,
     fleet: Arc<Fleet>,
+    process: Process,
+    runner: Runner,
+}
+
+/// The decisions: phases and steps from the journal and the plan, every step
+/// journaled before and after, the world reached only through [`Actions`].
+struct Runner {
     journal: Journal,
     plan: Plan,
     record: RolloutRecord,
-    process: Process,
-    ui: Ui,
+    ui: Arc<Ui>,
+    actions: Arc<dyn Actions>,
 }
 
 /// A rollout whose process holds its lock and every host's lease: it may run.
@@ -51,14 +60,24 @@ impl Engine {
         if record.owner.is_empty() {
             record.owner = process.owner();
         }
+        let fleet = Arc::new(fleet);
+        let ui = Arc::new(Ui::new(json));
+        let actions = Arc::new(Live {
+            config: config.clone(),
+            fleet: fleet.clone(),
+            plan: plan.clone(),
+            ui: ui.clone(),
+        });
         Ok(Engine {
-            journal: Journal::new(&config.state_dir),
-            fleet: Arc::new(fleet),
-            plan,
-            record,
+            fleet,
             process,
-            ui: Ui::new(json),
-            config,
+            runner: Runner {
+                journal: Journal::new(&config.state_dir),
+                plan,
+                record,
+                ui,
+                actions,
+            },
         })
     }
 
@@ -83,7 +102,7 @@ impl Engine {
             created_ms: now_ms(),
             updated_ms: now_ms(),
             error: None,
-            facts: BTreeMap::new(),
+            facts: Facts::default(),
         };
         Self::assemble(config, plan, record, json)
     }
@@ -92,7 +111,7 @@ impl Engine {
     /// the text journaled when it started, not the file as it is now.
     pub fn resume(
         config: CoordinatorConfig,
-        mut record: RolloutRecord,
+        record: RolloutRecord,
         json: bool,
     ) -> anyhow::Result<Self> {
         let plan = Plan::parse(&record.plan_text, &config).with_context(|| {
@@ -101,22 +120,7 @@ impl Engine {
                 record.id
             )
         })?;
-        match record.state {
-            RolloutState::Succeeded | RolloutState::RolledBack => anyhow::bail!(
-                "rollout {} already ended ({}): nothing to resume",
-                record.id,
-                record.state
-            ),
-            // Stopped by the operator or short of capacity: its current wave was
-            // put back and is redone from its first step.
-            RolloutState::Aborted => record.phase = Phase::Forward,
-            RolloutState::Running
-            | RolloutState::RollingBack
-            | RolloutState::Halted
-            | RolloutState::Failed => {}
-        }
-        record.state = running_state(record.phase);
-        record.error = None;
+        let record = to_resume(record)?;
         Self::assemble(config, plan, record, json)
     }
 
@@ -133,12 +137,7 @@ impl Engine {
                 original.id
             )
         })?;
-        let facts: BTreeMap<String, String> = original
-            .facts
-            .iter()
-            .filter(|(k, _)| k.starts_with("before/"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let facts = original.facts.clone();
         let last_wave = last_switched_wave(&plan, &facts).ok_or_else(|| {
             anyhow::anyhow!(
                 "rollout {} never switched a host: there is nothing to roll back",
@@ -167,26 +166,22 @@ impl Engine {
 
     /// The rollout's id.
     pub fn id(&self) -> &str {
-        &self.record.id
-    }
-
-    /// The rollout's plan.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+        &self.runner.record.id
     }
 
     /// What a `rollback` will do: each host the rollout switched, newest wave
-    /// first, with the release it goes back to.
-    pub fn targets(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for wave in self.plan.waves.iter().rev() {
-            for host in wave {
-                if let Some(before) = self.record.facts.get(&format!("before/{host}")) {
-                    out.push((host.to_string(), before.clone()));
-                }
-            }
-        }
-        out
+    /// first, with the release it goes back to (`None`: it had none).
+    pub fn targets(&self) -> Vec<(HostName, Option<ReleaseName>)> {
+        let facts = &self.runner.record.facts;
+        self.runner
+            .plan
+            .waves
+            .iter()
+            .rev()
+            .flatten()
+            .filter(|h| facts.knows(h))
+            .map(|h| (h.clone(), facts.release_before(h).cloned()))
+            .collect()
     }
 
     /// Takes the rollout: its local lock (held by the caller, `lock`), then the
@@ -198,12 +193,12 @@ impl Engine {
         takeover: Takeover,
         notice: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<Leased> {
-        let mut touched = self.plan.hosts.clone();
-        touched.extend(self.plan.lbs.iter().cloned());
+        let mut touched = self.runner.plan.hosts.clone();
+        touched.extend(self.runner.plan.lbs.iter().cloned());
         let leases = match Leases::take(
             self.fleet.clone(),
             touched,
-            &self.record.id,
+            &self.runner.record.id,
             self.process.clone(),
             takeover,
             notice,
@@ -216,7 +211,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Err(e) = self.journal.save_rollout(&self.record) {
+        if let Err(e) = self.runner.journal.save_rollout(&self.runner.record) {
             leases.release().await;
             self.fleet.close().await;
             return Err(e);
@@ -229,6 +224,34 @@ impl Engine {
     }
 }
 
+/// A journaled rollout made ready to carry on: an aborted one redoes its wave
+/// from the first step; one that halted or failed retries the step that stopped it.
+fn to_resume(mut record: RolloutRecord) -> anyhow::Result<RolloutRecord> {
+    if record.format != FORMAT {
+        anyhow::bail!(
+            "rollout {} was journaled by another handover version (format {}, this one writes {FORMAT}) whose steps differ: finish it with that version, or `handover rollback {}` and start a new rollout",
+            record.id,
+            record.format,
+            record.id
+        );
+    }
+    match record.state {
+        RolloutState::Succeeded | RolloutState::RolledBack => anyhow::bail!(
+            "rollout {} already ended ({}): nothing to resume",
+            record.id,
+            record.state
+        ),
+        RolloutState::Aborted => record.phase = Phase::Forward,
+        RolloutState::Running
+        | RolloutState::RollingBack
+        | RolloutState::Halted
+        | RolloutState::Failed => {}
+    }
+    record.state = running_state(record.phase);
+    record.error = None;
+    Ok(record)
+}
+
 /// The state a rollout is in while `phase` runs.
 fn running_state(phase: Phase) -> RolloutState {
     if phase.is_rollback() {
@@ -239,11 +262,10 @@ fn running_state(phase: Phase) -> RolloutState {
 }
 
 /// The newest wave with a host the rollout switched (it journaled where from).
-fn last_switched_wave(plan: &Plan, facts: &BTreeMap<String, String>) -> Option<usize> {
-    plan.waves.iter().rposition(|wave| {
-        wave.iter()
-            .any(|h| facts.contains_key(&format!("before/{h}")))
-    })
+fn last_switched_wave(plan: &Plan, facts: &Facts) -> Option<usize> {
+    plan.waves
+        .iter()
+        .rposition(|wave| wave.iter().any(|h| facts.knows(h)))
 }
 
 /// What stopped a phase short.
@@ -327,22 +349,32 @@ impl Leased {
             leases,
             _lock,
         } = self;
-        let (interrupts, _watcher) = watch_signals(engine.record.id.clone());
-        let result = engine.run_phases(interrupts, leases.lost()).await;
+        let runner = &mut engine.runner;
+        let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
+        let result = runner.run_phases(interrupts, leases.lost()).await;
         leases.release().await;
         engine.fleet.close().await;
-        let state = result?;
-        engine.ui.show(Event::Finished {
-            rollout: engine.record.id.clone(),
-            state: state.to_string(),
-            error: engine.record.error.clone(),
-        });
-        Ok(state)
+        result
     }
 }
 
-impl Engine {
+impl Runner {
+    /// Runs phase after phase until the rollout ends, halts or loses its lease.
     async fn run_phases(
+        &mut self,
+        interrupts: watch::Receiver<u32>,
+        lost: watch::Receiver<Option<String>>,
+    ) -> anyhow::Result<RolloutState> {
+        let state = self.phases(interrupts, lost).await?;
+        self.ui.show(Event::Finished {
+            rollout: self.record.id.clone(),
+            state: state.to_string(),
+            error: self.record.error.clone(),
+        });
+        Ok(state)
+    }
+
+    async fn phases(
         &mut self,
         interrupts: watch::Receiver<u32>,
         lost: watch::Receiver<Option<String>>,
@@ -442,15 +474,6 @@ impl Engine {
                 }));
             }
             let title = step.title(&self.plan);
-            if step.action == Action::ApplyRevision {
-                // Journaled before the switch, so a rollback knows where to go back
-                // even if the coordinator dies during the apply.
-                let ctx = self.ctx();
-                let mut facts = self.record.facts.clone();
-                ops::record_releases_before(&ctx, &step.hosts, &mut facts).await?;
-                self.record.facts = facts;
-                self.journal.save_rollout(&self.record)?;
-            }
             self.journal.step_started(&id, &key, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
@@ -459,17 +482,22 @@ impl Engine {
                 title: title.clone(),
             });
             let started = Instant::now();
-            let ctx = self.ctx();
+            let actions = self.actions.clone();
             let facts = self.record.facts.clone();
             let (result, interrupted) = tokio::select! {
-                r = ops::execute(&ctx, step, &facts) => (r, false),
+                r = actions.run(step, &facts) => (r, false),
                 () = interrupted(&mut interrupts, forward) => {
                     (Err(anyhow::anyhow!("interrupted by the operator")), true)
                 }
                 holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
             match result {
-                Ok(outputs) => {
+                Ok(Done { outputs, learned }) => {
+                    // What the step learnt is journaled before it counts as done.
+                    if learned != Facts::default() {
+                        self.record.facts.learn(learned);
+                        self.journal.save_rollout(&self.record)?;
+                    }
                     self.journal
                         .step_ended(&id, &key, i, StepOutcome::Ok, outputs.clone())?;
                     self.ui.show(Event::StepDone {
@@ -505,15 +533,6 @@ impl Engine {
             }
         }
         Ok(PhaseEnd::Done)
-    }
-
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            config: &self.config,
-            fleet: &self.fleet,
-            plan: &self.plan,
-            ui: &self.ui,
-        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! puts only the current wave back in service.
 
 pub mod engine;
+pub mod facts;
 pub mod lease;
 pub mod ops;
 pub mod steps;

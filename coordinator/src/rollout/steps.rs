@@ -21,6 +21,9 @@ pub enum Action {
     WaitForSessionsToEnd,
     /// Take the servers out of every LB.
     DetachFromLoadBalancers,
+    /// Learn the release each host has now, to go back to (runbook step 5: save
+    /// the deployment inputs before changing them).
+    RecordCurrentRelease,
     /// Deploy the plan's revision (the agent switches, reloads and verifies).
     ApplyRevision,
     /// Put the release the host had before this rollout back in place.
@@ -71,6 +74,9 @@ impl Step {
                 }
             ),
             Action::DetachFromLoadBalancers => format!("detach {hosts} from every LB"),
+            Action::RecordCurrentRelease => {
+                format!("record the release on {hosts} (to go back to)")
+            }
             Action::ApplyRevision => format!(
                 "apply {} @ {} on {hosts}",
                 plan.file.revision.repo, plan.file.revision.reference
@@ -104,20 +110,25 @@ impl Step {
 }
 
 /// The mechanics of one wave: drain → wait → detach → `switch` → restore → verify
-/// → attach. Every action is idempotent, so the same list also repairs a wave left
-/// anywhere in between.
+/// → attach; an apply is preceded by recording where each host comes from. Every
+/// action is idempotent, so the same list also repairs a wave left anywhere in
+/// between.
 pub fn wave_steps(wave: usize, hosts: &[HostName], switch: Action) -> Vec<Step> {
+    let record = (switch == Action::ApplyRevision).then_some(Action::RecordCurrentRelease);
     [
         Action::EnsureCapacity,
         Action::RemoveHealthCheckFile,
         Action::WaitForSessionsToEnd,
         Action::DetachFromLoadBalancers,
+    ]
+    .into_iter()
+    .chain(record)
+    .chain([
         switch,
         Action::RestoreHealthCheckFile,
         Action::VerifyHealth,
         Action::AttachToLoadBalancers,
-    ]
-    .into_iter()
+    ])
     .map(|action| Step {
         wave,
         action,
@@ -365,14 +376,15 @@ mod tests {
     fn every_wave_drains_before_detaching_and_verifies_before_attaching() {
         let plan = plan(PLAN, 3);
         let steps = in_place(&plan);
-        assert_eq!(steps.len(), 3 * 8);
-        for wave in steps.chunks(8) {
+        assert_eq!(steps.len(), 3 * 9);
+        for wave in steps.chunks(9) {
             let order: Vec<&Action> = wave.iter().map(|s| &s.action).collect();
             assert_eq!(order[1], &Action::RemoveHealthCheckFile);
             assert_eq!(order[3], &Action::DetachFromLoadBalancers);
-            assert_eq!(order[4], &Action::ApplyRevision);
-            assert_eq!(order[6], &Action::VerifyHealth);
-            assert_eq!(order[7], &Action::AttachToLoadBalancers);
+            assert_eq!(order[4], &Action::RecordCurrentRelease);
+            assert_eq!(order[5], &Action::ApplyRevision);
+            assert_eq!(order[7], &Action::VerifyHealth);
+            assert_eq!(order[8], &Action::AttachToLoadBalancers);
         }
     }
 
