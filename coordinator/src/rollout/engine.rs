@@ -89,22 +89,7 @@ impl Engine {
         plan: Plan,
         json: bool,
     ) -> anyhow::Result<Self> {
-        let record = RolloutRecord {
-            format: FORMAT,
-            id: crate::journal::new_rollout_id(),
-            kind: RolloutKind::Rollout,
-            // Filled in by `assemble`, from this coordinator's certificate.
-            owner: String::new(),
-            plan_path: plan_path.to_owned(),
-            plan_text,
-            state: RolloutState::Running,
-            phase: Phase::Forward,
-            created_ms: now_ms(),
-            updated_ms: now_ms(),
-            error: None,
-            facts: Facts::default(),
-        };
-        Self::assemble(config, plan, record, json)
+        Self::assemble(config, plan, new_record(plan_path, plan_text), json)
     }
 
     /// An interrupted or stopped rollout, to carry on from its journal. Its plan is
@@ -221,6 +206,25 @@ impl Engine {
             leases,
             _lock: lock,
         })
+    }
+}
+
+/// A new rollout's record (its owner is filled in by `assemble`, from this
+/// coordinator's certificate).
+fn new_record(plan_path: &std::path::Path, plan_text: String) -> RolloutRecord {
+    RolloutRecord {
+        format: FORMAT,
+        id: crate::journal::new_rollout_id(),
+        kind: RolloutKind::Rollout,
+        owner: String::new(),
+        plan_path: plan_path.to_owned(),
+        plan_text,
+        state: RolloutState::Running,
+        phase: Phase::Forward,
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+        error: None,
+        facts: Facts::default(),
     }
 }
 
@@ -674,5 +678,291 @@ mod tests {
             after_failure(Phase::Forward, &failure(Action::EnsureCapacity), true),
             Next::Stop(RolloutState::Aborted)
         );
+    }
+
+    mod scripted {
+        //! The engine against a scripted fleet, with tokio's paused clock: no
+        //! process, no socket, no waiting.
+
+        use std::mem::discriminant;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use tokio::sync::watch;
+
+        use super::super::*;
+        use crate::rollout::fake::{self, Fake, Fault, NEW, OLD, Trigger, host};
+
+        const THREE: &str = "batch = 1\nmin_healthy = 2";
+
+        struct Bench {
+            dir: tempfile::TempDir,
+            plan: Plan,
+            fake: Arc<Fake>,
+            id: String,
+        }
+
+        impl Bench {
+            fn new(rollout: &str) -> Self {
+                let plan = fake::plan(3, rollout);
+                let fake = Arc::new(Fake::new(&plan));
+                // The journal syncs every write: in memory when the host offers it.
+                let shm = std::path::Path::new("/dev/shm");
+                let dir = if shm.is_dir() {
+                    tempfile::tempdir_in(shm)
+                } else {
+                    tempfile::tempdir()
+                }
+                .expect("tempdir");
+                let record = new_record(std::path::Path::new("plan.toml"), String::new());
+                let id = record.id.clone();
+                Journal::new(dir.path())
+                    .save_rollout(&record)
+                    .expect("journal");
+                Bench {
+                    dir,
+                    plan,
+                    fake,
+                    id,
+                }
+            }
+
+            fn journal(&self) -> Journal {
+                Journal::new(self.dir.path())
+            }
+
+            /// A runner for the journaled record, as `rollout` or `resume` makes it.
+            fn runner(&self, resume: bool) -> Runner {
+                let mut record = self
+                    .journal()
+                    .rollout(&self.id)
+                    .expect("read")
+                    .expect("record");
+                if resume {
+                    record = to_resume(record).expect("resumable");
+                }
+                Runner {
+                    journal: self.journal(),
+                    plan: self.plan.clone(),
+                    record,
+                    ui: Arc::new(Ui::new(true)),
+                    actions: self.fake.clone(),
+                }
+            }
+
+            /// Runs until the end, or until a scripted crash (then `None`).
+            async fn run(&self, resume: bool) -> Option<anyhow::Result<RolloutState>> {
+                let (_itx, irx) = watch::channel(0u32);
+                let (_ltx, lrx) = watch::channel(None);
+                let mut runner = self.runner(resume);
+                tokio::time::timeout(Duration::from_secs(24 * 3600), runner.run_phases(irx, lrx))
+                    .await
+                    .ok()
+            }
+
+            fn assert_all_on(&self, release: &str) {
+                let w = self.fake.world();
+                for h in self.plan.hosts.iter().map(|h| &h.name) {
+                    assert_eq!(w.release[h], release, "{h}");
+                    assert!(
+                        w.attached.contains(h) && !w.drained.contains(h),
+                        "{h} serves"
+                    );
+                }
+                assert!(w.min_up >= 2, "capacity fell to {}", w.min_up);
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn waves_run_in_order_and_capacity_never_falls_below_min_healthy() {
+            let bench = Bench::new(THREE);
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+            let w = bench.fake.world();
+            let order: Vec<&str> = w.log.iter().map(|(_, h)| h.as_str()).collect();
+            let mut waves = order.clone();
+            waves.dedup();
+            assert_eq!(
+                waves,
+                ["web-1", "web-2", "web-3"],
+                "one wave after the other"
+            );
+            assert!(w.builds.values().all(|n| *n == 1));
+            let facts = bench
+                .journal()
+                .rollout(&bench.id)
+                .expect("read")
+                .expect("rec")
+                .facts;
+            assert_eq!(
+                facts.release_before(&host("web-2")).map(|r| r.as_str()),
+                Some(OLD)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_wave_without_capacity_changes_nothing_and_resume_starts_it_again() {
+            let bench = Bench::new(THREE);
+            bench.fake.world().drained.insert(host("web-3"));
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Aborted);
+            assert_eq!(
+                bench.fake.world().log.len(),
+                1,
+                "only the capacity check ran"
+            );
+            bench.fake.world().drained.remove(&host("web-3"));
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_canary_pause_waits_and_an_interrupt_there_puts_the_canary_back() {
+            let bench = Bench::new("batch = 2\nmin_healthy = 1\ncanary = 1\npause = \"60s\"");
+            let (itx, irx) = watch::channel(0u32);
+            let (_ltx, lrx) = watch::channel(None);
+            let mut runner = bench.runner(false);
+            let started = tokio::time::Instant::now();
+            let interrupt = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let paused = bench
+                        .fake
+                        .world()
+                        .log
+                        .iter()
+                        .any(|(a, _)| matches!(a, Action::Pause(_)));
+                    if paused {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        let _ = itx.send(1);
+                        return;
+                    }
+                }
+            };
+            let (state, ()) = tokio::join!(runner.run_phases(irx, lrx), interrupt);
+            assert_eq!(state.expect("runs"), RolloutState::Aborted);
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "stopped inside the pause"
+            );
+            {
+                let w = bench.fake.world();
+                assert_eq!(w.release[&host("web-1")], OLD, "the canary went back");
+                assert!(w.attached.contains(&host("web-1")) && !w.drained.contains(&host("web-1")));
+                assert_eq!(
+                    w.release[&host("web-2")],
+                    OLD,
+                    "the next wave never started"
+                );
+            }
+            // `resume ID` redoes the canary wave from its first step, pause and all.
+            let before = bench.fake.world().log.len();
+            let started = tokio::time::Instant::now();
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            assert!(
+                started.elapsed() >= Duration::from_secs(60),
+                "the pause was waited"
+            );
+            let w = bench.fake.world();
+            assert_eq!(w.log[before], (Action::EnsureCapacity, host("web-1")));
+            assert_eq!(w.release[&host("web-1")], NEW);
+            assert_eq!(w.builds[&host("web-1")], 2, "the redone wave applied again");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failure_at_any_step_of_a_wave_rolls_every_host_back_with_capacity_kept() {
+            let actions = steps::wave_steps(1, &[host("web-2")], Action::ApplyRevision);
+            for step in actions.iter().skip(1) {
+                let bench = Bench::new(&format!("{THREE}\nauto_rollback = true"));
+                let at = Trigger::Step(discriminant(&step.action), host("web-2"));
+                bench.fake.inject(at, Fault::Fail);
+                let state = bench.run(false).await.expect("ends").expect("runs");
+                assert_eq!(
+                    state,
+                    RolloutState::RolledBack,
+                    "failure at {:?}",
+                    step.action
+                );
+                bench.assert_all_on(OLD);
+                let w = bench.fake.world();
+                assert_eq!(w.release[&host("web-3")], OLD);
+                assert!(
+                    !w.log.iter().any(|(_, h)| h.as_str() == "web-3"),
+                    "wave 3 never ran"
+                );
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn resume_after_a_crash_at_any_step_boundary_finishes_with_one_build_per_host() {
+            let total = steps::in_place(&fake::plan(3, THREE)).len();
+            for crash in [Fault::CrashBefore, Fault::CrashAfter] {
+                for at in 0..total {
+                    let bench = Bench::new(THREE);
+                    bench.fake.inject(Trigger::Call(at), crash);
+                    assert!(bench.run(false).await.is_none(), "crashed at step {at}");
+                    let state = bench.run(true).await.expect("ends").expect("runs");
+                    assert_eq!(state, RolloutState::Succeeded, "{crash:?} at step {at}");
+                    bench.assert_all_on(NEW);
+                    let w = bench.fake.world();
+                    assert!(
+                        w.builds.values().all(|n| *n == 1),
+                        "{crash:?} at {at}: {:?}",
+                        w.builds
+                    );
+                }
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_unreachable_host_halts_and_a_plain_resume_carries_on() {
+            let bench = Bench::new(THREE);
+            let at = Trigger::Step(discriminant(&Action::RemoveHealthCheckFile), host("web-2"));
+            bench.fake.inject(at, Fault::Unreachable);
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Halted);
+            assert_eq!(
+                bench.fake.world().release[&host("web-1")],
+                NEW,
+                "nothing undone"
+            );
+            assert_eq!(bench.journal().find(None).expect("picked").id, bench.id);
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_lost_lease_stops_the_rollout_without_touching_anything_more() {
+            let bench = Bench::new(THREE);
+            bench.fake.inject(Trigger::Call(2), Fault::CrashBefore);
+            let (_itx, irx) = watch::channel(0u32);
+            let (ltx, lrx) = watch::channel(None);
+            let mut runner = bench.runner(false);
+            let lose = async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                let _ = ltx.send(Some("web-1: held by pid 9".to_string()));
+            };
+            let (result, ()) = tokio::join!(runner.run_phases(irx, lrx), lose);
+            let err = format!("{:#}", result.expect_err("stops"));
+            assert!(
+                err.contains("took its lease over") && err.contains("pid 9"),
+                "{err}"
+            );
+            assert_eq!(bench.fake.world().log.len(), 3, "no step after the loss");
+            let record = bench
+                .journal()
+                .rollout(&bench.id)
+                .expect("read")
+                .expect("rec");
+            assert_eq!(
+                record.state,
+                RolloutState::Running,
+                "the new holder carries on"
+            );
+        }
     }
 }

@@ -14,6 +14,8 @@
 
 pub mod engine;
 pub mod facts;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod lease;
 pub mod ops;
 pub mod steps;
