@@ -495,48 +495,59 @@ impl Runner {
                 }
                 holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
-            match result {
-                Ok(Done { outputs, learned }) => {
-                    // What the step learnt is journaled before it counts as done.
-                    if learned != Facts::default() {
-                        self.record.facts.learn(learned);
-                        self.journal.save_rollout(&self.record)?;
-                    }
-                    self.journal
-                        .step_ended(&id, &key, i, StepOutcome::Ok, outputs.clone())?;
-                    self.ui.show(Event::StepDone {
-                        number: i + 1,
-                        title,
-                        elapsed_ms: u64::try_from(started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
-                        outputs,
-                    });
-                }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    self.journal.step_ended(
-                        &id,
-                        &key,
-                        i,
-                        StepOutcome::Failed(error.clone()),
-                        BTreeMap::new(),
-                    )?;
-                    self.ui.show(Event::StepFailed {
-                        number: i + 1,
-                        title,
-                        error: error.clone(),
-                    });
-                    return Ok(PhaseEnd::Failed(StepFailure {
-                        wave: step.wave,
-                        action: step.action.clone(),
-                        error,
-                        interrupted,
-                        unreachable: ops::is_unreachable(&e),
-                    }));
-                }
+            let mark = (key.as_str(), i, title, started);
+            if let Some(failure) = self.journal_end(mark, step, result, interrupted)? {
+                return Ok(PhaseEnd::Failed(failure));
             }
         }
         Ok(PhaseEnd::Done)
+    }
+
+    /// Journals how step `i` of phase `key` ended (what it learnt first, so it is
+    /// never lost to a crash), shows it, and returns the failure if it failed.
+    fn journal_end(
+        &mut self,
+        (key, i, title, started): (&str, usize, String, Instant),
+        step: &steps::Step,
+        result: anyhow::Result<Done>,
+        interrupted: bool,
+    ) -> anyhow::Result<Option<StepFailure>> {
+        let id = self.record.id.clone();
+        match result {
+            Ok(Done { outputs, learned }) => {
+                if learned != Facts::default() {
+                    self.record.facts.learn(learned);
+                    self.journal.save_rollout(&self.record)?;
+                }
+                self.journal
+                    .step_ended(&id, key, i, StepOutcome::Ok, outputs.clone())?;
+                self.ui.show(Event::StepDone {
+                    number: i + 1,
+                    title,
+                    elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    outputs,
+                });
+                Ok(None)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                let outcome = StepOutcome::Failed(error.clone());
+                self.journal
+                    .step_ended(&id, key, i, outcome, BTreeMap::new())?;
+                self.ui.show(Event::StepFailed {
+                    number: i + 1,
+                    title,
+                    error: error.clone(),
+                });
+                Ok(Some(StepFailure {
+                    wave: step.wave,
+                    action: step.action.clone(),
+                    error,
+                    interrupted,
+                    unreachable: ops::is_unreachable(&e),
+                }))
+            }
+        }
     }
 }
 
