@@ -294,4 +294,77 @@ mod lease {
         assert_eq!(h.as_array().map(Vec::len), Some(1), "{h}");
         assert_eq!(h[0]["state"], "succeeded", "{h}");
     }
+
+    /// Issue 18, safety 1: `resume --takeover` beside a live rollout waits until
+    /// its process is provably gone, says how it knows, and finishes the rollout
+    /// with one new release per host.
+    #[test]
+    fn resume_takeover_waits_for_the_running_process_to_be_gone_then_finishes() {
+        let s = scenario(2);
+        let held = handover_tests::traffic::hold_connection(
+            s.app("web-1").apache.addr(),
+            "/",
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("hold a connection to web-1");
+        let plan_text = s
+            .in_place_plan("v2", 1, 1)
+            .replace("drain_timeout = \"20s\"", "drain_timeout = \"60s\"");
+        let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
+        let (mut first, mut lines) = spawn_json(
+            &s.coordinator,
+            &["rollout", &plan.display().to_string(), "--yes"],
+        );
+        let id = wait_for_step(&mut lines, "wait for sessions");
+        let pid = first.id();
+
+        let err_path = s.dir().join("takeover.stderr");
+        let stderr = std::fs::File::create(&err_path).expect("stderr file");
+        let mut takeover = s
+            .coordinator
+            .command(&["resume", "--takeover", &id])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn resume --takeover");
+        let waiting = format!("waiting for pid {pid}");
+        let mut seen = false;
+        for _ in 0..200 {
+            if std::fs::read_to_string(&err_path)
+                .unwrap_or_default()
+                .contains(&waiting)
+            {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(seen, "--takeover must wait for the live process");
+        assert_eq!(
+            takeover.try_wait().expect("poll"),
+            None,
+            "it waits, it does not run"
+        );
+
+        let _ = first.kill();
+        let _ = first.wait();
+        drop(lines);
+        drop(held);
+        let status = takeover.wait().expect("wait");
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        assert!(status.success(), "the takeover finishes the rollout: {err}");
+        assert!(
+            err.contains(&format!("pid {pid} is gone")),
+            "says how it knows: {err}"
+        );
+        assert!(
+            err.contains("taking over the lease"),
+            "says what it did with the lease: {err}"
+        );
+        for host in ["web-1", "web-2"] {
+            assert_eq!(s.app(host).version(), "v2");
+            assert_eq!(releases_of(&s, host, "v2"), 1, "{host}: one new release");
+        }
+    }
 }
