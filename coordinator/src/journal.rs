@@ -163,8 +163,8 @@ pub struct StepRecord {
     /// The record's format ([`FORMAT`]).
     #[serde(default = "format_1")]
     pub format: u32,
-    /// Phase it belongs to (its journal key).
-    pub phase: String,
+    /// Phase it belongs to (journaled by its key).
+    pub phase: Phase,
     /// Position in the phase.
     pub index: usize,
     /// What it does, as printed.
@@ -192,8 +192,8 @@ pub struct Journal {
     path: PathBuf,
 }
 
-fn step_key(id: &str, phase: &str, index: usize) -> String {
-    format!("{id}/{phase}/{index:06}")
+fn step_key(id: &str, phase: Phase, index: usize) -> String {
+    format!("{id}/{}/{index:06}", phase.key())
 }
 
 impl Journal {
@@ -374,13 +374,13 @@ impl Journal {
     pub fn step_started(
         &self,
         id: &str,
-        phase: &str,
+        phase: Phase,
         index: usize,
         title: &str,
     ) -> anyhow::Result<()> {
         let record = StepRecord {
             format: FORMAT,
-            phase: phase.to_owned(),
+            phase,
             index,
             title: title.to_owned(),
             started_ms: now_ms(),
@@ -399,7 +399,7 @@ impl Journal {
     pub fn step_ended(
         &self,
         id: &str,
-        phase: &str,
+        phase: Phase,
         index: usize,
         outcome: StepOutcome,
         outputs: BTreeMap<String, String>,
@@ -418,7 +418,7 @@ impl Journal {
 
     /// Marks steps as undone (their work was reversed by a repair), keeping their
     /// history: `resume` runs them again.
-    pub fn mark_undone(&self, id: &str, phase: &str, indices: &[usize]) -> anyhow::Result<()> {
+    pub fn mark_undone(&self, id: &str, phase: Phase, indices: &[usize]) -> anyhow::Result<()> {
         for step in self.steps(id)? {
             if step.phase == phase
                 && indices.contains(&step.index)
@@ -461,7 +461,7 @@ impl Journal {
     }
 
     /// Whether step `index` of `phase` ended well.
-    pub fn step_done(&self, steps: &[StepRecord], phase: &str, index: usize) -> bool {
+    pub fn step_done(&self, steps: &[StepRecord], phase: Phase, index: usize) -> bool {
         steps
             .iter()
             .any(|s| s.phase == phase && s.index == index && s.outcome == Some(StepOutcome::Ok))
@@ -512,25 +512,25 @@ mod tests {
         let journal = Journal::new(dir.path());
         journal.save_rollout(&record("r-1")).expect("save");
         journal
-            .step_started("r-1", "forward", 0, "drain web-1")
+            .step_started("r-1", Phase::Forward, 0, "drain web-1")
             .expect("start");
         journal
-            .step_ended("r-1", "forward", 0, StepOutcome::Ok, BTreeMap::new())
+            .step_ended("r-1", Phase::Forward, 0, StepOutcome::Ok, BTreeMap::new())
             .expect("end");
         journal
-            .step_started("r-1", "forward", 1, "wait web-1")
+            .step_started("r-1", Phase::Forward, 1, "wait web-1")
             .expect("start");
 
         let journal = Journal::new(dir.path());
         let steps = journal.steps("r-1").expect("steps");
         assert_eq!(steps.len(), 2);
-        assert!(journal.step_done(&steps, "forward", 0));
-        assert!(!journal.step_done(&steps, "forward", 1));
+        assert!(journal.step_done(&steps, Phase::Forward, 0));
+        assert!(!journal.step_done(&steps, Phase::Forward, 1));
         assert_eq!(journal.find(None).expect("unfinished").id, "r-1");
         // Another rollout's steps are not mixed in.
         journal.save_rollout(&record("r-10")).expect("save");
         journal
-            .step_started("r-10", "forward", 0, "x")
+            .step_started("r-10", Phase::Forward, 0, "x")
             .expect("start");
         assert_eq!(journal.steps("r-1").expect("steps").len(), 2);
     }

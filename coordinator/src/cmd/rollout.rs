@@ -345,9 +345,7 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
     let mut table = Table::new(&["PHASE", "#", "STEP", "STARTED", "TOOK", "OUTCOME"]);
     for s in &steps {
         table.row(vec![
-            steps::Phase::try_from(s.phase.clone())
-                .map(|p| p.to_string())
-                .unwrap_or_else(|_| s.phase.clone()),
+            s.phase.to_string(),
             (s.index + 1).to_string(),
             s.title.clone(),
             format_ms(s.started_ms),

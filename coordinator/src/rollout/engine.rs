@@ -389,7 +389,7 @@ impl Runner {
             let steps = steps::for_phase(&self.plan, phase);
             let journaled = self.journal.steps(&self.record.id)?;
             let done = (0..steps.len())
-                .filter(|i| self.journal.step_done(&journaled, &phase.key(), *i))
+                .filter(|i| self.journal.step_done(&journaled, phase, *i))
                 .count();
             self.ui.show(Event::Phase {
                 rollout: self.record.id.clone(),
@@ -437,8 +437,7 @@ impl Runner {
                             .filter(|(_, s)| s.wave == f.wave)
                             .map(|(i, _)| i)
                             .collect();
-                        self.journal
-                            .mark_undone(&self.record.id, &phase.key(), &undone)?;
+                        self.journal.mark_undone(&self.record.id, phase, &undone)?;
                     }
                     self.record.error = Some(f.error.clone());
                     self.record.phase = next;
@@ -459,10 +458,9 @@ impl Runner {
         mut lost: watch::Receiver<Option<String>>,
     ) -> anyhow::Result<PhaseEnd> {
         let id = self.record.id.clone();
-        let key = phase.key();
         let forward = phase == Phase::Forward;
         for (i, step) in steps.iter().enumerate() {
-            if self.journal.step_done(journaled, &key, i) {
+            if self.journal.step_done(journaled, phase, i) {
                 continue;
             }
             if let Some(holders) = lost.borrow().clone() {
@@ -478,7 +476,7 @@ impl Runner {
                 }));
             }
             let title = step.title(&self.plan);
-            self.journal.step_started(&id, &key, i, &title)?;
+            self.journal.step_started(&id, phase, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
                 of: steps.len(),
@@ -495,7 +493,7 @@ impl Runner {
                 }
                 holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
-            let mark = (key.as_str(), i, title, started);
+            let mark = (phase, i, title, started);
             if let Some(failure) = self.journal_end(mark, step, result, interrupted)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
@@ -507,7 +505,7 @@ impl Runner {
     /// never lost to a crash), shows it, and returns the failure if it failed.
     fn journal_end(
         &mut self,
-        (key, i, title, started): (&str, usize, String, Instant),
+        (phase, i, title, started): (Phase, usize, String, Instant),
         step: &steps::Step,
         result: anyhow::Result<Done>,
         interrupted: bool,
@@ -520,7 +518,7 @@ impl Runner {
                     self.journal.save_rollout(&self.record)?;
                 }
                 self.journal
-                    .step_ended(&id, key, i, StepOutcome::Ok, outputs.clone())?;
+                    .step_ended(&id, phase, i, StepOutcome::Ok, outputs.clone())?;
                 self.ui.show(Event::StepDone {
                     number: i + 1,
                     title,
@@ -533,7 +531,7 @@ impl Runner {
                 let error = format!("{e:#}");
                 let outcome = StepOutcome::Failed(error.clone());
                 self.journal
-                    .step_ended(&id, key, i, outcome, BTreeMap::new())?;
+                    .step_ended(&id, phase, i, outcome, BTreeMap::new())?;
                 self.ui.show(Event::StepFailed {
                     number: i + 1,
                     title,
