@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use handover_common::names::{HostName, ReleaseName};
+
 use crate::config::CoordinatorConfig;
 use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, format_ms};
 use crate::output::Table;
@@ -192,7 +194,7 @@ pub async fn rollback(
     let state_dir = config.state_dir.clone();
     let engine = Engine::rollback_of(config, &original, json)?;
     if !yes {
-        print!("{}", describe_rollback(&original, &engine));
+        print!("{}", describe_rollback(&original, &engine.targets()));
         if !confirm(&format!(
             "Put these hosts of {} back on their previous release?",
             original.id
@@ -223,18 +225,21 @@ fn new_lock_in(state_dir: &Path, id: &str) -> anyhow::Result<RolloutLock> {
 
 /// What `rollback` will do, as `rollout` shows its plan: the hosts, newest wave
 /// first, each with the release it goes back to.
-fn describe_rollback(original: &RolloutRecord, engine: &Engine) -> String {
+fn describe_rollback(
+    original: &RolloutRecord,
+    targets: &[(HostName, Option<ReleaseName>)],
+) -> String {
     let mut out = format!(
         "rollback of {} ({}), wave by wave with drain → detach → switch → verify → attach:\n",
         original.id,
         revision_of(&original.plan_text)
     );
-    for (host, release) in engine.targets() {
+    for (host, release) in targets {
         let target = match release {
             None => "had no release before: left as it is".to_string(),
             Some(release) => format!("back to {release}"),
         };
-        out.push_str(&format!("  {host:<20} {target}\n"));
+        out.push_str(&format!("  {:<20} {target}\n", host.as_str()));
     }
     out
 }
@@ -392,5 +397,41 @@ mod tests {
             record.facts.before.insert(host, release);
         }
         assert_eq!(back_to(&record), format!("back to {rel}"));
+    }
+
+    #[test]
+    fn the_rollback_prompt_lists_each_host_and_its_target_release() {
+        let record = RolloutRecord {
+            format: crate::journal::FORMAT,
+            id: "r-1".into(),
+            kind: RolloutKind::Rollout,
+            owner: "ops (bastion)".into(),
+            plan_path: "plan.toml".into(),
+            plan_text: "strategy = \"in-place\"\nroles = [\"app\"]\n[revision]\nrepo = \"file:///r.git\"\nref = \"v2\"\n".into(),
+            state: RolloutState::Succeeded,
+            phase: steps::Phase::Forward,
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            facts: Default::default(),
+        };
+        let host = |h: &str| HostName::new(h.to_string()).expect("host");
+        let rel = ReleaseName::new("20260101T000000Z-aaaaaaa".to_string()).expect("release");
+        let text = describe_rollback(
+            &record,
+            &[(host("web-2"), Some(rel)), (host("web-1"), None)],
+        );
+        assert!(
+            text.contains("rollback of r-1 (file:///r.git@v2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("web-2                back to 20260101T000000Z-aaaaaaa"),
+            "{text}"
+        );
+        assert!(
+            text.contains("web-1                had no release before"),
+            "{text}"
+        );
     }
 }
