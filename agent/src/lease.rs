@@ -127,6 +127,9 @@ impl Lease {
 
     /// Runs a lease request.
     pub fn handle(&mut self, request: LeaseRequest) -> Result<LeaseReply, Failure> {
+        request
+            .check()
+            .map_err(|e| Failure::new(FailureKind::BadRequest, e))?;
         match request {
             LeaseRequest::Show => Ok(LeaseReply::Current(self.holder().cloned())),
             LeaseRequest::Acquire {
@@ -252,7 +255,7 @@ mod tests {
                 host: "bastion".into(),
                 pid: 42,
             },
-            token: token.into(),
+            token: format!("{token:0>32}"),
             ttl_secs: 60,
             break_existing,
         }
@@ -276,7 +279,7 @@ mod tests {
         // Another process cannot give it back.
         let release = |token: &str| LeaseRequest::Release {
             rollout: "r-1".into(),
-            token: token.into(),
+            token: format!("{token:0>32}"),
         };
         lease.handle(release("b")).expect("release");
         assert!(lease.holder().is_some());

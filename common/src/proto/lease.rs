@@ -38,6 +38,54 @@ pub enum LeaseRequest {
     Show,
 }
 
+impl LeaseRequest {
+    /// Refuses strings an agent should not keep in its state_dir or print in its
+    /// refusals (issue 13: lease owner and rollout strings were unchecked).
+    pub fn check(&self) -> Result<(), String> {
+        let (rollout, token, holder) = match self {
+            LeaseRequest::Acquire {
+                rollout,
+                token,
+                holder,
+                ..
+            } => (rollout, token, Some(holder)),
+            LeaseRequest::Release { rollout, token } => (rollout, token, None),
+            LeaseRequest::Show => return Ok(()),
+        };
+        let id_ok = (1..=64).contains(&rollout.len())
+            && !rollout.starts_with(['-', '.'])
+            && rollout
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !id_ok {
+            return Err(format!(
+                "invalid rollout id {:?}: 1 to 64 of [A-Za-z0-9._-], not starting with '-' or '.'",
+                rollout.chars().take(80).collect::<String>()
+            ));
+        }
+        if !(16..=128).contains(&token.len()) || !token.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("invalid lease token: 16 to 128 hex digits".into());
+        }
+        if let Some(h) = holder {
+            let texts = [
+                ("name", Some(&h.name)),
+                ("host", Some(&h.host)),
+                ("user", h.user.as_ref()),
+            ];
+            for (what, text) in texts {
+                if let Some(t) = text
+                    && (t.is_empty() || t.len() > 255 || t.chars().any(char::is_control))
+                {
+                    return Err(format!(
+                        "invalid lease holder {what}: 1 to 255 printable characters"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Lease replies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LeaseReply {
@@ -117,6 +165,35 @@ impl LeaseInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_requests_carry_only_plain_names() {
+        let holder = LeaseHolder {
+            name: "ops".into(),
+            user: Some("alice".into()),
+            host: "bastion".into(),
+            pid: 1,
+        };
+        let acquire = |rollout: &str, token: &str, holder: LeaseHolder| LeaseRequest::Acquire {
+            rollout: rollout.into(),
+            holder,
+            token: token.into(),
+            ttl_secs: 60,
+            break_existing: false,
+        };
+        let token = "00112233445566778899aabbccddeeff";
+        assert!(
+            acquire("r-20261203-120000-ab12", token, holder.clone())
+                .check()
+                .is_ok()
+        );
+        assert!(acquire("../x", token, holder.clone()).check().is_err());
+        assert!(acquire("-r", token, holder.clone()).check().is_err());
+        assert!(acquire("r-1", "zz", holder.clone()).check().is_err());
+        let mut bad = holder;
+        bad.user = Some("a\u{1b}[31mred".into());
+        assert!(acquire("r-1", token, bad).check().is_err());
+    }
 
     #[test]
     fn a_lease_names_its_process_and_its_ages() {
