@@ -14,7 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::rollout::facts::Facts;
+use crate::rollout::steps::Phase;
 
 const ROLLOUTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rollouts");
 const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("steps");
@@ -32,12 +36,27 @@ pub fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// Where a rollout stands.
+/// The shape of the records this version writes. Records written before the field
+/// existed are format 1 (eight steps a wave, facts as `before/HOST` strings): they
+/// read fine for `history` and `rollback`, but `resume` refuses them, since their
+/// step numbers mean other steps now. A record of a newer format is refused with a
+/// clear error rather than misread.
+pub const FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
+/// Where a rollout stands. One spelling everywhere: the kebab-case names below,
+/// in `history`, `show`, JSON and messages alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
-    /// Under way (or interrupted: `resume` continues it).
+    /// Under way (or its coordinator died: `resume` continues it).
     Running,
+    /// Stopped because a host did not answer; nothing was undone, capacity kept.
+    /// A plain `resume` continues from the step that failed.
+    Halted,
     /// Every host is on the new release and attached.
     Succeeded,
     /// A wave failed health; upgraded hosts are being put back.
@@ -51,9 +70,36 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
-    /// Whether `resume` has something to do.
+    /// Whether a plain `resume` (no id) picks it up.
     pub fn is_unfinished(self) -> bool {
-        matches!(self, RolloutState::Running | RolloutState::RollingBack)
+        matches!(
+            self,
+            RolloutState::Running | RolloutState::RollingBack | RolloutState::Halted
+        )
+    }
+
+    /// Whether it stopped short and `resume ID` can carry it on.
+    pub fn is_stopped(self) -> bool {
+        matches!(self, RolloutState::Aborted | RolloutState::Failed)
+    }
+
+    /// Its one spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Halted => "halted",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::RollingBack => "rolling-back",
+            RolloutState::RolledBack => "rolled-back",
+            RolloutState::Aborted => "aborted",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -73,6 +119,9 @@ pub enum RolloutKind {
 /// One rollout as journaled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RolloutRecord {
+    /// The record's format ([`FORMAT`]).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// Its id (`r-YYYYMMDD-HHMMSS-xxxx`).
     pub id: String,
     /// Rollout or rollback.
@@ -86,16 +135,16 @@ pub struct RolloutRecord {
     pub plan_text: String,
     /// Where it stands.
     pub state: RolloutState,
-    /// The phase whose steps run now (`forward`, or `rollback-from-wave-N`).
-    pub phase: String,
+    /// The phase whose steps run now.
+    pub phase: Phase,
     /// Created (ms since epoch).
     pub created_ms: u64,
     /// Last changed (ms since epoch).
     pub updated_ms: u64,
     /// Why it stopped, when it did not succeed.
     pub error: Option<String>,
-    /// Facts later steps need: `before/<host>` = the release a host had before.
-    pub facts: BTreeMap<String, String>,
+    /// Facts later steps need: the release each host had before.
+    pub facts: Facts,
 }
 
 /// How a step ended.
@@ -111,8 +160,11 @@ pub enum StepOutcome {
 /// One step as journaled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// Phase it belongs to.
-    pub phase: String,
+    /// The record's format ([`FORMAT`]).
+    #[serde(default = "format_1")]
+    pub format: u32,
+    /// Phase it belongs to (journaled by its key).
+    pub phase: Phase,
     /// Position in the phase.
     pub index: usize,
     /// What it does, as printed.
@@ -127,13 +179,21 @@ pub struct StepRecord {
     pub outputs: BTreeMap<String, String>,
 }
 
+/// A record's format, read before the rest so that a record from another version
+/// is named, not misread.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default = "format_1")]
+    format: u32,
+}
+
 /// The journal under a state_dir.
 pub struct Journal {
     path: PathBuf,
 }
 
-fn step_key(id: &str, phase: &str, index: usize) -> String {
-    format!("{id}/{phase}/{index:06}")
+fn step_key(id: &str, phase: Phase, index: usize) -> String {
+    format!("{id}/{}/{index:06}", phase.key())
 }
 
 impl Journal {
@@ -177,6 +237,25 @@ impl Journal {
         })
     }
 
+    /// Decodes a record of this version's format, or says whose it is.
+    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> anyhow::Result<T> {
+        let format = serde_json::from_slice::<Format>(bytes)
+            .with_context(|| format!("journal record {key} in {} is damaged", self.path.display()))?
+            .format;
+        if format > FORMAT {
+            bail!(
+                "journal record {key} in {} has format {format}, written by a newer handover version; this one reads formats up to {FORMAT}: use the version that wrote it, or move the journal away",
+                self.path.display()
+            );
+        }
+        serde_json::from_slice(bytes).with_context(|| {
+            format!(
+                "journal record {key} in {} cannot be read",
+                self.path.display()
+            )
+        })
+    }
+
     fn write(
         &self,
         table: TableDefinition<'_, &str, &[u8]>,
@@ -214,9 +293,7 @@ impl Journal {
             Err(e) => return Err(e.into()),
         };
         match table.get(id)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(v.value()).context("reading a journal record")?,
-            )),
+            Some(v) => Ok(Some(self.decode(id, v.value())?)),
             None => Ok(None),
         }
     }
@@ -235,8 +312,8 @@ impl Journal {
         };
         let mut out = Vec::new();
         for entry in table.iter()? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice::<RolloutRecord>(v.value())?);
+            let (k, v) = entry?;
+            out.push(self.decode::<RolloutRecord>(k.value(), v.value())?);
         }
         out.sort_by_key(|r| r.created_ms);
         Ok(out)
@@ -255,7 +332,7 @@ impl Journal {
                     .filter(|r| r.state.is_unfinished())
                     .collect();
                 match unfinished.as_slice() {
-                    [] => bail!("no unfinished rollout in the journal: nothing to resume"),
+                    [] => bail!("{}", self.nothing_to_resume()?),
                     [one] => Ok(one.clone()),
                     many => bail!(
                         "several unfinished rollouts ({}): name the one to resume",
@@ -269,16 +346,41 @@ impl Journal {
         }
     }
 
+    /// Why a plain `resume` has nothing to pick up, naming the stopped rollouts
+    /// (newest first) that `resume ID` could carry on.
+    fn nothing_to_resume(&self) -> anyhow::Result<String> {
+        let stopped: Vec<String> = self
+            .rollouts()?
+            .into_iter()
+            .rev()
+            .filter(|r| r.state.is_stopped())
+            .take(5)
+            .map(|r| match &r.error {
+                Some(e) => format!("{} ({}: {e})", r.id, r.state),
+                None => format!("{} ({})", r.id, r.state),
+            })
+            .collect();
+        Ok(if stopped.is_empty() {
+            "no unfinished rollout in the journal: nothing to resume".into()
+        } else {
+            format!(
+                "no rollout is under way; stopped rollouts, newest first (`handover resume ID` carries one on): {}",
+                stopped.join("; ")
+            )
+        })
+    }
+
     /// Records a step as started (or restarted).
     pub fn step_started(
         &self,
         id: &str,
-        phase: &str,
+        phase: Phase,
         index: usize,
         title: &str,
     ) -> anyhow::Result<()> {
         let record = StepRecord {
-            phase: phase.to_owned(),
+            format: FORMAT,
+            phase,
             index,
             title: title.to_owned(),
             started_ms: now_ms(),
@@ -297,7 +399,7 @@ impl Journal {
     pub fn step_ended(
         &self,
         id: &str,
-        phase: &str,
+        phase: Phase,
         index: usize,
         outcome: StepOutcome,
         outputs: BTreeMap<String, String>,
@@ -316,7 +418,7 @@ impl Journal {
 
     /// Marks steps as undone (their work was reversed by a repair), keeping their
     /// history: `resume` runs them again.
-    pub fn mark_undone(&self, id: &str, phase: &str, indices: &[usize]) -> anyhow::Result<()> {
+    pub fn mark_undone(&self, id: &str, phase: Phase, indices: &[usize]) -> anyhow::Result<()> {
         for step in self.steps(id)? {
             if step.phase == phase
                 && indices.contains(&step.index)
@@ -352,14 +454,14 @@ impl Journal {
         let end = format!("{id}0");
         let mut out = Vec::new();
         for entry in table.range(start.as_str()..end.as_str())? {
-            let (_, v) = entry?;
-            out.push(serde_json::from_slice::<StepRecord>(v.value())?);
+            let (k, v) = entry?;
+            out.push(self.decode::<StepRecord>(k.value(), v.value())?);
         }
         Ok(out)
     }
 
     /// Whether step `index` of `phase` ended well.
-    pub fn step_done(&self, steps: &[StepRecord], phase: &str, index: usize) -> bool {
+    pub fn step_done(&self, steps: &[StepRecord], phase: Phase, index: usize) -> bool {
         steps
             .iter()
             .any(|s| s.phase == phase && s.index == index && s.outcome == Some(StepOutcome::Ok))
@@ -389,17 +491,18 @@ mod tests {
 
     fn record(id: &str) -> RolloutRecord {
         RolloutRecord {
+            format: FORMAT,
             id: id.into(),
             kind: RolloutKind::Rollout,
             owner: "ops".into(),
             plan_path: "plan.toml".into(),
             plan_text: "strategy = \"in-place\"".into(),
             state: RolloutState::Running,
-            phase: "forward".into(),
+            phase: Phase::Forward,
             created_ms: now_ms(),
             updated_ms: 0,
             error: None,
-            facts: BTreeMap::new(),
+            facts: Facts::default(),
         }
     }
 
@@ -409,27 +512,91 @@ mod tests {
         let journal = Journal::new(dir.path());
         journal.save_rollout(&record("r-1")).expect("save");
         journal
-            .step_started("r-1", "forward", 0, "drain web-1")
+            .step_started("r-1", Phase::Forward, 0, "drain web-1")
             .expect("start");
         journal
-            .step_ended("r-1", "forward", 0, StepOutcome::Ok, BTreeMap::new())
+            .step_ended("r-1", Phase::Forward, 0, StepOutcome::Ok, BTreeMap::new())
             .expect("end");
         journal
-            .step_started("r-1", "forward", 1, "wait web-1")
+            .step_started("r-1", Phase::Forward, 1, "wait web-1")
             .expect("start");
 
         let journal = Journal::new(dir.path());
         let steps = journal.steps("r-1").expect("steps");
         assert_eq!(steps.len(), 2);
-        assert!(journal.step_done(&steps, "forward", 0));
-        assert!(!journal.step_done(&steps, "forward", 1));
+        assert!(journal.step_done(&steps, Phase::Forward, 0));
+        assert!(!journal.step_done(&steps, Phase::Forward, 1));
         assert_eq!(journal.find(None).expect("unfinished").id, "r-1");
         // Another rollout's steps are not mixed in.
         journal.save_rollout(&record("r-10")).expect("save");
         journal
-            .step_started("r-10", "forward", 0, "x")
+            .step_started("r-10", Phase::Forward, 0, "x")
             .expect("start");
         assert_eq!(journal.steps("r-1").expect("steps").len(), 2);
+    }
+
+    #[test]
+    fn every_state_has_one_spelling() {
+        use RolloutState::*;
+        for state in [
+            Running,
+            Halted,
+            Succeeded,
+            RollingBack,
+            RolledBack,
+            Aborted,
+            Failed,
+        ] {
+            let json = serde_json::to_string(&state).expect("json");
+            assert_eq!(json, format!("\"{state}\""));
+        }
+        assert_eq!(RolledBack.to_string(), "rolled-back");
+    }
+
+    #[test]
+    fn a_record_of_another_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::new(dir.path());
+        let mut value = serde_json::to_value(record("r-9")).expect("json");
+        value["format"] = 99.into();
+        journal
+            .write(ROLLOUTS, "r-9", &serde_json::to_vec(&value).expect("bytes"))
+            .expect("write");
+        let err = format!("{:#}", journal.rollouts().expect_err("refused"));
+        assert!(err.contains("r-9") && err.contains("format 99"), "{err}");
+        // A record written before formats existed reads as format 1 (and `resume`
+        // refuses it: see the engine).
+        value.as_object_mut().expect("object").remove("format");
+        journal
+            .write(ROLLOUTS, "r-9", &serde_json::to_vec(&value).expect("bytes"))
+            .expect("write");
+        assert_eq!(journal.rollouts().expect("read")[0].format, 1);
+    }
+
+    #[test]
+    fn a_plain_resume_with_nothing_under_way_lists_the_stopped_rollouts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::new(dir.path());
+        let mut done = record("r-1");
+        done.state = RolloutState::Succeeded;
+        journal.save_rollout(&done).expect("save");
+        assert!(
+            format!("{:#}", journal.find(None).expect_err("none")).contains("nothing to resume")
+        );
+        let mut stopped = record("r-2");
+        stopped.state = RolloutState::Aborted;
+        stopped.error = Some("interrupted by the operator".into());
+        journal.save_rollout(&stopped).expect("save");
+        let err = format!("{:#}", journal.find(None).expect_err("none under way"));
+        assert!(
+            err.contains("r-2 (aborted: interrupted by the operator)"),
+            "{err}"
+        );
+        assert!(!err.contains("r-1"), "{err}");
+        let mut halted = record("r-3");
+        halted.state = RolloutState::Halted;
+        journal.save_rollout(&halted).expect("save");
+        assert_eq!(journal.find(None).expect("halted is picked").id, "r-3");
     }
 
     #[test]

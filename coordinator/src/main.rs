@@ -205,13 +205,18 @@ enum Command {
         break_lease: bool,
     },
     /// Finish a rollout that was interrupted (coordinator killed, SSH dropped).
+    /// Refused while another process still runs it.
     Resume {
         /// The rollout id (default: the one unfinished rollout).
         rollout: Option<String>,
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
-        /// Take the hosts even if a (stale) lease of another rollout holds them.
+        /// If another process still holds the rollout, wait until it is provably
+        /// gone (its lock free on this bastion, its leases expired), then carry on.
+        #[arg(long, conflicts_with = "break_lease")]
+        takeover: bool,
+        /// Take the hosts now even if another process's lease holds them.
         #[arg(long)]
         break_lease: bool,
     },
@@ -385,8 +390,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume {
             rollout,
             json,
+            takeover,
             break_lease,
-        } => cmd::rollout::resume(load()?, rollout.as_deref(), json, break_lease).await,
+        } => {
+            use handover::rollout::lease::Takeover;
+            let takeover = match (takeover, break_lease) {
+                (_, true) => Takeover::Break,
+                (true, false) => Takeover::Wait,
+                (false, false) => Takeover::Refuse,
+            };
+            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover).await
+        }
         Command::Rollback {
             rollout,
             yes,

@@ -7,11 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use handover_common::names::{HostName, ReleaseName};
+
 use crate::config::CoordinatorConfig;
 use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, format_ms};
 use crate::output::Table;
 use crate::plan::Plan;
-use crate::rollout::engine::Engine;
+use crate::rollout::engine::{Engine, Leased};
+use crate::rollout::lease::{RolloutLock, Takeover};
 use crate::rollout::steps;
 
 /// `handover plan PLAN`: validate, resolve the revision on every target host
@@ -84,8 +87,9 @@ fn revision_still_to_apply(
     record: &RolloutRecord,
     plan: &Plan,
 ) -> anyhow::Result<bool> {
-    let forward_runs =
-        record.phase == steps::phase::FORWARD || record.state == RolloutState::Aborted;
+    // An aborted or halted rollout redoes (or carries on with) its wave forward.
+    let forward_runs = record.phase == steps::Phase::Forward
+        || matches!(record.state, RolloutState::Aborted | RolloutState::Halted);
     if record.kind != RolloutKind::Rollout || !forward_runs {
         return Ok(false);
     }
@@ -93,7 +97,7 @@ fn revision_still_to_apply(
     let journaled = journal.steps(&record.id)?;
     Ok(steps::in_place(plan).iter().enumerate().any(|(i, step)| {
         step.action == steps::Action::ApplyRevision
-            && !journal.step_done(&journaled, steps::phase::FORWARD, i)
+            && !journal.step_done(&journaled, steps::Phase::Forward, i)
     }))
 }
 
@@ -134,6 +138,26 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// Takes the rollout's lock and leases, then announces it: an id and a resume
+/// hint appear only for a rollout that `history` will list.
+async fn take(
+    engine: Engine,
+    lock: RolloutLock,
+    takeover: Takeover,
+    json: bool,
+) -> anyhow::Result<Leased> {
+    let notice = |text: &str| eprintln!("handover: {text}");
+    let leased = engine.take(lock, takeover, &notice).await?;
+    if !json {
+        eprintln!(
+            "rollout {} (if this terminal goes away: `handover resume {}`)",
+            leased.id(),
+            leased.id()
+        );
+    }
+    Ok(leased)
+}
+
 /// `handover rollout PLAN [--yes]`.
 pub async fn rollout(
     config: CoordinatorConfig,
@@ -155,32 +179,50 @@ pub async fn rollout(
             return Ok(ExitCode::from(1));
         }
     }
+    let state_dir = config.state_dir.clone();
     let engine = Engine::new_rollout(config, path, text, plan, json)?;
-    if !json {
-        eprintln!(
-            "rollout {} (if this terminal goes away: `handover resume {}`)",
-            engine.id(),
-            engine.id()
-        );
-    }
-    Ok(exit_for(engine.run(break_lease).await?))
+    let lock = new_lock_in(&state_dir, engine.id())?;
+    let takeover = if break_lease {
+        Takeover::Break
+    } else {
+        Takeover::Refuse
+    };
+    let leased = take(engine, lock, takeover, json).await?;
+    Ok(exit_for(leased.run().await?))
 }
 
-/// `handover resume [ROLLOUT]`.
+/// `handover resume [ROLLOUT] [--takeover | --break-lease]`.
 pub async fn resume(
     config: CoordinatorConfig,
     id: Option<&str>,
     json: bool,
-    break_lease: bool,
+    takeover: Takeover,
 ) -> anyhow::Result<ExitCode> {
-    let record = Journal::new(&config.state_dir).find(id)?;
+    let journal = Journal::new(&config.state_dir);
+    let record = journal.find(id)?;
+    let lock = match RolloutLock::try_take(&config.state_dir, &record.id)? {
+        Ok(lock) => lock,
+        Err(held) if takeover == Takeover::Wait => {
+            eprintln!(
+                "handover: waiting for pid {} on this bastion to exit (it runs {})",
+                held.pid, record.id
+            );
+            let lock = RolloutLock::wait(&config.state_dir, &record.id).await?;
+            eprintln!("handover: pid {} is gone: its lock is free", held.pid);
+            lock
+        }
+        Err(held) => return Err(held.into()),
+    };
+    // Read again under the lock: a process that just exited changed it.
+    let record = journal.find(Some(&record.id))?;
     if let Ok(plan) = Plan::parse(&record.plan_text, &config)
         && revision_still_to_apply(&config, &record, &plan)?
     {
         resolve_plan_revision(&config, &plan).await?;
     }
     let engine = Engine::resume(config, record, json)?;
-    Ok(exit_for(engine.run(break_lease).await?))
+    let leased = take(engine, lock, takeover, json).await?;
+    Ok(exit_for(leased.run().await?))
 }
 
 /// `handover rollback [ROLLOUT]`: the newest rollout when none is named.
@@ -207,22 +249,64 @@ pub async fn rollback(
             original.id
         );
     }
-    if !yes
-        && !confirm(&format!(
-            "Put the hosts of {} back on their previous release?",
-            original.id
-        ))?
-    {
-        println!("nothing was changed");
-        return Ok(ExitCode::from(1));
-    }
+    let state_dir = config.state_dir.clone();
     let engine = Engine::rollback_of(config, &original, json)?;
-    let state = engine.run(break_lease).await?;
+    if !yes {
+        print!("{}", describe_rollback(&original, &engine.targets()));
+        if !confirm(&format!(
+            "Put these hosts of {} back on their previous release?",
+            original.id
+        ))? {
+            println!("nothing was changed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let lock = new_lock_in(&state_dir, engine.id())?;
+    let takeover = if break_lease {
+        Takeover::Break
+    } else {
+        Takeover::Refuse
+    };
+    let leased = take(engine, lock, takeover, json).await?;
+    let state = leased.run().await?;
     Ok(if state == RolloutState::RolledBack {
         ExitCode::SUCCESS
     } else {
         exit_for(state)
     })
+}
+
+/// The local lock of a rollout this process just made up: free by construction.
+fn new_lock_in(state_dir: &Path, id: &str) -> anyhow::Result<RolloutLock> {
+    RolloutLock::try_take(state_dir, id)?.map_err(anyhow::Error::from)
+}
+
+/// What `rollback` will do, as `rollout` shows its plan: the hosts, newest wave
+/// first, each with the release it goes back to.
+fn describe_rollback(
+    original: &RolloutRecord,
+    targets: &[(HostName, Option<ReleaseName>)],
+) -> String {
+    let mut out = format!(
+        "rollback of {} ({}), wave by wave with drain → detach → switch → verify → attach:\n",
+        original.id,
+        revision_of(&original.plan_text)
+    );
+    for (host, release) in targets {
+        let target = match release {
+            None => "had no release before: left as it is".to_string(),
+            Some(release) => format!("back to {release}"),
+        };
+        out.push_str(&format!("  {:<20} {target}\n", host.as_str()));
+    }
+    out
+}
+
+/// "repo@ref" of a journaled plan.
+fn revision_of(plan_text: &str) -> String {
+    toml::from_str::<crate::plan::PlanFile>(plan_text)
+        .map(|p| format!("{}@{}", p.revision.repo, p.revision.reference))
+        .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -252,16 +336,18 @@ pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCod
         "ROLLOUT", "KIND", "STATE", "STARTED", "REVISION", "OWNER", "ERROR",
     ]);
     for r in &records {
-        let revision = toml::from_str::<crate::plan::PlanFile>(&r.plan_text)
-            .map(|p| format!("{}@{}", p.revision.repo, p.revision.reference))
-            .unwrap_or_default();
+        let revision = match &r.kind {
+            RolloutKind::Rollout => revision_of(&r.plan_text),
+            // Where a rollback went: the releases the hosts had before the rollout.
+            RolloutKind::Rollback { .. } => back_to(r),
+        };
         table.row(vec![
             r.id.clone(),
             match &r.kind {
                 RolloutKind::Rollout => "rollout".into(),
                 RolloutKind::Rollback { of } => format!("rollback of {of}"),
             },
-            format!("{:?}", r.state).to_lowercase(),
+            r.state.to_string(),
             format_ms(r.created_ms),
             revision,
             r.owner.clone(),
@@ -270,6 +356,24 @@ pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCod
     }
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+/// "back to 20261126T050301Z-1a2b3c4": the releases a rollback put back.
+fn back_to(record: &RolloutRecord) -> String {
+    let mut releases: Vec<&str> = record
+        .facts
+        .before
+        .values()
+        .flatten()
+        .map(|r| r.as_str())
+        .collect();
+    releases.sort_unstable();
+    releases.dedup();
+    if releases.is_empty() {
+        String::new()
+    } else {
+        format!("back to {}", releases.join(", "))
+    }
 }
 
 /// `handover show ROLLOUT`.
@@ -293,7 +397,7 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
         return Ok(ExitCode::SUCCESS);
     }
     println!("rollout  {}", record.id);
-    println!("state    {:?}  (phase {})", record.state, record.phase);
+    println!("state    {}  ({})", record.state, record.phase);
     println!("owner    {}", record.owner);
     println!("plan     {}", record.plan_path.display());
     println!("started  {}", format_ms(record.created_ms));
@@ -304,7 +408,7 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
     let mut table = Table::new(&["PHASE", "#", "STEP", "STARTED", "TOOK", "OUTCOME"]);
     for s in &steps {
         table.row(vec![
-            s.phase.clone(),
+            s.phase.to_string(),
             (s.index + 1).to_string(),
             s.title.clone(),
             format_ms(s.started_ms),
@@ -324,9 +428,73 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn history_shows_where_a_rollback_went() {
+        let mut record = RolloutRecord {
+            format: crate::journal::FORMAT,
+            id: "r-2".into(),
+            kind: RolloutKind::Rollback { of: "r-1".into() },
+            owner: "ops (bastion)".into(),
+            plan_path: "plan.toml".into(),
+            plan_text: String::new(),
+            state: RolloutState::RolledBack,
+            phase: steps::Phase::Undo { last_wave: 1 },
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            facts: Default::default(),
+        };
+        assert_eq!(back_to(&record), "");
+        let rel = "20260101T000000Z-aaaaaaa";
+        for (host, release) in [("web-1", Some(rel)), ("web-2", Some(rel)), ("web-3", None)] {
+            let host = handover_common::names::HostName::new(host.to_string()).expect("host");
+            let release = release
+                .map(|r| handover_common::names::ReleaseName::new(r.to_string()).expect("release"));
+            record.facts.before.insert(host, release);
+        }
+        assert_eq!(back_to(&record), format!("back to {rel}"));
+    }
+
+    #[test]
+    fn the_rollback_prompt_lists_each_host_and_its_target_release() {
+        let record = RolloutRecord {
+            format: crate::journal::FORMAT,
+            id: "r-1".into(),
+            kind: RolloutKind::Rollout,
+            owner: "ops (bastion)".into(),
+            plan_path: "plan.toml".into(),
+            plan_text: "strategy = \"in-place\"\nroles = [\"app\"]\n[revision]\nrepo = \"file:///r.git\"\nref = \"v2\"\n".into(),
+            state: RolloutState::Succeeded,
+            phase: steps::Phase::Forward,
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            facts: Default::default(),
+        };
+        let host = |h: &str| HostName::new(h.to_string()).expect("host");
+        let rel = ReleaseName::new("20260101T000000Z-aaaaaaa".to_string()).expect("release");
+        let text = describe_rollback(
+            &record,
+            &[(host("web-2"), Some(rel)), (host("web-1"), None)],
+        );
+        assert!(
+            text.contains("rollback of r-1 (file:///r.git@v2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("web-2                back to 20260101T000000Z-aaaaaaa"),
+            "{text}"
+        );
+        assert!(
+            text.contains("web-1                had no release before"),
+            "{text}"
+        );
+    }
+
     use std::collections::BTreeMap;
 
-    use super::*;
 
     fn config(state_dir: &Path) -> CoordinatorConfig {
         let mut text =
@@ -346,19 +514,20 @@ mod tests {
 
     const PLAN: &str = "strategy = \"in-place\"\nhosts = [\"web-1\", \"web-2\"]\n[revision]\nrepo = \"file:///srv/git/shop.git\"\nref = \"v2\"\n[rollout]\nbatch = 1\nmin_healthy = 1\n";
 
-    fn record(phase: &str, state: RolloutState) -> RolloutRecord {
+    fn record(phase: steps::Phase, state: RolloutState) -> RolloutRecord {
         RolloutRecord {
+            format: crate::journal::FORMAT,
             id: "r-test".into(),
             kind: RolloutKind::Rollout,
             owner: String::new(),
             plan_path: "plan.toml".into(),
             plan_text: PLAN.into(),
             state,
-            phase: phase.into(),
+            phase,
             created_ms: 0,
             updated_ms: 0,
             error: None,
-            facts: BTreeMap::new(),
+            facts: Default::default(),
         }
     }
 
@@ -376,7 +545,7 @@ mod tests {
             .rposition(|s| s.action == steps::Action::ApplyRevision)
             .expect("an apply step");
         let journal = Journal::new(&config.state_dir);
-        let forward = record(steps::phase::FORWARD, RolloutState::Running);
+        let forward = record(steps::Phase::Forward, RolloutState::Running);
         journal.save_rollout(&forward).expect("save");
         let to_apply =
             |r: &RolloutRecord| revision_still_to_apply(&config, r, &plan).expect("read");
@@ -384,12 +553,12 @@ mod tests {
         assert!(to_apply(&forward), "nothing done yet");
         for i in 0..last_apply {
             journal
-                .step_started(&forward.id, steps::phase::FORWARD, i, "step")
+                .step_started(&forward.id, steps::Phase::Forward, i, "step")
                 .expect("start");
             journal
                 .step_ended(
                     &forward.id,
-                    steps::phase::FORWARD,
+                    steps::Phase::Forward,
                     i,
                     StepOutcome::Ok,
                     BTreeMap::new(),
@@ -397,18 +566,18 @@ mod tests {
                 .expect("end");
         }
         assert!(to_apply(&forward), "the last wave's apply is still to run");
-        let aborted = record("repair-wave-2", RolloutState::Aborted);
+        let aborted = record(steps::Phase::Repair { wave: 1 }, RolloutState::Aborted);
         assert!(to_apply(&aborted), "an aborted rollout redoes its wave");
-        let rolling_back = record("rollback-from-wave-2", RolloutState::RollingBack);
+        let rolling_back = record(steps::Phase::RollbackFrom { wave: 1 }, RolloutState::RollingBack);
         assert!(!to_apply(&rolling_back), "a rollback applies nothing");
 
         journal
-            .step_started(&forward.id, steps::phase::FORWARD, last_apply, "apply")
+            .step_started(&forward.id, steps::Phase::Forward, last_apply, "apply")
             .expect("start");
         journal
             .step_ended(
                 &forward.id,
-                steps::phase::FORWARD,
+                steps::Phase::Forward,
                 last_apply,
                 StepOutcome::Ok,
                 BTreeMap::new(),

@@ -75,6 +75,13 @@ pub fn deadline(request: &Request) -> Deadline {
             (DEPLOY_STEP, "switching releases".to_string())
         }
         Request::Deploy(DeployRequest::Releases) => (QUICK, "listing releases".to_string()),
+        // A fetch into the agent's mirror: as long as a deploy's git step.
+        Request::Deploy(DeployRequest::Resolve { rev, .. }) => {
+            (DEPLOY_STEP, format!("resolving {rev}"))
+        }
+        Request::Deploy(DeployRequest::MarkUnhealthy { release, .. }) => {
+            (QUICK, format!("marking release {release} failed"))
+        }
         Request::Deploy(DeployRequest::RunHook(hook)) => {
             (DEPLOY_STEP, format!("running hook {hook}"))
         }

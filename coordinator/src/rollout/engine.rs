@@ -3,39 +3,47 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use handover_common::names::{HostName, ReleaseName};
 use std::time::Instant;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::lease::Leases;
-use super::ops::{self, Ctx};
-use super::steps::{self, Action, phase};
+use super::facts::Facts;
+use super::lease::{Leases, Process, RolloutLock, Takeover};
+use super::ops::{self, Actions, Done, Live};
+use super::steps::{self, Action, Phase};
 use super::ui::{Event, Ui};
 use crate::config::CoordinatorConfig;
 use crate::fleet::Fleet;
-use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, now_ms};
+use crate::journal::{
+    FORMAT, Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, now_ms,
+};
 use crate::plan::Plan;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
 pub struct Engine {
-    config: CoordinatorConfig,
     fleet: Arc<Fleet>,
+    process: Process,
+    runner: Runner,
+}
+
+/// The decisions: phases and steps from the journal and the plan, every step
+/// journaled before and after, the world reached only through [`Actions`].
+struct Runner {
     journal: Journal,
     plan: Plan,
     record: RolloutRecord,
-    ui: Ui,
+    ui: Arc<Ui>,
+    actions: Arc<dyn Actions>,
 }
 
-/// Who runs it, for lease messages: the certificate's name and the local user.
-fn owner(fleet: &Fleet) -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    format!("{} ({user}@{host})", fleet.identity.name)
+/// A rollout whose process holds its lock and every host's lease: it may run.
+pub struct Leased {
+    engine: Engine,
+    leases: Leases,
+    _lock: RolloutLock,
 }
 
 impl Engine {
@@ -48,16 +56,28 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let mut fleet = Fleet::new(&config)?;
         fleet.set_rollout(Some(record.id.clone()));
+        let process = Process::this(fleet.identity.name.as_str())?;
         if record.owner.is_empty() {
-            record.owner = owner(&fleet);
+            record.owner = process.owner();
         }
+        let fleet = Arc::new(fleet);
+        let ui = Arc::new(Ui::new(json));
+        let actions = Arc::new(Live {
+            config: config.clone(),
+            fleet: fleet.clone(),
+            plan: plan.clone(),
+            ui: ui.clone(),
+        });
         Ok(Engine {
-            journal: Journal::new(&config.state_dir),
-            fleet: Arc::new(fleet),
-            plan,
-            record,
-            ui: Ui::new(json),
-            config,
+            fleet,
+            process,
+            runner: Runner {
+                journal: Journal::new(&config.state_dir),
+                plan,
+                record,
+                ui,
+                actions,
+            },
         })
     }
 
@@ -69,28 +89,14 @@ impl Engine {
         plan: Plan,
         json: bool,
     ) -> anyhow::Result<Self> {
-        let record = RolloutRecord {
-            id: crate::journal::new_rollout_id(),
-            kind: RolloutKind::Rollout,
-            // Filled in by `assemble`, from this coordinator's certificate.
-            owner: String::new(),
-            plan_path: plan_path.to_owned(),
-            plan_text,
-            state: RolloutState::Running,
-            phase: phase::FORWARD.to_string(),
-            created_ms: now_ms(),
-            updated_ms: now_ms(),
-            error: None,
-            facts: BTreeMap::new(),
-        };
-        Self::assemble(config, plan, record, json)
+        Self::assemble(config, plan, new_record(plan_path, plan_text), json)
     }
 
     /// An interrupted or stopped rollout, to carry on from its journal. Its plan is
     /// the text journaled when it started, not the file as it is now.
     pub fn resume(
         config: CoordinatorConfig,
-        mut record: RolloutRecord,
+        record: RolloutRecord,
         json: bool,
     ) -> anyhow::Result<Self> {
         let plan = Plan::parse(&record.plan_text, &config).with_context(|| {
@@ -99,28 +105,7 @@ impl Engine {
                 record.id
             )
         })?;
-        match record.state {
-            RolloutState::Succeeded | RolloutState::RolledBack => anyhow::bail!(
-                "rollout {} already ended ({:?}): nothing to resume",
-                record.id,
-                record.state
-            ),
-            // Stopped by the operator: its current wave was put back in service and
-            // is redone from its first step.
-            RolloutState::Aborted => {
-                record.phase = phase::FORWARD.to_string();
-                record.state = RolloutState::Running;
-                record.error = None;
-            }
-            RolloutState::Running | RolloutState::RollingBack | RolloutState::Failed => {}
-        }
-        if record.state == RolloutState::Failed {
-            record.state = if record.phase.starts_with("rollback") {
-                RolloutState::RollingBack
-            } else {
-                RolloutState::Running
-            };
-        }
+        let record = to_resume(record)?;
         Self::assemble(config, plan, record, json)
     }
 
@@ -137,26 +122,15 @@ impl Engine {
                 original.id
             )
         })?;
-        let facts: BTreeMap<String, String> = original
-            .facts
-            .iter()
-            .filter(|(k, _)| k.starts_with("before/"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let last_wave = plan
-            .waves
-            .iter()
-            .rposition(|wave| {
-                wave.iter()
-                    .any(|h| facts.contains_key(&format!("before/{h}")))
-            })
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "rollout {} never switched a host: there is nothing to roll back",
-                    original.id
-                )
-            })?;
+        let facts = original.facts.clone();
+        let last_wave = last_switched_wave(&plan, &facts).ok_or_else(|| {
+            anyhow::anyhow!(
+                "rollout {} never switched a host: there is nothing to roll back",
+                original.id
+            )
+        })?;
         let record = RolloutRecord {
+            format: FORMAT,
             id: crate::journal::new_rollout_id(),
             kind: RolloutKind::Rollback {
                 of: original.id.clone(),
@@ -166,7 +140,7 @@ impl Engine {
             plan_path: original.plan_path.clone(),
             plan_text: original.plan_text.clone(),
             state: RolloutState::RollingBack,
-            phase: phase::undo(last_wave),
+            phase: Phase::Undo { last_wave },
             created_ms: now_ms(),
             updated_ms: now_ms(),
             error: None,
@@ -177,124 +151,299 @@ impl Engine {
 
     /// The rollout's id.
     pub fn id(&self) -> &str {
-        &self.record.id
+        &self.runner.record.id
     }
 
-    /// Runs to the end (success, rollback, abort) and returns the final state.
-    pub async fn run(mut self, break_lease: bool) -> anyhow::Result<RolloutState> {
-        let mut touched = self.plan.hosts.clone();
-        touched.extend(self.plan.lbs.iter().cloned());
-        let leases = Leases::take(
+    /// What a `rollback` will do: each host the rollout switched, newest wave
+    /// first, with the release it goes back to (`None`: it had none).
+    pub fn targets(&self) -> Vec<(HostName, Option<ReleaseName>)> {
+        let facts = &self.runner.record.facts;
+        self.runner
+            .plan
+            .waves
+            .iter()
+            .rev()
+            .flatten()
+            .filter(|h| facts.knows(h))
+            .map(|h| (h.clone(), facts.release_before(h).cloned()))
+            .collect()
+    }
+
+    /// Takes the rollout: its local lock (held by the caller, `lock`), then the
+    /// lease on every host it touches. Only then is it journaled, so a refused
+    /// rollout leaves no trace. `notice` hears how another holder was dealt with.
+    pub async fn take(
+        self,
+        lock: RolloutLock,
+        takeover: Takeover,
+        notice: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<Leased> {
+        let mut touched = self.runner.plan.hosts.clone();
+        touched.extend(self.runner.plan.lbs.iter().cloned());
+        let leases = match Leases::take(
             self.fleet.clone(),
             touched,
-            &self.record.id,
-            &self.record.owner,
-            break_lease,
+            &self.runner.record.id,
+            self.process.clone(),
+            takeover,
+            notice,
         )
-        .await?;
-        self.journal.save_rollout(&self.record)?;
-        let (interrupts, _watcher) = watch_signals();
-        let result = self.run_phases(interrupts).await;
+        .await
+        {
+            Ok(leases) => leases,
+            Err(e) => {
+                self.fleet.close().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.runner.journal.save_rollout(&self.runner.record) {
+            leases.release().await;
+            self.fleet.close().await;
+            return Err(e);
+        }
+        Ok(Leased {
+            engine: self,
+            leases,
+            _lock: lock,
+        })
+    }
+}
+
+/// A new rollout's record (its owner is filled in by `assemble`, from this
+/// coordinator's certificate).
+fn new_record(plan_path: &std::path::Path, plan_text: String) -> RolloutRecord {
+    RolloutRecord {
+        format: FORMAT,
+        id: crate::journal::new_rollout_id(),
+        kind: RolloutKind::Rollout,
+        owner: String::new(),
+        plan_path: plan_path.to_owned(),
+        plan_text,
+        state: RolloutState::Running,
+        phase: Phase::Forward,
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+        error: None,
+        facts: Facts::default(),
+    }
+}
+
+/// A journaled rollout made ready to carry on: an aborted one redoes its wave
+/// from the first step; one that halted or failed retries the step that stopped it.
+fn to_resume(mut record: RolloutRecord) -> anyhow::Result<RolloutRecord> {
+    if record.format != FORMAT {
+        anyhow::bail!(
+            "rollout {} was journaled by another handover version (format {}, this one writes {FORMAT}) whose steps differ: finish it with that version, or `handover rollback {}` and start a new rollout",
+            record.id,
+            record.format,
+            record.id
+        );
+    }
+    match record.state {
+        RolloutState::Succeeded | RolloutState::RolledBack => anyhow::bail!(
+            "rollout {} already ended ({}): nothing to resume",
+            record.id,
+            record.state
+        ),
+        RolloutState::Aborted => record.phase = Phase::Forward,
+        RolloutState::Running
+        | RolloutState::RollingBack
+        | RolloutState::Halted
+        | RolloutState::Failed => {}
+    }
+    record.state = running_state(record.phase);
+    record.error = None;
+    Ok(record)
+}
+
+/// The state a rollout is in while `phase` runs.
+fn running_state(phase: Phase) -> RolloutState {
+    if phase.is_rollback() {
+        RolloutState::RollingBack
+    } else {
+        RolloutState::Running
+    }
+}
+
+/// The newest wave with a host the rollout switched (it journaled where from).
+fn last_switched_wave(plan: &Plan, facts: &Facts) -> Option<usize> {
+    plan.waves
+        .iter()
+        .rposition(|wave| wave.iter().any(|h| facts.knows(h)))
+}
+
+/// What stopped a phase short.
+#[derive(Debug, Clone)]
+struct StepFailure {
+    wave: usize,
+    action: Action,
+    error: String,
+    interrupted: bool,
+    unreachable: bool,
+}
+
+/// How a phase's run ended.
+enum PhaseEnd {
+    Done,
+    Failed(StepFailure),
+    /// Another process took a lease over: stop without touching anything.
+    LeaseLost(String),
+}
+
+/// What the engine does after a step of `phase` failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Stop here in this state; `resume` carries on from the failed step.
+    Stop(RolloutState),
+    /// Run `phase` next. `undo_wave`: the forward steps of that wave are marked
+    /// undone, so a later `resume` redoes the wave from its first step.
+    Switch { phase: Phase, undo_wave: bool },
+}
+
+/// The decision after a failure: pure, so it is tested without processes.
+fn after_failure(phase: Phase, f: &StepFailure, auto_rollback: bool) -> Next {
+    if f.unreachable && !f.interrupted {
+        // Not the release's fault, and nothing can be put back on a host that does
+        // not answer: halt with capacity kept, `resume` retries this step.
+        return Next::Stop(RolloutState::Halted);
+    }
+    if phase != Phase::Forward {
+        return Next::Stop(RolloutState::Failed);
+    }
+    match f.action {
+        // Nothing of the wave has changed yet: there is nothing to put back, and
+        // without capacity nothing could be rolled back safely either.
+        Action::EnsureCapacity => Next::Stop(RolloutState::Aborted),
+        // Stopped at the canary pause: the canary serves the new release and goes
+        // back to its previous one, as every interrupted wave does.
+        Action::Pause(_) => Next::Switch {
+            phase: Phase::Withdraw { wave: f.wave },
+            undo_wave: true,
+        },
+        _ if !f.interrupted && auto_rollback => Next::Switch {
+            phase: Phase::RollbackFrom { wave: f.wave },
+            undo_wave: false,
+        },
+        _ => Next::Switch {
+            phase: Phase::Repair { wave: f.wave },
+            undo_wave: true,
+        },
+    }
+}
+
+/// The state a phase that ran to its end leaves the rollout in.
+fn end_state(phase: Phase) -> RolloutState {
+    match phase {
+        Phase::Forward => RolloutState::Succeeded,
+        Phase::RollbackFrom { .. } | Phase::Undo { .. } => RolloutState::RolledBack,
+        Phase::Repair { .. } | Phase::Withdraw { .. } => RolloutState::Aborted,
+    }
+}
+
+impl Leased {
+    /// The rollout's id.
+    pub fn id(&self) -> &str {
+        self.engine.id()
+    }
+
+    /// Runs to the end (success, rollback, abort, halt) and returns the final state.
+    pub async fn run(self) -> anyhow::Result<RolloutState> {
+        let Leased {
+            mut engine,
+            leases,
+            _lock,
+        } = self;
+        let runner = &mut engine.runner;
+        let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
+        let result = runner.run_phases(interrupts, leases.lost()).await;
         leases.release().await;
-        self.fleet.close().await;
-        let state = result?;
+        engine.fleet.close().await;
+        result
+    }
+}
+
+impl Runner {
+    /// Runs phase after phase until the rollout ends, halts or loses its lease.
+    async fn run_phases(
+        &mut self,
+        interrupts: watch::Receiver<u32>,
+        lost: watch::Receiver<Option<String>>,
+    ) -> anyhow::Result<RolloutState> {
+        let state = self.phases(interrupts, lost).await?;
         self.ui.show(Event::Finished {
             rollout: self.record.id.clone(),
-            state: format!("{state:?}").to_lowercase(),
+            state: state.to_string(),
             error: self.record.error.clone(),
         });
         Ok(state)
     }
 
-    async fn run_phases(
+    async fn phases(
         &mut self,
         interrupts: watch::Receiver<u32>,
+        lost: watch::Receiver<Option<String>>,
     ) -> anyhow::Result<RolloutState> {
         let mut reason: Option<String> = None;
         loop {
-            let phase_name = self.record.phase.clone();
-            let steps = steps::for_phase(&self.plan, &phase_name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "journal: unknown phase {phase_name:?} in rollout {}",
-                    self.record.id
-                )
-            })?;
+            let phase = self.record.phase;
+            let steps = steps::for_phase(&self.plan, phase);
             let journaled = self.journal.steps(&self.record.id)?;
             let done = (0..steps.len())
-                .filter(|i| self.journal.step_done(&journaled, &phase_name, *i))
+                .filter(|i| self.journal.step_done(&journaled, phase, *i))
                 .count();
             self.ui.show(Event::Phase {
                 rollout: self.record.id.clone(),
-                phase: phase_name.clone(),
+                phase: phase.key(),
+                title: phase.to_string(),
                 steps: steps.len(),
                 done,
                 reason: reason.take(),
             });
-            let forward = phase_name == phase::FORWARD;
-            let failure = self
-                .run_steps(&phase_name, &steps, &journaled, forward, interrupts.clone())
+            let end = self
+                .run_steps(phase, &steps, &journaled, interrupts.clone(), lost.clone())
                 .await?;
-            match failure {
-                None => {
-                    self.record.state = if forward {
-                        RolloutState::Succeeded
-                    } else if phase_name.starts_with("rollback") {
-                        RolloutState::RolledBack
-                    } else {
-                        RolloutState::Aborted
-                    };
+            let f = match end {
+                PhaseEnd::Done => {
+                    self.record.state = end_state(phase);
                     self.journal.save_rollout(&self.record)?;
                     return Ok(self.record.state);
                 }
-                Some(f)
-                    if forward && matches!(f.action, Action::EnsureCapacity | Action::Pause(_)) =>
-                {
-                    // Nothing of the wave has changed yet (capacity), or the wave is
-                    // complete (the canary pause): there is nothing to put back, and
-                    // without capacity nothing could be rolled back safely either.
-                    // `handover resume ID` carries on from this step.
-                    self.record.error = Some(f.error.clone());
-                    self.record.state = RolloutState::Aborted;
+                PhaseEnd::LeaseLost(holders) => anyhow::bail!(
+                    "rollout {} stopped: another coordinator process took its lease over ({holders}); this one touches nothing more, the new holder carries on",
+                    self.record.id
+                ),
+                PhaseEnd::Failed(f) => f,
+            };
+            match after_failure(phase, &f, self.plan.file.rollout.auto_rollback) {
+                Next::Stop(state) => {
+                    self.record.error = Some(match self.record.error.take() {
+                        Some(first) if phase != Phase::Forward => {
+                            format!("{first}; then, while {phase}: {}", f.error)
+                        }
+                        _ => f.error.clone(),
+                    });
+                    self.record.state = state;
                     self.journal.save_rollout(&self.record)?;
-                    return Ok(RolloutState::Aborted);
+                    return Ok(state);
                 }
-                Some(f) if forward => {
-                    self.record.error = Some(f.error.clone());
-                    if !f.interrupted && self.plan.file.rollout.auto_rollback {
-                        self.record.phase = phase::rollback(f.wave);
-                        self.record.state = RolloutState::RollingBack;
-                        reason = Some(format!("rolling back: {}", f.error));
-                    } else {
-                        // The wave goes back in service; a later `resume` redoes it.
+                Next::Switch {
+                    phase: next,
+                    undo_wave,
+                } => {
+                    if undo_wave {
                         let undone: Vec<usize> = steps
                             .iter()
                             .enumerate()
                             .filter(|(_, s)| s.wave == f.wave)
                             .map(|(i, _)| i)
                             .collect();
-                        self.journal
-                            .mark_undone(&self.record.id, &phase_name, &undone)?;
-                        self.record.phase = phase::repair(f.wave);
-                        reason = Some(format!(
-                            "putting wave {} back in service: {}",
-                            f.wave + 1,
-                            f.error
-                        ));
+                        self.journal.mark_undone(&self.record.id, phase, &undone)?;
                     }
+                    self.record.error = Some(f.error.clone());
+                    self.record.phase = next;
+                    self.record.state = running_state(next);
+                    reason = Some(f.error);
                     self.journal.save_rollout(&self.record)?;
-                }
-                Some(f) => {
-                    let first = self.record.error.take();
-                    self.record.error = Some(match first {
-                        Some(first) => format!(
-                            "{first}; then, while putting hosts back ({phase_name}): {}",
-                            f.error
-                        ),
-                        None => format!("{phase_name}: {}", f.error),
-                    });
-                    self.record.state = RolloutState::Failed;
-                    self.journal.save_rollout(&self.record)?;
-                    return Ok(RolloutState::Failed);
                 }
             }
         }
@@ -302,41 +451,32 @@ impl Engine {
 
     async fn run_steps(
         &mut self,
-        phase_name: &str,
+        phase: Phase,
         steps: &[steps::Step],
         journaled: &[crate::journal::StepRecord],
-        forward: bool,
         mut interrupts: watch::Receiver<u32>,
-    ) -> anyhow::Result<Option<StepFailure>> {
+        mut lost: watch::Receiver<Option<String>>,
+    ) -> anyhow::Result<PhaseEnd> {
         let id = self.record.id.clone();
+        let forward = phase == Phase::Forward;
         for (i, step) in steps.iter().enumerate() {
-            if self.journal.step_done(journaled, phase_name, i) {
+            if self.journal.step_done(journaled, phase, i) {
                 continue;
             }
+            if let Some(holders) = lost.borrow().clone() {
+                return Ok(PhaseEnd::LeaseLost(holders));
+            }
             if forward && *interrupts.borrow() > 0 {
-                return Ok(Some(StepFailure {
+                return Ok(PhaseEnd::Failed(StepFailure {
                     wave: step.wave,
                     action: step.action.clone(),
                     error: "interrupted by the operator".into(),
                     interrupted: true,
+                    unreachable: false,
                 }));
             }
             let title = step.title(&self.plan);
-            let ctx = Ctx {
-                config: &self.config,
-                fleet: &self.fleet,
-                plan: &self.plan,
-                ui: &self.ui,
-            };
-            if step.action == Action::ApplyRevision {
-                // Journaled before the switch, so a rollback knows where to go back
-                // even if the coordinator dies during the apply.
-                let mut facts = self.record.facts.clone();
-                ops::record_releases_before(&ctx, &step.hosts, &mut facts).await?;
-                self.record.facts = facts;
-                self.journal.save_rollout(&self.record)?;
-            }
-            self.journal.step_started(&id, phase_name, i, &title)?;
+            self.journal.step_started(&id, phase, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
                 of: steps.len(),
@@ -344,68 +484,69 @@ impl Engine {
                 title: title.clone(),
             });
             let started = Instant::now();
-            let ctx = Ctx {
-                config: &self.config,
-                fleet: &self.fleet,
-                plan: &self.plan,
-                ui: &self.ui,
-            };
+            let actions = self.actions.clone();
             let facts = self.record.facts.clone();
             let (result, interrupted) = tokio::select! {
-                r = ops::execute(&ctx, step, &facts) => (r, false),
+                r = actions.run(step, &facts) => (r, false),
                 () = interrupted(&mut interrupts, forward) => {
                     (Err(anyhow::anyhow!("interrupted by the operator")), true)
                 }
+                holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
-            match result {
-                Ok(outputs) => {
-                    self.journal.step_ended(
-                        &id,
-                        phase_name,
-                        i,
-                        StepOutcome::Ok,
-                        outputs.clone(),
-                    )?;
-                    self.ui.show(Event::StepDone {
-                        number: i + 1,
-                        title,
-                        elapsed_ms: u64::try_from(started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
-                        outputs,
-                    });
-                }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    self.journal.step_ended(
-                        &id,
-                        phase_name,
-                        i,
-                        StepOutcome::Failed(error.clone()),
-                        BTreeMap::new(),
-                    )?;
-                    self.ui.show(Event::StepFailed {
-                        number: i + 1,
-                        title,
-                        error: error.clone(),
-                    });
-                    return Ok(Some(StepFailure {
-                        wave: step.wave,
-                        action: step.action.clone(),
-                        error,
-                        interrupted,
-                    }));
-                }
+            let mark = (phase, i, title, started);
+            if let Some(failure) = self.journal_end(mark, step, result, interrupted)? {
+                return Ok(PhaseEnd::Failed(failure));
             }
         }
-        Ok(None)
+        Ok(PhaseEnd::Done)
     }
-}
 
-struct StepFailure {
-    wave: usize,
-    action: Action,
-    error: String,
-    interrupted: bool,
+    /// Journals how step `i` of phase `key` ended (what it learnt first, so it is
+    /// never lost to a crash), shows it, and returns the failure if it failed.
+    fn journal_end(
+        &mut self,
+        (phase, i, title, started): (Phase, usize, String, Instant),
+        step: &steps::Step,
+        result: anyhow::Result<Done>,
+        interrupted: bool,
+    ) -> anyhow::Result<Option<StepFailure>> {
+        let id = self.record.id.clone();
+        match result {
+            Ok(Done { outputs, learned }) => {
+                if learned != Facts::default() {
+                    self.record.facts.learn(learned);
+                    self.journal.save_rollout(&self.record)?;
+                }
+                self.journal
+                    .step_ended(&id, phase, i, StepOutcome::Ok, outputs.clone())?;
+                self.ui.show(Event::StepDone {
+                    number: i + 1,
+                    title,
+                    elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    outputs,
+                });
+                Ok(None)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                let outcome = StepOutcome::Failed(error.clone());
+                self.journal
+                    .step_ended(&id, phase, i, outcome, BTreeMap::new())?;
+                self.ui.show(Event::StepFailed {
+                    number: i + 1,
+                    title,
+                    error: error.clone(),
+                });
+                Ok(Some(StepFailure {
+                    wave: step.wave,
+                    action: step.action.clone(),
+                    error,
+                    interrupted,
+                    unreachable: ops::is_unreachable(&e),
+                }))
+            }
+        }
+    }
 }
 
 /// Resolves on the first interrupt in the forward phase; never otherwise (putting
@@ -417,10 +558,18 @@ async fn interrupted(rx: &mut watch::Receiver<u32>, forward: bool) {
     let _ = rx.wait_for(|n| *n > 0).await;
 }
 
+/// Resolves with the new holders once another process takes a lease over.
+async fn lease_lost(rx: &mut watch::Receiver<Option<String>>) -> String {
+    match rx.wait_for(Option::is_some).await {
+        Ok(holders) => holders.clone().unwrap_or_default(),
+        // The renewer is gone without news: nothing was lost.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// Counts SIGINT/SIGTERM. The first stops the forward phase (the current wave is
-/// put back in service); the second exits at once, leaving the journal for
-/// `handover resume`.
-fn watch_signals() -> (watch::Receiver<u32>, tokio::task::JoinHandle<()>) {
+/// put back); the second exits at once, leaving the journal for `handover resume`.
+fn watch_signals(id: String) -> (watch::Receiver<u32>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(0u32);
     let handle = tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -439,14 +588,390 @@ fn watch_signals() -> (watch::Receiver<u32>, tokio::task::JoinHandle<()>) {
             count += 1;
             if count == 1 {
                 eprintln!(
-                    "handover: stopping: the current wave is put back in service (press Ctrl-C again to exit at once; `handover resume` finishes from the journal)"
+                    "handover: stopping rollout {id}: the current wave goes back to its previous release and in service; then `handover resume {id}` redoes that wave and carries on (Ctrl-C again exits at once)"
                 );
             } else {
-                eprintln!("handover: exiting now; run `handover resume` to finish");
+                eprintln!(
+                    "handover: exiting now; `handover resume {id}` finishes from the journal"
+                );
                 std::process::exit(130);
             }
             let _ = tx.send(count);
         }
     });
     (rx, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn failure(action: Action) -> StepFailure {
+        StepFailure {
+            wave: 1,
+            action,
+            error: "boom".into(),
+            interrupted: false,
+            unreachable: false,
+        }
+    }
+
+    #[test]
+    fn a_failed_wave_rolls_back_or_is_repaired_as_the_plan_says() {
+        let f = failure(Action::VerifyHealth);
+        assert_eq!(
+            after_failure(Phase::Forward, &f, true),
+            Next::Switch {
+                phase: Phase::RollbackFrom { wave: 1 },
+                undo_wave: false
+            }
+        );
+        assert_eq!(
+            after_failure(Phase::Forward, &f, false),
+            Next::Switch {
+                phase: Phase::Repair { wave: 1 },
+                undo_wave: true
+            }
+        );
+        // A failure while putting hosts back stops there.
+        assert_eq!(
+            after_failure(Phase::RollbackFrom { wave: 1 }, &f, true),
+            Next::Stop(RolloutState::Failed)
+        );
+    }
+
+    #[test]
+    fn an_interrupt_puts_the_wave_back_even_at_the_canary_pause() {
+        let mut f = failure(Action::DetachFromLoadBalancers);
+        f.interrupted = true;
+        assert_eq!(
+            after_failure(Phase::Forward, &f, true),
+            Next::Switch {
+                phase: Phase::Repair { wave: 1 },
+                undo_wave: true
+            }
+        );
+        let mut f = failure(Action::Pause(Duration::from_secs(30)));
+        f.interrupted = true;
+        assert_eq!(
+            after_failure(Phase::Forward, &f, true),
+            Next::Switch {
+                phase: Phase::Withdraw { wave: 1 },
+                undo_wave: true
+            }
+        );
+        assert_eq!(
+            end_state(Phase::Withdraw { wave: 1 }),
+            RolloutState::Aborted
+        );
+    }
+
+    #[test]
+    fn an_unreachable_host_halts_the_rollout_for_resume_instead_of_rolling_back() {
+        for phase in [Phase::Forward, Phase::RollbackFrom { wave: 0 }] {
+            let mut f = failure(Action::ApplyRevision);
+            f.unreachable = true;
+            assert_eq!(
+                after_failure(phase, &f, true),
+                Next::Stop(RolloutState::Halted)
+            );
+            assert!(RolloutState::Halted.is_unfinished());
+        }
+    }
+
+    #[test]
+    fn without_capacity_nothing_is_touched() {
+        assert_eq!(
+            after_failure(Phase::Forward, &failure(Action::EnsureCapacity), true),
+            Next::Stop(RolloutState::Aborted)
+        );
+    }
+
+    mod scripted {
+        //! The engine against a scripted fleet, with tokio's paused clock: no
+        //! process, no socket, no waiting.
+
+        use std::mem::discriminant;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use tokio::sync::watch;
+
+        use super::super::*;
+        use crate::rollout::fake::{self, Fake, Fault, NEW, OLD, Trigger, host};
+
+        const THREE: &str = "batch = 1\nmin_healthy = 2";
+
+        struct Bench {
+            dir: tempfile::TempDir,
+            plan: Plan,
+            fake: Arc<Fake>,
+            id: String,
+        }
+
+        impl Bench {
+            fn new(rollout: &str) -> Self {
+                let plan = fake::plan(3, rollout);
+                let fake = Arc::new(Fake::new(&plan));
+                // The journal syncs every write: in memory when the host offers it.
+                let shm = std::path::Path::new("/dev/shm");
+                let dir = if shm.is_dir() {
+                    tempfile::tempdir_in(shm)
+                } else {
+                    tempfile::tempdir()
+                }
+                .expect("tempdir");
+                let record = new_record(std::path::Path::new("plan.toml"), String::new());
+                let id = record.id.clone();
+                Journal::new(dir.path())
+                    .save_rollout(&record)
+                    .expect("journal");
+                Bench {
+                    dir,
+                    plan,
+                    fake,
+                    id,
+                }
+            }
+
+            fn journal(&self) -> Journal {
+                Journal::new(self.dir.path())
+            }
+
+            /// A runner for the journaled record, as `rollout` or `resume` makes it.
+            fn runner(&self, resume: bool) -> Runner {
+                let mut record = self
+                    .journal()
+                    .rollout(&self.id)
+                    .expect("read")
+                    .expect("record");
+                if resume {
+                    record = to_resume(record).expect("resumable");
+                }
+                Runner {
+                    journal: self.journal(),
+                    plan: self.plan.clone(),
+                    record,
+                    ui: Arc::new(Ui::new(true)),
+                    actions: self.fake.clone(),
+                }
+            }
+
+            /// Runs until the end, or until a scripted crash (then `None`).
+            async fn run(&self, resume: bool) -> Option<anyhow::Result<RolloutState>> {
+                let (_itx, irx) = watch::channel(0u32);
+                let (_ltx, lrx) = watch::channel(None);
+                let mut runner = self.runner(resume);
+                tokio::time::timeout(Duration::from_secs(24 * 3600), runner.run_phases(irx, lrx))
+                    .await
+                    .ok()
+            }
+
+            fn assert_all_on(&self, release: &str) {
+                let w = self.fake.world();
+                for h in self.plan.hosts.iter().map(|h| &h.name) {
+                    assert_eq!(w.release[h], release, "{h}");
+                    assert!(
+                        w.attached.contains(h) && !w.drained.contains(h),
+                        "{h} serves"
+                    );
+                }
+                assert!(w.min_up >= 2, "capacity fell to {}", w.min_up);
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn waves_run_in_order_and_capacity_never_falls_below_min_healthy() {
+            let bench = Bench::new(THREE);
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+            let w = bench.fake.world();
+            let order: Vec<&str> = w.log.iter().map(|(_, h)| h.as_str()).collect();
+            let mut waves = order.clone();
+            waves.dedup();
+            assert_eq!(
+                waves,
+                ["web-1", "web-2", "web-3"],
+                "one wave after the other"
+            );
+            assert!(w.builds.values().all(|n| *n == 1));
+            let facts = bench
+                .journal()
+                .rollout(&bench.id)
+                .expect("read")
+                .expect("rec")
+                .facts;
+            assert_eq!(
+                facts.release_before(&host("web-2")).map(|r| r.as_str()),
+                Some(OLD)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_wave_without_capacity_changes_nothing_and_resume_starts_it_again() {
+            let bench = Bench::new(THREE);
+            bench.fake.world().drained.insert(host("web-3"));
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Aborted);
+            assert_eq!(
+                bench.fake.world().log.len(),
+                1,
+                "only the capacity check ran"
+            );
+            bench.fake.world().drained.remove(&host("web-3"));
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_canary_pause_waits_and_an_interrupt_there_puts_the_canary_back() {
+            let bench = Bench::new("batch = 2\nmin_healthy = 1\ncanary = 1\npause = \"60s\"");
+            let (itx, irx) = watch::channel(0u32);
+            let (_ltx, lrx) = watch::channel(None);
+            let mut runner = bench.runner(false);
+            let started = tokio::time::Instant::now();
+            let interrupt = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let paused = bench
+                        .fake
+                        .world()
+                        .log
+                        .iter()
+                        .any(|(a, _)| matches!(a, Action::Pause(_)));
+                    if paused {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        let _ = itx.send(1);
+                        return;
+                    }
+                }
+            };
+            let (state, ()) = tokio::join!(runner.run_phases(irx, lrx), interrupt);
+            assert_eq!(state.expect("runs"), RolloutState::Aborted);
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "stopped inside the pause"
+            );
+            {
+                let w = bench.fake.world();
+                assert_eq!(w.release[&host("web-1")], OLD, "the canary went back");
+                assert!(w.attached.contains(&host("web-1")) && !w.drained.contains(&host("web-1")));
+                assert_eq!(
+                    w.release[&host("web-2")],
+                    OLD,
+                    "the next wave never started"
+                );
+            }
+            // `resume ID` redoes the canary wave from its first step, pause and all.
+            let before = bench.fake.world().log.len();
+            let started = tokio::time::Instant::now();
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            assert!(
+                started.elapsed() >= Duration::from_secs(60),
+                "the pause was waited"
+            );
+            let w = bench.fake.world();
+            assert_eq!(w.log[before], (Action::EnsureCapacity, host("web-1")));
+            assert_eq!(w.release[&host("web-1")], NEW);
+            assert_eq!(w.builds[&host("web-1")], 2, "the redone wave applied again");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failure_at_any_step_of_a_wave_rolls_every_host_back_with_capacity_kept() {
+            let actions = steps::wave_steps(1, &[host("web-2")], Action::ApplyRevision);
+            for step in actions.iter().skip(1) {
+                let bench = Bench::new(&format!("{THREE}\nauto_rollback = true"));
+                let at = Trigger::Step(discriminant(&step.action), host("web-2"));
+                bench.fake.inject(at, Fault::Fail);
+                let state = bench.run(false).await.expect("ends").expect("runs");
+                assert_eq!(
+                    state,
+                    RolloutState::RolledBack,
+                    "failure at {:?}",
+                    step.action
+                );
+                bench.assert_all_on(OLD);
+                let w = bench.fake.world();
+                assert_eq!(w.release[&host("web-3")], OLD);
+                assert!(
+                    !w.log.iter().any(|(_, h)| h.as_str() == "web-3"),
+                    "wave 3 never ran"
+                );
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn resume_after_a_crash_at_any_step_boundary_finishes_with_one_build_per_host() {
+            let total = steps::in_place(&fake::plan(3, THREE)).len();
+            for crash in [Fault::CrashBefore, Fault::CrashAfter] {
+                for at in 0..total {
+                    let bench = Bench::new(THREE);
+                    bench.fake.inject(Trigger::Call(at), crash);
+                    assert!(bench.run(false).await.is_none(), "crashed at step {at}");
+                    let state = bench.run(true).await.expect("ends").expect("runs");
+                    assert_eq!(state, RolloutState::Succeeded, "{crash:?} at step {at}");
+                    bench.assert_all_on(NEW);
+                    let w = bench.fake.world();
+                    assert!(
+                        w.builds.values().all(|n| *n == 1),
+                        "{crash:?} at {at}: {:?}",
+                        w.builds
+                    );
+                }
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_unreachable_host_halts_and_a_plain_resume_carries_on() {
+            let bench = Bench::new(THREE);
+            let at = Trigger::Step(discriminant(&Action::RemoveHealthCheckFile), host("web-2"));
+            bench.fake.inject(at, Fault::Unreachable);
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Halted);
+            assert_eq!(
+                bench.fake.world().release[&host("web-1")],
+                NEW,
+                "nothing undone"
+            );
+            assert_eq!(bench.journal().find(None).expect("picked").id, bench.id);
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_lost_lease_stops_the_rollout_without_touching_anything_more() {
+            let bench = Bench::new(THREE);
+            bench.fake.inject(Trigger::Call(2), Fault::CrashBefore);
+            let (_itx, irx) = watch::channel(0u32);
+            let (ltx, lrx) = watch::channel(None);
+            let mut runner = bench.runner(false);
+            let lose = async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                let _ = ltx.send(Some("web-1: held by pid 9".to_string()));
+            };
+            let (result, ()) = tokio::join!(runner.run_phases(irx, lrx), lose);
+            let err = format!("{:#}", result.expect_err("stops"));
+            assert!(
+                err.contains("took its lease over") && err.contains("pid 9"),
+                "{err}"
+            );
+            assert_eq!(bench.fake.world().log.len(), 3, "no step after the loss");
+            let record = bench
+                .journal()
+                .rollout(&bench.id)
+                .expect("read")
+                .expect("rec");
+            assert_eq!(
+                record.state,
+                RolloutState::Running,
+                "the new holder carries on"
+            );
+        }
+    }
 }

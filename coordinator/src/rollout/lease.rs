@@ -1,14 +1,27 @@
-//! Holding the agents' leases for the length of a rollout: taken on every host the
-//! rollout touches before the first step, renewed while it runs, given back at the
-//! end. A coordinator killed mid-way leaves leases that expire by themselves; its
-//! own `resume` (same rollout id) takes them straight back.
+//! One rollout, one coordinator process. Two guards keep it so:
+//!
+//! - on the bastion, the running process holds an exclusive lock (flock) on
+//!   `state_dir/locks/ID.lock`, so a second `handover` there is refused at once;
+//!   the kernel drops the lock when the process dies, however it dies;
+//! - on every host the rollout touches, the agent's lease, taken with a random
+//!   token made by this process and renewed by it: the same rollout id from another
+//!   process (another bastion, a copied journal) is refused, naming the holder.
+//!
+//! A coordinator killed mid-way leaves leases that expire by themselves. Its own
+//! bastion can prove it gone at once — its lock is free and its pid is not running —
+//! so a plain `resume` there takes the leases straight over. Elsewhere, `--takeover`
+//! waits for the leases to expire and `--break-lease` breaks them.
 
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
-use handover_common::proto::lease::{LeaseReply, LeaseRequest};
+use anyhow::{Context, bail};
+use handover_common::proto::lease::{LeaseHolder, LeaseInfo, LeaseReply, LeaseRequest};
 use handover_common::proto::{Reply, Request};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::HostEntry;
@@ -18,94 +31,358 @@ use crate::fleet::Fleet;
 const TTL: Duration = Duration::from_secs(60);
 /// How often it is renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// `--takeover` waits at most this long for a holder's leases to expire; a holder
+/// that renews for longer than this is alive.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(2 * 60 + 15);
+
+/// What to do when another process holds the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Refuse, naming the holder (the default).
+    Refuse,
+    /// Wait until the holder is provably gone (`--takeover`).
+    Wait,
+    /// Break its leases now (`--break-lease`).
+    Break,
+}
+
+/// The bastion's host name, as lease holders are named.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether process `pid` runs on this host.
+fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// This coordinator process as a lease holder, with its secret token.
+#[derive(Clone)]
+pub struct Process {
+    /// How agents and other coordinators see it.
+    pub holder: LeaseHolder,
+    token: String,
+}
+
+impl Process {
+    /// This process, running with certificate `name`.
+    pub fn this(name: &str) -> anyhow::Result<Self> {
+        let user = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .ok()
+            .filter(|u| !u.is_empty());
+        let mut bytes = [0u8; 16];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("cannot read /dev/urandom for the lease token")?;
+        Ok(Process {
+            holder: LeaseHolder {
+                name: name.to_owned(),
+                user,
+                host: this_host(),
+                pid: std::process::id(),
+            },
+            token: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// "ops (alice@bastion-1)": who ran a rollout, for the journal.
+    pub fn owner(&self) -> String {
+        let h = &self.holder;
+        match &h.user {
+            Some(user) => format!("{} ({user}@{})", h.name, h.host),
+            None => format!("{} ({})", h.name, h.host),
+        }
+    }
+
+    /// Whether `lease` is this rollout's, held by a process of this bastion that
+    /// no longer runs. Only asked while this process holds the rollout's local
+    /// lock, so no live process of this bastion can be running it.
+    fn proves_gone(&self, rollout: &str, lease: &LeaseInfo) -> bool {
+        lease.rollout == rollout
+            && lease.holder.host == self.holder.host
+            && lease.holder.pid != self.holder.pid
+            && !pid_alive(lease.holder.pid)
+    }
+}
+
+/// The bastion-local guard: held by the one process running a rollout.
+pub struct RolloutLock {
+    _file: File,
+}
+
+/// Another process of this bastion holds the rollout.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "rollout {rollout} is running in another handover process on this bastion (pid {pid}, lock {}): wait for it, or `handover resume --takeover {rollout}` to carry on once it exits",
+    path.display()
+)]
+pub struct LockHeld {
+    /// The rollout.
+    pub rollout: String,
+    /// The holding process, as it wrote itself into the lock file.
+    pub pid: String,
+    /// The lock file.
+    pub path: PathBuf,
+}
+
+impl RolloutLock {
+    fn open(state_dir: &Path, rollout: &str) -> anyhow::Result<(File, PathBuf)> {
+        let dir = state_dir.join("locks");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{rollout}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok((file, path))
+    }
+
+    fn hold(mut file: File) -> anyhow::Result<Self> {
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(RolloutLock { _file: file })
+    }
+
+    /// Takes the lock for `rollout`, or says which process holds it.
+    pub fn try_take(state_dir: &Path, rollout: &str) -> anyhow::Result<Result<Self, LockHeld>> {
+        let (mut file, path) = Self::open(state_dir, rollout)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Ok(Self::hold(file)?)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Ok(Err(LockHeld {
+                    rollout: rollout.to_owned(),
+                    pid: pid.trim().to_string(),
+                    path,
+                }))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+
+    /// Waits until the process holding the lock for `rollout` exits, then takes it.
+    pub async fn wait(state_dir: &Path, rollout: &str) -> anyhow::Result<Self> {
+        let (file, path) = Self::open(state_dir, rollout)?;
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .context("waiting for the rollout lock")?
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Self::hold(file)
+    }
+}
 
 /// Leases held on a set of hosts; renewed in the background until released.
 pub struct Leases {
     fleet: Arc<Fleet>,
     hosts: Vec<HostEntry>,
     rollout: String,
+    process: Process,
     renewer: JoinHandle<()>,
+    lost: watch::Receiver<Option<String>>,
 }
 
-fn acquire(rollout: &str, owner: &str, break_existing: bool) -> Request {
+fn acquire(rollout: &str, process: &Process, break_existing: bool) -> Request {
     Request::Lease(LeaseRequest::Acquire {
         rollout: rollout.to_owned(),
-        owner: owner.to_owned(),
+        holder: process.holder.clone(),
+        token: process.token.clone(),
         ttl_secs: TTL.as_secs(),
         break_existing,
     })
 }
 
+/// One round of acquire calls, sorted by answer.
+#[derive(Default)]
+struct Round {
+    held: Vec<HostEntry>,
+    /// Hosts whose lease someone else holds: the holder, and the agent's clock.
+    refused: Vec<(HostEntry, LeaseInfo, u64)>,
+    failed: Vec<String>,
+}
+
+async fn round(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, p: &Process, brk: bool) -> Round {
+    let mut r = Round::default();
+    for (host, result) in fleet
+        .call_each(hosts, |_: &HostEntry| acquire(rollout, p, brk))
+        .await
+    {
+        match result {
+            Ok(Reply::Lease(LeaseReply::Held(_))) => r.held.push(host),
+            Ok(Reply::Lease(LeaseReply::Refused { lease, now_unix })) => {
+                r.refused.push((host, lease, now_unix));
+            }
+            Ok(other) => r
+                .failed
+                .push(format!("{}: unexpected answer {other:?}", host.name)),
+            Err(e) => r.failed.push(format!("{}: {e}", host.name)),
+        }
+    }
+    r
+}
+
+/// Renews every lease, one host after the other (a background task: no hurry);
+/// returns the holders if another process has taken any over.
+async fn renew(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, p: &Process) -> Option<String> {
+    let mut refused = Vec::new();
+    for host in hosts {
+        match fleet.call(host, acquire(rollout, p, false), |_| {}).await {
+            Ok(Reply::Lease(LeaseReply::Held(_))) => {}
+            Ok(Reply::Lease(LeaseReply::Refused { lease, now_unix })) => {
+                refused.push((host.clone(), lease, now_unix));
+            }
+            Ok(other) => {
+                tracing::warn!(host = %host.name, answer = ?other, "lease renewal: unexpected answer")
+            }
+            Err(e) => tracing::warn!(host = %host.name, error = %e, "lease renewal failed"),
+        }
+    }
+    (!refused.is_empty()).then(|| refusals(&refused))
+}
+
+/// "web-1: held by rollout R, run by ...; web-2: ..."
+fn refusals(refused: &[(HostEntry, LeaseInfo, u64)]) -> String {
+    refused
+        .iter()
+        .map(|(h, lease, now)| format!("{}: held by {}", h.name, lease.describe(*now)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Leases {
-    /// Takes the lease on every host, or none: on any refusal the leases already
-    /// taken are given back and the refusals are named.
+    /// Takes the lease on every host, or none: on a refusal that `takeover` does
+    /// not resolve, the leases already taken are given back and the holders named.
+    /// `notice` hears how a holder was dealt with (proved gone, waited for, broken).
     pub async fn take(
         fleet: Arc<Fleet>,
         hosts: Vec<HostEntry>,
         rollout: &str,
-        owner: &str,
-        break_existing: bool,
+        process: Process,
+        takeover: Takeover,
+        notice: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<Self> {
-        let results = fleet
-            .call_each(&hosts, |_| acquire(rollout, owner, break_existing))
-            .await;
-        let mut refused = Vec::new();
-        for (host, result) in &results {
-            match result {
-                Ok(Reply::Lease(LeaseReply::Held(_))) => {}
-                Ok(other) => refused.push(format!("{}: unexpected answer {other:?}", host.name)),
-                Err(e) => refused.push(format!("{}: {e}", host.name)),
+        let waited_since = tokio::time::Instant::now();
+        let mut brk = false;
+        loop {
+            let r = round(&fleet, &hosts, rollout, &process, brk).await;
+            if !r.failed.is_empty() || (brk && !r.refused.is_empty()) {
+                release_on(&fleet, &r.held, rollout, &process).await;
+                let mut why = r.failed;
+                if !r.refused.is_empty() {
+                    why.push(refusals(&r.refused));
+                }
+                bail!(
+                    "cannot take the rollout lease, nothing was changed: {}",
+                    why.join("; ")
+                );
+            }
+            if r.refused.is_empty() {
+                return Ok(Self::hold(fleet, hosts, rollout, process));
+            }
+            let holders = refusals(&r.refused);
+            if r.refused
+                .iter()
+                .all(|(_, l, _)| process.proves_gone(rollout, l))
+            {
+                notice(&format!(
+                    "taking over the lease: its process is gone from this bastion ({holders})"
+                ));
+                brk = true;
+                continue;
+            }
+            match takeover {
+                Takeover::Break => {
+                    notice(&format!("breaking the lease (--break-lease): {holders}"));
+                    brk = true;
+                }
+                Takeover::Wait if waited_since.elapsed() < TAKEOVER_LIMIT => {
+                    notice(&format!(
+                        "waiting for the lease to expire (its process renews it while it runs): {holders}"
+                    ));
+                    let expires = r
+                        .refused
+                        .iter()
+                        .map(|(_, l, now)| l.expires_unix.saturating_sub(*now));
+                    let wait = expires.max().unwrap_or(1).clamp(1, 5);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+                Takeover::Wait => {
+                    release_on(&fleet, &r.held, rollout, &process).await;
+                    bail!(
+                        "cannot take the rollout lease, nothing was changed: still renewed after {}s, so its process runs: {holders}; stop it first, or pass --break-lease",
+                        TAKEOVER_LIMIT.as_secs()
+                    );
+                }
+                Takeover::Refuse => {
+                    release_on(&fleet, &r.held, rollout, &process).await;
+                    let hint = if r.refused.iter().any(|(_, l, _)| l.rollout == rollout) {
+                        "the rollout is running in another coordinator process: let it finish, or `handover resume --takeover` waits until that process is gone"
+                    } else {
+                        "another rollout runs on these hosts: wait for it to end, or pass --break-lease if its coordinator is gone"
+                    };
+                    bail!("cannot take the rollout lease, nothing was changed: {holders} ({hint})");
+                }
             }
         }
-        if !refused.is_empty() {
-            let held: Vec<HostEntry> = results
-                .iter()
-                .filter(|(_, r)| matches!(r, Ok(Reply::Lease(LeaseReply::Held(_)))))
-                .map(|(h, _)| h.clone())
-                .collect();
-            release_on(&fleet, &held, rollout).await;
-            bail!(
-                "cannot take the rollout lease, nothing was changed: {}",
-                refused.join("; ")
-            );
-        }
+    }
+
+    fn hold(fleet: Arc<Fleet>, hosts: Vec<HostEntry>, rollout: &str, process: Process) -> Self {
+        let (lost_tx, lost) = watch::channel(None);
         let renewer = {
             let fleet = fleet.clone();
             let hosts = hosts.clone();
             let rollout = rollout.to_owned();
-            let owner = owner.to_owned();
+            let process = process.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(RENEW_EVERY).await;
-                    for host in &hosts {
-                        let request = acquire(&rollout, &owner, false);
-                        if let Err(e) = fleet.call(host, request, |_| {}).await {
-                            tracing::warn!(host = %host.name, error = %e, "lease renewal failed");
-                        }
+                    if let Some(holders) = renew(&fleet, &hosts, &rollout, &process).await {
+                        let _ = lost_tx.send(Some(holders));
+                        return;
                     }
                 }
             })
         };
-        Ok(Leases {
+        Leases {
             fleet,
             hosts,
             rollout: rollout.to_owned(),
+            process,
             renewer,
-        })
+            lost,
+        }
+    }
+
+    /// Resolves with the holders' names if another process takes a lease over.
+    pub fn lost(&self) -> watch::Receiver<Option<String>> {
+        self.lost.clone()
     }
 
     /// Stops renewing and gives every lease back.
     pub async fn release(self) {
         self.renewer.abort();
-        release_on(&self.fleet, &self.hosts, &self.rollout).await;
+        release_on(&self.fleet, &self.hosts, &self.rollout, &self.process).await;
     }
 }
 
-async fn release_on(fleet: &Fleet, hosts: &[HostEntry], rollout: &str) {
+async fn release_on(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, process: &Process) {
     let results = fleet
         .call_each(hosts, |_| {
             Request::Lease(LeaseRequest::Release {
                 rollout: rollout.to_owned(),
+                token: process.token.clone(),
             })
         })
         .await;
@@ -113,5 +390,60 @@ async fn release_on(fleet: &Fleet, hosts: &[HostEntry], rollout: &str) {
         if let Err(e) = result {
             tracing::warn!(host = %host.name, error = %e, "lease release failed; it expires by itself");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(rollout: &str, host: &str, pid: u32) -> LeaseInfo {
+        LeaseInfo {
+            rollout: rollout.into(),
+            holder: LeaseHolder {
+                name: "ops".into(),
+                user: None,
+                host: host.into(),
+                pid,
+            },
+            acquired_unix: 0,
+            renewed_unix: 0,
+            expires_unix: 60,
+        }
+    }
+
+    #[test]
+    fn only_a_dead_process_of_this_bastion_on_the_same_rollout_is_proved_gone() {
+        let me = Process::this("ops").expect("process");
+        let host = me.holder.host.clone();
+        // A pid that cannot run: above the kernel's pid_max limit.
+        let dead = 4_194_305;
+        assert!(me.proves_gone("r-1", &lease("r-1", &host, dead)));
+        // Alive (this very test's parent shell is not needed: pid 1 always runs).
+        assert!(!me.proves_gone("r-1", &lease("r-1", &host, 1)));
+        // Another bastion: its pids mean nothing here.
+        assert!(!me.proves_gone("r-1", &lease("r-1", "elsewhere", dead)));
+        // Another rollout is never ours to take.
+        assert!(!me.proves_gone("r-1", &lease("r-2", &host, dead)));
+    }
+
+    #[test]
+    fn a_second_process_is_refused_the_lock_and_names_the_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = RolloutLock::try_take(dir.path(), "r-1")
+            .expect("lock")
+            .expect("free");
+        let held = RolloutLock::try_take(dir.path(), "r-1")
+            .expect("lock")
+            .err()
+            .expect("held");
+        assert_eq!(held.pid, std::process::id().to_string());
+        assert!(held.to_string().contains("--takeover r-1"), "{held}");
+        drop(first);
+        assert!(
+            RolloutLock::try_take(dir.path(), "r-1")
+                .expect("lock")
+                .is_ok()
+        );
     }
 }

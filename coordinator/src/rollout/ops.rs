@@ -3,11 +3,12 @@
 //! says so, or finishes it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::future::join_all;
-use handover_common::names::{HostName, ReleaseName};
+use futures::future::{LocalBoxFuture, join_all};
+use handover_common::names::HostName;
 use handover_common::proto::deploy::{
     ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseOutcome,
 };
@@ -15,14 +16,75 @@ use handover_common::proto::drain::{DrainReply, DrainRequest};
 use handover_common::proto::lb::StatusKind;
 use handover_common::proto::{Progress, Reply, Request};
 
+use super::facts::Facts;
 use super::steps::{Action, Step};
 use super::ui::{Event, Ui};
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
 use crate::plan::{OnDrainTimeout, Plan};
 
 /// What a step produced, kept in the journal.
 pub type Outputs = BTreeMap<String, String>;
+
+/// A step's result: what it produced, and what it learnt for later steps.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// For the journal and the operator.
+    pub outputs: Outputs,
+    /// For later steps (and a later `handover rollback`).
+    pub learned: Facts,
+}
+
+impl From<Outputs> for Done {
+    fn from(outputs: Outputs) -> Done {
+        Done {
+            outputs,
+            learned: Facts::default(),
+        }
+    }
+}
+
+/// The engine's one way to the world: run one step's action on its hosts, given
+/// what earlier steps learnt. [`Live`] does it through the agents; unit tests
+/// script a fake.
+pub trait Actions {
+    /// Runs `step`; idempotent, so it may be run again after a crash.
+    fn run<'a>(
+        &'a self,
+        step: &'a Step,
+        facts: &'a Facts,
+    ) -> LocalBoxFuture<'a, anyhow::Result<Done>>;
+}
+
+/// The real fleet: agents over QUIC, HAProxy through the LB agents.
+pub struct Live {
+    /// The coordinator's config (inventory).
+    pub config: CoordinatorConfig,
+    /// Connections to the agents, carrying the rollout id.
+    pub fleet: Arc<Fleet>,
+    /// The validated plan.
+    pub plan: Plan,
+    /// Progress display.
+    pub ui: Arc<Ui>,
+}
+
+impl Actions for Live {
+    fn run<'a>(
+        &'a self,
+        step: &'a Step,
+        facts: &'a Facts,
+    ) -> LocalBoxFuture<'a, anyhow::Result<Done>> {
+        Box::pin(async move {
+            let ctx = Ctx {
+                config: &self.config,
+                fleet: &self.fleet,
+                plan: &self.plan,
+                ui: &self.ui,
+            };
+            execute(&ctx, step, facts).await
+        })
+    }
+}
 
 /// Everything a step needs.
 pub struct Ctx<'a> {
@@ -50,25 +112,45 @@ impl Ctx<'_> {
 }
 
 /// Runs `step`. `facts` holds what earlier steps learnt (the release each host had
-/// before the rollout), and is where this step records what later ones need.
-pub async fn execute(
-    ctx: &Ctx<'_>,
-    step: &Step,
-    facts: &BTreeMap<String, String>,
-) -> anyhow::Result<Outputs> {
+/// before the rollout); what this step learns comes back in [`Done::learned`].
+async fn execute(ctx: &Ctx<'_>, step: &Step, facts: &Facts) -> anyhow::Result<Done> {
     let hosts = &step.hosts;
-    match &step.action {
+    let outputs = match &step.action {
         Action::EnsureCapacity => ensure_capacity(ctx, hosts).await,
         Action::RemoveHealthCheckFile => remove_health_check_file(ctx, hosts).await,
         Action::WaitForSessionsToEnd => wait_for_sessions_to_end(ctx, hosts).await,
-        Action::DetachFromLoadBalancers => detach_from_load_balancers(ctx, hosts, facts).await,
+        Action::DetachFromLoadBalancers => detach_from_load_balancers(ctx, hosts).await,
+        Action::RecordCurrentRelease => return record_current_release(ctx, hosts, facts).await,
         Action::ApplyRevision => apply_revision(ctx, hosts, facts).await,
         Action::ActivatePreviousRelease => activate_previous_release(ctx, hosts, facts).await,
         Action::RestoreHealthCheckFile => restore_health_check_file(ctx, hosts).await,
         Action::VerifyHealth => verify_health(ctx, hosts).await,
         Action::AttachToLoadBalancers => attach_to_load_balancers(ctx, hosts).await,
         Action::Pause(d) => pause(ctx, hosts, *d).await,
-    }
+    };
+    outputs.map(Done::from)
+}
+
+/// A host did not answer (no handshake, connection lost, stream broken): not the
+/// release's fault, so the engine halts for `resume` rather than rolling back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// Whether `error` comes from a host that did not answer.
+pub fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.is::<Unreachable>()
+            || e.downcast_ref::<FleetError>().is_some_and(|f| {
+                matches!(
+                    f,
+                    FleetError::Timeout { .. }
+                        | FleetError::Connection(_)
+                        | FleetError::Wire(_)
+                        | FleetError::NoAnswer
+                )
+            })
+    })
 }
 
 /// Runs `f` on every host at once; fails naming every host that failed.
@@ -81,16 +163,20 @@ where
     let results = join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await;
     let mut outputs = Outputs::new();
     let mut failures = Vec::new();
+    let mut unreachable = false;
     for (host, result) in results {
         match result {
             Ok(o) => outputs.extend(o),
-            Err(e) => failures.push(format!("{host}: {e:#}")),
+            Err(e) => {
+                unreachable |= is_unreachable(&e);
+                failures.push(format!("{host}: {e:#}"));
+            }
         }
     }
-    if failures.is_empty() {
-        Ok(outputs)
-    } else {
-        bail!("{}", failures.join("; "))
+    match (failures.is_empty(), unreachable) {
+        (true, _) => Ok(outputs),
+        (false, true) => Err(Unreachable(failures.join("; ")).into()),
+        (false, false) => bail!("{}", failures.join("; ")),
     }
 }
 
@@ -314,12 +400,7 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
     }
 }
 
-async fn detach_from_load_balancers(
-    ctx: &Ctx<'_>,
-    hosts: &[HostName],
-    facts: &BTreeMap<String, String>,
-) -> anyhow::Result<Outputs> {
-    let _ = facts;
+async fn detach_from_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     let entries = ctx.entries(hosts)?;
     // Sessions past the drain timeout are cut only when the plan says proceed: the
     // wait step then recorded them, and detach may force.
@@ -368,32 +449,30 @@ pub async fn releases(ctx: &Ctx<'_>, host: &HostName) -> anyhow::Result<ReleaseL
     }
 }
 
-/// Records, for each host, the release it has before the rollout changes it (once:
-/// a resumed rollout keeps the first answer).
-pub async fn record_releases_before(
+/// Learns, for each host not yet recorded, the release it has before the rollout
+/// switches it, so a rollback knows where to go back even if the coordinator dies
+/// during the apply that follows.
+async fn record_current_release(
     ctx: &Ctx<'_>,
     hosts: &[HostName],
-    facts: &mut BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    for host in hosts {
-        let key = format!("before/{host}");
-        if facts.contains_key(&key) {
-            continue;
-        }
-        let list = releases(ctx, host).await?;
-        let before = list
-            .current
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "-".to_string());
-        facts.insert(key, before);
+    facts: &Facts,
+) -> anyhow::Result<Done> {
+    let mut done = Done::default();
+    for host in hosts.iter().filter(|h| !facts.knows(h)) {
+        let current = releases(ctx, host).await?.current;
+        done.outputs.insert(
+            format!("before/{host}"),
+            current.as_ref().map_or("-".into(), ToString::to_string),
+        );
+        done.learned.before.insert(host.clone(), current);
     }
-    Ok(())
+    Ok(done)
 }
 
 async fn apply_revision(
     ctx: &Ctx<'_>,
     hosts: &[HostName],
-    facts: &BTreeMap<String, String>,
+    facts: &Facts,
 ) -> anyhow::Result<Outputs> {
     let (repo, rev) = ctx.plan.revision();
     on_each(hosts, |h| {
@@ -401,9 +480,9 @@ async fn apply_revision(
         async move {
             // Resumed after the switch? Then the host already runs it.
             let list = releases(ctx, h).await?;
-            let before = facts.get(&format!("before/{h}"));
+            let before = facts.before.get(h);
             if let Some(current) = &list.current
-                && before.is_some_and(|b| b != current.as_str())
+                && before.is_some_and(|b| b.as_ref() != Some(current))
                 && let Some(record) = list.releases.iter().find(|r| &r.name == current)
                 && record.repo == repo.as_str()
                 && record.rev == rev.as_str()
@@ -436,13 +515,10 @@ async fn apply_revision(
 async fn activate_previous_release(
     ctx: &Ctx<'_>,
     hosts: &[HostName],
-    facts: &BTreeMap<String, String>,
+    facts: &Facts,
 ) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
-        let Some(before) = facts
-            .get(&format!("before/{h}"))
-            .filter(|b| b.as_str() != "-")
-        else {
+        let Some(before) = facts.release_before(h) else {
             // The rollout never switched this host (or it had no release before).
             return Ok(Outputs::from([(
                 format!("activated/{h}"),
@@ -450,10 +526,13 @@ async fn activate_previous_release(
             )]));
         };
         let list = releases(ctx, h).await?;
-        if list.current.as_ref().is_some_and(|c| c.as_str() == before) {
-            return Ok(Outputs::from([(format!("activated/{h}"), before.clone())]));
+        if list.current.as_ref() == Some(before) {
+            return Ok(Outputs::from([(
+                format!("activated/{h}"),
+                before.to_string(),
+            )]));
         }
-        let target = ActivateTarget::Release(ReleaseName::new(before.clone())?);
+        let target = ActivateTarget::Release(before.clone());
         // The wave is detached (or failing its checks): nothing serves from it.
         let request = Request::Deploy(DeployRequest::Activate {
             target,

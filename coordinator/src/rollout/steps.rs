@@ -21,6 +21,9 @@ pub enum Action {
     WaitForSessionsToEnd,
     /// Take the servers out of every LB.
     DetachFromLoadBalancers,
+    /// Learn the release each host has now, to go back to (runbook step 5: save
+    /// the deployment inputs before changing them).
+    RecordCurrentRelease,
     /// Deploy the plan's revision (the agent switches, reloads and verifies).
     ApplyRevision,
     /// Put the release the host had before this rollout back in place.
@@ -71,6 +74,9 @@ impl Step {
                 }
             ),
             Action::DetachFromLoadBalancers => format!("detach {hosts} from every LB"),
+            Action::RecordCurrentRelease => {
+                format!("record the release on {hosts} (to go back to)")
+            }
             Action::ApplyRevision => format!(
                 "apply {} @ {} on {hosts}",
                 plan.file.revision.repo, plan.file.revision.reference
@@ -104,20 +110,25 @@ impl Step {
 }
 
 /// The mechanics of one wave: drain → wait → detach → `switch` → restore → verify
-/// → attach. Every action is idempotent, so the same list also repairs a wave left
-/// anywhere in between.
+/// → attach; an apply is preceded by recording where each host comes from. Every
+/// action is idempotent, so the same list also repairs a wave left anywhere in
+/// between.
 pub fn wave_steps(wave: usize, hosts: &[HostName], switch: Action) -> Vec<Step> {
+    let record = (switch == Action::ApplyRevision).then_some(Action::RecordCurrentRelease);
     [
         Action::EnsureCapacity,
         Action::RemoveHealthCheckFile,
         Action::WaitForSessionsToEnd,
         Action::DetachFromLoadBalancers,
+    ]
+    .into_iter()
+    .chain(record)
+    .chain([
         switch,
         Action::RestoreHealthCheckFile,
         Action::VerifyHealth,
         Action::AttachToLoadBalancers,
-    ]
-    .into_iter()
+    ])
     .map(|action| Step {
         wave,
         action,
@@ -126,21 +137,98 @@ pub fn wave_steps(wave: usize, hosts: &[HostName], switch: Action) -> Vec<Step> 
     .collect()
 }
 
-/// The phase names used in the journal.
-pub mod phase {
-    /// Forward: the plan's waves.
-    pub const FORWARD: &str = "forward";
-    /// Rolling back after wave `n` failed.
-    pub fn rollback(failed_wave: usize) -> String {
-        format!("rollback-from-wave-{}", failed_wave + 1)
+/// Which list of steps runs: the plan's waves, or a way back. Journaled by its
+/// key ([`Phase::key`]), which step records carry too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Phase {
+    /// The plan's waves.
+    Forward,
+    /// Wave `wave` (from 0) failed: it and every wave before it go back.
+    RollbackFrom {
+        /// The failed wave.
+        wave: usize,
+    },
+    /// `handover rollback`: waves 0..=`last_wave`, all serving, go back.
+    Undo {
+        /// The last wave the undone rollout switched.
+        last_wave: usize,
+    },
+    /// The rollout stopped mid-wave: that wave, out of service, goes back in
+    /// service (on its previous release if it had switched).
+    Repair {
+        /// The wave.
+        wave: usize,
+    },
+    /// The rollout stopped at the canary pause: the canary wave, serving the new
+    /// release, goes back to its previous release with the full wave mechanics.
+    Withdraw {
+        /// The wave.
+        wave: usize,
+    },
+}
+
+impl Phase {
+    /// The journal's name for it (stable: step records are keyed by it).
+    pub fn key(self) -> String {
+        match self {
+            Phase::Forward => "forward".into(),
+            Phase::RollbackFrom { wave } => format!("rollback-from-wave-{}", wave + 1),
+            Phase::Undo { last_wave } => format!("rollback-waves-1-to-{}", last_wave + 1),
+            Phase::Repair { wave } => format!("repair-wave-{}", wave + 1),
+            Phase::Withdraw { wave } => format!("withdraw-wave-{}", wave + 1),
+        }
     }
-    /// `handover rollback`: waves 1..=n, all serving, back to their previous release.
-    pub fn undo(last_wave: usize) -> String {
-        format!("rollback-waves-1-to-{}", last_wave + 1)
+
+    /// Whether this phase takes hosts back to their previous release for good.
+    pub fn is_rollback(self) -> bool {
+        matches!(self, Phase::RollbackFrom { .. } | Phase::Undo { .. })
     }
-    /// Putting wave `n` back in service after an abort.
-    pub fn repair(wave: usize) -> String {
-        format!("repair-wave-{}", wave + 1)
+}
+
+impl std::fmt::Display for Phase {
+    /// What an operator reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Phase::Forward => f.write_str("rolling out"),
+            Phase::RollbackFrom { wave } => {
+                write!(f, "rolling back (wave {} failed)", wave + 1)
+            }
+            Phase::Undo { last_wave: 0 } => f.write_str("rolling back wave 1"),
+            Phase::Undo { last_wave } => write!(f, "rolling back waves 1 to {}", last_wave + 1),
+            Phase::Repair { wave } => write!(f, "putting wave {} back in service", wave + 1),
+            Phase::Withdraw { wave } => {
+                write!(f, "putting wave {} back on its previous release", wave + 1)
+            }
+        }
+    }
+}
+
+impl From<Phase> for String {
+    fn from(phase: Phase) -> String {
+        phase.key()
+    }
+}
+
+impl TryFrom<String> for Phase {
+    type Error = String;
+
+    fn try_from(key: String) -> Result<Self, String> {
+        let wave = |prefix: &str| -> Option<usize> {
+            key.strip_prefix(prefix)?
+                .parse::<usize>()
+                .ok()?
+                .checked_sub(1)
+        };
+        if key == "forward" {
+            return Ok(Phase::Forward);
+        }
+        let phase = wave("rollback-from-wave-")
+            .map(|wave| Phase::RollbackFrom { wave })
+            .or_else(|| wave("rollback-waves-1-to-").map(|last_wave| Phase::Undo { last_wave }))
+            .or_else(|| wave("repair-wave-").map(|wave| Phase::Repair { wave }))
+            .or_else(|| wave("withdraw-wave-").map(|wave| Phase::Withdraw { wave }));
+        phase.ok_or_else(|| format!("unknown rollout phase {key:?} (written by another version?)"))
     }
 }
 
@@ -186,15 +274,16 @@ pub fn rollback(plan: &Plan, failed_wave: usize) -> Vec<Step> {
 /// serving, so each goes back with the full wave mechanics, newest first.
 pub fn undo(plan: &Plan, last_wave: usize) -> Vec<Step> {
     let last_wave = last_wave.min(plan.waves.len().saturating_sub(1));
-    let mut steps = Vec::new();
-    for i in (0..=last_wave).rev() {
-        steps.extend(wave_steps(
-            i,
-            &plan.waves[i],
-            Action::ActivatePreviousRelease,
-        ));
-    }
-    steps
+    (0..=last_wave)
+        .rev()
+        .flat_map(|i| undo_wave(plan, i))
+        .collect()
+}
+
+/// One serving wave back to its previous release, with the full wave mechanics.
+fn undo_wave(plan: &Plan, wave: usize) -> Vec<Step> {
+    let hosts = plan.waves.get(wave).cloned().unwrap_or_default();
+    wave_steps(wave, &hosts, Action::ActivatePreviousRelease)
 }
 
 /// After an abort without rollback: only the current wave goes back in service,
@@ -217,23 +306,14 @@ pub fn repair(plan: &Plan, wave: usize) -> Vec<Step> {
 }
 
 /// The steps of `phase`.
-pub fn for_phase(plan: &Plan, phase_name: &str) -> Option<Vec<Step>> {
-    if phase_name == phase::FORWARD {
-        return Some(in_place(plan));
+pub fn for_phase(plan: &Plan, phase: Phase) -> Vec<Step> {
+    match phase {
+        Phase::Forward => in_place(plan),
+        Phase::RollbackFrom { wave } => rollback(plan, wave),
+        Phase::Undo { last_wave } => undo(plan, last_wave),
+        Phase::Repair { wave } => repair(plan, wave),
+        Phase::Withdraw { wave } => undo_wave(plan, wave),
     }
-    if let Some(n) = phase_name.strip_prefix("rollback-from-wave-") {
-        let n: usize = n.parse().ok()?;
-        return Some(rollback(plan, n.checked_sub(1)?));
-    }
-    if let Some(n) = phase_name.strip_prefix("rollback-waves-1-to-") {
-        let n: usize = n.parse().ok()?;
-        return Some(undo(plan, n.checked_sub(1)?));
-    }
-    if let Some(n) = phase_name.strip_prefix("repair-wave-") {
-        let n: usize = n.parse().ok()?;
-        return Some(repair(plan, n.checked_sub(1)?));
-    }
-    None
 }
 
 /// `handover plan`: numbered steps with the servers UP in every LB after each.
@@ -296,14 +376,15 @@ mod tests {
     fn every_wave_drains_before_detaching_and_verifies_before_attaching() {
         let plan = plan(PLAN, 3);
         let steps = in_place(&plan);
-        assert_eq!(steps.len(), 3 * 8);
-        for wave in steps.chunks(8) {
+        assert_eq!(steps.len(), 3 * 9);
+        for wave in steps.chunks(9) {
             let order: Vec<&Action> = wave.iter().map(|s| &s.action).collect();
             assert_eq!(order[1], &Action::RemoveHealthCheckFile);
             assert_eq!(order[3], &Action::DetachFromLoadBalancers);
-            assert_eq!(order[4], &Action::ApplyRevision);
-            assert_eq!(order[6], &Action::VerifyHealth);
-            assert_eq!(order[7], &Action::AttachToLoadBalancers);
+            assert_eq!(order[4], &Action::RecordCurrentRelease);
+            assert_eq!(order[5], &Action::ApplyRevision);
+            assert_eq!(order[7], &Action::VerifyHealth);
+            assert_eq!(order[8], &Action::AttachToLoadBalancers);
         }
     }
 
@@ -323,7 +404,26 @@ mod tests {
         assert_eq!(waves.first(), Some(&1));
         assert_eq!(waves.last(), Some(&0));
         assert!(steps.iter().all(|s| s.action != Action::ApplyRevision));
-        assert_eq!(for_phase(&plan, &phase::rollback(1)), Some(steps));
-        assert_eq!(for_phase(&plan, "nonsense"), None);
+        assert_eq!(for_phase(&plan, Phase::RollbackFrom { wave: 1 }), steps);
+    }
+
+    #[test]
+    fn phases_keep_their_journal_names_and_refuse_unknown_ones() {
+        for phase in [
+            Phase::Forward,
+            Phase::RollbackFrom { wave: 1 },
+            Phase::Undo { last_wave: 2 },
+            Phase::Repair { wave: 0 },
+            Phase::Withdraw { wave: 0 },
+        ] {
+            assert_eq!(Phase::try_from(phase.key()), Ok(phase));
+        }
+        // Journals written before phases were types keep reading the same.
+        assert_eq!(
+            Phase::try_from("rollback-from-wave-2".to_string()),
+            Ok(Phase::RollbackFrom { wave: 1 })
+        );
+        assert!(Phase::try_from("nonsense".to_string()).is_err());
+        assert!(Phase::try_from("repair-wave-0".to_string()).is_err());
     }
 }

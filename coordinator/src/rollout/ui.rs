@@ -16,8 +16,10 @@ pub enum Event {
     Phase {
         /// Rollout id.
         rollout: String,
-        /// Phase name.
+        /// Phase, as the journal names it.
         phase: String,
+        /// Phase, as an operator reads it.
+        title: String,
         /// Steps in the phase.
         steps: usize,
         /// Steps already done (resume).
@@ -191,12 +193,13 @@ fn plain(event: &Event) -> Option<String> {
     Some(match event {
         Event::Phase {
             rollout,
-            phase,
+            title,
             steps,
             done,
             reason,
+            ..
         } => {
-            let mut line = format!("rollout {rollout}: {phase}, {steps} steps");
+            let mut line = format!("rollout {rollout}: {title}, {steps} steps");
             if *done > 0 {
                 line.push_str(&format!(" ({done} already done)"));
             }
