@@ -393,7 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             takeover,
             break_lease,
         } => {
-            use handover::rollout::lease::Takeover;
+            use cmd::rollout::Takeover;
             let takeover = match (takeover, break_lease) {
                 (_, true) => Takeover::Break,
                 (true, false) => Takeover::Wait,

@@ -52,17 +52,7 @@ impl LeaseRequest {
             LeaseRequest::Release { rollout, token } => (rollout, token, None),
             LeaseRequest::Show => return Ok(()),
         };
-        let id_ok = (1..=64).contains(&rollout.len())
-            && !rollout.starts_with(['-', '.'])
-            && rollout
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !id_ok {
-            return Err(format!(
-                "invalid rollout id {:?}: 1 to 64 of [A-Za-z0-9._-], not starting with '-' or '.'",
-                rollout.chars().take(80).collect::<String>()
-            ));
-        }
+        crate::names::RolloutId::new(rollout.as_str()).map_err(|e| e.to_string())?;
         if !(16..=128).contains(&token.len()) || !token.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("invalid lease token: 16 to 128 hex digits".into());
         }
@@ -73,12 +63,9 @@ impl LeaseRequest {
                 ("user", h.user.as_ref()),
             ];
             for (what, text) in texts {
-                if let Some(t) = text
-                    && (t.is_empty() || t.len() > 255 || t.chars().any(char::is_control))
-                {
-                    return Err(format!(
-                        "invalid lease holder {what}: 1 to 255 printable characters"
-                    ));
+                if let Some(t) = text {
+                    crate::names::check_lease_owner(t)
+                        .map_err(|e| format!("invalid lease holder {what}: {e}"))?;
                 }
             }
         }

@@ -35,23 +35,14 @@ pub struct RequestFrame {
 
 impl RequestFrame {
     /// Checks the free strings a frame carries beyond its typed names (the rollout
-    /// id and a lease's owner); the agent calls it on every decoded frame.
-    pub fn check_strings(&self) -> Result<(), crate::names::InvalidName> {
-        let rollouts = [
-            self.rollout.as_deref(),
-            match &self.request {
-                Request::Lease(
-                    lease::LeaseRequest::Acquire { rollout, .. }
-                    | lease::LeaseRequest::Release { rollout },
-                ) => Some(rollout.as_str()),
-                _ => None,
-            },
-        ];
-        for rollout in rollouts.into_iter().flatten() {
-            crate::names::RolloutId::new(rollout)?;
+    /// id, and a lease's id, token and holder); the agent calls it on every
+    /// decoded frame, before anything is logged or kept.
+    pub fn check_strings(&self) -> Result<(), String> {
+        if let Some(rollout) = self.rollout.as_deref() {
+            crate::names::RolloutId::new(rollout).map_err(|e| e.to_string())?;
         }
-        if let Request::Lease(lease::LeaseRequest::Acquire { owner, .. }) = &self.request {
-            crate::names::check_lease_owner(owner)?;
+        if let Request::Lease(lease) = &self.request {
+            lease.check()?;
         }
         Ok(())
     }
@@ -206,7 +197,13 @@ mod check_strings_tests {
     fn acquire(rollout: &str, owner: &str) -> RequestFrame {
         RequestFrame::new(Request::Lease(LeaseRequest::Acquire {
             rollout: rollout.into(),
-            owner: owner.into(),
+            holder: lease::LeaseHolder {
+                name: owner.into(),
+                host: "bastion".into(),
+                user: None,
+                pid: 1,
+            },
+            token: "00112233445566778899aabbccddeeff".into(),
             ttl_secs: 60,
             break_existing: false,
         }))
@@ -227,12 +224,13 @@ mod check_strings_tests {
         let err = acquire("r-1", "ops\u{1b}[2J")
             .check_strings()
             .expect_err("escape");
-        assert!(err.to_string().contains("lease owner"), "{err}");
+        assert!(err.contains("lease holder"), "{err}");
         let mut frame = RequestFrame::new(Request::Status);
         frame.rollout = Some("../../etc".into());
         assert!(frame.check_strings().is_err());
         let release = RequestFrame::new(Request::Lease(LeaseRequest::Release {
             rollout: String::new(),
+            token: "00112233445566778899aabbccddeeff".into(),
         }));
         assert!(release.check_strings().is_err());
     }

@@ -14,7 +14,8 @@ use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutc
 use crate::output::Table;
 use crate::plan::Plan;
 use crate::rollout::engine::{Engine, Leased};
-use crate::rollout::lease::{RolloutLock, Takeover};
+pub use crate::rollout::lease::Takeover;
+use crate::rollout::lease::RolloutLock;
 use crate::rollout::steps;
 
 /// `handover plan PLAN`: validate, resolve the revision on every target host

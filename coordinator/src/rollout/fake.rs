@@ -108,7 +108,7 @@ impl Fake {
             ..World::default()
         };
         Fake {
-            min_healthy: plan.file.rollout.min_healthy,
+            min_healthy: plan.file.rollout.min_healthy.get(),
             world: Mutex::new(world),
             faults: Mutex::new(Vec::new()),
         }

@@ -1063,7 +1063,13 @@ mod quic {
         let acquire = |rollout: &str, owner: &str| {
             Request::Lease(LeaseRequest::Acquire {
                 rollout: rollout.into(),
-                owner: owner.into(),
+                holder: handover_common::proto::lease::LeaseHolder {
+                    name: owner.into(),
+                    user: None,
+                    host: "bastion".into(),
+                    pid: 1,
+                },
+                token: "00112233445566778899aabbccddeeff".into(),
                 ttl_secs: 60,
                 break_existing: false,
             })
