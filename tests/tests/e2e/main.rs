@@ -3,8 +3,9 @@
 
 mod deploy;
 mod drain;
+mod faults;
 mod lb;
 mod lbdrain;
+mod regression;
 mod rollout;
 mod spine;
-mod regression;
