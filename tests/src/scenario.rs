@@ -144,7 +144,13 @@ impl Scenario {
             parent: Some(work.path().to_owned()),
             // HAProxy reaches the app servers from the LB host's own address, as on
             // a real network: the drain wait tells its pooled connections apart.
-            extra_defaults: vec![format!("source {}", host_ip(100))],
+            // A keep-alive client is answered across a reload, as docs/haproxy.md
+            // recommends (without it, an idle connection closed at the reload
+            // instant fails the request sent on it then).
+            extra_defaults: vec![
+                format!("source {}", host_ip(100)),
+                "option idle-close-on-response".to_owned(),
+            ],
             ..HaproxyOptions::default()
         })?;
         let lb_agent = AgentProcess::start(
