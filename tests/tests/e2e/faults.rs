@@ -247,6 +247,18 @@ pub(crate) fn assert_no_failed_request(report: &TrafficReport) {
     );
 }
 
+/// An agent SIGKILLed and restarted mid-step: the coordinator learns it at once
+/// (the restarted agent resets the old connection) and either finishes the
+/// rollout or puts the wave back in service (rolled back), never leaving it
+/// half-done (`failed`).
+fn assert_wave_kept_or_done(run: &Finished) {
+    assert!(
+        matches!(run.state().as_str(), "succeeded" | "rolledback"),
+        "{}",
+        run.describe()
+    );
+}
+
 /// After a fault the fleet is finished with `handover resume` (when the rollout
 /// stopped short), or was finished by the rollout itself.
 fn finish_fleet(s: &Scenario, run: &Finished) {
@@ -305,6 +317,7 @@ fn an_agent_killed_during_apply_leaves_its_host_on_one_release() {
 
     let done = run.finish();
     eprintln!("apply killed: {}", done.describe());
+    assert_wave_kept_or_done(&done);
     for app in &s.apps {
         assert_on_one_release(app);
     }
@@ -348,6 +361,7 @@ fn an_agent_killed_as_apply_starts_leaves_its_host_on_one_release() {
         "apply killed at its start (host on {on}): {}",
         done.describe()
     );
+    assert_wave_kept_or_done(&done);
     finish_fleet(&s, &done);
     assert_no_failed_request(&load.stop());
     s.check_capacity().expect("capacity kept");
@@ -380,6 +394,7 @@ fn an_agent_killed_during_the_drain_wait_is_survived_with_capacity_kept() {
 
     let done = run.finish();
     eprintln!("drain wait killed: {}", done.describe());
+    assert_wave_kept_or_done(&done);
     for app in &s.apps {
         assert_on_one_release(app);
     }
@@ -406,6 +421,7 @@ fn the_lb_agent_killed_during_attach_is_survived_with_capacity_kept() {
 
     let done = run.finish();
     eprintln!("attach killed: {}", done.describe());
+    assert_wave_kept_or_done(&done);
     for app in &s.apps {
         assert_on_one_release(app);
     }

@@ -196,14 +196,16 @@ mod faults {
 
     /// Issue 13 (faults with traffic running): web-1's agent is SIGKILLed while the
     /// coordinator waits for web-1's sessions to end, and is back 0.5 s later (as
-    /// systemd restarts it). Seen: the coordinator keeps using the dead QUIC
-    /// connection, the wait fails only after 35 s ("no answer"), the rollback's
-    /// first call (restore the health-check file) fails on the same dead connection,
-    /// and the rollout ends `failed` with web-1 left drained on v1. Expected: the
-    /// coordinator redials a restarted agent and retries the step within a bound,
-    /// and the rollout succeeds.
+    /// systemd restarts it). Seen first: the coordinator kept using the dead QUIC
+    /// connection, the wait failed only after 35 s ("no answer"), the rollback's
+    /// first call (restore the health-check file) failed on the same dead
+    /// connection, and the rollout ended `failed` with web-1 left drained. Fixed on
+    /// the agent side (its QUIC reset and connection-id keys survive a restart, so
+    /// the old connection is reset at once): now the rollout is rolled back within
+    /// seconds. Still expected: the engine retries the step on the restarted agent
+    /// (within a bound) and the rollout succeeds.
     #[test]
-    #[ignore = "issue 13: no retry of a step whose agent restarted, and a dead pooled connection is reused; the engine (coordinator/src/rollout/*) is being rewritten on branch lease"]
+    #[ignore = "issue 13: the engine does not retry a step whose agent restarted; coordinator/src/rollout/* is being rewritten on branch lease"]
     fn a_rollout_survives_an_agent_restarted_during_the_drain_wait() {
         let mut s = scenario("");
         let held = hold_connection(
