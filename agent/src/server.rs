@@ -31,13 +31,18 @@ impl QuicServer {
     /// Binds the agent's `listen` address.
     pub fn bind(agent: &Agent, creds: Credentials) -> anyhow::Result<Self> {
         let (revoked, _) = watch::channel(creds.revoked.clone());
+        let endpoint_config = tls::agent_endpoint_config(&creds);
         let config = tls::agent_server_config(creds)?;
-        let endpoint = quinn::Endpoint::server(config, agent.config.listen).with_context(|| {
+        let cannot_listen = || {
             format!(
                 "cannot listen on UDP {}: is another agent running, or is `listen` wrong?",
                 agent.config.listen
             )
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(agent.config.listen).with_context(cannot_listen)?;
+        let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)
+            .with_context(cannot_listen)?;
         Ok(QuicServer { endpoint, revoked })
     }
 

@@ -113,6 +113,11 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
                 "the agent on {host} refused the connection: too many handshakes pending or coordinators connected (its log says which); try again shortly"
             )
         }
+        // The agent's reset key survives a restart, so this is what a restarted
+        // agent answers to the connection its previous process held.
+        E::Reset => format!(
+            "the connection to {host} was reset: its agent restarted (the next call dials it again)"
+        ),
         E::ConnectionClosed(c) => format!(
             "the agent closed the connection: {}{hint}",
             String::from_utf8_lossy(&c.reason)

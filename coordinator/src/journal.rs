@@ -262,14 +262,25 @@ impl Journal {
         key: &str,
         bytes: &[u8],
     ) -> anyhow::Result<()> {
-        let db = self.open()?;
-        let txn = db.begin_write()?;
-        {
-            let mut t = txn.open_table(table)?;
-            t.insert(key, bytes)?;
-        }
-        txn.commit()?;
-        Ok(())
+        let written = || -> anyhow::Result<()> {
+            let db = self.open()?;
+            let txn = db.begin_write()?;
+            {
+                let mut t = txn.open_table(table)?;
+                t.insert(key, bytes)?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        // A write is one transaction: when it fails (a full disk), the journal
+        // still holds everything up to the last step recorded, which is where
+        // `resume` carries on.
+        written().with_context(|| {
+            format!(
+                "cannot write the journal {}: the rollout stopped here; free space in its state_dir (or fix what the error names), then run `handover resume`",
+                self.path.display()
+            )
+        })
     }
 
     /// Saves (creates or replaces) a rollout record.

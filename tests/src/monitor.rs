@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,8 +13,9 @@ use crate::haproxy::{Haproxy, parse_show_stat, runtime_at};
 
 /// Poll interval: fast enough to catch a check-interval-long dip (200 ms).
 const POLL: Duration = Duration::from_millis(100);
-/// Hard cap so a forgotten monitor cannot run forever.
-const MAX_RUN: Duration = Duration::from_secs(300);
+/// Hard cap so a forgotten monitor cannot run forever (a scenario's monitor runs
+/// for the whole test, so this is longer than any test).
+const MAX_RUN: Duration = Duration::from_secs(1800);
 
 /// One sample where a backend had fewer UP servers than the threshold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,7 @@ pub struct UpReport {
 #[derive(Debug)]
 pub struct UpMonitor {
     stop: Arc<AtomicBool>,
+    min_up: Arc<AtomicUsize>,
     report: Arc<Mutex<UpReport>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -63,7 +65,8 @@ impl UpMonitor {
         let backends: Vec<String> = backends.iter().map(|s| (*s).to_owned()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(UpReport::default()));
-        let (s2, r2) = (stop.clone(), report.clone());
+        let threshold = Arc::new(AtomicUsize::new(min_up));
+        let (s2, r2, t2) = (stop.clone(), report.clone(), threshold.clone());
         let thread = std::thread::Builder::new()
             .name("up-monitor".to_owned())
             .spawn(move || {
@@ -83,7 +86,7 @@ impl UpMonitor {
                                 let up = servers.iter().filter(|s| s.is_up()).count();
                                 let m = r.min_up.entry(b.clone()).or_insert(up);
                                 *m = (*m).min(up);
-                                if up < min_up {
+                                if up < t2.load(Ordering::SeqCst) {
                                     r.violations.push(Violation {
                                         sample: n,
                                         backend: b.clone(),
@@ -110,9 +113,16 @@ impl UpMonitor {
             .context("spawn monitor thread")?;
         Ok(Self {
             stop,
+            min_up: threshold,
             report,
             thread: Some(thread),
         })
+    }
+
+    /// From the next sample on, fewer than `min_up` UP servers is a violation (a
+    /// test that moves to a plan with another `min_healthy`).
+    pub fn set_min_up(&self, min_up: usize) {
+        self.min_up.store(min_up, Ordering::SeqCst);
     }
 
     /// The report so far.

@@ -12,6 +12,7 @@ use crate::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_
 use crate::apache::{Apache, ApacheOptions};
 use crate::fleet::SerialGuard;
 use crate::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
+use crate::monitor::{UpMonitor, UpReport};
 use crate::ports::{free_tcp_port, host_ip};
 use crate::workdir::{Workdir, write_public};
 
@@ -44,12 +45,25 @@ impl AppHost {
     }
 }
 
+/// What the capacity monitor holds the fleet to, from the moment every app host
+/// is attached until the scenario is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capacity {
+    /// At least this many app servers UP in HAProxy at every 100 ms sample: the
+    /// `min_healthy` of the plans the test runs.
+    MinHealthy(usize),
+    /// Not checked, and why (a test that drains every host on purpose).
+    Unchecked(&'static str),
+}
+
 /// How to build the fleet.
 pub struct ScenarioOptions {
     /// App servers.
     pub apps: u8,
     /// Extra lines for every app agent's `[deploy]` section.
     pub deploy_extra: String,
+    /// The capacity invariant the whole test keeps (see [`Scenario::check_capacity`]).
+    pub capacity: Capacity,
 }
 
 impl Default for ScenarioOptions {
@@ -58,6 +72,8 @@ impl Default for ScenarioOptions {
             apps: 3,
             // A release whose VERSION says "broken" fails verification.
             deploy_extra: "verify = \"! grep -q broken VERSION\"\n".into(),
+            // The `min_healthy` of `in_place_plan(.., 1, 2)` on three hosts.
+            capacity: Capacity::MinHealthy(2),
         }
     }
 }
@@ -78,6 +94,10 @@ pub struct Scenario {
     pub pki: Pki,
     /// The scenario's directory.
     pub work: Workdir,
+    /// Polls HAProxy every 100 ms for the whole test (see [`Capacity`]).
+    monitor: Option<UpMonitor>,
+    /// Why a test stopped checking capacity, if it did.
+    unchecked: Option<&'static str>,
     _serial: SerialGuard,
 }
 
@@ -124,7 +144,13 @@ impl Scenario {
             parent: Some(work.path().to_owned()),
             // HAProxy reaches the app servers from the LB host's own address, as on
             // a real network: the drain wait tells its pooled connections apart.
-            extra_defaults: vec![format!("source {}", host_ip(100))],
+            // A keep-alive client is answered across a reload, as docs/haproxy.md
+            // recommends (without it, an idle connection closed at the reload
+            // instant fails the request sent on it then).
+            extra_defaults: vec![
+                format!("source {}", host_ip(100)),
+                "option idle-close-on-response".to_owned(),
+            ],
             ..HaproxyOptions::default()
         })?;
         let lb_agent = AgentProcess::start(
@@ -187,6 +213,14 @@ impl Scenario {
             bail!("initial attach failed: {}", output_text(&out));
         }
 
+        let (monitor, unchecked) = match options.capacity {
+            Capacity::MinHealthy(n) => {
+                wait_all_up(&haproxy, apps.len())?;
+                (Some(UpMonitor::start(&haproxy, &[BACKEND], n)?), None)
+            }
+            Capacity::Unchecked(why) => (None, Some(why)),
+        };
+
         Ok(Scenario {
             apps,
             haproxy,
@@ -195,8 +229,50 @@ impl Scenario {
             repo,
             pki,
             work,
+            monitor,
+            unchecked,
             _serial: serial,
         })
+    }
+
+    /// What the capacity monitor saw so far, or an error naming every sample with
+    /// fewer UP servers than the scenario's `min_healthy`. Dropping the scenario
+    /// makes the same check and fails the test.
+    pub fn check_capacity(&self) -> anyhow::Result<UpReport> {
+        let Some(monitor) = &self.monitor else {
+            bail!(
+                "capacity is not checked in this test: {}",
+                self.unchecked.unwrap_or("no monitor")
+            );
+        };
+        let report = monitor.snapshot();
+        if !report.violations.is_empty() {
+            bail!(
+                "HAProxy had fewer UP servers than min_healthy in {} of {} samples: {:?}",
+                report.violations.len(),
+                report.samples,
+                report.violations
+            );
+        }
+        Ok(report)
+    }
+
+    /// From now on, hold the fleet to `min_healthy` UP servers instead.
+    pub fn expect_min_healthy(&self, min_healthy: usize) {
+        if let Some(m) = &self.monitor {
+            m.set_min_up(min_healthy);
+        }
+    }
+
+    /// Stops checking capacity for the rest of the test, for `reason` (e.g. the test
+    /// drains every host on purpose). What was seen until now is still checked.
+    pub fn stop_checking_capacity(&mut self, reason: &'static str) -> anyhow::Result<UpReport> {
+        let report = self.check_capacity();
+        if let Some(m) = self.monitor.take() {
+            drop(m.stop());
+        }
+        self.unchecked = Some(reason);
+        report
     }
 
     /// Writes a plan file into the scenario's directory and returns its path.
@@ -230,6 +306,45 @@ impl Scenario {
     /// The scenario directory.
     pub fn dir(&self) -> &Path {
         self.work.path()
+    }
+}
+
+impl Drop for Scenario {
+    /// Fails the test if HAProxy ever had fewer UP servers than `min_healthy`
+    /// (unless the test is already failing: a second panic would abort).
+    fn drop(&mut self) {
+        if self.monitor.is_none() {
+            return;
+        }
+        let verdict = self.check_capacity();
+        if let Some(m) = self.monitor.take() {
+            drop(m.stop());
+        }
+        if let Err(e) = verdict
+            && !std::thread::panicking()
+        {
+            panic!("capacity invariant broken: {e:#}");
+        }
+    }
+}
+
+/// Waits (up to 20 s) until HAProxy reports `n` servers of [`BACKEND`] UP: the
+/// monitor starts from a fleet at full capacity.
+fn wait_all_up(haproxy: &Haproxy, n: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats = haproxy.show_stat()?;
+        let up = stats
+            .iter()
+            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+            .count();
+        if up >= n {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("only {up} of {n} app servers UP after the initial attach: {stats:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod deploy;
 mod drain;
+mod faults;
 mod lb;
 mod lbdrain;
 mod regression;

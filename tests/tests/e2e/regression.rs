@@ -1467,3 +1467,58 @@ mod lease {
         }
     }
 }
+
+// --- faults ---
+
+mod faults {
+    use std::time::Duration;
+
+    use handover_tests::traffic::hold_connection;
+
+    use crate::faults::{
+        Run, assert_no_failed_request, assert_on_one_release, assert_settled, restart_after,
+        scenario, traffic,
+    };
+
+    /// Issue 13 (faults with traffic running): web-1's agent is SIGKILLed while the
+    /// coordinator waits for web-1's sessions to end, and is back 0.5 s later (as
+    /// systemd restarts it). Seen first: the coordinator kept using the dead QUIC
+    /// connection, the wait failed only after 35 s ("no answer"), the rollback's
+    /// first call (restore the health-check file) failed on the same dead
+    /// connection, and the rollout ended `failed` with web-1 left drained. Fixed on
+    /// the agent side (its QUIC reset and connection-id keys survive a restart, so
+    /// the old connection is reset at once): now the rollout is rolled back within
+    /// seconds. Still expected: the engine retries the step on the restarted agent
+    /// (within a bound) and the rollout succeeds.
+    #[test]
+    #[ignore = "issue 13: the engine does not retry a step whose agent restarted; coordinator/src/rollout/* is being rewritten on branch lease"]
+    fn a_rollout_survives_an_agent_restarted_during_the_drain_wait() {
+        let mut s = scenario("");
+        let held = hold_connection(
+            s.app("web-1").apache.addr(),
+            "/",
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("hold a connection to web-1");
+        let plan = s
+            .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
+            .expect("plan");
+        let load = traffic(&s);
+        let mut run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        run.wait_step("wait for sessions", 1);
+        std::thread::sleep(Duration::from_millis(500));
+        s.apps[0].agent.kill();
+        restart_after(&mut s.apps[0].agent, Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(1));
+        drop(held);
+        let done = run.finish();
+        for app in &s.apps {
+            assert_on_one_release(app);
+        }
+        assert_eq!(done.state(), "succeeded", "{}", done.describe());
+        assert_settled(&s, "v2");
+        assert_no_failed_request(&load.stop());
+        s.check_capacity().expect("capacity kept");
+    }
+}
