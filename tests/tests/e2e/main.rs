@@ -1,10 +1,11 @@
 //! The end-to-end suite: one binary, so fleet tests share one process and run one
 //! at a time (each takes the harness's serial guard).
 
+mod dayone;
 mod deploy;
 mod drain;
 mod lb;
 mod lbdrain;
+mod regression;
 mod rollout;
 mod spine;
-mod regression;
