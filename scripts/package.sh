@@ -2,17 +2,21 @@
 # Builds the system packages: handover-agent and handover, as .deb and .rpm.
 #
 #   scripts/package.sh                  release build, packages in target/packages/
-#   scripts/package.sh --profile dev    package the debug build (quick; the tests use it;
-#                                       staged as the custom profile pkg-debug, because
-#                                       cargo-deb is dropping support for `dev`)
+#   scripts/package.sh --profile dev    package the debug build (quick; the tests use it)
 #   scripts/package.sh --deb-only       skip the .rpm files
 #
-# Steps: build both binaries; generate their shell completions (bash, zsh, fish)
-# and man pages from the built binaries' own clap definitions (`BIN generate ...`)
-# into TARGET/PROFILE/packaging/; then cargo-deb and cargo-generate-rpm, whose
-# metadata lives in agent/Cargo.toml and coordinator/Cargo.toml and whose other
-# inputs live in packaging/. Missing tools are installed: cargo-deb and
-# cargo-generate-rpm with `cargo install --locked`, rpm and dpkg-dev from apt.
+# Steps: build both binaries; copy them into a staging directory, TARGET/pkg-PROFILE/
+# (pkg-release, pkg-debug), and strip the copies there: cargo's outputs are never
+# touched, so packaging works while an agent runs from target/release; generate
+# their shell completions (bash, zsh, fish) and man pages from the staged binaries'
+# own clap definitions (`BIN generate ...`) into TARGET/pkg-PROFILE/packaging/;
+# then cargo-deb and cargo-generate-rpm, whose metadata lives in agent/Cargo.toml
+# and coordinator/Cargo.toml and whose other inputs live in packaging/. Missing
+# tools are installed: cargo-deb and cargo-generate-rpm with `cargo install
+# --locked`, rpm and dpkg-dev from apt.
+#
+# Prints the packages it built, one a line with its size ("  2.4 MB  PATH"), and
+# exits 0; exits non-zero if any step or any expected package is missing.
 set -euo pipefail
 
 profile=release
@@ -32,9 +36,10 @@ cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
 deb_flags=()
 case "$profile" in
-    dev|debug) profile=dev; build_dir=debug; pkg_profile=pkg-debug; deb_flags+=(--fast) ;;
-    *) build_dir="$profile"; pkg_profile="$profile" ;;
+    dev|debug) profile=dev; build_dir=debug; deb_flags+=(--fast) ;;
+    *) build_dir="$profile" ;;
 esac
+pkg_profile="pkg-$build_dir"   # the staging directory, TARGET/pkg-release/ etc.
 out="$target/packages"
 say() { echo "package.sh: $*" >&2; }
 
@@ -66,17 +71,17 @@ fi
 # --- build -----------------------------------------------------------------
 say "building handover-agent and handover ($profile profile) ..."
 cargo build --locked --profile "$profile" -p handover-agent -p handover
-# Both packagers read TARGET/PROFILE/ (their `target/release/` in the metadata).
+# Both packagers read TARGET/PKG_PROFILE/ (their `target/release/` in the metadata):
+# a staging directory of copies, never cargo's own outputs. Stripping in place
+# fails ("Text file busy") while an agent runs from target/release, and would
+# change the binaries other tools and tests use.
 bins="$target/$pkg_profile"
-if [ "$pkg_profile" != "$profile" ]; then
-    rm -rf "$bins"
-    mkdir -p "$bins"
-    cp "$target/$build_dir/handover-agent" "$target/$build_dir/handover" "$bins/"
-fi
-if [ "$profile" = release ]; then
-    # cargo-deb strips its own copy; cargo-generate-rpm packages the file as is.
-    strip --strip-unneeded "$bins/handover-agent" "$bins/handover"
-fi
+rm -rf "$bins"
+mkdir -p "$bins"
+cp "$target/$build_dir/handover-agent" "$target/$build_dir/handover" "$bins/"
+# cargo-deb is told not to strip (--no-strip) and cargo-generate-rpm never does:
+# both package these stripped copies.
+strip --strip-unneeded "$bins/handover-agent" "$bins/handover"
 
 # --- completions and man pages, from the binaries themselves ---------------
 for bin in handover-agent handover; do
@@ -86,21 +91,34 @@ for bin in handover-agent handover; do
     "$bins/$bin" generate completions bash > "$stage/$bin.bash"
     "$bins/$bin" generate completions zsh > "$stage/_$bin"
     "$bins/$bin" generate completions fish > "$stage/$bin.fish"
-    "$bins/$bin" generate man "$stage/man"
-    gzip -9n "$stage"/man/*.1
+    "$bins/$bin" generate man "$stage/man"   # man1/ commands, man5/ file formats
+    gzip -9n "$stage"/man/man1/*.1 "$stage"/man/man5/*.5
 done
 say "completions and man pages staged in $bins/packaging/"
 
 # --- packages --------------------------------------------------------------
 mkdir -p "$out"
 rm -f "$out"/handover-agent_*.deb "$out"/handover_*.deb "$out"/handover-agent-*.rpm "$out"/handover-[0-9]*.rpm
+built=()
 for pkg in handover-agent handover; do
-    cargo deb --no-build --profile "$pkg_profile" "${deb_flags[@]}" -p "$pkg" --output "$out/" >/dev/null
+    cargo deb --no-build --no-strip --profile "$pkg_profile" "${deb_flags[@]}" -p "$pkg" --output "$out/" >/dev/null
 done
+built+=("$out"/handover-agent_*.deb "$out"/handover_*.deb)
 if [ "$want_rpm" = 1 ]; then
     for dir in agent coordinator; do
         cargo generate-rpm --profile "$pkg_profile" -p "$dir" --output "$out/" >/dev/null
     done
+    built+=("$out"/handover-agent-*.rpm "$out"/handover-[0-9]*.rpm)
 fi
-say "packages:"
-ls -1 "$out"/*.deb "$out"/*.rpm 2>/dev/null
+
+# What was built, with its size, one per line on stdout (the path is the last field).
+# A glob that matched nothing stays literal: that is a packager failure, not a listing.
+status=0
+for file in "${built[@]}"; do
+    if [ ! -f "$file" ]; then
+        say "expected a package matching $file, none was written"; status=1; continue
+    fi
+    bytes=$(stat -c %s "$file")
+    printf '%6s MB  %s\n' "$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1000000 }')" "$file"
+done
+exit "$status"

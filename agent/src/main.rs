@@ -15,7 +15,8 @@ use handover_common::proto::{Reply, Request};
 
 /// The Handover agent: the local authority on one host.
 #[derive(Parser)]
-#[command(name = "handover-agent", version, about, long_about = None)]
+#[command(name = "handover-agent", version, about, long_about = None,
+    after_help = handover_common::clidocs::after_help("handover-agent"))]
 struct Cli {
     /// Agent config file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG, env = "HANDOVER_AGENT_CONFIG")]
@@ -98,10 +99,34 @@ enum Command {
     },
 }
 
+/// The README and the HAProxy guide, whose config reference and haproxy.cfg the
+/// agent.toml(5) man page is made from.
+const README: &str = include_str!("../../README.md");
+const HAPROXY_GUIDE: &str = include_str!("../../docs/haproxy.md");
+
+/// agent.toml(5), for `handover-agent generate man`.
+fn file_pages() -> Vec<handover_common::clidocs::FilePage> {
+    use handover_common::clidocs::{FilePage, markdown_section};
+    let keys = markdown_section(README, "### Agent: `/etc/handover/agent.toml`").unwrap_or("");
+    let lb = markdown_section(HAPROXY_GUIDE, "## A complete haproxy.cfg").unwrap_or("");
+    let markdown = if keys.is_empty() || lb.is_empty() {
+        String::new()
+    } else {
+        format!("{keys}\n#### Load-balancer hosts: `[haproxy]` and haproxy.cfg\n\n{lb}")
+    };
+    vec![FilePage {
+        name: "agent.toml",
+        about: "the Handover agent's configuration, /etc/handover/agent.toml",
+        source: "README.md \"### Agent: `/etc/handover/agent.toml`\" and docs/haproxy.md \"## A complete haproxy.cfg\"",
+        markdown,
+        see_also: &["handover-agent(1)", "handover.toml(5)", "handover-plan(5)"],
+    }]
+}
+
 fn main() -> ExitCode {
     // `generate completions|man` for packaging; kept out of `Cli` so it stays out
-    // of --help, the completions and the man pages it writes.
-    if let Some(code) = handover_common::clidocs::intercept::<Cli>() {
+    // of the completions and the man pages it writes (--help names it at its end).
+    if let Some(code) = handover_common::clidocs::intercept::<Cli>(&file_pages()) {
         return code;
     }
     let cli = Cli::parse();

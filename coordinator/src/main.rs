@@ -9,7 +9,8 @@ use handover::config::{CoordinatorConfig, DEFAULT_CONFIG};
 
 /// Zero-downtime upgrades of application servers behind HAProxy.
 #[derive(Parser)]
-#[command(name = "handover", version, about, long_about = None)]
+#[command(name = "handover", version, about, long_about = None,
+    after_help = handover_common::clidocs::after_help("handover"))]
 struct Cli {
     /// Coordinator config (inventory and credentials).
     #[arg(long, global = true, default_value = DEFAULT_CONFIG, env = "HANDOVER_CONFIG")]
@@ -250,10 +251,39 @@ enum Command {
     },
 }
 
+/// The README, whose config reference the section-5 man pages are made from.
+const README: &str = include_str!("../../README.md");
+
+/// handover.toml(5) and handover-plan(5), for `handover generate man`.
+fn file_pages() -> Vec<handover_common::clidocs::FilePage> {
+    use handover_common::clidocs::{FilePage, markdown_section};
+    let section = |heading: &str| markdown_section(README, heading).unwrap_or("").to_string();
+    vec![
+        FilePage {
+            name: "handover.toml",
+            about: "the Handover coordinator's credentials and inventory",
+            source: "README.md, section \"### Coordinator: `handover.toml`\"",
+            markdown: section("### Coordinator: `handover.toml`"),
+            see_also: &["handover(1)", "handover-plan(5)", "agent.toml(5)"],
+        },
+        FilePage {
+            name: "handover-plan",
+            about: "a Handover rollout plan (any TOML file given to handover plan, rollout)",
+            source: "README.md, section \"### Rollout plan\"",
+            markdown: section("### Rollout plan"),
+            see_also: &[
+                "handover-plan(1)",
+                "handover-rollout(1)",
+                "handover.toml(5)",
+            ],
+        },
+    ]
+}
+
 fn main() -> ExitCode {
     // `generate completions|man` for packaging; kept out of `Cli` so it stays out
-    // of --help, the completions and the man pages it writes.
-    if let Some(code) = handover_common::clidocs::intercept::<Cli>() {
+    // of the completions and the man pages it writes (--help names it at its end).
+    if let Some(code) = handover_common::clidocs::intercept::<Cli>(&file_pages()) {
         return code;
     }
     let cli = Cli::parse();

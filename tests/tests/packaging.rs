@@ -3,6 +3,12 @@
 //! contents are where the distributions look, the agent .deb installs on this
 //! machine with its conffile, its unit passes `systemd-analyze verify`, `man
 //! handover` works once the coordinator .deb is in, and purge leaves nothing.
+//! Each flag of the script (`--profile dev`, `--deb-only`) has a test checking its
+//! exit status, what it prints and which files it leaves.
+//!
+//! The tests take turns ([`package`] holds a lock): they share target/packages/.
+//! Only the first one builds; the others find cargo's outputs up to date, so the
+//! whole file costs one debug build plus a few seconds of packaging per test.
 //!
 //! This test installs packages on the machine running it (as the issue asks), so it
 //! needs root and purges `handover-agent` and `handover` before and after itself. It
@@ -12,6 +18,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use handover_tests::agents::{AgentProcess, AgentSpec, Pki, bin};
+use handover_tests::fleet::{Workdir, host_ip};
+
+/// The largest .deb an operator should have to copy around (issue 19).
+const MAX_DEB_BYTES: u64 = 10_000_000;
 
 /// The workspace root (this crate is `tests/`).
 fn workspace() -> PathBuf {
@@ -28,9 +41,23 @@ fn target_dir() -> PathBuf {
 }
 
 /// Runs `program args`, returning its output whatever the exit status.
+///
+/// Without the `CARGO_*` variables cargo sets for this test (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...): ring's build script reruns when they change, so a
+/// cargo started from here with them would rebuild ring and everything above it,
+/// and the next cargo started from a shell would rebuild it all again.
 fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("CARGO_")
+            && key_text != "CARGO_HOME"
+            && key_text != "CARGO_TARGET_DIR"
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
@@ -47,6 +74,81 @@ fn run_ok(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+static PACKAGING: Mutex<()> = Mutex::new(());
+
+/// `scripts/package.sh ARGS` run to its end, and the lock that keeps the other
+/// tests of this file from replacing its packages meanwhile.
+struct Packaged {
+    output: Output,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Packaged {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    /// Asserts exit status 0 and that stdout lists exactly the `expected` packages
+    /// (file names, in order), each with its size, and returns their paths.
+    fn assert_listed(&self, args: &str, expected: &[&str]) -> Vec<PathBuf> {
+        assert!(
+            self.output.status.success(),
+            "scripts/package.sh {args} exited with {}:\n{}{}",
+            self.output.status,
+            self.stdout(),
+            String::from_utf8_lossy(&self.output.stderr)
+        );
+        let listed: Vec<(String, PathBuf)> = self
+            .stdout()
+            .lines()
+            .map(|line| {
+                let (size, path) = line
+                    .trim()
+                    .split_once("  ")
+                    .unwrap_or_else(|| panic!("not `SIZE MB  PATH`: {line:?}"));
+                (size.to_string(), PathBuf::from(path))
+            })
+            .collect();
+        let names: Vec<String> = listed
+            .iter()
+            .map(|(_, p)| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            names, expected,
+            "scripts/package.sh {args} must list what it built, and only that"
+        );
+        for (size, path) in &listed {
+            let bytes = std::fs::metadata(path)
+                .unwrap_or_else(|e| panic!("listed {} but it is not there: {e}", path.display()))
+                .len();
+            let shown = format!("{:.1} MB", bytes as f64 / 1e6);
+            assert_eq!(size, &shown, "the size printed for {}", path.display());
+        }
+        listed.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+fn package(args: &[&str]) -> Packaged {
+    let turn = PACKAGING.lock().unwrap_or_else(PoisonError::into_inner);
+    let script = workspace().join("scripts/package.sh");
+    Packaged {
+        output: run(script.to_str().expect("UTF-8 path"), args),
+        _turn: turn,
+    }
+}
+
+fn deb_names() -> [String; 2] {
+    let v = env!("CARGO_PKG_VERSION");
+    [
+        format!("handover-agent_{v}-1_amd64.deb"),
+        format!("handover_{v}-1_amd64.deb"),
+    ]
 }
 
 fn is_installed(package: &str) -> bool {
@@ -122,6 +224,8 @@ const AGENT_PATHS: &[&str] = &[
     "/usr/share/man/man1/handover-agent-status.1.gz",
     // Subcommands the features added: picked up from the clap definition.
     "/usr/share/man/man1/handover-agent-drain.1.gz",
+    // The config file's format, from the README's config reference.
+    "/usr/share/man/man5/agent.toml.5.gz",
 ];
 
 const COORDINATOR_PATHS: &[&str] = &[
@@ -134,6 +238,8 @@ const COORDINATOR_PATHS: &[&str] = &[
     "/usr/share/man/man1/handover-rollout.1.gz",
     "/usr/share/man/man1/handover-resume.1.gz",
     "/usr/share/doc/handover/examples/handover.toml",
+    "/usr/share/man/man5/handover.toml.5.gz",
+    "/usr/share/man/man5/handover-plan.5.gz",
 ];
 
 #[test]
@@ -143,13 +249,26 @@ fn packages_build_install_verify_and_purge() {
         "this test installs .deb files with dpkg: run it as root"
     );
     let root = workspace();
-    let script = root.join("scripts/package.sh");
-    let built = run(script.to_str().expect("UTF-8 path"), &["--profile", "dev"]);
-    assert!(
-        built.status.success(),
-        "scripts/package.sh --profile dev failed:\n{}",
-        String::from_utf8_lossy(&built.stderr)
+    let built = package(&["--profile", "dev"]);
+    let v = env!("CARGO_PKG_VERSION");
+    let [agent_deb_name, coordinator_deb_name] = deb_names();
+    let listed = built.assert_listed(
+        "--profile dev",
+        &[
+            agent_deb_name.as_str(),
+            coordinator_deb_name.as_str(),
+            &format!("handover-agent-{v}-1.x86_64.rpm"),
+            &format!("handover-{v}-1.x86_64.rpm"),
+        ],
     );
+    for deb in &listed[..2] {
+        let bytes = std::fs::metadata(deb).expect("listed .deb").len();
+        assert!(
+            bytes <= MAX_DEB_BYTES,
+            "{} is {bytes} bytes, over {MAX_DEB_BYTES}",
+            deb.display()
+        );
+    }
     let out = target_dir().join("packages");
     let agent_deb = package_file(&out, "handover-agent_", ".deb");
     let coordinator_deb = package_file(&out, "handover_", ".deb");
@@ -305,6 +424,31 @@ fn packages_build_install_verify_and_purge() {
         "man handover does not list its subcommands:\n{text}"
     );
     run_ok("/usr/bin/handover", &["--version"]);
+    let help = run_ok("/usr/bin/handover", &["--help"]);
+    assert!(
+        help.contains("handover generate man"),
+        "--help must name `generate`:\n{help}"
+    );
+    // The file formats: every key of the plan, as the README's config reference has it.
+    let plan = Command::new("man")
+        .args(["-P", "cat", "5", "handover-plan"])
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("run man");
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    for key in [
+        "min_healthy",
+        "drain_timeout",
+        "on_drain_timeout",
+        "auto_rollback",
+    ] {
+        assert!(
+            plan.contains(key),
+            "man 5 handover-plan lacks {key}:\n{plan}"
+        );
+    }
+    let page = run_ok("man", &["-w", "5", "handover.toml"]);
+    assert_eq!(page.trim(), "/usr/share/man/man5/handover.toml.5.gz");
 
     // Purge removes everything the packages created.
     Installed::purge();
@@ -324,4 +468,82 @@ fn packages_build_install_verify_and_purge() {
             "{gone} is still there after purge"
         );
     }
+}
+
+/// Issue 19: `--deb-only` listed `*.deb *.rpm` and exited 2 with no .rpm there, and
+/// packaging stripped cargo's outputs in place, which fails ("Text file busy")
+/// while an agent runs from them. Here an agent runs from target/debug throughout.
+#[test]
+fn deb_only_lists_the_two_debs_exits_0_and_leaves_running_binaries_alone() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_ok(
+        &cargo,
+        &[
+            "build",
+            "--locked",
+            "--profile",
+            "dev",
+            "-p",
+            "handover-agent",
+            "-p",
+            "handover",
+        ],
+    );
+    let agent_bin = bin("handover-agent");
+    let before = std::fs::read(&agent_bin).expect("read target/debug/handover-agent");
+
+    // No fleet lock: this agent serves nobody and counts nothing, on an address
+    // of its own, so it cannot disturb a fleet test running meanwhile.
+    let work = Workdir::new().expect("workdir");
+    let pki = Pki::init(&work.subdir("pki").expect("pki dir")).expect("handover ca init");
+    let mut agent = AgentProcess::start(
+        work.path(),
+        &pki,
+        AgentSpec {
+            name: "web-1",
+            ip: host_ip(240),
+            extra: String::new(),
+        },
+    )
+    .expect("an agent running from target/debug/handover-agent");
+
+    let packaged = package(&["--profile", "dev", "--deb-only"]);
+    let [agent_deb, coordinator_deb] = deb_names();
+    let listed =
+        packaged.assert_listed("--profile dev --deb-only", &[&agent_deb, &coordinator_deb]);
+    for deb in &listed {
+        let bytes = std::fs::metadata(deb).expect("listed .deb").len();
+        assert!(
+            bytes <= MAX_DEB_BYTES,
+            "{} is {bytes} bytes, over {MAX_DEB_BYTES}",
+            deb.display()
+        );
+    }
+    let rpms: Vec<PathBuf> = std::fs::read_dir(target_dir().join("packages"))
+        .expect("list target/packages")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rpm"))
+        .collect();
+    assert!(rpms.is_empty(), "--deb-only left .rpm files: {rpms:?}");
+
+    assert!(
+        agent.is_running(),
+        "packaging disturbed the running agent:\n{}",
+        agent.log_text()
+    );
+    let after = std::fs::read(&agent_bin).expect("read target/debug/handover-agent");
+    assert!(
+        before == after,
+        "packaging changed cargo's own target/debug/handover-agent (it must strip copies)"
+    );
+    // The staged copy is what went into the package: stripped, unlike cargo's.
+    let staged = target_dir().join("pkg-debug/handover-agent");
+    let staged_len = std::fs::metadata(&staged).expect("the staged copy").len();
+    assert!(
+        staged_len < after.len() as u64,
+        "{} ({staged_len} bytes) is not a stripped copy of {} ({} bytes)",
+        staged.display(),
+        agent_bin.display(),
+        after.len()
+    );
 }

@@ -5,10 +5,19 @@
 //! option a feature adds appears in the next package's completions and man pages
 //! without anyone editing a hand-written file. `scripts/package.sh` calls them.
 //!
+//! Besides one section-1 page per command, `generate man` writes the section-5
+//! pages of the files the binary reads ([`FilePage`]: `agent.toml(5)`,
+//! `handover.toml(5)`, `handover-plan(5)`), made from the README's config reference.
+//!
 //! `generate` is looked for by [`intercept`] before the binary's own parser runs,
 //! rather than being a hidden variant of it: clap_complete writes hidden
 //! subcommands into the completion scripts, and a packaging tool has no business
-//! in the operator's completions or man pages.
+//! in the operator's completions or man pages. Each binary's `--help` names it in
+//! its closing text ([`after_help`]).
+
+mod filepage;
+
+pub use filepage::{FilePage, markdown_section, render as render_file_page};
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -38,9 +47,10 @@ pub enum GenerateCommand {
         /// bash, zsh, fish, elvish or powershell.
         shell: Shell,
     },
-    /// Write one man page per command (section 1) into DIR, e.g. `handover-ca-issue.1`.
+    /// Write the man pages into the tree DIR: DIR/man1/ one per command (e.g.
+    /// `handover-ca-issue.1`), DIR/man5/ one per file format (e.g. `handover.toml.5`).
     Man {
-        /// Where the pages go (created if missing).
+        /// The man tree, e.g. /usr/local/share/man (created if missing).
         dir: PathBuf,
     },
 }
@@ -63,7 +73,7 @@ pub enum GenerateError {
 
 /// Runs `generate` if it is the first argument, for the binary whose parser is
 /// `C`; `None` means "not ours, parse as usual". Call it first thing in `main`.
-pub fn intercept<C: CommandFactory>() -> Option<ExitCode> {
+pub fn intercept<C: CommandFactory>(pages: &[FilePage]) -> Option<ExitCode> {
     let mut args = std::env::args_os();
     let _bin = args.next()?;
     if args.next()? != GENERATE {
@@ -73,7 +83,7 @@ pub fn intercept<C: CommandFactory>() -> Option<ExitCode> {
     let name = cmd.get_name().to_string();
     let argv0 = OsString::from(format!("{name} {GENERATE}"));
     let parsed = GenerateCli::parse_from(std::iter::once(argv0).chain(args));
-    Some(match run(parsed.what, cmd) {
+    Some(match run(parsed.what, cmd, pages) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -82,8 +92,21 @@ pub fn intercept<C: CommandFactory>() -> Option<ExitCode> {
     })
 }
 
-/// Runs a `generate` command for `cmd`, the binary's full clap command.
-pub fn run(command: GenerateCommand, cmd: clap::Command) -> Result<(), GenerateError> {
+/// The closing text of a binary's `--help`: where the packaging helpers are.
+pub fn after_help(bin: &str) -> String {
+    format!(
+        "Packaging: `{bin} {GENERATE} completions SHELL` prints a completion script (bash, zsh, fish, \
+         elvish, powershell); `{bin} {GENERATE} man DIR` writes the man pages into the man tree DIR."
+    )
+}
+
+/// Runs a `generate` command for `cmd`, the binary's full clap command, and the
+/// file-format `pages` of that binary.
+pub fn run(
+    command: GenerateCommand,
+    cmd: clap::Command,
+    pages: &[FilePage],
+) -> Result<(), GenerateError> {
     match command {
         GenerateCommand::Completions { shell } => {
             let mut out = Vec::new();
@@ -95,10 +118,17 @@ pub fn run(command: GenerateCommand, cmd: clap::Command) -> Result<(), GenerateE
                 .map_err(GenerateError::Completions)
         }
         GenerateCommand::Man { dir } => {
-            write_man_pages(cmd, &dir).map_err(|source| GenerateError::Man {
-                dir: dir.display().to_string(),
-                source,
-            })
+            let version = format!(
+                "{} {}",
+                cmd.get_name(),
+                cmd.get_version().unwrap_or_default()
+            );
+            write_man_pages(cmd, &dir.join("man1"))
+                .and_then(|()| write_file_pages(pages, &version, &dir.join("man5")))
+                .map_err(|source| GenerateError::Man {
+                    dir: dir.display().to_string(),
+                    source,
+                })
         }
     }
 }
@@ -107,6 +137,25 @@ pub fn run(command: GenerateCommand, cmd: clap::Command) -> Result<(), GenerateE
 pub fn write_completions(shell: Shell, mut cmd: clap::Command, out: &mut dyn Write) {
     let name = cmd.get_name().to_string();
     clap_complete::generate(shell, &mut cmd, name, out);
+}
+
+/// Writes `NAME.5` for each of `pages` into `dir`; a page without a body (its
+/// README section was not found) is an error naming where it was looked for.
+pub fn write_file_pages(pages: &[FilePage], version: &str, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for page in pages {
+        if page.markdown.trim().is_empty() {
+            return Err(std::io::Error::other(format!(
+                "no text for {}(5): {} was not found",
+                page.name, page.source
+            )));
+        }
+        std::fs::write(
+            dir.join(format!("{}.5", page.name)),
+            filepage::render(page, version),
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes `NAME.1` and one `NAME-SUB[-SUB].1` per visible subcommand into `dir`.
@@ -178,6 +227,45 @@ mod tests {
     }
 
     #[test]
+    fn man_writes_a_tree_with_command_pages_and_file_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page = FilePage {
+            name: "demo.toml",
+            about: "the demo's config",
+            source: "README.md, ### Demo",
+            markdown:
+                "| key | meaning | default |\n|---|---|---|\n| `name` | a name | required |\n"
+                    .to_string(),
+            see_also: &["demo(1)"],
+        };
+        run(
+            GenerateCommand::Man {
+                dir: dir.path().to_path_buf(),
+            },
+            Demo::command(),
+            std::slice::from_ref(&page),
+        )
+        .expect("generate man");
+        assert!(dir.path().join("man1/demo-drain.1").is_file());
+        let text = std::fs::read_to_string(dir.path().join("man5/demo.toml.5")).expect("page");
+        assert!(text.contains("\\fBname\\fR"), "{text}");
+
+        let missing = FilePage {
+            markdown: String::new(),
+            ..page
+        };
+        let err = run(
+            GenerateCommand::Man {
+                dir: dir.path().join("again"),
+            },
+            Demo::command(),
+            &[missing],
+        )
+        .expect_err("a page without text");
+        assert!(err.to_string().contains("### Demo"), "{err}");
+    }
+
+    #[test]
     fn a_man_dir_that_cannot_be_made_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("not-a-dir");
@@ -187,6 +275,7 @@ mod tests {
                 dir: file.join("man"),
             },
             Demo::command(),
+            &[],
         )
         .expect_err("a path under a file cannot be a directory");
         assert!(err.to_string().contains("not-a-dir"), "{err}");
