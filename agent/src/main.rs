@@ -329,4 +329,3 @@ fn explain_missing_credentials(config: &AgentConfig) {
         );
     }
 }
-
