@@ -134,8 +134,16 @@ impl Packaged {
     }
 }
 
+/// This file's turn at cargo's build outputs and target/packages.
+fn take_turn() -> MutexGuard<'static, ()> {
+    PACKAGING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn package(args: &[&str]) -> Packaged {
-    let turn = PACKAGING.lock().unwrap_or_else(PoisonError::into_inner);
+    package_in_turn(args, take_turn())
+}
+
+fn package_in_turn(args: &[&str], turn: MutexGuard<'static, ()>) -> Packaged {
     let script = workspace().join("scripts/package.sh");
     Packaged {
         output: run(script.to_str().expect("UTF-8 path"), args),
@@ -475,6 +483,9 @@ fn packages_build_install_verify_and_purge() {
 /// while an agent runs from them. Here an agent runs from target/debug throughout.
 #[test]
 fn deb_only_lists_the_two_debs_exits_0_and_leaves_running_binaries_alone() {
+    // The whole test in one turn: the other test's build must not relink the
+    // binary between the read of `before` and the packaging.
+    let turn = take_turn();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_ok(
         &cargo,
@@ -507,7 +518,7 @@ fn deb_only_lists_the_two_debs_exits_0_and_leaves_running_binaries_alone() {
     )
     .expect("an agent running from target/debug/handover-agent");
 
-    let packaged = package(&["--profile", "dev", "--deb-only"]);
+    let packaged = package_in_turn(&["--profile", "dev", "--deb-only"], turn);
     let [agent_deb, coordinator_deb] = deb_names();
     let listed =
         packaged.assert_listed("--profile dev --deb-only", &[&agent_deb, &coordinator_deb]);

@@ -389,8 +389,8 @@ fn the_readme_fleet_setup_works_as_written_through_a_rollout_under_traffic() {
         copied += install_files(&String::from_utf8_lossy(&out.stdout), &fleet, &hosts);
     }
     assert_eq!(
-        copied, 9,
-        "--print-install names three files for each of three hosts"
+        copied, 12,
+        "--print-install names four files (CA, certificate, key, CRL) for each of three hosts"
     );
 
     // 2. Agents (app hosts: health file, Apache site), HAProxy on lb-1.

@@ -249,11 +249,11 @@ pub(crate) fn assert_no_failed_request(report: &TrafficReport) {
 
 /// An agent SIGKILLed and restarted mid-step: the coordinator learns it at once
 /// (the restarted agent resets the old connection) and either finishes the
-/// rollout or puts the wave back in service (rolled back), never leaving it
-/// half-done (`failed`).
+/// rollout, puts the wave back in service (rolled back), or halts with capacity
+/// kept for a plain `resume` to carry on — never leaves it half-done (`failed`).
 fn assert_wave_kept_or_done(run: &Finished) {
     assert!(
-        matches!(run.state().as_str(), "succeeded" | "rolledback"),
+        matches!(run.state().as_str(), "succeeded" | "rolled-back" | "halted"),
         "{}",
         run.describe()
     );

@@ -340,11 +340,13 @@ mod hardening {
 
 mod releases {
     use handover_tests::agents::output_text;
-    use handover_tests::scenario::{Scenario, ScenarioOptions};
+    use handover_tests::scenario::{Capacity, Scenario, ScenarioOptions};
 
     fn two_hosts() -> Scenario {
         Scenario::start(ScenarioOptions {
             apps: 2,
+            // The plans here keep one of the two UP.
+            capacity: Capacity::MinHealthy(1),
             ..ScenarioOptions::default()
         })
         .expect("fleet starts")
@@ -1112,11 +1114,13 @@ mod lease {
     use std::time::Duration;
 
     use handover_tests::agents::{Coordinator, StdoutLines, output_text, spawn_lines};
-    use handover_tests::scenario::{Scenario, ScenarioOptions};
+    use handover_tests::scenario::{Capacity, Scenario, ScenarioOptions};
 
+    /// `apps` hosts; the plans here keep all but one UP (`in_place_plan(.., 1, apps - 1)`).
     fn scenario(apps: u8) -> Scenario {
         Scenario::start(ScenarioOptions {
             apps,
+            capacity: Capacity::MinHealthy(usize::from(apps).saturating_sub(1).max(1)),
             ..ScenarioOptions::default()
         })
         .expect("fleet starts")
