@@ -150,6 +150,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `handover-agent status`: what the running agent reports about this host.
+async fn print_status(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    let reply = control::call(&config.control_socket, Request::Status, |_| {}).await?;
+    let Reply::Status(report) = reply else {
+        anyhow::bail!("the agent answered status with {reply:?}");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("name      {}", report.name);
+        println!("version   {}", report.version);
+        println!("uptime    {}s", report.uptime_secs);
+        println!(
+            "load      {:.2} {:.2} {:.2}",
+            report.host.load[0], report.host.load[1], report.host.load[2]
+        );
+        println!(
+            "memory    {} / {} MiB (agent RSS {} KiB)",
+            report.host.memory_used >> 20,
+            report.host.memory_total >> 20,
+            report.host.agent_rss >> 10
+        );
+        if let Some(drain) = &report.drain {
+            print!("{}", handover_agent::drain::cli::status_lines(drain));
+        }
+        if let Some(lb) = &report.lb {
+            print!("{}", handover_agent::haproxy::cli::status_lines(lb));
+        }
+    }
+    Ok(())
+}
+
 async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
@@ -159,33 +191,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let config = AgentConfig::load(&cli.config)?;
-            let reply = control::call(&config.control_socket, Request::Status, |_| {}).await?;
-            let Reply::Status(report) = reply else {
-                anyhow::bail!("the agent answered status with {reply:?}");
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("name      {}", report.name);
-                println!("version   {}", report.version);
-                println!("uptime    {}s", report.uptime_secs);
-                println!(
-                    "load      {:.2} {:.2} {:.2}",
-                    report.host.load[0], report.host.load[1], report.host.load[2]
-                );
-                println!(
-                    "memory    {} / {} MiB (agent RSS {} KiB)",
-                    report.host.memory_used >> 20,
-                    report.host.memory_total >> 20,
-                    report.host.agent_rss >> 10
-                );
-                if let Some(drain) = &report.drain {
-                    print!("{}", handover_agent::drain::cli::status_lines(drain));
-                }
-                if let Some(lb) = &report.lb {
-                    print!("{}", handover_agent::haproxy::cli::status_lines(lb));
-                }
-            }
+            print_status(&config, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Drain {

@@ -38,9 +38,11 @@ pub fn parse_at_least(text: &str, min: Duration) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Formats a duration the way [`parse`] reads it.
+/// Formats a duration the way [`parse`] reads it, to the millisecond: people and
+/// JSON readers get "6s 265ms", not "6s 265ms 899us 757ns" (issue 18).
 pub fn format(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
 }
 
 /// A deadline `now + wait` past the clock's range: what `checked_add` on an
@@ -120,6 +122,15 @@ pub mod serde_human_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 18: durations reached JSON and progress lines to the nanosecond.
+    #[test]
+    fn formats_to_the_millisecond_and_parses_back() {
+        let d = Duration::new(6, 265_899_757);
+        assert_eq!(format(d), "6s 265ms");
+        assert_eq!(parse(&format(d)), Ok(Duration::from_millis(6265)));
+        assert_eq!(format(Duration::from_micros(400)), "0s");
+    }
 
     #[test]
     fn parses_the_forms_operators_write() {

@@ -351,44 +351,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::deploy::activate(&load()?, &hosts, release, in_service, json).await
         }
         Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
-        Command::Attach {
-            hosts,
-            lbs,
-            timeout,
-            json,
-        } => {
-            cmd::lb::run(
-                &load()?,
-                cmd::lb::Action::Attach,
-                &hosts,
-                &lbs,
-                timeout,
-                json,
-            )
-            .await
-        }
-        Command::Detach {
-            hosts,
-            lbs,
-            force,
-            timeout,
-            json,
-        } => {
-            let action = cmd::lb::Action::Detach { force };
-            cmd::lb::run(&load()?, action, &hosts, &lbs, timeout, json).await
-        }
-        Command::LbState {
-            mut args,
-            lbs,
-            json,
-        } => {
-            let state = args
-                .pop()
-                .unwrap_or_default()
-                .parse()
-                .map_err(anyhow::Error::msg)?;
-            let action = cmd::lb::Action::State(state);
-            cmd::lb::run(&load()?, action, &args, &lbs, None, json).await
+        command @ (Command::Attach { .. } | Command::Detach { .. } | Command::LbState { .. }) => {
+            run_lb(command, &load()?).await
         }
         Command::Drain {
             hosts,
@@ -406,6 +370,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
+        command => run_rollout(command, load).await,
+    }
+}
+
+/// `attach`, `detach`, `lb-state`: runbook steps 11 and 14 by hand.
+async fn run_lb(command: Command, config: &CoordinatorConfig) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Attach {
+            hosts,
+            lbs,
+            timeout,
+            json,
+        } => cmd::lb::run(config, cmd::lb::Action::Attach, &hosts, &lbs, timeout, json).await,
+        Command::Detach {
+            hosts,
+            lbs,
+            force,
+            timeout,
+            json,
+        } => {
+            let action = cmd::lb::Action::Detach { force };
+            cmd::lb::run(config, action, &hosts, &lbs, timeout, json).await
+        }
+        Command::LbState {
+            mut args,
+            lbs,
+            json,
+        } => {
+            let state = args
+                .pop()
+                .unwrap_or_default()
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let action = cmd::lb::Action::State(state);
+            cmd::lb::run(config, action, &args, &lbs, None, json).await
+        }
+        // `run` routes only the load-balancer commands here.
+        _ => anyhow::bail!("internal error: not a load-balancer command"),
+    }
+}
+
+/// `plan`, `rollout`, `resume`, `rollback`, `history`, `show`: the rollout engine.
+async fn run_rollout(
+    command: Command,
+    load: impl Fn() -> anyhow::Result<CoordinatorConfig>,
+) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Plan {
             plan,
             offline,
@@ -439,5 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cmd::rollout::rollback(load()?, rollout.as_deref(), yes, json, break_lease).await,
         Command::History { json } => cmd::rollout::history(&load()?, json),
         Command::Show { rollout, json } => cmd::rollout::show(&load()?, &rollout, json),
+        // `run` routes every other command here.
+        _ => anyhow::bail!("internal error: not a rollout command"),
     }
 }

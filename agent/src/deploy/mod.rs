@@ -23,6 +23,7 @@ pub mod state;
 
 use std::sync::Arc;
 
+use handover_common::names::HookName;
 use handover_common::proto::deploy::{DeployReply, DeployRequest, HookOutput, ReleaseStatus};
 use handover_common::proto::{Failure, FailureKind};
 
@@ -106,44 +107,52 @@ pub async fn handle(
                 .list()
                 .map(DeployReply::Releases)
         }
-        DeployRequest::RunHook(name) => {
-            let command = check_hook_configured(agent, &name)?;
-            let _guard = agent.deploy_lock.lock().await;
-            tracing::info!(%caller, hook = %name, "running a hook");
-            let (dir, timeout) = match &agent.config.deploy {
-                Some(d) => {
-                    let current = releases::Layout::new(&d.root).current_link();
-                    let dir = if current.is_dir() {
-                        current
-                    } else {
-                        d.root.clone()
-                    };
-                    (dir, d.hook_timeout)
-                }
-                None => (std::path::PathBuf::from("/"), DEFAULT_HOOK_TIMEOUT),
-            };
-            let dir = if dir.is_dir() {
-                dir
-            } else {
-                std::path::PathBuf::from("/")
-            };
-            let env: [(&str, &std::ffi::OsStr); 1] = [("HANDOVER_HOOK", name.as_str().as_ref())];
-            let groups = command::RunningGroups::new(&agent.config.state_dir);
-            let shell = command::Shell {
-                command: &command,
-                dir: &dir,
-                env: &env,
-                run_as: None,
-                timeout,
-                groups: Some(&groups),
-            };
-            let output = hooks::run(name.as_str(), &shell).await?;
-            Ok(DeployReply::HookRan(HookOutput {
-                name: name.to_string(),
-                output,
-            }))
-        }
+        DeployRequest::RunHook(name) => run_named_hook(agent, caller, &name).await,
     }
+}
+
+/// Runs a hook named in this agent's own `[hooks]`, in the current release (or the
+/// deploy root before the first one), with the agent's hook timeout.
+async fn run_named_hook(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    name: &HookName,
+) -> Result<DeployReply, Failure> {
+    let command = check_hook_configured(agent, name)?;
+    let _guard = agent.deploy_lock.lock().await;
+    tracing::info!(%caller, hook = %name, "running a hook");
+    let (dir, timeout) = match &agent.config.deploy {
+        Some(d) => {
+            let current = releases::Layout::new(&d.root).current_link();
+            let dir = if current.is_dir() {
+                current
+            } else {
+                d.root.clone()
+            };
+            (dir, d.hook_timeout)
+        }
+        None => (std::path::PathBuf::from("/"), DEFAULT_HOOK_TIMEOUT),
+    };
+    let dir = if dir.is_dir() {
+        dir
+    } else {
+        std::path::PathBuf::from("/")
+    };
+    let env: [(&str, &std::ffi::OsStr); 1] = [("HANDOVER_HOOK", name.as_str().as_ref())];
+    let groups = command::RunningGroups::new(&agent.config.state_dir);
+    let shell = command::Shell {
+        command: &command,
+        dir: &dir,
+        env: &env,
+        run_as: None,
+        timeout,
+        groups: Some(&groups),
+    };
+    let output = hooks::run(name.as_str(), &shell).await?;
+    Ok(DeployReply::HookRan(HookOutput {
+        name: name.to_string(),
+        output,
+    }))
 }
 
 /// The release part of `status`.

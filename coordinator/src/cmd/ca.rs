@@ -97,52 +97,16 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             renew,
             print_install,
         } => {
-            let context = || {
-                format!(
-                    "cannot issue a certificate from the CA in {}",
-                    dir.display()
-                )
+            let request = IssueRequest {
+                role,
+                name,
+                dns,
+                ips,
+                days,
+                force,
+                renew,
             };
-            let (files, spec) = if renew {
-                let (files, spec) = pki::renew(&dir, &name, days).with_context(context)?;
-                if let Some(role) = role
-                    && role != spec.role
-                {
-                    anyhow::bail!(
-                        "{name} holds a {} certificate, not a {role} one: --renew keeps the role; issue a new name for another role",
-                        spec.role
-                    );
-                }
-                (files, spec)
-            } else {
-                let role = role.context("--role is required (agent or coordinator)")?;
-                let days = days.unwrap_or_else(|| pki::default_days(role));
-                pki::validity(&format!("{role} certificate"), days, pki::max_days(role))
-                    .with_context(context)?;
-                let mut spec = LeafSpec::new(role, name, days);
-                spec.dns = dns.into_iter().map(String::from).collect();
-                spec.ips = ips;
-                let existing = if force {
-                    Existing::Replace
-                } else {
-                    Existing::Refuse
-                };
-                let files = pki::issue(&dir, &spec, existing).with_context(context)?;
-                (files, spec)
-            };
-            let role = spec.role;
-            println!("{role} certificate: {}", files.cert.display());
-            println!("{role} key:         {}", files.key.display());
-            println!(
-                "valid until:         {} (renew with `handover ca issue --renew --name {}`)",
-                spec.not_after.date(),
-                spec.name
-            );
-            if print_install {
-                let ca = pki::ca_files(&dir).cert;
-                print!("\n{}", install_hint(role, &spec.name, &ca, &files));
-            }
-            Ok(())
+            issue(&dir, request, print_install)
         }
         CaCommand::Revoke { dir, name } => {
             let revoked = pki::revocation::revoke(&dir, &name).with_context(|| {
@@ -158,6 +122,76 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `ca issue` was asked for.
+struct IssueRequest {
+    role: Option<Role>,
+    name: HostName,
+    dns: Vec<DnsName>,
+    ips: Vec<std::net::IpAddr>,
+    days: Option<u32>,
+    force: bool,
+    renew: bool,
+}
+
+/// `ca issue`: a new leaf, or (`--renew`) a new key for an existing one.
+fn issue(dir: &Path, request: IssueRequest, print_install: bool) -> anyhow::Result<()> {
+    let IssueRequest {
+        role,
+        name,
+        dns,
+        ips,
+        days,
+        force,
+        renew,
+    } = request;
+    let context = || {
+        format!(
+            "cannot issue a certificate from the CA in {}",
+            dir.display()
+        )
+    };
+    let (files, spec) = if renew {
+        let (files, spec) = pki::renew(dir, &name, days).with_context(context)?;
+        if let Some(role) = role
+            && role != spec.role
+        {
+            anyhow::bail!(
+                "{name} holds a {} certificate, not a {role} one: --renew keeps the role; issue a new name for another role",
+                spec.role
+            );
+        }
+        (files, spec)
+    } else {
+        let role = role.context("--role is required (agent or coordinator)")?;
+        let days = days.unwrap_or_else(|| pki::default_days(role));
+        pki::validity(&format!("{role} certificate"), days, pki::max_days(role))
+            .with_context(context)?;
+        let mut spec = LeafSpec::new(role, name, days);
+        spec.dns = dns.into_iter().map(String::from).collect();
+        spec.ips = ips;
+        let existing = if force {
+            Existing::Replace
+        } else {
+            Existing::Refuse
+        };
+        let files = pki::issue(dir, &spec, existing).with_context(context)?;
+        (files, spec)
+    };
+    let role = spec.role;
+    println!("{role} certificate: {}", files.cert.display());
+    println!("{role} key:         {}", files.key.display());
+    println!(
+        "valid until:         {} (renew with `handover ca issue --renew --name {}`)",
+        spec.not_after.date(),
+        spec.name
+    );
+    if print_install {
+        let ca = pki::ca_files(dir).cert;
+        print!("\n{}", install_hint(role, &spec.name, &ca, &files));
+    }
+    Ok(())
 }
 
 /// Where the CRL goes on every agent host.
