@@ -187,7 +187,14 @@ async fn serve_local(agent: &Arc<Agent>, access: &Access, stream: UnixStream) {
     let (mut recv, mut send) = stream.into_split();
     match allowed {
         Ok(()) => {
-            let _ = serve_exchange(agent, &Caller::Local, &mut recv, &mut send, std::future::pending()).await;
+            let _ = serve_exchange(
+                agent,
+                &Caller::Local,
+                &mut recv,
+                &mut send,
+                std::future::pending(),
+            )
+            .await;
         }
         Err(failure) => {
             tracing::warn!(reason = %failure.message, "refused a control socket connection");

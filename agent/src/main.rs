@@ -304,4 +304,3 @@ fn explain_missing_credentials(config: &AgentConfig) {
         );
     }
 }
-

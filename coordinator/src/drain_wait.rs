@@ -32,7 +32,8 @@ use futures::stream::FuturesUnordered;
 use handover_common::duration;
 use handover_common::names::{HostName, HostRole};
 use handover_common::proto::drain::{
-    DrainProgress, DrainReply, DrainRequest, DrainWait, STAYS_DRAINED, ZERO_TIMEOUT,
+    DrainProgress, DrainReply, DrainRequest, DrainWait, STAYS_DRAINED, UNDRAINED_DURING_WAIT,
+    ZERO_TIMEOUT,
 };
 use handover_common::proto::{FailureKind, Progress, Reply, Request};
 use tokio::sync::mpsc;
@@ -43,7 +44,9 @@ use crate::fleet::{Fleet, FleetError};
 use crate::lb::{LbView, lb_view};
 pub use eta::Decay;
 pub use hold::{Hold, LbEvidence, LbServer, source_hint};
-pub use machine::{AgentEnd, HostResult, HostState, Observation, RoundAsk, WaitSettings, on_event};
+pub use machine::{
+    AgentEnd, FailCause, HostResult, HostState, Observation, RoundAsk, WaitSettings, on_event,
+};
 
 /// How often the LBs' `show stat` is read during a wait.
 pub const LB_POLL: Duration = Duration::from_millis(200);
@@ -187,7 +190,7 @@ impl HostDrained {
         let name = &self.host.name;
         let (holds, agent_message) = match &self.result {
             HostResult::Idle { .. } => return None,
-            HostResult::Failed(message) => return Some(format!("{name}: {message}")),
+            HostResult::Failed(_, message) => return Some(format!("{name}: {message}")),
             HostResult::TimedOut {
                 holds,
                 agent_message,
@@ -378,19 +381,35 @@ fn round<'a>(
                 waited: Some(_),
                 ..
             }))) => AgentEnd::Idle { already },
-            Ok(Ok(other)) => AgentEnd::Failed(format!("unexpected answer to drain: {other:?}")),
+            Ok(Ok(other)) => AgentEnd::Failed(
+                FailCause::Other,
+                format!("unexpected answer to drain: {other:?}"),
+            ),
             Ok(Err(FleetError::Agent(f))) if f.kind == FailureKind::Timeout => {
                 AgentEnd::TimedOut(f.message)
             }
-            Ok(Err(e)) => AgentEnd::Failed(e.to_string()),
-            Err(_) => AgentEnd::Failed(format!(
-                "no answer within {} (the agent's timeout plus {})",
-                duration::format(limit),
-                duration::format(ANSWER_GRACE)
-            )),
+            Ok(Err(e)) => AgentEnd::Failed(fail_cause(&e), e.to_string()),
+            Err(_) => AgentEnd::Failed(
+                FailCause::Unreachable,
+                format!(
+                    "no answer within {} (the agent's timeout plus {})",
+                    duration::format(limit),
+                    duration::format(ANSWER_GRACE)
+                ),
+            ),
         };
         (i, end)
     })
+}
+
+/// Why a drain call failed: the agent did not answer, the host was undrained
+/// under the wait (the agent's contract text), or anything else.
+fn fail_cause(e: &FleetError) -> FailCause {
+    match e {
+        FleetError::Agent(f) if f.message == UNDRAINED_DURING_WAIT => FailCause::Undrained,
+        e if e.is_unreachable() => FailCause::Unreachable,
+        _ => FailCause::Other,
+    }
 }
 
 /// Every host's state machine, and what was last shown of it.
@@ -505,12 +524,18 @@ impl<'h> Waits<'h> {
                         (result, w.last().cloned(), w.lbs().clone())
                     }
                     Some(HostState::Waiting(w)) => (
-                        HostResult::Failed("the wait ended without a result".into()),
+                        HostResult::Failed(
+                            FailCause::Other,
+                            "the wait ended without a result".into(),
+                        ),
                         w.last().cloned(),
                         w.lbs().clone(),
                     ),
                     None => (
-                        HostResult::Failed("the wait ended without a result".into()),
+                        HostResult::Failed(
+                            FailCause::Other,
+                            "the wait ended without a result".into(),
+                        ),
                         None,
                         LbEvidence::default(),
                     ),

@@ -72,6 +72,19 @@ impl FleetError {
             _ => None,
         }
     }
+
+    /// Whether the host did not answer (no handshake, connection lost, stream
+    /// broken): not the release's fault, so a rollout halts for `resume` rather
+    /// than rolling back.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            FleetError::Timeout { .. }
+                | FleetError::Connection(_)
+                | FleetError::Wire(_)
+                | FleetError::NoAnswer
+        )
+    }
 }
 
 /// The text of a refusal by our own certificate checks (`tls::refuse`), which

@@ -182,7 +182,12 @@ pub(crate) const AGENT_KEY: &str = "/etc/handover/agent.key";
 
 /// The operator's next steps after `ca issue`: which files to copy to which host,
 /// where they go, and the config lines that name them. The CA key is never listed.
-pub(crate) fn install_hint(role: Role, name: &HostName, ca: &Path, files: &pki::PemFiles) -> String {
+pub(crate) fn install_hint(
+    role: Role,
+    name: &HostName,
+    ca: &Path,
+    files: &pki::PemFiles,
+) -> String {
     let crl = ca.with_file_name("crl.pem");
     let crl = crl.display();
     let (ca, cert, key) = (ca.display(), files.cert.display(), files.key.display());

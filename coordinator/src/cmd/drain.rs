@@ -355,7 +355,7 @@ fn end_of_wait(drained: &HostDrained, options: &DrainOptions) -> (DrainEvent, St
                 after_timeout(&format!("handover undrain {name}"))
             ),
         ),
-        HostResult::Failed(message) => (DrainEventKind::Failed, format!("FAILED: {message}")),
+        HostResult::Failed(_, message) => (DrainEventKind::Failed, format!("FAILED: {message}")),
     };
     let mut event = evidence_event(name, kind, drained.last.as_ref(), &drained.lbs);
     match &drained.result {
@@ -370,7 +370,7 @@ fn end_of_wait(drained: &HostDrained, options: &DrainOptions) -> (DrainEvent, St
             event.holding = Some(holds.iter().map(ToString::to_string).collect());
             event.message = Some(text.clone());
         }
-        HostResult::Failed(_) => event.message = Some(text.clone()),
+        HostResult::Failed(..) => event.message = Some(text.clone()),
     }
     (event, text, drained.is_idle())
 }

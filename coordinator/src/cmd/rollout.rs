@@ -14,8 +14,8 @@ use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutc
 use crate::output::Table;
 use crate::plan::Plan;
 use crate::rollout::engine::{Engine, Leased};
-pub use crate::rollout::lease::Takeover;
 use crate::rollout::lease::RolloutLock;
+pub use crate::rollout::lease::Takeover;
 use crate::rollout::steps;
 
 /// `handover plan PLAN`: validate, resolve the revision on every target host
@@ -496,7 +496,6 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-
     fn config(state_dir: &Path) -> CoordinatorConfig {
         let mut text =
             String::from("ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\nstate_dir = \"s\"\n");
@@ -569,7 +568,10 @@ mod tests {
         assert!(to_apply(&forward), "the last wave's apply is still to run");
         let aborted = record(steps::Phase::Repair { wave: 1 }, RolloutState::Aborted);
         assert!(to_apply(&aborted), "an aborted rollout redoes its wave");
-        let rolling_back = record(steps::Phase::RollbackFrom { wave: 1 }, RolloutState::RollingBack);
+        let rolling_back = record(
+            steps::Phase::RollbackFrom { wave: 1 },
+            RolloutState::RollingBack,
+        );
         assert!(!to_apply(&rolling_back), "a rollback applies nothing");
 
         journal

@@ -20,6 +20,7 @@ use super::facts::Facts;
 use super::steps::{Action, Step};
 use super::ui::{Event, Ui};
 use crate::config::{CoordinatorConfig, HostEntry};
+use crate::drain_wait::{FailCause, HostResult};
 use crate::fleet::{Fleet, FleetError};
 use crate::plan::{OnDrainTimeout, Plan};
 
@@ -141,15 +142,8 @@ pub struct Unreachable(pub String);
 pub fn is_unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|e| {
         e.is::<Unreachable>()
-            || e.downcast_ref::<FleetError>().is_some_and(|f| {
-                matches!(
-                    f,
-                    FleetError::Timeout { .. }
-                        | FleetError::Connection(_)
-                        | FleetError::Wire(_)
-                        | FleetError::NoAnswer
-                )
-            })
+            || e.downcast_ref::<FleetError>()
+                .is_some_and(FleetError::is_unreachable)
     })
 }
 
@@ -333,7 +327,7 @@ async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
 /// host (no direct connection) and on every LB (scur and qcur 0, stot not rising)
 /// at the same moment, for the quiet period.
 async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
-    use crate::drain_wait::{HostResult, WaitOptions};
+    use crate::drain_wait::WaitOptions;
     let r = &ctx.plan.file.rollout;
     let entries = ctx.entries(hosts)?;
     let mut last_shown: BTreeMap<HostName, String> = BTreeMap::new();
@@ -365,28 +359,75 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
         },
     )
     .await?;
+    let ends = outcome
+        .hosts
+        .iter()
+        .map(|h| {
+            let end = match &h.result {
+                HostResult::Idle { waited, .. } => WaitEnd::Idle(*waited),
+                HostResult::TimedOut { .. } => WaitEnd::TimedOut(
+                    h.timeout_text(r.drain_timeout)
+                        .unwrap_or_else(|| format!("{:?}", h.result)),
+                ),
+                HostResult::Failed(cause, message) => {
+                    WaitEnd::Failed(*cause, format!("{}: {message}", h.host.name))
+                }
+            };
+            (h.host.name.clone(), end)
+        })
+        .collect();
+    judge_wait(ends, r.on_drain_timeout)
+}
+
+/// How one host's wait for its sessions ended, as the rollout judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WaitEnd {
+    /// Idle after this long.
+    Idle(Duration),
+    /// The timeout ran out; why, for the operator.
+    TimedOut(String),
+    /// The wait itself failed: why, and its text.
+    Failed(FailCause, String),
+}
+
+/// The wave's verdict after the wait: pure, so it is tested without processes.
+/// Only a timeout may go on under `on_drain_timeout = "proceed"`: a wait that
+/// failed stops the wave before it is detached — halted when an agent did not
+/// answer (as for every direct call), aborted when someone undrained a host.
+fn judge_wait(ends: Vec<(HostName, WaitEnd)>, policy: OnDrainTimeout) -> anyhow::Result<Outputs> {
     let mut outputs = Outputs::new();
     let mut held = Vec::new();
-    for host in &outcome.hosts {
-        match &host.result {
-            HostResult::Idle { waited, .. } => {
+    let mut failed = Vec::new();
+    let mut unreachable = Vec::new();
+    for (host, end) in ends {
+        match end {
+            WaitEnd::Idle(waited) => {
                 outputs.insert(
-                    format!("sessions/{}", host.host.name),
-                    format!("idle after {}", handover_common::duration::format(*waited)),
+                    format!("sessions/{host}"),
+                    format!("idle after {}", handover_common::duration::format(waited)),
                 );
             }
-            _ => held.push((
-                host.host.name.clone(),
-                host.timeout_text(r.drain_timeout)
-                    .unwrap_or_else(|| format!("{:?}", host.result)),
+            WaitEnd::TimedOut(why) => held.push((host, why)),
+            WaitEnd::Failed(FailCause::Unreachable, why) => unreachable.push(why),
+            WaitEnd::Failed(FailCause::Undrained, _) => failed.push(format!(
+                "{host} was undrained during the wait (its health-check file is back), \
+                 so its sessions were not waited out and it is not detached; \
+                 find out who is working on it before a new rollout"
             )),
+            WaitEnd::Failed(FailCause::Other, why) => failed.push(why),
         }
+    }
+    if !unreachable.is_empty() {
+        return Err(Unreachable(unreachable.join("; ")).into());
+    }
+    if !failed.is_empty() {
+        bail!("the wait for sessions to end failed: {}", failed.join("; "));
     }
     if held.is_empty() {
         return Ok(outputs);
     }
     let text: Vec<String> = held.iter().map(|(_, why)| why.clone()).collect();
-    match r.on_drain_timeout {
+    match policy {
         OnDrainTimeout::Abort => bail!(
             "sessions did not end: {} ([rollout] on_drain_timeout = \"abort\")",
             text.join("; ")
@@ -631,4 +672,59 @@ async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }
     Ok(Outputs::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::fake::host;
+
+    fn failed(cause: FailCause) -> WaitEnd {
+        WaitEnd::Failed(cause, "web-2: it went wrong".into())
+    }
+
+    #[test]
+    fn proceed_cuts_only_sessions_that_outlived_the_timeout() {
+        let ends = vec![
+            (host("web-1"), WaitEnd::Idle(Duration::from_secs(2))),
+            (
+                host("web-2"),
+                WaitEnd::TimedOut("web-2 is still in use".into()),
+            ),
+        ];
+        let out = judge_wait(ends.clone(), OnDrainTimeout::Proceed).expect("proceeds");
+        assert_eq!(out["cut/web-2"], "web-2 is still in use");
+        assert!(out.contains_key("sessions/web-1"));
+        let err = judge_wait(ends, OnDrainTimeout::Abort).expect_err("aborts");
+        assert!(format!("{err:#}").contains("on_drain_timeout"), "{err:#}");
+    }
+
+    /// A failed wait is no timeout: `proceed` must not detach (and cut) the host.
+    #[test]
+    fn a_failed_wait_stops_the_wave_even_when_the_plan_says_proceed() {
+        for policy in [OnDrainTimeout::Proceed, OnDrainTimeout::Abort] {
+            let ends = vec![(host("web-2"), failed(FailCause::Unreachable))];
+            let err = judge_wait(ends, policy).expect_err("stops");
+            assert!(is_unreachable(&err), "an unreachable agent halts: {err:#}");
+
+            let ends = vec![
+                (
+                    host("web-1"),
+                    WaitEnd::TimedOut("web-1 is still in use".into()),
+                ),
+                (host("web-2"), failed(FailCause::Undrained)),
+            ];
+            let err = judge_wait(ends, policy).expect_err("stops");
+            assert!(!is_unreachable(&err), "{err:#}");
+            let text = format!("{err:#}");
+            assert!(
+                text.contains("web-2") && text.contains("undrained"),
+                "{text}"
+            );
+
+            let ends = vec![(host("web-2"), failed(FailCause::Other))];
+            let err = judge_wait(ends, policy).expect_err("stops");
+            assert!(!is_unreachable(&err), "{err:#}");
+        }
+    }
 }
