@@ -16,7 +16,7 @@ use handover_common::proto::{Progress, Reply, Request};
 use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError};
 
 /// One app host's servers in one LB (one entry per backend), or why the LB could
 /// not be read.
@@ -179,6 +179,10 @@ pub struct LbOutcome {
     pub lb: HostName,
     /// The answer, or the failure's text.
     pub result: Result<LbReply, String>,
+    /// The LB did not answer ([`FleetError::is_unreachable`]): a rollout halts
+    /// for `resume` rather than rolling back.
+    #[serde(skip)]
+    pub unreachable: bool,
 }
 
 /// Sends `make(app host)` to every LB for every app host, concurrently, printing
@@ -201,6 +205,7 @@ pub async fn call_lbs(
                 LbOutcome {
                     host: h.name.clone(),
                     lb: lb.name.clone(),
+                    unreachable: result.as_ref().is_err_and(FleetError::is_unreachable),
                     result: match result {
                         Ok(Reply::Lb(reply)) => Ok(reply),
                         Ok(other) => Err(format!("unexpected answer: {other:?}")),

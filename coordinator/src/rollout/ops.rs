@@ -464,21 +464,27 @@ async fn detach_from_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow
     lb_outcomes("detached", outcomes)
 }
 
+/// The LBs' answers as a step's outputs; a failure names every (host, LB) that
+/// failed, and is [`Unreachable`] when one of those LBs did not answer.
 fn lb_outcomes(what: &str, outcomes: Vec<crate::lb::LbOutcome>) -> anyhow::Result<Outputs> {
     let mut outputs = Outputs::new();
     let mut failures = Vec::new();
+    let mut unreachable = false;
     for o in outcomes {
         match o.result {
             Ok(_) => {
                 outputs.insert(format!("{what}/{}/{}", o.host, o.lb), "ok".into());
             }
-            Err(e) => failures.push(format!("{} on {}: {e}", o.host, o.lb)),
+            Err(e) => {
+                unreachable |= o.unreachable;
+                failures.push(format!("{} on {}: {e}", o.host, o.lb));
+            }
         }
     }
-    if failures.is_empty() {
-        Ok(outputs)
-    } else {
-        bail!("{}", failures.join("; "))
+    match (failures.is_empty(), unreachable) {
+        (true, _) => Ok(outputs),
+        (false, true) => Err(Unreachable(failures.join("; ")).into()),
+        (false, false) => bail!("{}", failures.join("; ")),
     }
 }
 
@@ -697,6 +703,35 @@ mod tests {
         assert!(out.contains_key("sessions/web-1"));
         let err = judge_wait(ends, OnDrainTimeout::Abort).expect_err("aborts");
         assert!(format!("{err:#}").contains("on_drain_timeout"), "{err:#}");
+    }
+
+    fn outcome(lb: &str, result: Result<(), &str>, unreachable: bool) -> crate::lb::LbOutcome {
+        crate::lb::LbOutcome {
+            host: host("web-1"),
+            lb: host(lb),
+            result: result
+                .map(|()| handover_common::proto::lb::LbReply::Detached(Vec::new()))
+                .map_err(str::to_string),
+            unreachable,
+        }
+    }
+
+    /// An LB that does not answer halts the rollout (resume retries); an LB that
+    /// refuses fails the step (the rollback path).
+    #[test]
+    fn an_unreachable_lb_halts_and_a_refusing_one_fails() {
+        let ok = outcome("lb-1", Ok(()), false);
+        let out = lb_outcomes("detached", vec![ok.clone()]).expect("ok");
+        assert_eq!(out["detached/web-1/lb-1"], "ok");
+
+        let silent = outcome("lb-2", Err("no answer from 127.0.1.98:7443"), true);
+        let err = lb_outcomes("detached", vec![ok.clone(), silent]).expect_err("fails");
+        assert!(is_unreachable(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("web-1 on lb-2"), "{err:#}");
+
+        let refusing = outcome("lb-2", Err("sessions remain"), false);
+        let err = lb_outcomes("detached", vec![ok, refusing]).expect_err("fails");
+        assert!(!is_unreachable(&err), "{err:#}");
     }
 
     /// A failed wait is no timeout: `proceed` must not detach (and cut) the host.
