@@ -20,7 +20,7 @@ use super::facts::Facts;
 use super::steps::{Action, Step};
 use super::ui::{Event, Ui};
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::drain_wait::{FailCause, HostResult};
+use crate::drain_wait::{FailCause, HostProgress, HostResult};
 use crate::fleet::{Fleet, FleetError};
 use crate::plan::{OnDrainTimeout, Plan};
 
@@ -330,7 +330,6 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
     use crate::drain_wait::WaitOptions;
     let r = &ctx.plan.file.rollout;
     let entries = ctx.entries(hosts)?;
-    let mut last_shown: BTreeMap<HostName, String> = BTreeMap::new();
     let outcome = crate::drain_wait::wait_for_sessions_to_end(
         ctx.fleet,
         ctx.config,
@@ -340,20 +339,7 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
             quiet: Some(r.quiet),
         },
         &mut |p| {
-            let mut text = if p.holds.is_empty() {
-                "idle, waiting out the quiet period".to_string()
-            } else {
-                p.holds
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            if let Some(eta) = p.eta {
-                text.push_str(&format!(" — ETA ~{}s", eta.as_secs().max(1)));
-            }
-            if last_shown.get(p.host) != Some(&text) {
-                last_shown.insert(p.host.clone(), text.clone());
+            if let Some(text) = wait_line(p) {
                 ctx.progress(p.host, text);
             }
         },
@@ -377,6 +363,27 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
         })
         .collect();
     judge_wait(ends, r.on_drain_timeout)
+}
+
+/// The progress line for a host's wait: one per change of what holds it (who,
+/// or which hold), not one per tick of its counters; `None` when nothing changed.
+fn wait_line(p: &HostProgress<'_>) -> Option<String> {
+    if !p.changed {
+        return None;
+    }
+    let mut text = if p.holds.is_empty() {
+        "idle, waiting out the quiet period".to_string()
+    } else {
+        p.holds
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if let Some(eta) = p.eta {
+        text.push_str(&format!(" — ETA ~{}s", eta.as_secs().max(1)));
+    }
+    Some(text)
 }
 
 /// How one host's wait for its sessions ended, as the rollout judges it.
@@ -703,6 +710,36 @@ mod tests {
         assert!(out.contains_key("sessions/web-1"));
         let err = judge_wait(ends, OnDrainTimeout::Abort).expect_err("aborts");
         assert!(format!("{err:#}").contains("on_drain_timeout"), "{err:#}");
+    }
+
+    /// Issue: the rollout printed a drain line at every tick of the quiet
+    /// period ("0.3s of 0.5s"); it prints one per change, as `drain --wait` does.
+    #[test]
+    fn a_drain_line_is_shown_once_per_change_not_per_tick() {
+        let h = host("web-1");
+        let lbs = crate::drain_wait::LbEvidence::default();
+        let ticks: Vec<(u64, bool)> = vec![(100, true), (200, false), (300, false), (400, true)];
+        let lines: Vec<String> = ticks
+            .iter()
+            .filter_map(|(ms, changed)| {
+                let holds = [crate::drain_wait::Hold::NotYetQuiet {
+                    quiet_for: Duration::from_millis(*ms),
+                    quiet: Duration::from_millis(500),
+                }];
+                wait_line(&HostProgress {
+                    host: &h,
+                    agent: None,
+                    lbs: &lbs,
+                    holds: &holds,
+                    elapsed: Duration::from_millis(*ms),
+                    eta: None,
+                    quiet_for: Duration::from_millis(*ms),
+                    quiet: Duration::from_millis(500),
+                    changed: *changed,
+                })
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
     }
 
     fn outcome(lb: &str, result: Result<(), &str>, unreachable: bool) -> crate::lb::LbOutcome {
