@@ -32,15 +32,14 @@ use futures::stream::FuturesUnordered;
 use handover_common::duration;
 use handover_common::names::{HostName, HostRole};
 use handover_common::proto::drain::{
-    DrainProgress, DrainReply, DrainRequest, DrainWait, STAYS_DRAINED, UNDRAINED_DURING_WAIT,
-    ZERO_TIMEOUT,
+    DrainProgress, DrainWait, STAYS_DRAINED, UNDRAINED_DURING_WAIT, ZERO_TIMEOUT,
 };
-use handover_common::proto::{FailureKind, Progress, Reply, Request};
+use handover_common::proto::{FailureKind, Progress};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, calls};
 use crate::lb::{LbView, lb_view};
 pub use eta::Decay;
 pub use hold::{Hold, LbEvidence, LbServer, source_hint};
@@ -360,30 +359,28 @@ fn round<'a>(
     exempt: &[IpAddr],
     samples: &mpsc::UnboundedSender<(usize, DrainProgress)>,
 ) -> RoundFuture<'a> {
-    let request = Request::Drain(DrainRequest::Drain {
-        wait: Some(DrainWait {
-            timeout: ask.timeout,
-            quiet: ask.quiet,
-            exempt: exempt.to_vec(),
-        }),
-    });
+    let request = calls::drain(Some(DrainWait {
+        timeout: ask.timeout,
+        quiet: ask.quiet,
+        exempt: exempt.to_vec(),
+    }));
     let tx = samples.clone();
     Box::pin(async move {
-        let call = fleet.call(host, request, move |p| {
+        let call = fleet.ask(host, request, move |p| {
             if let Progress::Drain(p) = p {
                 let _ = tx.send((i, p));
             }
         });
         let limit = ask.timeout + ANSWER_GRACE;
         let end = match tokio::time::timeout(limit, call).await {
-            Ok(Ok(Reply::Drain(DrainReply::Drained {
+            Ok(Ok(calls::Drained {
                 already,
                 waited: Some(_),
                 ..
-            }))) => AgentEnd::Idle { already },
-            Ok(Ok(other)) => AgentEnd::Failed(
+            })) => AgentEnd::Idle { already },
+            Ok(Ok(calls::Drained { waited: None, .. })) => AgentEnd::Failed(
                 FailCause::Other,
-                format!("unexpected answer to drain: {other:?}"),
+                "the agent drained the host without waiting for its sessions: is its handover-agent the same version as this coordinator?".into(),
             ),
             Ok(Err(FleetError::Agent(f))) if f.kind == FailureKind::Timeout => {
                 AgentEnd::TimedOut(f.message)

@@ -9,19 +9,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures::future::{LocalBoxFuture, join_all};
 use handover_common::names::HostName;
-use handover_common::proto::deploy::{
-    ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseOutcome,
-};
-use handover_common::proto::drain::{DrainReply, DrainRequest};
+use handover_common::proto::Progress;
+use handover_common::proto::deploy::{ActivateTarget, DeployProgress, ReleaseList, ReleaseOutcome};
 use handover_common::proto::lb::StatusKind;
-use handover_common::proto::{Progress, Reply, Request};
 
 use super::facts::Facts;
 use super::steps::{Action, Step};
 use super::ui::{Event, Ui};
 use crate::config::{CoordinatorConfig, HostEntry};
 use crate::drain_wait::{FailCause, HostProgress, HostResult};
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Call, Fleet, FleetError, calls};
 use crate::plan::{OnDrainTimeout, Plan};
 
 /// What a step produced, kept in the journal.
@@ -174,14 +171,14 @@ where
     }
 }
 
-async fn call(ctx: &Ctx<'_>, host: &HostName, request: Request) -> anyhow::Result<Reply> {
+async fn ask<A>(ctx: &Ctx<'_>, host: &HostName, call: Call<A>) -> anyhow::Result<A> {
     let entry = ctx
         .config
         .host(host.as_str())
         .with_context(|| format!("{host} left the inventory"))?;
     Ok(ctx
         .fleet
-        .call(entry, request, |p| report_progress(ctx, host, &p))
+        .ask(entry, call, |p| report_progress(ctx, host, &p))
         .await?)
 }
 
@@ -222,15 +219,11 @@ async fn capacity(
     excluded: &BTreeSet<&HostName>,
 ) -> anyhow::Result<Vec<(HostName, String, usize, usize)>> {
     let rollout_hosts: BTreeSet<&HostName> = ctx.plan.hosts.iter().map(|h| &h.name).collect();
-    let results = ctx
-        .fleet
-        .call_each(&ctx.plan.lbs, |_| Request::Status)
-        .await;
+    let results = ctx.fleet.ask_each(&ctx.plan.lbs, |_| calls::status()).await;
     let mut out = Vec::new();
     for (lb, result) in results {
         let report = match result {
-            Ok(Reply::Status(report)) => report,
-            Ok(other) => bail!("{}: unexpected answer to status: {other:?}", lb.name),
+            Ok(report) => report,
             Err(e) => bail!("cannot read load balancer {}: {e}", lb.name),
         };
         let Some(status) = report.lb else {
@@ -312,13 +305,11 @@ async fn ensure_capacity(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Ou
 
 async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
-        match call(ctx, h, Request::Drain(DrainRequest::Drain { wait: None })).await? {
-            Reply::Drain(DrainReply::Drained { already, .. }) => Ok(Outputs::from([(
-                format!("drained/{h}"),
-                if already { "already" } else { "now" }.to_string(),
-            )])),
-            other => bail!("unexpected answer to drain: {other:?}"),
-        }
+        let drained = ask(ctx, h, calls::drain(None)).await?;
+        Ok(Outputs::from([(
+            format!("drained/{h}"),
+            if drained.already { "already" } else { "now" }.to_string(),
+        )]))
     })
     .await
 }
@@ -497,10 +488,7 @@ fn lb_outcomes(what: &str, outcomes: Vec<crate::lb::LbOutcome>) -> anyhow::Resul
 
 /// The releases on `host`.
 pub async fn releases(ctx: &Ctx<'_>, host: &HostName) -> anyhow::Result<ReleaseList> {
-    match call(ctx, host, Request::Deploy(DeployRequest::Releases)).await? {
-        Reply::Deploy(DeployReply::Releases(list)) => Ok(list),
-        other => bail!("unexpected answer to releases: {other:?}"),
-    }
+    ask(ctx, host, calls::releases()).await
 }
 
 /// Learns, for each host not yet recorded, the release it has before the rollout
@@ -547,20 +535,12 @@ async fn apply_revision(
                     (format!("sha/{h}"), record.sha.clone()),
                 ]));
             }
-            let request = Request::Deploy(DeployRequest::Apply {
-                repo,
-                rev,
-                hooks: Vec::new(),
-                // The wave is drained and detached: nothing serves from it.
-                force: true,
-            });
-            match call(ctx, h, request).await? {
-                Reply::Deploy(DeployReply::Applied(record)) => Ok(Outputs::from([
-                    (format!("release/{h}"), record.name.to_string()),
-                    (format!("sha/{h}"), record.sha),
-                ])),
-                other => bail!("unexpected answer to apply: {other:?}"),
-            }
+            // The wave is drained and detached: nothing serves from it.
+            let record = ask(ctx, h, calls::apply(repo, rev, Vec::new(), true)).await?;
+            Ok(Outputs::from([
+                (format!("release/{h}"), record.name.to_string()),
+                (format!("sha/{h}"), record.sha),
+            ]))
         }
     })
     .await
@@ -588,30 +568,22 @@ async fn activate_previous_release(
         }
         let target = ActivateTarget::Release(before.clone());
         // The wave is detached (or failing its checks): nothing serves from it.
-        let request = Request::Deploy(DeployRequest::Activate {
-            target,
-            force: true,
-        });
-        match call(ctx, h, request).await? {
-            Reply::Deploy(DeployReply::Activated(record)) => Ok(Outputs::from([(
-                format!("activated/{h}"),
-                record.name.to_string(),
-            )])),
-            other => bail!("unexpected answer to activate: {other:?}"),
-        }
+        let record = ask(ctx, h, calls::activate(target, true)).await?;
+        Ok(Outputs::from([(
+            format!("activated/{h}"),
+            record.name.to_string(),
+        )]))
     })
     .await
 }
 
 async fn restore_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
-        match call(ctx, h, Request::Drain(DrainRequest::Undrain)).await? {
-            Reply::Drain(DrainReply::Undrained { already, .. }) => Ok(Outputs::from([(
-                format!("undrained/{h}"),
-                if already { "already" } else { "now" }.to_string(),
-            )])),
-            other => bail!("unexpected answer to undrain: {other:?}"),
-        }
+        let undrained = ask(ctx, h, calls::undrain()).await?;
+        Ok(Outputs::from([(
+            format!("undrained/{h}"),
+            if undrained.already { "already" } else { "now" }.to_string(),
+        )]))
     })
     .await
 }
@@ -621,19 +593,17 @@ async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outp
     on_each(hosts, |h| {
         let check = check.clone();
         async move {
-            let answer = call(ctx, h, Request::CheckHealth(check)).await;
+            let answer = ask(ctx, h, calls::check_health(check)).await;
             if let Err(e) = &answer
                 && let Some(why) = crate::gate::failed_check(e)
             {
                 mark_unhealthy(ctx, h, why).await;
             }
-            match answer? {
-                Reply::Health(report) => Ok(Outputs::from([(
-                    format!("health/{h}"),
-                    format!("{} after {} checks", report.last, report.checks),
-                )])),
-                other => bail!("unexpected answer to a health check: {other:?}"),
-            }
+            let report = answer?;
+            Ok(Outputs::from([(
+                format!("health/{h}"),
+                format!("{} after {} checks", report.last, report.checks),
+            )]))
         }
     })
     .await
