@@ -32,18 +32,20 @@ use futures::stream::FuturesUnordered;
 use handover_common::duration;
 use handover_common::names::{HostName, HostRole};
 use handover_common::proto::drain::{
-    DrainProgress, DrainReply, DrainRequest, DrainWait, STAYS_DRAINED, ZERO_TIMEOUT,
+    DrainProgress, DrainWait, STAYS_DRAINED, UNDRAINED_DURING_WAIT, ZERO_TIMEOUT,
 };
-use handover_common::proto::{FailureKind, Progress, Reply, Request};
+use handover_common::proto::{FailureKind, Progress};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, calls};
 use crate::lb::{LbView, lb_view};
 pub use eta::Decay;
 pub use hold::{Hold, LbEvidence, LbServer, source_hint};
-pub use machine::{AgentEnd, HostResult, HostState, Observation, RoundAsk, WaitSettings, on_event};
+pub use machine::{
+    AgentEnd, FailCause, HostResult, HostState, Observation, RoundAsk, WaitSettings, on_event,
+};
 
 /// How often the LBs' `show stat` is read during a wait.
 pub const LB_POLL: Duration = Duration::from_millis(200);
@@ -187,7 +189,7 @@ impl HostDrained {
         let name = &self.host.name;
         let (holds, agent_message) = match &self.result {
             HostResult::Idle { .. } => return None,
-            HostResult::Failed(message) => return Some(format!("{name}: {message}")),
+            HostResult::Failed(_, message) => return Some(format!("{name}: {message}")),
             HostResult::TimedOut {
                 holds,
                 agent_message,
@@ -357,40 +359,54 @@ fn round<'a>(
     exempt: &[IpAddr],
     samples: &mpsc::UnboundedSender<(usize, DrainProgress)>,
 ) -> RoundFuture<'a> {
-    let request = Request::Drain(DrainRequest::Drain {
-        wait: Some(DrainWait {
-            timeout: ask.timeout,
-            quiet: ask.quiet,
-            exempt: exempt.to_vec(),
-        }),
-    });
+    let request = calls::drain(Some(DrainWait {
+        timeout: ask.timeout,
+        quiet: ask.quiet,
+        exempt: exempt.to_vec(),
+    }));
     let tx = samples.clone();
     Box::pin(async move {
-        let call = fleet.call(host, request, move |p| {
+        let call = fleet.ask(host, request, move |p| {
             if let Progress::Drain(p) = p {
                 let _ = tx.send((i, p));
             }
         });
         let limit = ask.timeout + ANSWER_GRACE;
         let end = match tokio::time::timeout(limit, call).await {
-            Ok(Ok(Reply::Drain(DrainReply::Drained {
+            Ok(Ok(calls::Drained {
                 already,
                 waited: Some(_),
                 ..
-            }))) => AgentEnd::Idle { already },
-            Ok(Ok(other)) => AgentEnd::Failed(format!("unexpected answer to drain: {other:?}")),
+            })) => AgentEnd::Idle { already },
+            Ok(Ok(calls::Drained { waited: None, .. })) => AgentEnd::Failed(
+                FailCause::Other,
+                "the agent drained the host without waiting for its sessions: is its handover-agent the same version as this coordinator?".into(),
+            ),
             Ok(Err(FleetError::Agent(f))) if f.kind == FailureKind::Timeout => {
                 AgentEnd::TimedOut(f.message)
             }
-            Ok(Err(e)) => AgentEnd::Failed(e.to_string()),
-            Err(_) => AgentEnd::Failed(format!(
-                "no answer within {} (the agent's timeout plus {})",
-                duration::format(limit),
-                duration::format(ANSWER_GRACE)
-            )),
+            Ok(Err(e)) => AgentEnd::Failed(fail_cause(&e), e.to_string()),
+            Err(_) => AgentEnd::Failed(
+                FailCause::Unreachable,
+                format!(
+                    "no answer within {} (the agent's timeout plus {})",
+                    duration::format(limit),
+                    duration::format(ANSWER_GRACE)
+                ),
+            ),
         };
         (i, end)
     })
+}
+
+/// Why a drain call failed: the agent did not answer, the host was undrained
+/// under the wait (the agent's contract text), or anything else.
+fn fail_cause(e: &FleetError) -> FailCause {
+    match e {
+        FleetError::Agent(f) if f.message == UNDRAINED_DURING_WAIT => FailCause::Undrained,
+        e if e.is_unreachable() => FailCause::Unreachable,
+        _ => FailCause::Other,
+    }
 }
 
 /// Every host's state machine, and what was last shown of it.
@@ -505,12 +521,18 @@ impl<'h> Waits<'h> {
                         (result, w.last().cloned(), w.lbs().clone())
                     }
                     Some(HostState::Waiting(w)) => (
-                        HostResult::Failed("the wait ended without a result".into()),
+                        HostResult::Failed(
+                            FailCause::Other,
+                            "the wait ended without a result".into(),
+                        ),
                         w.last().cloned(),
                         w.lbs().clone(),
                     ),
                     None => (
-                        HostResult::Failed("the wait ended without a result".into()),
+                        HostResult::Failed(
+                            FailCause::Other,
+                            "the wait ended without a result".into(),
+                        ),
                         None,
                         LbEvidence::default(),
                     ),

@@ -15,7 +15,10 @@ use tokio::sync::Mutex;
 
 use crate::config::{CoordinatorConfig, HostEntry};
 
+pub mod calls;
 pub mod deadline;
+
+pub use calls::Call;
 
 /// How long to wait for an agent to complete the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +65,18 @@ pub enum FleetError {
         /// The silence allowed.
         limit: Duration,
     },
+    /// The agent answered with another kind of answer than the request names.
+    #[error(
+        "{host} answered {what} with something else ({answer}): is its handover-agent the same version as this coordinator?"
+    )]
+    UnexpectedAnswer {
+        /// The host called.
+        host: HostName,
+        /// What was asked.
+        what: &'static str,
+        /// The answer, as debug text.
+        answer: String,
+    },
 }
 
 impl FleetError {
@@ -71,6 +86,19 @@ impl FleetError {
             FleetError::Agent(f) => Some(f),
             _ => None,
         }
+    }
+
+    /// Whether the host did not answer (no handshake, connection lost, stream
+    /// broken): not the release's fault, so a rollout halts for `resume` rather
+    /// than rolling back.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            FleetError::Timeout { .. }
+                | FleetError::Connection(_)
+                | FleetError::Wire(_)
+                | FleetError::NoAnswer
+        )
     }
 }
 
@@ -226,8 +254,29 @@ impl Fleet {
         Ok(conn)
     }
 
+    /// Sends `call` to `host`, passes progress to `on_progress`, returns the answer
+    /// the call names (any other is [`FleetError::UnexpectedAnswer`]).
+    pub async fn ask<A>(
+        &self,
+        host: &HostEntry,
+        call: Call<A>,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<A, FleetError> {
+        let Call {
+            request,
+            what,
+            answer,
+        } = call;
+        let reply = self.call(host, request, on_progress).await?;
+        answer(reply).map_err(|other| FleetError::UnexpectedAnswer {
+            host: host.name.clone(),
+            what,
+            answer: format!("{other:?}"),
+        })
+    }
+
     /// Sends `request` to `host`, passes progress to `on_progress`, returns the reply.
-    pub async fn call(
+    async fn call(
         &self,
         host: &HostEntry,
         request: Request,
@@ -287,19 +336,19 @@ impl Fleet {
         }
     }
 
-    /// Calls every host in `hosts` with the request `make` builds for it, at most
+    /// Asks every host in `hosts` the call `make` builds for it, at most
     /// `concurrency` at a time; results come back in `hosts` order.
-    pub async fn call_each<F>(
+    pub async fn ask_each<A, F>(
         &self,
         hosts: &[HostEntry],
         make: F,
-    ) -> Vec<(HostEntry, Result<Reply, FleetError>)>
+    ) -> Vec<(HostEntry, Result<A, FleetError>)>
     where
-        F: Fn(&HostEntry) -> Request,
+        F: Fn(&HostEntry) -> Call<A>,
     {
         let calls = hosts.iter().enumerate().map(|(i, host)| {
-            let request = make(host);
-            async move { (i, host.clone(), self.call(host, request, |_| {}).await) }
+            let call = make(host);
+            async move { (i, host.clone(), self.ask(host, call, |_| {}).await) }
         });
         let mut results: Vec<_> = futures::stream::iter(calls)
             .buffer_unordered(self.concurrency)

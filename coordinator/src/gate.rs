@@ -11,12 +11,11 @@
 //!   health-check file is present).
 
 use handover_common::names::{HostName, ReleaseName, RepoUrl, Revision};
-use handover_common::proto::deploy::{DeployReply, DeployRequest};
+use handover_common::proto::FailureKind;
 use handover_common::proto::lb::StatusKind;
-use handover_common::proto::{FailureKind, Reply, Request};
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, calls};
 
 /// One host's answer to "which commit is this revision?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,22 +35,13 @@ pub async fn resolve_on_hosts(
     rev: &Revision,
 ) -> Vec<Resolution> {
     let results = fleet
-        .call_each(hosts, |_| {
-            Request::Deploy(DeployRequest::Resolve {
-                repo: repo.clone(),
-                rev: rev.clone(),
-            })
-        })
+        .ask_each(hosts, |_| calls::resolve(repo.clone(), rev.clone()))
         .await;
     results
         .into_iter()
         .map(|(host, result)| Resolution {
             host: host.name,
-            sha: match result {
-                Ok(Reply::Deploy(DeployReply::Resolved(r))) => Ok(r.sha),
-                Ok(other) => Err(format!("unexpected answer to resolve: {other:?}")),
-                Err(e) => Err(e.to_string()),
-            },
+            sha: result.map(|r| r.sha).map_err(|e| e.to_string()),
         })
         .collect()
 }
@@ -117,24 +107,13 @@ pub async fn mark_unhealthy(
     host: &HostEntry,
     reason: &str,
 ) -> anyhow::Result<ReleaseName> {
-    let list = match fleet
-        .call(host, Request::Deploy(DeployRequest::Releases), |_| {})
-        .await?
-    {
-        Reply::Deploy(DeployReply::Releases(list)) => list,
-        other => anyhow::bail!("unexpected answer to releases: {other:?}"),
-    };
+    let list = fleet.ask(host, calls::releases(), |_| {}).await?;
     let release = list
         .current
         .ok_or_else(|| anyhow::anyhow!("{} has no current release to mark", host.name))?;
-    let request = Request::Deploy(DeployRequest::MarkUnhealthy {
-        release: release.clone(),
-        reason: reason.to_string(),
-    });
-    match fleet.call(host, request, |_| {}).await? {
-        Reply::Deploy(DeployReply::Marked(_)) => Ok(release),
-        other => anyhow::bail!("unexpected answer to mark: {other:?}"),
-    }
+    let mark = calls::mark_unhealthy(release.clone(), reason.to_string());
+    fleet.ask(host, mark, |_| {}).await?;
+    Ok(release)
 }
 
 /// What the host said when a check ran there and failed (so the release is to

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use handover_common::names::{HostName, HostRole};
+use handover_common::proto::Progress;
 use handover_common::proto::lb::{
     LbProgress, LbReply, LbRequest, ServerState, ServerStats, StatusKind,
 };
-use handover_common::proto::{Progress, Reply, Request};
 use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError, calls};
 
 /// One app host's servers in one LB (one entry per backend), or why the LB could
 /// not be read.
@@ -98,8 +98,8 @@ pub fn lb_hosts(config: &CoordinatorConfig, names: &[String]) -> anyhow::Result<
 pub async fn lb_view(fleet: &Fleet, config: &CoordinatorConfig, hosts: &[HostName]) -> LbView {
     let lbs = config.with_role(HostRole::Lb);
     let results = fleet
-        .call_each(&lbs, |_| {
-            Request::Lb(LbRequest::Stats {
+        .ask_each(&lbs, |_| {
+            calls::lb(LbRequest::Stats {
                 servers: hosts.to_vec(),
             })
         })
@@ -110,8 +110,11 @@ pub async fn lb_view(fleet: &Fleet, config: &CoordinatorConfig, hosts: &[HostNam
     }
     for (lb, result) in results {
         let reading: Result<Vec<ServerStats>, String> = match result {
-            Ok(Reply::Lb(LbReply::Servers(servers))) => Ok(servers),
-            Ok(other) => Err(format!("unexpected answer: {other:?}")),
+            Ok(LbReply::Servers(servers)) => Ok(servers),
+            Ok(other) => Err(format!(
+                "{} answered a stats request with {other:?}: is its handover-agent the same version as this coordinator?",
+                lb.name
+            )),
             Err(e) => Err(e.to_string()),
         };
         let mut names: Vec<HostName> = hosts.to_vec();
@@ -179,6 +182,10 @@ pub struct LbOutcome {
     pub lb: HostName,
     /// The answer, or the failure's text.
     pub result: Result<LbReply, String>,
+    /// The LB did not answer ([`FleetError::is_unreachable`]): a rollout halts
+    /// for `resume` rather than rolling back.
+    #[serde(skip)]
+    pub unreachable: bool,
 }
 
 /// Sends `make(app host)` to every LB for every app host, concurrently, printing
@@ -187,7 +194,7 @@ pub async fn call_lbs(
     fleet: &Fleet,
     lbs: &[HostEntry],
     hosts: &[HostEntry],
-    make: impl Fn(&HostEntry) -> Request,
+    make: impl Fn(&HostEntry) -> LbRequest,
     on_progress: &(dyn Fn(&HostName, &Progress) + Sync),
 ) -> Vec<LbOutcome> {
     use futures::StreamExt;
@@ -195,17 +202,14 @@ pub async fn call_lbs(
         .iter()
         .flat_map(|h| lbs.iter().map(move |lb| (h, lb)))
         .map(|(h, lb)| {
-            let request = make(h);
+            let request = calls::lb(make(h));
             async move {
-                let result = fleet.call(lb, request, |p| on_progress(&lb.name, &p)).await;
+                let result = fleet.ask(lb, request, |p| on_progress(&lb.name, &p)).await;
                 LbOutcome {
                     host: h.name.clone(),
                     lb: lb.name.clone(),
-                    result: match result {
-                        Ok(Reply::Lb(reply)) => Ok(reply),
-                        Ok(other) => Err(format!("unexpected answer: {other:?}")),
-                        Err(e) => Err(e.to_string()),
-                    },
+                    unreachable: result.as_ref().is_err_and(FleetError::is_unreachable),
+                    result: result.map_err(|e| e.to_string()),
                 }
             }
         });
@@ -232,13 +236,11 @@ pub async fn attach(
         fleet,
         lbs,
         hosts,
-        |h| {
-            Request::Lb(LbRequest::Attach {
-                server: h.name.clone(),
-                app: apps[&h.name],
-                backend: None,
-                timeout,
-            })
+        |h| LbRequest::Attach {
+            server: h.name.clone(),
+            app: apps[&h.name],
+            backend: None,
+            timeout,
         },
         on_progress,
     )
@@ -259,12 +261,10 @@ pub async fn detach(
         fleet,
         lbs,
         hosts,
-        |h| {
-            Request::Lb(LbRequest::Detach {
-                server: h.name.clone(),
-                force,
-                timeout,
-            })
+        |h| LbRequest::Detach {
+            server: h.name.clone(),
+            force,
+            timeout,
         },
         on_progress,
     )
@@ -283,12 +283,10 @@ pub async fn set_state(
         fleet,
         lbs,
         hosts,
-        |h| {
-            Request::Lb(LbRequest::SetState {
-                server: h.name.clone(),
-                state,
-                timeout: None,
-            })
+        |h| LbRequest::SetState {
+            server: h.name.clone(),
+            state,
+            timeout: None,
         },
         on_progress,
     )

@@ -13,16 +13,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use handover_common::duration;
 use handover_common::names::{HookName, ReleaseName, RepoUrl, Revision};
+use handover_common::proto::Progress;
 use handover_common::proto::deploy::{
     ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseRecord,
 };
-use handover_common::proto::drain::{DrainReply, DrainRequest};
-use handover_common::proto::{Progress, Reply, Request};
 use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
 use crate::drain_wait::{HostResult, WaitOptions, wait_for_sessions_to_end};
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, calls};
 use crate::output::Table;
 
 /// One host's outcome of a mutating deploy command.
@@ -60,22 +59,16 @@ async fn call_all(
     request: DeployRequest,
 ) -> Vec<(HostEntry, Result<DeployReply, FleetError>)> {
     let calls = hosts.iter().enumerate().map(|(i, host)| {
-        let request = Request::Deploy(request.clone());
+        let request = calls::deploy(request.clone());
         async move {
             let name = host.name.to_string();
             let result = fleet
-                .call(host, request, |p| {
+                .ask(host, request, |p| {
                     if let Progress::Deploy(p) = p {
                         println!("{}", progress_line(&name, &p));
                     }
                 })
-                .await
-                .and_then(|reply| match reply {
-                    Reply::Deploy(r) => Ok(r),
-                    other => Err(FleetError::Connection(format!(
-                        "unexpected answer to a deploy request: {other:?}"
-                    ))),
-                });
+                .await;
             (i, host.clone(), result)
         }
     });
@@ -342,16 +335,8 @@ fn failed(host: &HostEntry, error: String) -> HostOutcome {
 
 /// Puts `host` back in service; says how that went.
 async fn undrain(fleet: &Fleet, host: &HostEntry) -> String {
-    match fleet
-        .call(host, Request::Drain(DrainRequest::Undrain), |_| {})
-        .await
-    {
-        Ok(Reply::Drain(DrainReply::Undrained { .. })) => {
-            "undrained: health-check file restored, back in service".into()
-        }
-        Ok(other) => {
-            format!("unexpected answer to undrain: {other:?}; check with `handover status`")
-        }
+    match fleet.ask(host, calls::undrain(), |_| {}).await {
+        Ok(_) => "undrained: health-check file restored, back in service".into(),
         Err(e) => format!(
             "UNDRAIN FAILED ({e}): the host stays out of service; run `handover undrain {}`",
             host.name
@@ -438,14 +423,9 @@ pub async fn releases(
 ) -> anyhow::Result<ExitCode> {
     let host = config.host(host)?.clone();
     let fleet = Fleet::new(config)?;
-    let result = fleet
-        .call(&host, Request::Deploy(DeployRequest::Releases), |_| {})
-        .await;
+    let result = fleet.ask(&host, calls::releases(), |_| {}).await;
     fleet.close().await;
-    let list = match result? {
-        Reply::Deploy(DeployReply::Releases(list)) => list,
-        other => anyhow::bail!("{} answered `releases` with {other:?}", host.name),
-    };
+    let list = result?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {

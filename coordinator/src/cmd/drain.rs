@@ -12,12 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use handover_common::proto::drain::{
-    ApacheReading, DrainEvent, DrainEventKind, DrainLbError, DrainLbServer, DrainProgress,
-    DrainReply, DrainRequest, Holder, SessionReading, after_timeout, drained_text, millis,
-    undrained_text,
+    ApacheReading, DrainEvent, DrainEventKind, DrainLbError, DrainLbServer, DrainProgress, Holder,
+    SessionReading, after_timeout, drained_text, millis, undrained_text,
 };
 use handover_common::proto::status::StatusReport;
-use handover_common::proto::{Reply, Request};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::{CoordinatorConfig, HostEntry};
@@ -25,7 +23,7 @@ use crate::drain_wait::hold::secs;
 use crate::drain_wait::{
     HostDrained, HostProgress, HostResult, LbEvidence, WaitOptions, wait_for_sessions_to_end,
 };
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, calls};
 
 /// `handover drain` options.
 #[derive(Debug, Clone)]
@@ -284,19 +282,15 @@ async fn drain_now(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let fleet = Fleet::new(config)?;
-    let results = fleet
-        .call_each(hosts, |_| {
-            Request::Drain(DrainRequest::Drain { wait: None })
-        })
-        .await;
+    let results = fleet.ask_each(hosts, |_| calls::drain(None)).await;
     fleet.close().await;
     let mut failed = 0;
     for (host, result) in results {
         let name = host.name.as_str();
         match result {
-            Ok(Reply::Drain(DrainReply::Drained {
+            Ok(calls::Drained {
                 already, status, ..
-            })) => {
+            }) => {
                 if json {
                     let mut event = DrainEvent::new(name, DrainEventKind::Drained);
                     event.sessions = status
@@ -311,13 +305,9 @@ async fn drain_now(
                     println!("{name}: {}", drained_text(already, None));
                 }
             }
-            other => {
+            Err(e) => {
                 failed += 1;
-                let message = match other {
-                    Err(e) => e.to_string(),
-                    Ok(reply) => format!("unexpected answer to drain: {reply:?}"),
-                };
-                print_failure(name, message, json);
+                print_failure(name, e.to_string(), json);
             }
         }
     }
@@ -355,7 +345,7 @@ fn end_of_wait(drained: &HostDrained, options: &DrainOptions) -> (DrainEvent, St
                 after_timeout(&format!("handover undrain {name}"))
             ),
         ),
-        HostResult::Failed(message) => (DrainEventKind::Failed, format!("FAILED: {message}")),
+        HostResult::Failed(_, message) => (DrainEventKind::Failed, format!("FAILED: {message}")),
     };
     let mut event = evidence_event(name, kind, drained.last.as_ref(), &drained.lbs);
     match &drained.result {
@@ -370,7 +360,7 @@ fn end_of_wait(drained: &HostDrained, options: &DrainOptions) -> (DrainEvent, St
             event.holding = Some(holds.iter().map(ToString::to_string).collect());
             event.message = Some(text.clone());
         }
-        HostResult::Failed(_) => event.message = Some(text.clone()),
+        HostResult::Failed(..) => event.message = Some(text.clone()),
     }
     (event, text, drained.is_idle())
 }
@@ -408,15 +398,13 @@ pub async fn undrain(
 ) -> anyhow::Result<ExitCode> {
     let hosts = config.select(names)?;
     let fleet = Fleet::new(config)?;
-    let results = fleet
-        .call_each(&hosts, |_| Request::Drain(DrainRequest::Undrain))
-        .await;
+    let results = fleet.ask_each(&hosts, |_| calls::undrain()).await;
     fleet.close().await;
     let mut failed = 0;
     for (host, result) in results {
         let name = host.name.as_str();
         match result {
-            Ok(Reply::Drain(DrainReply::Undrained { already, .. })) => {
+            Ok(calls::Undrained { already, .. }) => {
                 if json {
                     let mut event = DrainEvent::new(name, DrainEventKind::Undrained);
                     event.drained = Some(false);
@@ -426,13 +414,9 @@ pub async fn undrain(
                     println!("{name}: {}", undrained_text(already));
                 }
             }
-            other => {
+            Err(e) => {
                 failed += 1;
-                let message = match other {
-                    Err(e) => e.to_string(),
-                    Ok(reply) => format!("unexpected answer to undrain: {reply:?}"),
-                };
-                print_failure(name, message, json);
+                print_failure(name, e.to_string(), json);
             }
         }
     }

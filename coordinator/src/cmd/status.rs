@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use handover_common::proto::{Reply, Request, status::StatusReport};
+use handover_common::proto::status::StatusReport;
 use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, calls};
 use crate::output::{Table, bytes, short_duration};
 
 /// One host's line of `status --json`.
@@ -32,7 +32,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let hosts = config.select(names)?;
     let fleet = Fleet::new(config)?;
-    let results = fleet.call_each(&hosts, |_| Request::Status).await;
+    let results = fleet.ask_each(&hosts, |_| calls::status()).await;
     fleet.close().await;
     let statuses: Vec<HostStatus> = results
         .into_iter()
@@ -51,22 +51,18 @@ pub async fn run(
     })
 }
 
-fn to_status(host: &HostEntry, result: Result<Reply, crate::fleet::FleetError>) -> HostStatus {
+fn to_status(
+    host: &HostEntry,
+    result: Result<Box<StatusReport>, crate::fleet::FleetError>,
+) -> HostStatus {
     let roles = host.roles.iter().map(|r| r.to_string()).collect();
     match result {
-        Ok(Reply::Status(report)) => HostStatus {
+        Ok(report) => HostStatus {
             name: host.name.to_string(),
             roles,
             reachable: true,
             error: None,
             report: Some(*report),
-        },
-        Ok(other) => HostStatus {
-            name: host.name.to_string(),
-            roles,
-            reachable: false,
-            error: Some(format!("unexpected answer to status: {other:?}")),
-            report: None,
         },
         Err(e) => HostStatus {
             name: host.name.to_string(),

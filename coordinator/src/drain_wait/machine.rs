@@ -59,7 +59,20 @@ pub enum AgentEnd {
     /// The agent's own timeout ran out; its account names the holders.
     TimedOut(String),
     /// Anything else (agent unreachable, no `[health]`...).
-    Failed(String),
+    Failed(FailCause, String),
+}
+
+/// Why a wait failed, so a rollout can tell a host that did not answer (halt and
+/// resume later) from one an operator took back (stop the wave) and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailCause {
+    /// The agent did not answer: no connection, a broken stream, or silence past
+    /// the call's limit.
+    Unreachable,
+    /// The health-check file came back during the wait: someone undrained the host.
+    Undrained,
+    /// Anything else (no `[health]` section, an unexpected answer...).
+    Other,
 }
 
 /// One thing the loop learned about one host, and when.
@@ -128,8 +141,8 @@ pub enum HostResult {
         /// (names the direct connections and Apache's busy workers).
         agent_message: Option<String>,
     },
-    /// Anything else (agent unreachable, no `[health]`...).
-    Failed(String),
+    /// Anything else (agent unreachable, no `[health]`...): why, and its text.
+    Failed(FailCause, String),
 }
 
 /// Where one host's wait stands.
@@ -247,7 +260,10 @@ pub fn on_event(state: HostState, observation: Observation) -> HostState {
                 // Someone undrained the host: HAProxy sends it new clients, so
                 // waiting on could only end in the timeout.
                 w.agent.last = Some(sample);
-                return HostState::Ended(w, HostResult::Failed(UNDRAINED_DURING_WAIT.into()));
+                return HostState::Ended(
+                    w,
+                    HostResult::Failed(FailCause::Undrained, UNDRAINED_DURING_WAIT.into()),
+                );
             }
             w.observe_sample(at, sample);
         }
@@ -267,8 +283,8 @@ pub fn on_event(state: HostState, observation: Observation) -> HostState {
                         },
                     );
                 }
-                AgentEnd::Failed(message) => {
-                    return HostState::Ended(w, HostResult::Failed(message));
+                AgentEnd::Failed(cause, message) => {
+                    return HostState::Ended(w, HostResult::Failed(cause, message));
                 }
             }
         }
@@ -811,14 +827,16 @@ mod tests {
                 Observation::AgentAsked { at: t0 },
                 Observation::AgentEnded {
                     at: t0 + ms(5),
-                    end: AgentEnd::Failed("web-1 has no [health] section".into()),
+                    end: AgentEnd::Failed(FailCause::Other, "web-1 has no [health] section".into()),
                 },
             ],
         );
-        assert!(matches!(s.result(), Some(HostResult::Failed(m)) if m.contains("[health]")));
+        assert!(
+            matches!(s.result(), Some(HostResult::Failed(FailCause::Other, m)) if m.contains("[health]"))
+        );
         // An ended wait ignores whatever comes after.
         let s = on_event(s, lb(t0 + ms(10), 1, 0));
-        assert!(matches!(s.result(), Some(HostResult::Failed(_))));
+        assert!(matches!(s.result(), Some(HostResult::Failed(..))));
     }
 
     #[test]
@@ -838,7 +856,7 @@ mod tests {
             ],
         );
         assert!(
-            matches!(s.result(), Some(HostResult::Failed(m)) if m == UNDRAINED_DURING_WAIT),
+            matches!(s.result(), Some(HostResult::Failed(FailCause::Undrained, m)) if m == UNDRAINED_DURING_WAIT),
             "{:?}",
             s.result()
         );

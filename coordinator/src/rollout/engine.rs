@@ -944,6 +944,42 @@ mod tests {
             bench.assert_all_on(NEW);
         }
 
+        /// The LB and drain-wait steps reach the engine through `lb_outcomes` and
+        /// `judge_wait`, which keep "did not answer" typed (ops tests): at each of
+        /// them the rollout halts, undoes nothing, and `resume` finishes.
+        #[tokio::test(start_paused = true)]
+        async fn an_unreachable_host_at_the_wait_or_an_lb_step_halts_with_capacity_kept() {
+            for action in [
+                Action::WaitForSessionsToEnd,
+                Action::DetachFromLoadBalancers,
+                Action::AttachToLoadBalancers,
+            ] {
+                let bench = Bench::new(THREE);
+                let at = Trigger::Step(discriminant(&action), host("web-2"));
+                bench.fake.inject(at, Fault::Unreachable);
+                let state = bench.run(false).await.expect("ends").expect("runs");
+                assert_eq!(state, RolloutState::Halted, "{action:?}");
+                {
+                    let w = bench.fake.world();
+                    assert!(w.min_up >= 2, "{action:?}: capacity fell to {}", w.min_up);
+                    assert!(
+                        !w.log
+                            .iter()
+                            .any(|(a, _)| matches!(a, Action::ActivatePreviousRelease)),
+                        "{action:?}: nothing rolled back"
+                    );
+                    assert_eq!(w.release[&host("web-1")], NEW, "{action:?}: wave 1 kept");
+                    assert!(
+                        !w.log.iter().any(|(_, h)| h.as_str() == "web-3"),
+                        "{action:?}: wave 3 never ran"
+                    );
+                }
+                let state = bench.run(true).await.expect("ends").expect("runs");
+                assert_eq!(state, RolloutState::Succeeded, "{action:?}");
+                bench.assert_all_on(NEW);
+            }
+        }
+
         #[tokio::test(start_paused = true)]
         async fn a_lost_lease_stops_the_rollout_without_touching_anything_more() {
             let bench = Bench::new(THREE);

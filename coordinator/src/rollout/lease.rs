@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use handover_common::proto::lease::{LeaseHolder, LeaseInfo, LeaseReply, LeaseRequest};
-use handover_common::proto::{Reply, Request};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::HostEntry;
-use crate::fleet::Fleet;
+use crate::fleet::{Call, Fleet, calls};
 
 /// How long a lease lives without renewal.
 const TTL: Duration = Duration::from_secs(60);
@@ -194,8 +193,8 @@ pub struct Leases {
     lost: watch::Receiver<Option<String>>,
 }
 
-fn acquire(rollout: &str, process: &Process, break_existing: bool) -> Request {
-    Request::Lease(LeaseRequest::Acquire {
+fn acquire(rollout: &str, process: &Process, break_existing: bool) -> Call<LeaseReply> {
+    calls::lease(LeaseRequest::Acquire {
         rollout: rollout.to_owned(),
         holder: process.holder.clone(),
         token: process.token.clone(),
@@ -216,12 +215,12 @@ struct Round {
 async fn round(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, p: &Process, brk: bool) -> Round {
     let mut r = Round::default();
     for (host, result) in fleet
-        .call_each(hosts, |_: &HostEntry| acquire(rollout, p, brk))
+        .ask_each(hosts, |_: &HostEntry| acquire(rollout, p, brk))
         .await
     {
         match result {
-            Ok(Reply::Lease(LeaseReply::Held(_))) => r.held.push(host),
-            Ok(Reply::Lease(LeaseReply::Refused { lease, now_unix })) => {
+            Ok(LeaseReply::Held(_)) => r.held.push(host),
+            Ok(LeaseReply::Refused { lease, now_unix }) => {
                 r.refused.push((host, lease, now_unix));
             }
             Ok(other) => r
@@ -238,9 +237,9 @@ async fn round(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, p: &Process, b
 async fn renew(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, p: &Process) -> Option<String> {
     let mut refused = Vec::new();
     for host in hosts {
-        match fleet.call(host, acquire(rollout, p, false), |_| {}).await {
-            Ok(Reply::Lease(LeaseReply::Held(_))) => {}
-            Ok(Reply::Lease(LeaseReply::Refused { lease, now_unix })) => {
+        match fleet.ask(host, acquire(rollout, p, false), |_| {}).await {
+            Ok(LeaseReply::Held(_)) => {}
+            Ok(LeaseReply::Refused { lease, now_unix }) => {
                 refused.push((host.clone(), lease, now_unix));
             }
             Ok(other) => {
@@ -379,8 +378,8 @@ impl Leases {
 
 async fn release_on(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, process: &Process) {
     let results = fleet
-        .call_each(hosts, |_| {
-            Request::Lease(LeaseRequest::Release {
+        .ask_each(hosts, |_| {
+            calls::lease(LeaseRequest::Release {
                 rollout: rollout.to_owned(),
                 token: process.token.clone(),
             })

@@ -9,18 +9,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures::future::{LocalBoxFuture, join_all};
 use handover_common::names::HostName;
-use handover_common::proto::deploy::{
-    ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseOutcome,
-};
-use handover_common::proto::drain::{DrainReply, DrainRequest};
+use handover_common::proto::Progress;
+use handover_common::proto::deploy::{ActivateTarget, DeployProgress, ReleaseList, ReleaseOutcome};
 use handover_common::proto::lb::StatusKind;
-use handover_common::proto::{Progress, Reply, Request};
 
 use super::facts::Facts;
 use super::steps::{Action, Step};
 use super::ui::{Event, Ui};
 use crate::config::{CoordinatorConfig, HostEntry};
-use crate::fleet::{Fleet, FleetError};
+use crate::drain_wait::{FailCause, HostProgress, HostResult};
+use crate::fleet::{Call, Fleet, FleetError, calls};
 use crate::plan::{OnDrainTimeout, Plan};
 
 /// What a step produced, kept in the journal.
@@ -141,15 +139,8 @@ pub struct Unreachable(pub String);
 pub fn is_unreachable(error: &anyhow::Error) -> bool {
     error.chain().any(|e| {
         e.is::<Unreachable>()
-            || e.downcast_ref::<FleetError>().is_some_and(|f| {
-                matches!(
-                    f,
-                    FleetError::Timeout { .. }
-                        | FleetError::Connection(_)
-                        | FleetError::Wire(_)
-                        | FleetError::NoAnswer
-                )
-            })
+            || e.downcast_ref::<FleetError>()
+                .is_some_and(FleetError::is_unreachable)
     })
 }
 
@@ -180,14 +171,14 @@ where
     }
 }
 
-async fn call(ctx: &Ctx<'_>, host: &HostName, request: Request) -> anyhow::Result<Reply> {
+async fn ask<A>(ctx: &Ctx<'_>, host: &HostName, call: Call<A>) -> anyhow::Result<A> {
     let entry = ctx
         .config
         .host(host.as_str())
         .with_context(|| format!("{host} left the inventory"))?;
     Ok(ctx
         .fleet
-        .call(entry, request, |p| report_progress(ctx, host, &p))
+        .ask(entry, call, |p| report_progress(ctx, host, &p))
         .await?)
 }
 
@@ -228,15 +219,11 @@ async fn capacity(
     excluded: &BTreeSet<&HostName>,
 ) -> anyhow::Result<Vec<(HostName, String, usize, usize)>> {
     let rollout_hosts: BTreeSet<&HostName> = ctx.plan.hosts.iter().map(|h| &h.name).collect();
-    let results = ctx
-        .fleet
-        .call_each(&ctx.plan.lbs, |_| Request::Status)
-        .await;
+    let results = ctx.fleet.ask_each(&ctx.plan.lbs, |_| calls::status()).await;
     let mut out = Vec::new();
     for (lb, result) in results {
         let report = match result {
-            Ok(Reply::Status(report)) => report,
-            Ok(other) => bail!("{}: unexpected answer to status: {other:?}", lb.name),
+            Ok(report) => report,
             Err(e) => bail!("cannot read load balancer {}: {e}", lb.name),
         };
         let Some(status) = report.lb else {
@@ -318,13 +305,11 @@ async fn ensure_capacity(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Ou
 
 async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
-        match call(ctx, h, Request::Drain(DrainRequest::Drain { wait: None })).await? {
-            Reply::Drain(DrainReply::Drained { already, .. }) => Ok(Outputs::from([(
-                format!("drained/{h}"),
-                if already { "already" } else { "now" }.to_string(),
-            )])),
-            other => bail!("unexpected answer to drain: {other:?}"),
-        }
+        let drained = ask(ctx, h, calls::drain(None)).await?;
+        Ok(Outputs::from([(
+            format!("drained/{h}"),
+            if drained.already { "already" } else { "now" }.to_string(),
+        )]))
     })
     .await
 }
@@ -333,10 +318,9 @@ async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
 /// host (no direct connection) and on every LB (scur and qcur 0, stot not rising)
 /// at the same moment, for the quiet period.
 async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
-    use crate::drain_wait::{HostResult, WaitOptions};
+    use crate::drain_wait::WaitOptions;
     let r = &ctx.plan.file.rollout;
     let entries = ctx.entries(hosts)?;
-    let mut last_shown: BTreeMap<HostName, String> = BTreeMap::new();
     let outcome = crate::drain_wait::wait_for_sessions_to_end(
         ctx.fleet,
         ctx.config,
@@ -346,47 +330,102 @@ async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
             quiet: Some(r.quiet),
         },
         &mut |p| {
-            let mut text = if p.holds.is_empty() {
-                "idle, waiting out the quiet period".to_string()
-            } else {
-                p.holds
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            if let Some(eta) = p.eta {
-                text.push_str(&format!(" — ETA ~{}s", eta.as_secs().max(1)));
-            }
-            if last_shown.get(p.host) != Some(&text) {
-                last_shown.insert(p.host.clone(), text.clone());
+            if let Some(text) = wait_line(p) {
                 ctx.progress(p.host, text);
             }
         },
     )
     .await?;
+    let ends = outcome
+        .hosts
+        .iter()
+        .map(|h| {
+            let end = match &h.result {
+                HostResult::Idle { waited, .. } => WaitEnd::Idle(*waited),
+                HostResult::TimedOut { .. } => WaitEnd::TimedOut(
+                    h.timeout_text(r.drain_timeout)
+                        .unwrap_or_else(|| format!("{:?}", h.result)),
+                ),
+                HostResult::Failed(cause, message) => {
+                    WaitEnd::Failed(*cause, format!("{}: {message}", h.host.name))
+                }
+            };
+            (h.host.name.clone(), end)
+        })
+        .collect();
+    judge_wait(ends, r.on_drain_timeout)
+}
+
+/// The progress line for a host's wait: one per change of what holds it (who,
+/// or which hold), not one per tick of its counters; `None` when nothing changed.
+fn wait_line(p: &HostProgress<'_>) -> Option<String> {
+    if !p.changed {
+        return None;
+    }
+    let mut text = if p.holds.is_empty() {
+        "idle, waiting out the quiet period".to_string()
+    } else {
+        p.holds
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if let Some(eta) = p.eta {
+        text.push_str(&format!(" — ETA ~{}s", eta.as_secs().max(1)));
+    }
+    Some(text)
+}
+
+/// How one host's wait for its sessions ended, as the rollout judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WaitEnd {
+    /// Idle after this long.
+    Idle(Duration),
+    /// The timeout ran out; why, for the operator.
+    TimedOut(String),
+    /// The wait itself failed: why, and its text.
+    Failed(FailCause, String),
+}
+
+/// The wave's verdict after the wait: pure, so it is tested without processes.
+/// Only a timeout may go on under `on_drain_timeout = "proceed"`: a wait that
+/// failed stops the wave before it is detached — halted when an agent did not
+/// answer (as for every direct call), aborted when someone undrained a host.
+fn judge_wait(ends: Vec<(HostName, WaitEnd)>, policy: OnDrainTimeout) -> anyhow::Result<Outputs> {
     let mut outputs = Outputs::new();
     let mut held = Vec::new();
-    for host in &outcome.hosts {
-        match &host.result {
-            HostResult::Idle { waited, .. } => {
+    let mut failed = Vec::new();
+    let mut unreachable = Vec::new();
+    for (host, end) in ends {
+        match end {
+            WaitEnd::Idle(waited) => {
                 outputs.insert(
-                    format!("sessions/{}", host.host.name),
-                    format!("idle after {}", handover_common::duration::format(*waited)),
+                    format!("sessions/{host}"),
+                    format!("idle after {}", handover_common::duration::format(waited)),
                 );
             }
-            _ => held.push((
-                host.host.name.clone(),
-                host.timeout_text(r.drain_timeout)
-                    .unwrap_or_else(|| format!("{:?}", host.result)),
+            WaitEnd::TimedOut(why) => held.push((host, why)),
+            WaitEnd::Failed(FailCause::Unreachable, why) => unreachable.push(why),
+            WaitEnd::Failed(FailCause::Undrained, _) => failed.push(format!(
+                "{host} was undrained during the wait (its health-check file is back), \
+                 so its sessions were not waited out and it is not detached; \
+                 find out who is working on it before a new rollout"
             )),
+            WaitEnd::Failed(FailCause::Other, why) => failed.push(why),
         }
+    }
+    if !unreachable.is_empty() {
+        return Err(Unreachable(unreachable.join("; ")).into());
+    }
+    if !failed.is_empty() {
+        bail!("the wait for sessions to end failed: {}", failed.join("; "));
     }
     if held.is_empty() {
         return Ok(outputs);
     }
     let text: Vec<String> = held.iter().map(|(_, why)| why.clone()).collect();
-    match r.on_drain_timeout {
+    match policy {
         OnDrainTimeout::Abort => bail!(
             "sessions did not end: {} ([rollout] on_drain_timeout = \"abort\")",
             text.join("; ")
@@ -423,30 +462,33 @@ async fn detach_from_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow
     lb_outcomes("detached", outcomes)
 }
 
+/// The LBs' answers as a step's outputs; a failure names every (host, LB) that
+/// failed, and is [`Unreachable`] when one of those LBs did not answer.
 fn lb_outcomes(what: &str, outcomes: Vec<crate::lb::LbOutcome>) -> anyhow::Result<Outputs> {
     let mut outputs = Outputs::new();
     let mut failures = Vec::new();
+    let mut unreachable = false;
     for o in outcomes {
         match o.result {
             Ok(_) => {
                 outputs.insert(format!("{what}/{}/{}", o.host, o.lb), "ok".into());
             }
-            Err(e) => failures.push(format!("{} on {}: {e}", o.host, o.lb)),
+            Err(e) => {
+                unreachable |= o.unreachable;
+                failures.push(format!("{} on {}: {e}", o.host, o.lb));
+            }
         }
     }
-    if failures.is_empty() {
-        Ok(outputs)
-    } else {
-        bail!("{}", failures.join("; "))
+    match (failures.is_empty(), unreachable) {
+        (true, _) => Ok(outputs),
+        (false, true) => Err(Unreachable(failures.join("; ")).into()),
+        (false, false) => bail!("{}", failures.join("; ")),
     }
 }
 
 /// The releases on `host`.
 pub async fn releases(ctx: &Ctx<'_>, host: &HostName) -> anyhow::Result<ReleaseList> {
-    match call(ctx, host, Request::Deploy(DeployRequest::Releases)).await? {
-        Reply::Deploy(DeployReply::Releases(list)) => Ok(list),
-        other => bail!("unexpected answer to releases: {other:?}"),
-    }
+    ask(ctx, host, calls::releases()).await
 }
 
 /// Learns, for each host not yet recorded, the release it has before the rollout
@@ -493,20 +535,12 @@ async fn apply_revision(
                     (format!("sha/{h}"), record.sha.clone()),
                 ]));
             }
-            let request = Request::Deploy(DeployRequest::Apply {
-                repo,
-                rev,
-                hooks: Vec::new(),
-                // The wave is drained and detached: nothing serves from it.
-                force: true,
-            });
-            match call(ctx, h, request).await? {
-                Reply::Deploy(DeployReply::Applied(record)) => Ok(Outputs::from([
-                    (format!("release/{h}"), record.name.to_string()),
-                    (format!("sha/{h}"), record.sha),
-                ])),
-                other => bail!("unexpected answer to apply: {other:?}"),
-            }
+            // The wave is drained and detached: nothing serves from it.
+            let record = ask(ctx, h, calls::apply(repo, rev, Vec::new(), true)).await?;
+            Ok(Outputs::from([
+                (format!("release/{h}"), record.name.to_string()),
+                (format!("sha/{h}"), record.sha),
+            ]))
         }
     })
     .await
@@ -534,30 +568,22 @@ async fn activate_previous_release(
         }
         let target = ActivateTarget::Release(before.clone());
         // The wave is detached (or failing its checks): nothing serves from it.
-        let request = Request::Deploy(DeployRequest::Activate {
-            target,
-            force: true,
-        });
-        match call(ctx, h, request).await? {
-            Reply::Deploy(DeployReply::Activated(record)) => Ok(Outputs::from([(
-                format!("activated/{h}"),
-                record.name.to_string(),
-            )])),
-            other => bail!("unexpected answer to activate: {other:?}"),
-        }
+        let record = ask(ctx, h, calls::activate(target, true)).await?;
+        Ok(Outputs::from([(
+            format!("activated/{h}"),
+            record.name.to_string(),
+        )]))
     })
     .await
 }
 
 async fn restore_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
-        match call(ctx, h, Request::Drain(DrainRequest::Undrain)).await? {
-            Reply::Drain(DrainReply::Undrained { already, .. }) => Ok(Outputs::from([(
-                format!("undrained/{h}"),
-                if already { "already" } else { "now" }.to_string(),
-            )])),
-            other => bail!("unexpected answer to undrain: {other:?}"),
-        }
+        let undrained = ask(ctx, h, calls::undrain()).await?;
+        Ok(Outputs::from([(
+            format!("undrained/{h}"),
+            if undrained.already { "already" } else { "now" }.to_string(),
+        )]))
     })
     .await
 }
@@ -567,19 +593,17 @@ async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outp
     on_each(hosts, |h| {
         let check = check.clone();
         async move {
-            let answer = call(ctx, h, Request::CheckHealth(check)).await;
+            let answer = ask(ctx, h, calls::check_health(check)).await;
             if let Err(e) = &answer
                 && let Some(why) = crate::gate::failed_check(e)
             {
                 mark_unhealthy(ctx, h, why).await;
             }
-            match answer? {
-                Reply::Health(report) => Ok(Outputs::from([(
-                    format!("health/{h}"),
-                    format!("{} after {} checks", report.last, report.checks),
-                )])),
-                other => bail!("unexpected answer to a health check: {other:?}"),
-            }
+            let report = answer?;
+            Ok(Outputs::from([(
+                format!("health/{h}"),
+                format!("{} after {} checks", report.last, report.checks),
+            )]))
         }
     })
     .await
@@ -631,4 +655,118 @@ async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }
     Ok(Outputs::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::fake::host;
+
+    fn failed(cause: FailCause) -> WaitEnd {
+        WaitEnd::Failed(cause, "web-2: it went wrong".into())
+    }
+
+    #[test]
+    fn proceed_cuts_only_sessions_that_outlived_the_timeout() {
+        let ends = vec![
+            (host("web-1"), WaitEnd::Idle(Duration::from_secs(2))),
+            (
+                host("web-2"),
+                WaitEnd::TimedOut("web-2 is still in use".into()),
+            ),
+        ];
+        let out = judge_wait(ends.clone(), OnDrainTimeout::Proceed).expect("proceeds");
+        assert_eq!(out["cut/web-2"], "web-2 is still in use");
+        assert!(out.contains_key("sessions/web-1"));
+        let err = judge_wait(ends, OnDrainTimeout::Abort).expect_err("aborts");
+        assert!(format!("{err:#}").contains("on_drain_timeout"), "{err:#}");
+    }
+
+    /// Issue: the rollout printed a drain line at every tick of the quiet
+    /// period ("0.3s of 0.5s"); it prints one per change, as `drain --wait` does.
+    #[test]
+    fn a_drain_line_is_shown_once_per_change_not_per_tick() {
+        let h = host("web-1");
+        let lbs = crate::drain_wait::LbEvidence::default();
+        let ticks: Vec<(u64, bool)> = vec![(100, true), (200, false), (300, false), (400, true)];
+        let lines: Vec<String> = ticks
+            .iter()
+            .filter_map(|(ms, changed)| {
+                let holds = [crate::drain_wait::Hold::NotYetQuiet {
+                    quiet_for: Duration::from_millis(*ms),
+                    quiet: Duration::from_millis(500),
+                }];
+                wait_line(&HostProgress {
+                    host: &h,
+                    agent: None,
+                    lbs: &lbs,
+                    holds: &holds,
+                    elapsed: Duration::from_millis(*ms),
+                    eta: None,
+                    quiet_for: Duration::from_millis(*ms),
+                    quiet: Duration::from_millis(500),
+                    changed: *changed,
+                })
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+    }
+
+    fn outcome(lb: &str, result: Result<(), &str>, unreachable: bool) -> crate::lb::LbOutcome {
+        crate::lb::LbOutcome {
+            host: host("web-1"),
+            lb: host(lb),
+            result: result
+                .map(|()| handover_common::proto::lb::LbReply::Detached(Vec::new()))
+                .map_err(str::to_string),
+            unreachable,
+        }
+    }
+
+    /// An LB that does not answer halts the rollout (resume retries); an LB that
+    /// refuses fails the step (the rollback path).
+    #[test]
+    fn an_unreachable_lb_halts_and_a_refusing_one_fails() {
+        let ok = outcome("lb-1", Ok(()), false);
+        let out = lb_outcomes("detached", vec![ok.clone()]).expect("ok");
+        assert_eq!(out["detached/web-1/lb-1"], "ok");
+
+        let silent = outcome("lb-2", Err("no answer from 127.0.1.98:7443"), true);
+        let err = lb_outcomes("detached", vec![ok.clone(), silent]).expect_err("fails");
+        assert!(is_unreachable(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("web-1 on lb-2"), "{err:#}");
+
+        let refusing = outcome("lb-2", Err("sessions remain"), false);
+        let err = lb_outcomes("detached", vec![ok, refusing]).expect_err("fails");
+        assert!(!is_unreachable(&err), "{err:#}");
+    }
+
+    /// A failed wait is no timeout: `proceed` must not detach (and cut) the host.
+    #[test]
+    fn a_failed_wait_stops_the_wave_even_when_the_plan_says_proceed() {
+        for policy in [OnDrainTimeout::Proceed, OnDrainTimeout::Abort] {
+            let ends = vec![(host("web-2"), failed(FailCause::Unreachable))];
+            let err = judge_wait(ends, policy).expect_err("stops");
+            assert!(is_unreachable(&err), "an unreachable agent halts: {err:#}");
+
+            let ends = vec![
+                (
+                    host("web-1"),
+                    WaitEnd::TimedOut("web-1 is still in use".into()),
+                ),
+                (host("web-2"), failed(FailCause::Undrained)),
+            ];
+            let err = judge_wait(ends, policy).expect_err("stops");
+            assert!(!is_unreachable(&err), "{err:#}");
+            let text = format!("{err:#}");
+            assert!(
+                text.contains("web-2") && text.contains("undrained"),
+                "{text}"
+            );
+
+            let ends = vec![(host("web-2"), failed(FailCause::Other))];
+            let err = judge_wait(ends, policy).expect_err("stops");
+            assert!(!is_unreachable(&err), "{err:#}");
+        }
+    }
 }

@@ -1527,3 +1527,109 @@ mod faults {
         s.check_capacity().expect("capacity kept");
     }
 }
+
+// --- engine2 ---
+
+mod engine2 {
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use handover_tests::agents::spawn_lines;
+    use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
+
+    /// Engine review after issue 11's rewrite: with `on_drain_timeout = "proceed"`
+    /// the rollout treated every wait that did not end idle as a timeout, so a host
+    /// an operator undrained during its wait was recorded as `cut/web-1`, detached
+    /// with force (cutting its clients) and upgraded. Only a timeout may proceed:
+    /// the wave stops before detach, and the held client is never cut.
+    #[test]
+    fn proceed_does_not_detach_a_host_undrained_during_its_wait() {
+        let s = Scenario::start(ScenarioOptions {
+            apps: 3,
+            ..ScenarioOptions::default()
+        })
+        .expect("fleet starts");
+        // A direct client keeps web-1's wait going until the operator steps in.
+        let held = handover_tests::traffic::hold_connection(
+            s.app("web-1").apache.addr(),
+            "/",
+            None,
+            Duration::from_secs(120),
+        )
+        .expect("hold a connection to web-1");
+        let text = s.in_place_plan("v2", 1, 2).replace(
+            "drain_timeout = \"20s\"",
+            "drain_timeout = \"90s\"\non_drain_timeout = \"proceed\"",
+        );
+        assert!(text.contains("proceed"), "{text}");
+        let plan = s.write_plan("plan.toml", &text).expect("plan");
+        let mut cmd = s
+            .coordinator
+            .command(&["rollout", &plan.display().to_string(), "--yes"]);
+        cmd.arg("--json");
+        let (mut child, mut lines) = spawn_lines(cmd, Stdio::null()).expect("spawn handover");
+
+        let mut events = Vec::new();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let waiting = event["event"] == "step-started"
+                && event["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("wait for sessions");
+            events.push(event);
+            if waiting {
+                break;
+            }
+        }
+        assert!(held.is_held(), "the direct client holds web-1's wait");
+        // The operator puts the health-check file back by hand (`handover undrain`
+        // is refused while the rollout holds the lease).
+        std::fs::write(s.app("web-1").apache.health_file(), "OK\n").expect("restore");
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            events.push(serde_json::from_str(&line).unwrap_or_default());
+        }
+        let status = child.wait().expect("wait");
+
+        assert!(!status.success(), "the rollout must stop: {events:?}");
+        let forward = events
+            .iter()
+            .take_while(|e| e["event"] != "step-failed" && e["event"] != "finished");
+        let detached = forward.clone().any(|e| {
+            e["event"] == "step-started"
+                && e["wave"] == 1
+                && e["title"].as_str().unwrap_or("").starts_with("detach")
+        });
+        assert!(!detached, "web-1 must not be detached: {events:?}");
+        assert!(
+            !forward.clone().any(|e| e.to_string().contains("cut/web-1")),
+            "no session may be recorded as cut: {events:?}"
+        );
+        assert!(held.is_held(), "the client on web-1 must not be cut");
+        let failed = events
+            .iter()
+            .find(|e| e["event"] == "step-failed")
+            .unwrap_or_else(|| panic!("a failed step: {events:?}"));
+        // The agent's next round finds the file back (or sees it in a sample):
+        // either way the wait itself failed, and that stops the wave.
+        assert!(
+            failed["title"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("wait for sessions"),
+            "the wait is what failed: {failed}"
+        );
+        assert_eq!(s.app("web-1").version(), "v1");
+        let stats = s.haproxy.show_stat().expect("show stat");
+        let web1 = s.app("web-1").apache.addr().to_string();
+        assert!(
+            stats
+                .iter()
+                .any(|r| r.pxname == BACKEND && r.is_server() && r.addr == web1),
+            "web-1 stays in HAProxy: {stats:?}"
+        );
+        drop(held);
+    }
+}
