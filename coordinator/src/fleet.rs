@@ -89,8 +89,10 @@ impl FleetError {
     }
 
     /// Whether the host did not answer (no handshake, connection lost, stream
-    /// broken): not the release's fault, so a rollout halts for `resume` rather
-    /// than rolling back.
+    /// broken, silent past the call's deadline): not the release's fault, so a
+    /// rollout halts for `resume` rather than rolling back — a rollback would
+    /// need the same silent agent. A killed agent's old connection ends either
+    /// way, by QUIC's idle timeout or by the deadline, whichever comes first.
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
@@ -98,6 +100,7 @@ impl FleetError {
                 | FleetError::Connection(_)
                 | FleetError::Wire(_)
                 | FleetError::NoAnswer
+                | FleetError::Deadline { .. }
         )
     }
 }
@@ -368,6 +371,26 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed agent's connection ended by our deadline (30 s) or by QUIC's idle
+    /// timeout (30 s), whichever came first: the rollout halted in one run and
+    /// rolled back — needing the same dead agent — in the other.
+    #[test]
+    fn an_agent_silent_past_its_deadline_is_unreachable() {
+        let host = HostName::new("web-2".to_string()).expect("host");
+        let late = FleetError::Deadline {
+            host,
+            doing: "removing the health-check file".into(),
+            limit: Duration::from_secs(30),
+        };
+        assert!(late.is_unreachable());
+        assert!(FleetError::NoAnswer.is_unreachable());
+        let refused = FleetError::Agent(Failure::new(
+            handover_common::proto::FailureKind::Failed,
+            "no",
+        ));
+        assert!(!refused.is_unreachable());
+    }
 
     #[test]
     fn our_certificate_refusals_are_lifted_out_of_quinns_wrapping() {
