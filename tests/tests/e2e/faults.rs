@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use handover_tests::agents::{output_text, spawn_lines};
-use handover_tests::scenario::{AppHost, BACKEND, Scenario, ScenarioOptions};
+use handover_tests::scenario::{AppHost, BACKEND, Capacity, Scenario, ScenarioOptions};
 use handover_tests::traffic::{Traffic, TrafficOptions, TrafficReport, hold_connection};
 
 /// How long a coordinator may take to notice a fault and stop (or finish). A
@@ -185,6 +185,17 @@ impl Finished {
 /// `current` on `app` names a complete release (a directory under `releases/`
 /// that is not a `.partial-` one and holds the revision's files) on v1 or v2.
 pub(crate) fn assert_on_one_release(app: &AppHost) -> String {
+    let (_, version) = assert_complete_release(app);
+    assert!(
+        version == "v1" || version == "v2",
+        "{}: on {version:?}, neither the old release nor the new",
+        app.name
+    );
+    version
+}
+
+/// `current` on `app` names a complete release; returns its name and version.
+fn assert_complete_release(app: &AppHost) -> (String, String) {
     let link = app.root.join("current");
     let target = std::fs::read_link(&link)
         .unwrap_or_else(|e| panic!("{}: current is not a symlink: {e}", app.name));
@@ -213,13 +224,7 @@ pub(crate) fn assert_on_one_release(app: &AppHost) -> String {
             app.name
         );
     }
-    let version = app.version();
-    assert!(
-        version == "v1" || version == "v2",
-        "{}: on {version:?}, neither the old release nor the new",
-        app.name
-    );
-    version
+    (name.to_owned(), app.version())
 }
 
 /// Every host on `version`, its health file in place, UP in HAProxy.
@@ -595,4 +600,221 @@ fn the_scenario_monitor_sees_capacity_below_min_healthy() {
         "{err:#}"
     );
     assert!(s.check_capacity().is_err(), "no longer checked: says so");
+}
+
+/// Where the coordinator is SIGKILLed, read from its own event stream. The engine
+/// prints each event right after the journal record it reports, so an event seen
+/// is a record on disk: `step-started` N follows step N's start record (its action
+/// then runs), `step-done` N follows its end record (step N+1 not yet started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillAt {
+    /// The rollout is journaled, no step has started (the `phase` event).
+    BeforeFirstStep,
+    /// Step N (1-based) is journaled as started and its action runs.
+    During(usize),
+    /// Step N is journaled as done; the next has not started.
+    After(usize),
+}
+
+impl KillAt {
+    /// Every kill point of a plan of `steps` steps: before the first, and during
+    /// and after each.
+    fn all(steps: usize) -> Vec<KillAt> {
+        std::iter::once(KillAt::BeforeFirstStep)
+            .chain((1..=steps).flat_map(|n| [KillAt::During(n), KillAt::After(n)]))
+            .collect()
+    }
+
+    fn is_reached_by(self, e: &serde_json::Value) -> bool {
+        match self {
+            KillAt::BeforeFirstStep => e["event"] == "phase",
+            KillAt::During(n) => e["event"] == "step-started" && e["number"] == n,
+            KillAt::After(n) => e["event"] == "step-done" && e["number"] == n,
+        }
+    }
+
+    /// Steps the journal holds as done once the event was printed: at least these
+    /// (a step may finish before the SIGKILL lands, never fewer).
+    fn done_at_least(self) -> usize {
+        match self {
+            KillAt::BeforeFirstStep => 0,
+            KillAt::During(n) => n - 1,
+            KillAt::After(n) => n,
+        }
+    }
+}
+
+/// One step of `handover plan --offline --json`.
+#[derive(Debug, serde::Deserialize)]
+struct PlannedStep {
+    number: usize,
+    wave: usize,
+    title: String,
+}
+
+/// The engine's own step list for `plan`: what the kill points are made from.
+fn planned_steps(s: &Scenario, plan: &Path) -> Vec<PlannedStep> {
+    let plan = plan.display().to_string();
+    let out = s
+        .coordinator
+        .run(&["plan", &plan, "--offline", "--json"]);
+    assert!(out.status.success(), "plan --json: {}", output_text(&out));
+    let steps: Vec<PlannedStep> =
+        serde_json::from_slice(&out.stdout).expect("plan --json prints a list of steps");
+    let numbers: Vec<usize> = steps.iter().map(|s| s.number).collect();
+    assert_eq!(
+        numbers,
+        (1..=steps.len()).collect::<Vec<_>>(),
+        "steps numbered from 1"
+    );
+    assert!(steps.len() > 2, "a two-wave plan has steps: {steps:?}");
+    steps
+}
+
+/// Commits and tags a revision `tag` (VERSION and page say so) in the scenario's
+/// repository, so every rollout of the test brings a release no host has had.
+fn tag_revision(s: &Scenario, tag: &str) {
+    use handover_tests::git::git;
+    let git_dir = s.dir().join("git");
+    let work = git_dir.join("app-work");
+    std::fs::write(work.join("VERSION"), format!("{tag}\n")).expect("VERSION");
+    std::fs::write(
+        work.join("index.html"),
+        format!("<html><body>shop {tag}</body></html>\n"),
+    )
+    .expect("index.html");
+    git(&work, &["commit", "-q", "-am", tag]).expect("commit");
+    git(&work, &["tag", tag]).expect("tag");
+    let bare = git_dir.join("app.git").display().to_string();
+    git(&work, &["push", "-q", &bare, tag]).expect("push the tag");
+}
+
+/// The complete releases under `app`'s `releases/` (not `.partial-` ones).
+fn releases_of(app: &AppHost) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(app.root.join("releases"))
+        .expect("releases/")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+impl Run {
+    /// SIGKILLs the coordinator as soon as `at` is seen (checking each step it
+    /// starts is the planned one). Returns false when it ended by itself first.
+    fn kill_at(mut self, at: KillAt, steps: &[PlannedStep]) -> bool {
+        let found = self.wait_for(BOUND, |e| at.is_reached_by(e));
+        assert!(
+            found,
+            "never reached {at:?}; last events {:#?}",
+            self.seen.iter().rev().take(6).collect::<Vec<_>>()
+        );
+        let landed = matches!(self.child.try_wait(), Ok(None));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for e in self.seen.iter().filter(|e| e["event"] == "step-started") {
+            let planned = e["number"]
+                .as_u64()
+                .and_then(|n| steps.get(usize::try_from(n).ok()?.checked_sub(1)?));
+            let planned = planned.unwrap_or_else(|| panic!("an unplanned step {e}"));
+            assert_eq!(e["title"], planned.title.as_str(), "{e}");
+            assert_eq!(e["wave"], planned.wave, "{e}");
+        }
+        landed
+    }
+}
+
+/// A fleet of two hosts, batch 1, min_healthy 1, clients running throughout: the
+/// coordinator is SIGKILLed at every kill point of the engine's own step list
+/// (before the first step, then during and after each), each time rolling to a
+/// revision no host has had, and a plain `handover resume` finishes it. Every run
+/// ends with both hosts on the new release (exactly one new release each, the
+/// one `current` names), health files back, both UP; no request failed; UP never
+/// fell below min_healthy (the scenario's monitor, every 100 ms).
+#[test]
+fn the_coordinator_killed_at_every_step_boundary_is_resumed_to_the_new_release() {
+    let s = Scenario::start(ScenarioOptions {
+        apps: 2,
+        capacity: Capacity::MinHealthy(1),
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts");
+    let load = Traffic::start(
+        s.frontend(),
+        TrafficOptions {
+            clients: 2,
+            pause: Duration::from_millis(25),
+            max_duration: Duration::from_secs(1200),
+            ..TrafficOptions::default()
+        },
+    )
+    .expect("traffic starts");
+    let first = s
+        .write_plan("plan-v2.toml", &s.in_place_plan("v2", 1, 1))
+        .expect("plan");
+    let steps = planned_steps(&s, &first);
+    let points = KillAt::all(steps.len());
+    eprintln!("{} steps, {} kill points", steps.len(), points.len());
+
+    for (i, at) in points.iter().enumerate() {
+        let tag = format!("r{}", i + 1);
+        tag_revision(&s, &tag);
+        let plan = s
+            .write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(&tag, 1, 1))
+            .expect("plan");
+        // The same steps, titled with this revision.
+        let this = planned_steps(&s, &plan);
+        assert_eq!(this.len(), steps.len(), "{tag}: {this:?}");
+        let before: Vec<_> = s.apps.iter().map(releases_of).collect();
+        let started = Instant::now();
+
+        let run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        let landed = run.kill_at(*at, &this);
+        let resumed = Run::start(&s, &["resume"]).finish();
+        let phase = resumed
+            .events
+            .iter()
+            .find(|e| e["event"] == "phase")
+            .cloned();
+        eprintln!(
+            "{tag} killed at {at:?} (landed: {landed}); resume: {} after {:?}, journal had {:?} of {} done",
+            resumed.state(),
+            started.elapsed(),
+            phase.as_ref().map(|p| &p["done"]),
+            steps.len()
+        );
+        assert!(landed, "{at:?}: the rollout ended before the SIGKILL");
+        assert_eq!(resumed.state(), "succeeded", "{at:?}: {}", resumed.describe());
+        let phase = phase.unwrap_or_else(|| panic!("{at:?}: resume ran no phase"));
+        assert_eq!(phase["steps"], steps.len(), "{at:?}: {phase}");
+        let done = phase["done"].as_u64().unwrap_or(0);
+        assert!(
+            done >= u64::try_from(at.done_at_least()).unwrap_or(u64::MAX),
+            "{at:?}: the journal lost a record the events reported: {phase}"
+        );
+
+        for (app, before) in s.apps.iter().zip(&before) {
+            let (current, version) = assert_complete_release(app);
+            assert_eq!(version, tag, "{at:?}: {}", app.name);
+            let new: Vec<_> = releases_of(app).difference(before).cloned().collect();
+            assert_eq!(
+                new,
+                vec![current],
+                "{at:?}: {} got exactly one new release, the current one",
+                app.name
+            );
+            assert!(app.health_file_present(), "{at:?}: {} left drained", app.name);
+        }
+        let up = s
+            .haproxy
+            .show_stat()
+            .expect("show stat")
+            .iter()
+            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+            .count();
+        assert_eq!(up, s.apps.len(), "{at:?}: every app host UP");
+        s.check_capacity()
+            .unwrap_or_else(|e| panic!("{at:?}: capacity: {e:#}"));
+    }
+    assert_no_failed_request(&load.stop());
+    s.check_capacity().expect("capacity kept");
 }
