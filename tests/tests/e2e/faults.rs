@@ -704,6 +704,42 @@ struct Killed {
     landed: bool,
 }
 
+/// Every host on `tag`'s release, exactly one new release each (the one `current`
+/// names) since `before`, health files back, all UP, capacity kept so far.
+fn assert_on_new_release(
+    s: &Scenario,
+    tag: &str,
+    before: &[std::collections::BTreeSet<String>],
+    when: &str,
+) {
+    for (app, before) in s.apps.iter().zip(before) {
+        let (current, version) = assert_complete_release(app);
+        assert_eq!(version, tag, "{when}: {}", app.name);
+        let new: Vec<_> = releases_of(app).difference(before).cloned().collect();
+        assert_eq!(
+            new,
+            vec![current],
+            "{when}: {} got exactly one new release, the current one",
+            app.name
+        );
+        assert!(
+            app.health_file_present(),
+            "{when}: {} left drained",
+            app.name
+        );
+    }
+    let up = s
+        .haproxy
+        .show_stat()
+        .expect("show stat")
+        .iter()
+        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+        .count();
+    assert_eq!(up, s.apps.len(), "{when}: every app host UP");
+    s.check_capacity()
+        .unwrap_or_else(|e| panic!("{when}: capacity: {e:#}"));
+}
+
 impl Run {
     /// SIGKILLs the coordinator as soon as `at` is seen (checking each step it
     /// starts is the planned one).
@@ -780,7 +816,10 @@ fn the_coordinator_killed_at_every_step_boundary_is_resumed_to_the_new_release()
         .expect("plan");
     let steps = planned_steps(&s, &first);
     let points = KillAt::all(steps.len());
-    eprintln!("{} steps, {} kill points", steps.len(), points.len());
+    eprintln!("{} steps, {} kill points:", steps.len(), points.len());
+    for step in &steps {
+        eprintln!("  {:>2}. wave {}: {}", step.number, step.wave, step.title);
+    }
 
     for (i, at) in points.iter().enumerate() {
         let tag = format!("r{}", i + 1);
@@ -839,35 +878,82 @@ fn the_coordinator_killed_at_every_step_boundary_is_resumed_to_the_new_release()
                 done >= u64::try_from(at.done_at_least()).unwrap_or(u64::MAX),
                 "{at:?}: the journal lost a record the events reported: {phase}"
             );
+            // Resume carries on from the first step not done: the interrupted one.
+            let first = resumed.events.iter().find(|e| e["event"] == "step-started");
+            if done < u64::try_from(steps.len()).unwrap_or(u64::MAX) {
+                let first = first.unwrap_or_else(|| panic!("{at:?}: resume ran no step"));
+                assert_eq!(first["number"], done + 1, "{at:?}: {first}");
+            } else {
+                assert!(first.is_none(), "{at:?}: a done step ran again: {first:?}");
+            }
         }
 
-        for (app, before) in s.apps.iter().zip(&before) {
-            let (current, version) = assert_complete_release(app);
-            assert_eq!(version, tag, "{at:?}: {}", app.name);
-            let new: Vec<_> = releases_of(app).difference(before).cloned().collect();
-            assert_eq!(
-                new,
-                vec![current],
-                "{at:?}: {} got exactly one new release, the current one",
-                app.name
-            );
+        assert_on_new_release(&s, &tag, &before, &format!("{at:?}"));
+    }
+    let report = load.stop();
+    let capacity = s.check_capacity().expect("capacity kept");
+    eprintln!(
+        "traffic: {} ok, {} failed; UP at least {:?} in {} samples",
+        report.ok, report.failed, capacity.min_up, capacity.samples
+    );
+    assert_no_failed_request(&report);
+}
+
+/// The coordinator that resumes is killed too: one rollout, SIGKILLed during its
+/// first step, then each `handover resume` SIGKILLed during the next step, up to
+/// the last; then the same with each process killed right after its step's end
+/// record. A final plain resume finishes each rollout, with the same checks as
+/// above (one new release per host, all UP, no failed request, capacity kept).
+#[test]
+fn a_coordinator_killed_at_every_step_of_one_rollout_in_turn_is_resumed_to_the_end() {
+    let s = Scenario::start(ScenarioOptions {
+        apps: 2,
+        capacity: Capacity::MinHealthy(1),
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts");
+    let load = traffic(&s);
+    let chains = [
+        ("during", KillAt::During as fn(usize) -> KillAt),
+        ("after", KillAt::After),
+    ];
+    for (tag, kill_at) in chains {
+        tag_revision(&s, tag);
+        let plan = s
+            .write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(tag, 1, 1))
+            .expect("plan");
+        let steps = planned_steps(&s, &plan);
+        let before: Vec<_> = s.apps.iter().map(releases_of).collect();
+
+        let run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        let first = run.kill_at(kill_at(1), &steps);
+        assert!(first.landed, "{tag}: the rollout ended before the SIGKILL");
+        for n in 2..=steps.len() {
+            let killed = Run::start(&s, &["resume"]).kill_at(kill_at(n), &steps);
+            assert_eq!(killed.rollout, first.rollout, "{tag}: resume took another");
             assert!(
-                app.health_file_present(),
-                "{at:?}: {} left drained",
-                app.name
+                killed.landed || n == steps.len(),
+                "{tag}: the resume ended before the SIGKILL at {:?}",
+                kill_at(n)
             );
         }
-        let up = s
-            .haproxy
-            .show_stat()
-            .expect("show stat")
-            .iter()
-            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-            .count();
-        assert_eq!(up, s.apps.len(), "{at:?}: every app host UP");
-        s.check_capacity()
-            .unwrap_or_else(|e| panic!("{at:?}: capacity: {e:#}"));
+        let last = Run::start(&s, &["resume"]).finish();
+        eprintln!("{tag}: the last resume: {}", last.describe());
+        if last.code == Some(2) {
+            // Killed after the last step: the rollout may already be recorded done.
+            assert!(
+                last.stderr.contains("nothing to resume"),
+                "{}",
+                last.describe()
+            );
+        } else {
+            assert_eq!(last.state(), "succeeded", "{tag}: {}", last.describe());
+        }
+        assert_eq!(journaled_state(&s, &first.rollout), "succeeded", "{tag}");
+        assert_on_new_release(&s, tag, &before, tag);
     }
-    assert_no_failed_request(&load.stop());
+    let report = load.stop();
+    eprintln!("traffic: {} ok, {} failed", report.ok, report.failed);
+    assert_no_failed_request(&report);
     s.check_capacity().expect("capacity kept");
 }
