@@ -1,11 +1,14 @@
 //! Issue 13, "faults proven with traffic running": an agent SIGKILLed in the middle
-//! of a step, HAProxy reloaded mid-rollout, the coordinator's state_dir full. Each
+//! of a step, HAProxy reloaded mid-rollout, the coordinator's state_dir full, the
+//! coordinator SIGKILLed at every step boundary of the engine's own step list and
+//! resumed. Each
 //! runs on the real fleet (HAProxy, Apache, agents over QUIC) with clients going
 //! through HAProxy, and the scenario's capacity monitor polling HAProxy every
 //! 100 ms for the whole test (it fails the test when UP < min_healthy).
 //!
 //! What every test checks, whatever the coordinator chose to do about the fault:
-//! each host's `current` names a complete release, on v1 or v2 (never between);
+//! each host's `current` names a complete release, the old or the new (never
+//! between);
 //! the coordinator ends within a bound (it never hangs on a dead peer); capacity
 //! was kept at every sample; and the fleet can be finished afterwards.
 
