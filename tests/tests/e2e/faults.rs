@@ -746,7 +746,19 @@ fn assert_on_new_release(
 impl Run {
     /// SIGKILLs the coordinator as soon as `at` is seen (checking each step it
     /// starts is the planned one).
-    fn kill_at(mut self, at: KillAt, steps: &[PlannedStep]) -> Killed {
+    fn kill_at(self, at: KillAt, steps: &[PlannedStep]) -> Killed {
+        self.kill_in_phase(false, at, Some(steps))
+    }
+
+    /// SIGKILLs the coordinator at `at` in its first phase, or (`undoing`) in the
+    /// phase it switched to after a failure; checks the steps it starts against
+    /// `steps` when given.
+    fn kill_in_phase(mut self, undoing: bool, at: KillAt, steps: Option<&[PlannedStep]>) -> Killed {
+        if undoing {
+            let switched =
+                self.wait_for(BOUND, |e| e["event"] == "phase" && !e["reason"].is_null());
+            assert!(switched, "no rollback phase: {:#?}", self.seen);
+        }
         let found = self.wait_for(BOUND, |e| at.is_reached_by(e));
         assert!(
             found,
@@ -756,13 +768,15 @@ impl Run {
         let landed = matches!(self.child.try_wait(), Ok(None));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for e in self.seen.iter().filter(|e| e["event"] == "step-started") {
-            let planned = e["number"]
-                .as_u64()
-                .and_then(|n| steps.get(usize::try_from(n).ok()?.checked_sub(1)?));
-            let planned = planned.unwrap_or_else(|| panic!("an unplanned step {e}"));
-            assert_eq!(e["title"], planned.title.as_str(), "{e}");
-            assert_eq!(e["wave"], planned.wave, "{e}");
+        if let Some(steps) = steps {
+            for e in self.seen.iter().filter(|e| e["event"] == "step-started") {
+                let planned = e["number"]
+                    .as_u64()
+                    .and_then(|n| steps.get(usize::try_from(n).ok()?.checked_sub(1)?));
+                let planned = planned.unwrap_or_else(|| panic!("an unplanned step {e}"));
+                assert_eq!(e["title"], planned.title.as_str(), "{e}");
+                assert_eq!(e["wave"], planned.wave, "{e}");
+            }
         }
         let rollout = self
             .seen
@@ -954,6 +968,132 @@ fn a_coordinator_killed_at_every_step_of_one_rollout_in_turn_is_resumed_to_the_e
         }
         assert_eq!(journaled_state(&s, &first.rollout), "succeeded", "{tag}");
         assert_on_new_release(&s, tag, &before, tag);
+    }
+    let report = load.stop();
+    eprintln!("traffic: {} ok, {} failed", report.ok, report.failed);
+    assert_no_failed_request(&report);
+    s.check_capacity().expect("capacity kept");
+}
+
+/// A revision the agents' `verify` refuses fails wave 1's apply and the engine
+/// puts the wave back (its rollback phase). The coordinator is SIGKILLed during
+/// and after each step of that phase (its steps counted from the engine's own
+/// `phase` event of an uncut run), and a plain `handover resume` finishes the
+/// rollback: every host on the release it had, health files back, all UP, no
+/// request failed, capacity kept.
+#[test]
+fn the_coordinator_killed_at_every_step_of_a_rollback_is_resumed_to_the_old_release() {
+    let s = Scenario::start(ScenarioOptions {
+        apps: 2,
+        capacity: Capacity::MinHealthy(1),
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts");
+    let load = traffic(&s);
+    let broken = |n: usize| {
+        let tag = format!("broken-{n}");
+        tag_revision(&s, &tag);
+        s.write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(&tag, 1, 1))
+            .expect("plan")
+            .display()
+            .to_string()
+    };
+    let currents = || -> Vec<String> {
+        s.apps
+            .iter()
+            .map(|a| assert_complete_release(a).0)
+            .collect()
+    };
+    let before = currents();
+
+    // An uncut run: how many steps the rollback phase has, in the engine's words.
+    let plan = broken(0);
+    let uncut = Run::start(&s, &["rollout", &plan, "--yes"]).finish();
+    assert_eq!(uncut.state(), "rolled-back", "{}", uncut.describe());
+    let undo_steps = uncut
+        .events
+        .iter()
+        .find(|e| e["event"] == "phase" && !e["reason"].is_null())
+        .and_then(|e| e["steps"].as_u64())
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or_else(|| panic!("no rollback phase: {}", uncut.describe()));
+    assert!(undo_steps > 0, "an empty rollback phase");
+    let switch = uncut
+        .events
+        .iter()
+        .position(|e| e["event"] == "phase" && !e["reason"].is_null())
+        .unwrap_or(0);
+    eprintln!("the rollback phase has {undo_steps} steps:");
+    for e in uncut.events[switch..]
+        .iter()
+        .filter(|e| e["event"] == "step-started")
+    {
+        eprintln!("  {}. {}", e["number"], e["title"]);
+    }
+
+    let points = (1..=undo_steps).flat_map(|n| [KillAt::During(n), KillAt::After(n)]);
+    for (i, at) in points.enumerate() {
+        let plan = broken(i + 1);
+        let killed = Run::start(&s, &["rollout", &plan, "--yes"]).kill_in_phase(true, at, None);
+        let resumed = Run::start(&s, &["resume"]).finish();
+        eprintln!(
+            "rollback killed at {at:?} (landed: {}); resume: {}",
+            killed.landed,
+            resumed.state()
+        );
+        if at == KillAt::After(undo_steps) && resumed.code == Some(2) {
+            // As in the forward phase: the last step's record is followed at once
+            // by the rollout's own.
+            assert!(
+                resumed.stderr.contains("nothing to resume"),
+                "{}",
+                resumed.describe()
+            );
+        } else {
+            assert!(
+                killed.landed,
+                "{at:?}: the rollout ended before the SIGKILL"
+            );
+            assert_eq!(
+                resumed.state(),
+                "rolled-back",
+                "{at:?}: {}",
+                resumed.describe()
+            );
+            let phase = resumed.events.iter().find(|e| e["event"] == "phase");
+            let phase = phase.unwrap_or_else(|| panic!("{at:?}: resume ran no phase"));
+            assert!(
+                phase["phase"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("rollback"),
+                "{at:?}: resume carries on with the rollback: {phase}"
+            );
+            assert_eq!(phase["steps"], undo_steps, "{at:?}: {phase}");
+        }
+        assert_eq!(
+            journaled_state(&s, &killed.rollout),
+            "rolled-back",
+            "{at:?}"
+        );
+        assert_eq!(currents(), before, "{at:?}: every host back on its release");
+        for app in &s.apps {
+            assert!(
+                app.health_file_present(),
+                "{at:?}: {} left drained",
+                app.name
+            );
+        }
+        let up = s
+            .haproxy
+            .show_stat()
+            .expect("show stat")
+            .iter()
+            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+            .count();
+        assert_eq!(up, s.apps.len(), "{at:?}: every app host UP");
+        s.check_capacity()
+            .unwrap_or_else(|e| panic!("{at:?}: capacity: {e:#}"));
     }
     let report = load.stop();
     eprintln!("traffic: {} ok, {} failed", report.ok, report.failed);
