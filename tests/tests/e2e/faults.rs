@@ -1,11 +1,14 @@
 //! Issue 13, "faults proven with traffic running": an agent SIGKILLed in the middle
-//! of a step, HAProxy reloaded mid-rollout, the coordinator's state_dir full. Each
+//! of a step, HAProxy reloaded mid-rollout, the coordinator's state_dir full, the
+//! coordinator SIGKILLed at every step boundary of the engine's own step list and
+//! resumed. Each
 //! runs on the real fleet (HAProxy, Apache, agents over QUIC) with clients going
 //! through HAProxy, and the scenario's capacity monitor polling HAProxy every
 //! 100 ms for the whole test (it fails the test when UP < min_healthy).
 //!
 //! What every test checks, whatever the coordinator chose to do about the fault:
-//! each host's `current` names a complete release, on v1 or v2 (never between);
+//! each host's `current` names a complete release, the old or the new (never
+//! between);
 //! the coordinator ends within a bound (it never hangs on a dead peer); capacity
 //! was kept at every sample; and the fleet can be finished afterwards.
 
@@ -15,7 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use handover_tests::agents::{output_text, spawn_lines};
-use handover_tests::scenario::{AppHost, BACKEND, Scenario, ScenarioOptions};
+use handover_tests::scenario::{AppHost, BACKEND, Capacity, Scenario, ScenarioOptions};
 use handover_tests::traffic::{Traffic, TrafficOptions, TrafficReport, hold_connection};
 
 /// How long a coordinator may take to notice a fault and stop (or finish). A
@@ -185,6 +188,17 @@ impl Finished {
 /// `current` on `app` names a complete release (a directory under `releases/`
 /// that is not a `.partial-` one and holds the revision's files) on v1 or v2.
 pub(crate) fn assert_on_one_release(app: &AppHost) -> String {
+    let (_, version) = assert_complete_release(app);
+    assert!(
+        version == "v1" || version == "v2",
+        "{}: on {version:?}, neither the old release nor the new",
+        app.name
+    );
+    version
+}
+
+/// `current` on `app` names a complete release; returns its name and version.
+fn assert_complete_release(app: &AppHost) -> (String, String) {
     let link = app.root.join("current");
     let target = std::fs::read_link(&link)
         .unwrap_or_else(|e| panic!("{}: current is not a symlink: {e}", app.name));
@@ -213,13 +227,7 @@ pub(crate) fn assert_on_one_release(app: &AppHost) -> String {
             app.name
         );
     }
-    let version = app.version();
-    assert!(
-        version == "v1" || version == "v2",
-        "{}: on {version:?}, neither the old release nor the new",
-        app.name
-    );
-    version
+    (name.to_owned(), app.version())
 }
 
 /// Every host on `version`, its health file in place, UP in HAProxy.
@@ -595,4 +603,500 @@ fn the_scenario_monitor_sees_capacity_below_min_healthy() {
         "{err:#}"
     );
     assert!(s.check_capacity().is_err(), "no longer checked: says so");
+}
+
+/// Where the coordinator is SIGKILLed, read from its own event stream. The engine
+/// prints each event right after the journal record it reports, so an event seen
+/// is a record on disk: `step-started` N follows step N's start record (its action
+/// then runs), `step-done` N follows its end record (step N+1 not yet started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillAt {
+    /// The rollout is journaled, no step has started (the `phase` event).
+    BeforeFirstStep,
+    /// Step N (1-based) is journaled as started and its action runs.
+    During(usize),
+    /// Step N is journaled as done; the next has not started.
+    After(usize),
+}
+
+impl KillAt {
+    /// Every kill point of a plan of `steps` steps: before the first, and during
+    /// and after each.
+    fn all(steps: usize) -> Vec<KillAt> {
+        std::iter::once(KillAt::BeforeFirstStep)
+            .chain((1..=steps).flat_map(|n| [KillAt::During(n), KillAt::After(n)]))
+            .collect()
+    }
+
+    fn is_reached_by(self, e: &serde_json::Value) -> bool {
+        match self {
+            KillAt::BeforeFirstStep => e["event"] == "phase",
+            KillAt::During(n) => e["event"] == "step-started" && e["number"] == n,
+            KillAt::After(n) => e["event"] == "step-done" && e["number"] == n,
+        }
+    }
+
+    /// Steps the journal holds as done once the event was printed: at least these
+    /// (a step may finish before the SIGKILL lands, never fewer).
+    fn done_at_least(self) -> usize {
+        match self {
+            KillAt::BeforeFirstStep => 0,
+            KillAt::During(n) => n - 1,
+            KillAt::After(n) => n,
+        }
+    }
+}
+
+/// One step of `handover plan --offline --json`.
+#[derive(Debug, serde::Deserialize)]
+struct PlannedStep {
+    number: usize,
+    wave: usize,
+    title: String,
+}
+
+/// The engine's own step list for `plan`: what the kill points are made from.
+fn planned_steps(s: &Scenario, plan: &Path) -> Vec<PlannedStep> {
+    let plan = plan.display().to_string();
+    let out = s.coordinator.run(&["plan", &plan, "--offline", "--json"]);
+    assert!(out.status.success(), "plan --json: {}", output_text(&out));
+    let steps: Vec<PlannedStep> =
+        serde_json::from_slice(&out.stdout).expect("plan --json prints a list of steps");
+    let numbers: Vec<usize> = steps.iter().map(|s| s.number).collect();
+    assert_eq!(
+        numbers,
+        (1..=steps.len()).collect::<Vec<_>>(),
+        "steps numbered from 1"
+    );
+    assert!(steps.len() > 2, "a two-wave plan has steps: {steps:?}");
+    steps
+}
+
+/// Commits and tags a revision `tag` (VERSION and page say so) in the scenario's
+/// repository, so every rollout of the test brings a release no host has had.
+fn tag_revision(s: &Scenario, tag: &str) {
+    use handover_tests::git::git;
+    let git_dir = s.dir().join("git");
+    let work = git_dir.join("app-work");
+    std::fs::write(work.join("VERSION"), format!("{tag}\n")).expect("VERSION");
+    std::fs::write(
+        work.join("index.html"),
+        format!("<html><body>shop {tag}</body></html>\n"),
+    )
+    .expect("index.html");
+    git(&work, &["commit", "-q", "-am", tag]).expect("commit");
+    git(&work, &["tag", tag]).expect("tag");
+    let bare = git_dir.join("app.git").display().to_string();
+    git(&work, &["push", "-q", &bare, tag]).expect("push the tag");
+}
+
+/// The complete releases under `app`'s `releases/` (not `.partial-` ones).
+fn releases_of(app: &AppHost) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(app.root.join("releases"))
+        .expect("releases/")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+/// What a SIGKILL interrupted.
+struct Killed {
+    /// The rollout's id (its `phase` event).
+    rollout: String,
+    /// The process still ran when the signal was sent.
+    landed: bool,
+}
+
+/// Every host on `tag`'s release, exactly one new release each (the one `current`
+/// names) since `before`, health files back, all UP, capacity kept so far.
+fn assert_on_new_release(
+    s: &Scenario,
+    tag: &str,
+    before: &[std::collections::BTreeSet<String>],
+    when: &str,
+) {
+    for (app, before) in s.apps.iter().zip(before) {
+        let (current, version) = assert_complete_release(app);
+        assert_eq!(version, tag, "{when}: {}", app.name);
+        let new: Vec<_> = releases_of(app).difference(before).cloned().collect();
+        assert_eq!(
+            new,
+            vec![current],
+            "{when}: {} got exactly one new release, the current one",
+            app.name
+        );
+        assert!(
+            app.health_file_present(),
+            "{when}: {} left drained",
+            app.name
+        );
+    }
+    let up = s
+        .haproxy
+        .show_stat()
+        .expect("show stat")
+        .iter()
+        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+        .count();
+    assert_eq!(up, s.apps.len(), "{when}: every app host UP");
+    s.check_capacity()
+        .unwrap_or_else(|e| panic!("{when}: capacity: {e:#}"));
+}
+
+impl Run {
+    /// SIGKILLs the coordinator as soon as `at` is seen (checking each step it
+    /// starts is the planned one).
+    fn kill_at(self, at: KillAt, steps: &[PlannedStep]) -> Killed {
+        self.kill_in_phase(false, at, Some(steps))
+    }
+
+    /// SIGKILLs the coordinator at `at` in its first phase, or (`undoing`) in the
+    /// phase it switched to after a failure; checks the steps it starts against
+    /// `steps` when given.
+    fn kill_in_phase(mut self, undoing: bool, at: KillAt, steps: Option<&[PlannedStep]>) -> Killed {
+        if undoing {
+            let switched =
+                self.wait_for(BOUND, |e| e["event"] == "phase" && !e["reason"].is_null());
+            assert!(switched, "no rollback phase: {:#?}", self.seen);
+        }
+        let found = self.wait_for(BOUND, |e| at.is_reached_by(e));
+        assert!(
+            found,
+            "never reached {at:?}; last events {:#?}",
+            self.seen.iter().rev().take(6).collect::<Vec<_>>()
+        );
+        let landed = matches!(self.child.try_wait(), Ok(None));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(steps) = steps {
+            for e in self.seen.iter().filter(|e| e["event"] == "step-started") {
+                let planned = e["number"]
+                    .as_u64()
+                    .and_then(|n| steps.get(usize::try_from(n).ok()?.checked_sub(1)?));
+                let planned = planned.unwrap_or_else(|| panic!("an unplanned step {e}"));
+                assert_eq!(e["title"], planned.title.as_str(), "{e}");
+                assert_eq!(e["wave"], planned.wave, "{e}");
+            }
+        }
+        let rollout = self
+            .seen
+            .iter()
+            .find(|e| e["event"] == "phase")
+            .and_then(|e| e["rollout"].as_str())
+            .unwrap_or_else(|| panic!("{at:?}: no phase event naming the rollout"))
+            .to_owned();
+        Killed { rollout, landed }
+    }
+}
+
+/// The rollout's state in `handover history --json`.
+fn journaled_state(s: &Scenario, rollout: &str) -> String {
+    let out = s.coordinator.run(&["history", "--json"]);
+    assert!(out.status.success(), "history: {}", output_text(&out));
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("history --json is a list");
+    records
+        .iter()
+        .find(|r| r["id"] == rollout)
+        .and_then(|r| r["state"].as_str())
+        .unwrap_or_else(|| panic!("{rollout} not in history: {records:?}"))
+        .to_owned()
+}
+
+/// A fleet of two hosts, batch 1, min_healthy 1, clients running throughout: the
+/// coordinator is SIGKILLed at every kill point of the engine's own step list
+/// (before the first step, then during and after each), each time rolling to a
+/// revision no host has had, and a plain `handover resume` finishes it. Every run
+/// ends with both hosts on the new release (exactly one new release each, the
+/// one `current` names), health files back, both UP; no request failed; UP never
+/// fell below min_healthy (the scenario's monitor, every 100 ms).
+#[test]
+fn the_coordinator_killed_at_every_step_boundary_is_resumed_to_the_new_release() {
+    let s = Scenario::start(ScenarioOptions {
+        apps: 2,
+        capacity: Capacity::MinHealthy(1),
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts");
+    let load = Traffic::start(
+        s.frontend(),
+        TrafficOptions {
+            clients: 2,
+            pause: Duration::from_millis(25),
+            max_duration: Duration::from_secs(1200),
+            ..TrafficOptions::default()
+        },
+    )
+    .expect("traffic starts");
+    let first = s
+        .write_plan("plan-v2.toml", &s.in_place_plan("v2", 1, 1))
+        .expect("plan");
+    let steps = planned_steps(&s, &first);
+    let points = KillAt::all(steps.len());
+    eprintln!("{} steps, {} kill points:", steps.len(), points.len());
+    for step in &steps {
+        eprintln!("  {:>2}. wave {}: {}", step.number, step.wave, step.title);
+    }
+
+    for (i, at) in points.iter().enumerate() {
+        let tag = format!("r{}", i + 1);
+        tag_revision(&s, &tag);
+        let plan = s
+            .write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(&tag, 1, 1))
+            .expect("plan");
+        // The same steps, titled with this revision.
+        let this = planned_steps(&s, &plan);
+        assert_eq!(this.len(), steps.len(), "{tag}: {this:?}");
+        let before: Vec<_> = s.apps.iter().map(releases_of).collect();
+        let started = Instant::now();
+
+        let run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        let killed = run.kill_at(*at, &this);
+        let resumed = Run::start(&s, &["resume"]).finish();
+        let phase = resumed
+            .events
+            .iter()
+            .find(|e| e["event"] == "phase")
+            .cloned();
+        eprintln!(
+            "{tag} killed at {at:?} (landed: {}); resume: {} after {:?}, journal had {:?} of {} done",
+            killed.landed,
+            resumed.state(),
+            started.elapsed(),
+            phase.as_ref().map(|p| &p["done"]),
+            steps.len()
+        );
+        if *at == KillAt::After(steps.len()) && resumed.code == Some(2) {
+            // The last step's end record is followed at once by the rollout's own
+            // `succeeded` record, with no event between: a SIGKILL after it finds
+            // the rollout over, and resume says there is nothing to do.
+            assert!(
+                resumed.stderr.contains("nothing to resume"),
+                "{at:?}: {}",
+                resumed.describe()
+            );
+            assert_eq!(journaled_state(&s, &killed.rollout), "succeeded", "{at:?}");
+        } else {
+            assert!(
+                killed.landed,
+                "{at:?}: the rollout ended before the SIGKILL"
+            );
+            assert_eq!(
+                resumed.state(),
+                "succeeded",
+                "{at:?}: {}",
+                resumed.describe()
+            );
+            let phase = phase.unwrap_or_else(|| panic!("{at:?}: resume ran no phase"));
+            assert_eq!(phase["rollout"], killed.rollout.as_str(), "{at:?}: {phase}");
+            assert_eq!(phase["steps"], steps.len(), "{at:?}: {phase}");
+            let done = phase["done"].as_u64().unwrap_or(0);
+            assert!(
+                done >= u64::try_from(at.done_at_least()).unwrap_or(u64::MAX),
+                "{at:?}: the journal lost a record the events reported: {phase}"
+            );
+            // Resume carries on from the first step not done: the interrupted one.
+            let first = resumed.events.iter().find(|e| e["event"] == "step-started");
+            if done < u64::try_from(steps.len()).unwrap_or(u64::MAX) {
+                let first = first.unwrap_or_else(|| panic!("{at:?}: resume ran no step"));
+                assert_eq!(first["number"], done + 1, "{at:?}: {first}");
+            } else {
+                assert!(first.is_none(), "{at:?}: a done step ran again: {first:?}");
+            }
+        }
+
+        assert_on_new_release(&s, &tag, &before, &format!("{at:?}"));
+    }
+    let report = load.stop();
+    let capacity = s.check_capacity().expect("capacity kept");
+    eprintln!(
+        "traffic: {} ok, {} failed; UP at least {:?} in {} samples",
+        report.ok, report.failed, capacity.min_up, capacity.samples
+    );
+    assert_no_failed_request(&report);
+}
+
+/// The coordinator that resumes is killed too: one rollout, SIGKILLed during its
+/// first step, then each `handover resume` SIGKILLed during the next step, up to
+/// the last; then the same with each process killed right after its step's end
+/// record. A final plain resume finishes each rollout, with the same checks as
+/// above (one new release per host, all UP, no failed request, capacity kept).
+#[test]
+fn a_coordinator_killed_at_every_step_of_one_rollout_in_turn_is_resumed_to_the_end() {
+    let s = Scenario::start(ScenarioOptions {
+        apps: 2,
+        capacity: Capacity::MinHealthy(1),
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts");
+    let load = traffic(&s);
+    let chains = [
+        ("during", KillAt::During as fn(usize) -> KillAt),
+        ("after", KillAt::After),
+    ];
+    for (tag, kill_at) in chains {
+        tag_revision(&s, tag);
+        let plan = s
+            .write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(tag, 1, 1))
+            .expect("plan");
+        let steps = planned_steps(&s, &plan);
+        let before: Vec<_> = s.apps.iter().map(releases_of).collect();
+
+        let run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        let first = run.kill_at(kill_at(1), &steps);
+        assert!(first.landed, "{tag}: the rollout ended before the SIGKILL");
+        for n in 2..=steps.len() {
+            let killed = Run::start(&s, &["resume"]).kill_at(kill_at(n), &steps);
+            assert_eq!(killed.rollout, first.rollout, "{tag}: resume took another");
+            assert!(
+                killed.landed || n == steps.len(),
+                "{tag}: the resume ended before the SIGKILL at {:?}",
+                kill_at(n)
+            );
+        }
+        let last = Run::start(&s, &["resume"]).finish();
+        eprintln!("{tag}: the last resume: {}", last.describe());
+        if last.code == Some(2) {
+            // Killed after the last step: the rollout may already be recorded done.
+            assert!(
+                last.stderr.contains("nothing to resume"),
+                "{}",
+                last.describe()
+            );
+        } else {
+            assert_eq!(last.state(), "succeeded", "{tag}: {}", last.describe());
+        }
+        assert_eq!(journaled_state(&s, &first.rollout), "succeeded", "{tag}");
+        assert_on_new_release(&s, tag, &before, tag);
+    }
+    let report = load.stop();
+    eprintln!("traffic: {} ok, {} failed", report.ok, report.failed);
+    assert_no_failed_request(&report);
+    s.check_capacity().expect("capacity kept");
+}
+
+/// A revision the agents' `verify` refuses fails wave 1's apply and the engine
+/// puts the wave back (its rollback phase). The coordinator is SIGKILLed during
+/// and after each step of that phase (its steps counted from the engine's own
+/// `phase` event of an uncut run), and a plain `handover resume` finishes the
+/// rollback: every host on the release it had, health files back, all UP, no
+/// request failed, capacity kept.
+#[test]
+fn the_coordinator_killed_at_every_step_of_a_rollback_is_resumed_to_the_old_release() {
+    let s = Scenario::start(ScenarioOptions {
+        apps: 2,
+        capacity: Capacity::MinHealthy(1),
+        ..ScenarioOptions::default()
+    })
+    .expect("fleet starts");
+    let load = traffic(&s);
+    let broken = |n: usize| {
+        let tag = format!("broken-{n}");
+        tag_revision(&s, &tag);
+        s.write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(&tag, 1, 1))
+            .expect("plan")
+            .display()
+            .to_string()
+    };
+    let currents = || -> Vec<String> {
+        s.apps
+            .iter()
+            .map(|a| assert_complete_release(a).0)
+            .collect()
+    };
+    let before = currents();
+
+    // An uncut run: how many steps the rollback phase has, in the engine's words.
+    let plan = broken(0);
+    let uncut = Run::start(&s, &["rollout", &plan, "--yes"]).finish();
+    assert_eq!(uncut.state(), "rolled-back", "{}", uncut.describe());
+    let undo_steps = uncut
+        .events
+        .iter()
+        .find(|e| e["event"] == "phase" && !e["reason"].is_null())
+        .and_then(|e| e["steps"].as_u64())
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or_else(|| panic!("no rollback phase: {}", uncut.describe()));
+    assert!(undo_steps > 0, "an empty rollback phase");
+    let switch = uncut
+        .events
+        .iter()
+        .position(|e| e["event"] == "phase" && !e["reason"].is_null())
+        .unwrap_or(0);
+    eprintln!("the rollback phase has {undo_steps} steps:");
+    for e in uncut.events[switch..]
+        .iter()
+        .filter(|e| e["event"] == "step-started")
+    {
+        eprintln!("  {}. {}", e["number"], e["title"]);
+    }
+
+    let points = (1..=undo_steps).flat_map(|n| [KillAt::During(n), KillAt::After(n)]);
+    for (i, at) in points.enumerate() {
+        let plan = broken(i + 1);
+        let killed = Run::start(&s, &["rollout", &plan, "--yes"]).kill_in_phase(true, at, None);
+        let resumed = Run::start(&s, &["resume"]).finish();
+        eprintln!(
+            "rollback killed at {at:?} (landed: {}); resume: {}",
+            killed.landed,
+            resumed.state()
+        );
+        if at == KillAt::After(undo_steps) && resumed.code == Some(2) {
+            // As in the forward phase: the last step's record is followed at once
+            // by the rollout's own.
+            assert!(
+                resumed.stderr.contains("nothing to resume"),
+                "{}",
+                resumed.describe()
+            );
+        } else {
+            assert!(
+                killed.landed,
+                "{at:?}: the rollout ended before the SIGKILL"
+            );
+            assert_eq!(
+                resumed.state(),
+                "rolled-back",
+                "{at:?}: {}",
+                resumed.describe()
+            );
+            let phase = resumed.events.iter().find(|e| e["event"] == "phase");
+            let phase = phase.unwrap_or_else(|| panic!("{at:?}: resume ran no phase"));
+            assert!(
+                phase["phase"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("rollback"),
+                "{at:?}: resume carries on with the rollback: {phase}"
+            );
+            assert_eq!(phase["steps"], undo_steps, "{at:?}: {phase}");
+        }
+        assert_eq!(
+            journaled_state(&s, &killed.rollout),
+            "rolled-back",
+            "{at:?}"
+        );
+        assert_eq!(currents(), before, "{at:?}: every host back on its release");
+        for app in &s.apps {
+            assert!(
+                app.health_file_present(),
+                "{at:?}: {} left drained",
+                app.name
+            );
+        }
+        let up = s
+            .haproxy
+            .show_stat()
+            .expect("show stat")
+            .iter()
+            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+            .count();
+        assert_eq!(up, s.apps.len(), "{at:?}: every app host UP");
+        s.check_capacity()
+            .unwrap_or_else(|e| panic!("{at:?}: capacity: {e:#}"));
+    }
+    let report = load.stop();
+    eprintln!("traffic: {} ok, {} failed", report.ok, report.failed);
+    assert_no_failed_request(&report);
+    s.check_capacity().expect("capacity kept");
 }
