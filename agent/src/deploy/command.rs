@@ -560,6 +560,12 @@ mod tests {
         let done = run_shell(&sh).await.expect("sh runs");
         assert!(done.success());
         let pgid = pgid_of(&done);
+        // SIGKILL is sent when the hook ends; the kernel takes a moment to end
+        // the processes (seen under load): wait for that, boundedly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while group_is_running(pgid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!group_is_running(pgid), "the hook's children outlived it");
         assert_eq!(
             std::fs::read_dir(dir.path().join("hooks-running"))

@@ -486,8 +486,9 @@ impl Runner {
             let started = Instant::now();
             let actions = self.actions.clone();
             let facts = self.record.facts.clone();
+            let ui = self.ui.clone();
             let (result, interrupted) = tokio::select! {
-                r = actions.run(step, &facts) => (r, false),
+                r = run_retrying(actions.as_ref(), step, &facts, &ui) => (r, false),
                 () = interrupted(&mut interrupts, forward) => {
                     (Err(anyhow::anyhow!("interrupted by the operator")), true)
                 }
@@ -545,6 +546,42 @@ impl Runner {
                     unreachable: ops::is_unreachable(&e),
                 }))
             }
+        }
+    }
+}
+
+/// How often a step whose host did not answer is tried again before the rollout
+/// halts, and the pause before each try: a restarted agent (systemd restarts it
+/// within seconds) is back by then, and every step is idempotent, so trying
+/// again is safe. Past that, the rollout halts with capacity kept for `resume`.
+const UNREACHABLE_RETRIES: u32 = 3;
+/// See [`UNREACHABLE_RETRIES`].
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `step`, trying again (after [`RETRY_PAUSE`]) while its host did not
+/// answer, at most [`UNREACHABLE_RETRIES`] times; any other failure ends it.
+async fn run_retrying(
+    actions: &dyn Actions,
+    step: &steps::Step,
+    facts: &Facts,
+    ui: &Ui,
+) -> anyhow::Result<Done> {
+    let mut tried = 0;
+    loop {
+        match actions.run(step, facts).await {
+            Err(e) if ops::is_unreachable(&e) && tried < UNREACHABLE_RETRIES => {
+                tried += 1;
+                let hosts: Vec<&str> = step.hosts.iter().map(|h| h.as_str()).collect();
+                ui.show(Event::Progress {
+                    host: hosts.join(", "),
+                    text: format!(
+                        "no answer ({e:#}); trying again in {} ({tried} of {UNREACHABLE_RETRIES})",
+                        handover_common::duration::format(RETRY_PAUSE)
+                    ),
+                });
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            result => return result,
         }
     }
 }
@@ -926,11 +963,34 @@ mod tests {
             }
         }
 
+        /// Issue 13: an agent restarted mid-step (SIGKILL + systemd) made the step
+        /// fail at once; a host back within the retries now finishes the step.
+        #[tokio::test(start_paused = true)]
+        async fn a_host_that_answers_again_within_the_retries_finishes_the_rollout() {
+            let bench = Bench::new(THREE);
+            let at = Trigger::Step(discriminant(&Action::WaitForSessionsToEnd), host("web-2"));
+            for _ in 0..UNREACHABLE_RETRIES {
+                bench.fake.inject(at.clone(), Fault::Unreachable);
+            }
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            bench.assert_all_on(NEW);
+            let w = bench.fake.world();
+            assert!(
+                !w.log
+                    .iter()
+                    .any(|(a, _)| matches!(a, Action::ActivatePreviousRelease)),
+                "nothing rolled back"
+            );
+        }
+
         #[tokio::test(start_paused = true)]
         async fn an_unreachable_host_halts_and_a_plain_resume_carries_on() {
             let bench = Bench::new(THREE);
             let at = Trigger::Step(discriminant(&Action::RemoveHealthCheckFile), host("web-2"));
-            bench.fake.inject(at, Fault::Unreachable);
+            for _ in 0..=UNREACHABLE_RETRIES {
+                bench.fake.inject(at.clone(), Fault::Unreachable);
+            }
             let state = bench.run(false).await.expect("ends").expect("runs");
             assert_eq!(state, RolloutState::Halted);
             assert_eq!(
@@ -956,7 +1016,9 @@ mod tests {
             ] {
                 let bench = Bench::new(THREE);
                 let at = Trigger::Step(discriminant(&action), host("web-2"));
-                bench.fake.inject(at, Fault::Unreachable);
+                for _ in 0..=UNREACHABLE_RETRIES {
+                    bench.fake.inject(at.clone(), Fault::Unreachable);
+                }
                 let state = bench.run(false).await.expect("ends").expect("runs");
                 assert_eq!(state, RolloutState::Halted, "{action:?}");
                 {

@@ -1492,11 +1492,10 @@ mod faults {
     /// first call (restore the health-check file) failed on the same dead
     /// connection, and the rollout ended `failed` with web-1 left drained. Fixed on
     /// the agent side (its QUIC reset and connection-id keys survive a restart, so
-    /// the old connection is reset at once): now the rollout is rolled back within
-    /// seconds. Still expected: the engine retries the step on the restarted agent
-    /// (within a bound) and the rollout succeeds.
+    /// the old connection is reset at once), then the rollout was rolled back
+    /// within seconds. Now the engine tries a step whose host did not answer again
+    /// (3 times, 3 s apart) and the rollout succeeds.
     #[test]
-    #[ignore = "issue 13: the engine does not retry a step whose agent restarted; coordinator/src/rollout/* is being rewritten on branch lease"]
     fn a_rollout_survives_an_agent_restarted_during_the_drain_wait() {
         let mut s = scenario("");
         let held = hold_connection(
