@@ -339,6 +339,16 @@ fn up_servers(socket: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `body`, once the server listens: the first deploy's reload hook starts Apache,
+/// which daemonizes and binds a moment after the hook returns (seen under load).
+fn body_once_listening(addr: SocketAddr, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    body(addr, path)
+}
+
 fn body(addr: SocketAddr, path: &str) -> String {
     match get(addr, path, None) {
         Ok(r) if r.is_success() => r.body,
@@ -459,7 +469,7 @@ fn the_readme_fleet_setup_works_as_written_through_a_rollout_under_traffic() {
         if line.starts_with("handover attach") {
             for host in [&web1, &web2] {
                 assert!(
-                    body(host.http_addr(), "/").contains("shop v1"),
+                    body_once_listening(host.http_addr(), "/").contains("shop v1"),
                     "{}: the first deploy's reload must have started Apache on v1",
                     host.name
                 );
