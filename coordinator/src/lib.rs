@@ -12,5 +12,6 @@ pub mod gate;
 pub(crate) mod journal;
 pub mod lb;
 pub(crate) mod output;
-pub(crate) mod plan;
+/// Public for the plan fuzz target (common/fuzz), which parses plans as `handover plan` does.
+pub mod plan;
 pub(crate) mod rollout;
