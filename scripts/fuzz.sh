@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_DIR=common/fuzz
 SCALE=${FUZZ_SCALE:-1}
+[[ $SCALE =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: FUZZ_SCALE must be a whole number from 1 (got \"$SCALE\")" >&2; exit 2; }
 # `none` is the fast default: the code under test forbids `unsafe`, and libFuzzer
 # still catches every panic, overflow (debug assertions on) and runaway allocation.
 SANITIZER=${FUZZ_SANITIZER:-none}
