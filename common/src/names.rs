@@ -126,6 +126,33 @@ simple_name!(
     check_dialable
 );
 
+simple_name!(
+    /// A deployment input's key (`[inputs]` in a plan, `handover inputs set KEY=VALUE`):
+    /// it reaches hooks and providers as the environment variable
+    /// `HANDOVER_INPUT_<KEY>`, so it must be a name every shell and `env` accept.
+    InputKey,
+    "input key",
+    64,
+    check_env_name
+);
+
+/// An environment variable's name: `[A-Z0-9_]`, not starting with a digit. Lower
+/// case is refused rather than folded, so `app_env` and `APP_ENV` can never be two
+/// keys that reach a hook as one variable.
+fn check_env_name(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    let ok = value
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !ok || value.as_bytes()[0].is_ascii_digit() {
+        return Err(invalid(
+            what,
+            value,
+            "use upper-case letters, digits and '_' only, not starting with a digit (e.g. APP_ENV)",
+        ));
+    }
+    Ok(())
+}
+
 /// A host name is what the coordinator hands TLS as the server name it dials, so
 /// it must be a DNS name TLS accepts: `10` passed the simple rule but no
 /// coordinator could ever dial it (issue 13). DNS refuses a name whose last label
@@ -741,5 +768,19 @@ mod tests {
             assert!(check_lease_owner(bad).is_err(), "{bad:?}");
         }
         assert!(check_lease_owner(&"x".repeat(201)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod input_key_tests {
+    use super::InputKey;
+
+    #[test]
+    fn input_keys_are_environment_names() {
+        assert!(InputKey::new("APP_ENV").is_ok());
+        assert!(InputKey::new("DB_2").is_ok());
+        for bad in ["app_env", "2FAST", "A-B", "A.B", "", "A B", "A=B"] {
+            assert!(InputKey::new(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
