@@ -5,7 +5,17 @@
 # Idempotent; needs root (or sudo).
 set -euo pipefail
 
-packages=(haproxy apache2 git rpm iproute2 ca-certificates dpkg-dev man-db)
+# One package per line, so a feature adds its own line.
+packages=(
+  haproxy
+  apache2
+  git
+  rpm
+  iproute2
+  ca-certificates
+  dpkg-dev
+  man-db
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
