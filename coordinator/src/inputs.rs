@@ -130,7 +130,7 @@ pub enum BadInput {
         arg: String,
     },
     /// The key is not an environment name.
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] handover_common::names::InvalidName),
     /// The value holds a NUL.
     #[error(
@@ -405,14 +405,33 @@ pub fn from_csv(bytes: &[u8]) -> Result<Inputs, BadInput> {
 
 // --- the store -------------------------------------------------------------
 
-/// Who makes a change: `user@bastion`.
+/// Who makes a change: `user@bastion`, the user as sudo or the login named them,
+/// else by the process's uid.
 pub fn who() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".into());
+    let named = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty() && !u.chars().any(char::is_control));
+    let user = named.unwrap_or_else(user_of_uid);
     format!("{user}@{}", crate::rollout::lease::this_host())
+}
+
+/// This process's user name from /etc/passwd, or `uid N`.
+fn user_of_uid() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn decode(number: u64, bytes: &[u8]) -> anyhow::Result<InputsVersion> {
@@ -452,7 +471,8 @@ pub fn version(journal: &Journal, n: Version) -> anyhow::Result<InputsVersion> {
     find(&all, n).cloned()
 }
 
-fn find(all: &[InputsVersion], n: Version) -> anyhow::Result<&InputsVersion> {
+/// Version `n` of `all`, or an error that says which exist.
+pub fn find(all: &[InputsVersion], n: Version) -> anyhow::Result<&InputsVersion> {
     all.iter().find(|v| v.version == n).ok_or_else(|| match all.last() {
         Some(last) => anyhow::anyhow!(
             "there is no inputs version {n}: versions are 1 to {}; `handover inputs history` lists them",
