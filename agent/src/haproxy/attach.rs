@@ -79,6 +79,7 @@ async fn put_in_rotation(
     for b in backends {
         check_backend_exists(&stat, b.as_str())?;
     }
+    lb.adopt(&mut members, &stat, server, Some(app))?;
     let mut targets = Vec::new();
     for b in backends.iter().map(BackendName::as_str) {
         let placement = place(lb.config, &stat, members.get(), b, server, app)?;
@@ -124,6 +125,15 @@ pub fn place(
     app: SocketAddr,
 ) -> Result<Placement, Failure> {
     if let Some(existing) = members.get(backend, server) {
+        if existing.app != app && existing.kind == ServerKind::Config {
+            return Err(Failure::new(
+                FailureKind::Refused,
+                format!(
+                    "{server} is {backend}/{} of haproxy.cfg at {}, not {app}: make haproxy.cfg and [[hosts]] app in handover.toml agree",
+                    existing.haproxy_name, existing.app
+                ),
+            ));
+        }
         if existing.app != app {
             return Err(Failure::new(
                 FailureKind::Refused,

@@ -122,7 +122,8 @@ impl<'a> Balancer<'a> {
     ) -> Result<(), Failure> {
         let bs = server_path(backend, &member.haproxy_name);
         match (member.kind, present) {
-            (ServerKind::Dynamic, true) => {}
+            // A config line keeps its own address and check settings.
+            (ServerKind::Config, _) | (ServerKind::Dynamic, true) => {}
             (ServerKind::Dynamic, false) => {
                 let args = self.config.check_args();
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -139,6 +140,29 @@ impl<'a> Balancer<'a> {
             ServerState::Ready => self.make_check_fresh(&bs).await,
             other => self.set_admin_state(&bs, other).await,
         }
+    }
+
+    /// Adopts `host`'s plain config server in every managed backend where it is
+    /// not a member yet ([`super::adopt`]), recording it before anything else
+    /// happens to it. HAProxy is not changed.
+    pub fn adopt(
+        &self,
+        members: &mut Members<'_>,
+        stat: &Stat,
+        host: &HostName,
+        app: Option<std::net::SocketAddr>,
+    ) -> Result<(), Failure> {
+        for backend in self.config.managed_backends() {
+            let backend = backend.as_str();
+            if let Some(member) =
+                super::adopt::find(self.config, stat, members.get(), backend, host, app)?
+            {
+                tracing::info!(%host, backend, haproxy_name = %member.haproxy_name, app = %member.app, state = member.state.as_str(), "adopted a server of haproxy.cfg");
+                members.get().insert(backend, host.clone(), member);
+                members.save()?;
+            }
+        }
+        Ok(())
     }
 
     /// `set server B/S state ...` as it is: from maintenance, `ready` reads UP at

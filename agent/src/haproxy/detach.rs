@@ -24,7 +24,12 @@ pub async fn detach(
     reporter: &Reporter,
 ) -> Result<LbReply, Failure> {
     let deadline = deadline_after(timeout.unwrap_or(lb.config.detach_timeout));
-    let carried = lb.members().await?.get().of_host(server);
+    let carried = {
+        let mut members = lb.members().await?;
+        let stat = lb.read_stat().await?;
+        lb.adopt(&mut members, &stat, server, None)?;
+        members.get().of_host(server)
+    };
     if carried.is_empty() {
         return Ok(LbReply::Detached(Vec::new()));
     }
@@ -59,7 +64,8 @@ async fn take_out(
     members.save()?;
     let stat = lb.read_stat().await?;
     let mut sessions_cut = 0;
-    if let Some(row) = stat.server(backend, &member.haproxy_name) {
+    let row = stat.server(backend, &member.haproxy_name);
+    if let Some(row) = row {
         lb.set_admin_state(&bs, ServerState::Maint).await?;
         if force && (row.scur > 0 || row.qcur > 0) {
             lb.cut_sessions(&bs).await?;
@@ -69,8 +75,12 @@ async fn take_out(
             lb.delete_when_idle(&bs, deadline).await?;
         }
     }
-    members.get().remove(backend, server);
-    members.save()?;
+    // A config server stays in haproxy.cfg: it is kept as a member in
+    // maintenance, so a reload (which enables it again) is put right.
+    if member.kind != ServerKind::Config || row.is_none() {
+        members.get().remove(backend, server);
+        members.save()?;
+    }
     tracing::info!(%server, %backend, haproxy_name = %member.haproxy_name, force, "detached");
     Ok(Removed {
         backend: BackendName::new(backend)

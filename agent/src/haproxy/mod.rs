@@ -4,6 +4,7 @@
 //! (which app host sits on which HAProxy server, kept in state_dir). Each request
 //! is one short module that asks it, and a request passes each file once:
 //!
+//! * [`adopt`]: plain `server` lines of haproxy.cfg become their host's.
 //! * [`attach`]: place the host, make the check fresh, wait for UP ([`wait`]).
 //! * [`detach`]: wait for sessions to end ([`wait`]), then take the host out.
 //! * [`state`]: an attached host's admin state.
@@ -15,6 +16,7 @@
 //! [`show`] (`show stat` / `show info` read by header name), [`membership`] (the
 //! file), [`config`] (`[haproxy]`).
 
+pub mod adopt;
 pub mod attach;
 pub mod balancer;
 pub mod cli;

@@ -40,6 +40,8 @@ async fn change_state(
     state: ServerState,
 ) -> Result<Vec<Target>, Failure> {
     let mut members = lb.members().await?;
+    let stat = lb.read_stat().await?;
+    lb.adopt(&mut members, &stat, server, None)?;
     let carried = members.get().of_host(server);
     if carried.is_empty() {
         return Err(Failure::new(
@@ -49,7 +51,6 @@ async fn change_state(
             ),
         ));
     }
-    let stat = lb.read_stat().await?;
     let mut fresh = Vec::new();
     for (backend, member) in carried {
         members.get().set_state(&backend, server, state);

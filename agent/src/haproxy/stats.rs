@@ -5,12 +5,22 @@ use handover_common::names::HostName;
 use handover_common::proto::Failure;
 use handover_common::proto::lb::{LbReply, LbStatus, ServerStats};
 
+use handover_common::proto::lb::ServerKind;
+
+use super::adopt::host_by_name;
 use super::balancer::Balancer;
 
 /// Stats of the named hosts (every attached host when empty).
 pub async fn stats(lb: &Balancer<'_>, servers: &[HostName]) -> Result<LbReply, Failure> {
     let mut members = lb.members().await?;
     let stat = lb.read_stat().await?;
+    for host in servers {
+        // A server that cannot be adopted is reported as not attached; detach and
+        // attach, which need it, say why.
+        if let Err(e) = lb.adopt(&mut members, &stat, host, None) {
+            tracing::warn!(%host, error = %e.message, "not adopting");
+        }
+    }
     let members = members.get();
     let hosts: Vec<HostName> = if servers.is_empty() {
         members.hosts()
@@ -35,7 +45,15 @@ pub async fn all_servers(lb: &Balancer<'_>) -> Result<Vec<ServerStats>, Failure>
         .servers
         .iter()
         .filter(|r| managed.iter().any(|b| b.as_str() == r.backend))
-        .map(|r| members.stats_of_row(r))
+        .map(|r| {
+            match (
+                members.host_of(&r.backend, &r.server),
+                host_by_name(lb.config, r),
+            ) {
+                (None, Some(host)) => r.stats(Some(&host), ServerKind::Config),
+                _ => members.stats_of_row(r),
+            }
+        })
         .collect())
 }
 

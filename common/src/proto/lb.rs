@@ -139,6 +139,10 @@ pub enum ServerKind {
     Dynamic,
     /// A server the agent does not manage (declared in the HAProxy config).
     Other,
+    /// A plain `server` line of haproxy.cfg that the agent adopted for the host of
+    /// its name or address (an existing fleet): drained and detached by state,
+    /// never removed from the config.
+    Config,
 }
 
 /// One server in one backend, from `show stat` (read by header name).
