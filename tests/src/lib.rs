@@ -14,6 +14,7 @@ pub mod flood;
 pub mod git;
 pub mod haproxy;
 pub mod http;
+pub mod inputs;
 pub mod monitor;
 pub mod ports;
 pub mod process;

@@ -1,6 +1,7 @@
 //! The end-to-end suite: one binary, so fleet tests share one process and run one
 //! at a time (each takes the harness's serial guard).
 
+mod adopt;
 mod dayone;
 mod deploy;
 mod drain;
