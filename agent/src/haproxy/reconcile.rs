@@ -156,5 +156,12 @@ mod tests {
         assert_eq!(repair(&ready_slot, None), Repair::Missing);
         let dynamic = member(ServerKind::Dynamic, ServerState::Ready);
         assert_eq!(repair(&dynamic, None), Repair::Apply { present: false });
+        // An adopted config server that was detached comes back enabled from
+        // haproxy.cfg on a reload: it is put back in maintenance.
+        let detached = member(ServerKind::Config, ServerState::Maint);
+        assert_eq!(
+            repair(&detached, stat.server("b", "up")),
+            Repair::Apply { present: true }
+        );
     }
 }
