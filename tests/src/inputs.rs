@@ -37,8 +37,13 @@ pub struct PlainFleet {
 
 impl PlainFleet {
     /// Starts `apps` app hosts on v1, each a plain server line of HAProxy's
-    /// [`BACKEND`], and waits until HAProxy reports every one UP.
+    /// [`BACKEND`] named after its host, and waits until HAProxy reports every one UP.
     pub fn start(apps: u8) -> anyhow::Result<Self> {
+        Self::start_named(apps, |n| format!("web-{n}"))
+    }
+
+    /// As [`Self::start`], host `web-N`'s server line named `server_name(N)`.
+    pub fn start_named(apps: u8, server_name: impl Fn(u8) -> String) -> anyhow::Result<Self> {
         let serial = crate::fleet::serial();
         let work = Workdir::new()?;
         let repo = crate::git::versions_repo(&work.subdir("git")?)?;
@@ -70,7 +75,7 @@ impl PlainFleet {
                 },
             )?;
             let app = SocketAddr::new(IpAddr::V4(ip), port);
-            planned.push((name, app, root, health, agent));
+            planned.push((name, app, root, health, agent, server_name(n)));
         }
 
         let haproxy = Haproxy::start(HaproxyOptions {
@@ -78,7 +83,7 @@ impl PlainFleet {
             backends: vec![BackendSpec {
                 name: BACKEND.to_owned(),
                 slots: 0,
-                servers: planned.iter().map(|p| (p.0.clone(), p.1)).collect(),
+                servers: planned.iter().map(|p| (p.5.clone(), p.1)).collect(),
             }],
             parent: Some(work.path().to_owned()),
             extra_defaults: vec![
@@ -102,7 +107,7 @@ impl PlainFleet {
 
         let mut hosts: Vec<HostSpec> = planned
             .iter()
-            .map(|(_, app, _, _, agent)| {
+            .map(|(_, app, _, _, agent, _)| {
                 let mut spec = HostSpec::of(agent, &["app"]);
                 spec.app = Some(*app);
                 spec
@@ -120,8 +125,9 @@ impl PlainFleet {
             bail!("initial deploy of v1 failed: {}", output_text(&out));
         }
 
+        let lines: Vec<String> = planned.iter().map(|p| p.5.clone()).collect();
         let mut started = Vec::new();
-        for (name, app, root, health, agent) in planned {
+        for (name, app, root, health, agent, _) in planned {
             let IpAddr::V4(ip) = app.ip() else {
                 bail!("app hosts are on IPv4 loopback");
             };
@@ -151,7 +157,7 @@ impl PlainFleet {
             work,
             _serial: serial,
         };
-        fleet.wait_up(&names)?;
+        fleet.wait_up(&lines)?;
         Ok(fleet)
     }
 

@@ -139,3 +139,35 @@ fn a_plain_server_is_drained_detached_and_attached_back_by_host_name() {
         servers(&f)
     );
 }
+
+#[test]
+fn a_server_named_otherwise_is_adopted_by_address_on_attach_and_keeps_serving() {
+    let f = PlainFleet::start_named(3, |n| format!("app{n}")).expect("plain fleet starts");
+    // Adopting must not take app3 out of rotation even for an instant.
+    let monitor = UpMonitor::start(&f.haproxy, &[BACKEND], 3).expect("monitor");
+    run_ok(&f, &["attach", "web-3"]);
+    let up = monitor.stop();
+    assert!(
+        up.violations.is_empty(),
+        "attach took app3 out: {:?}",
+        up.violations
+    );
+    let load = traffic(&f);
+    run_ok(&f, &["drain", "web-3", "--wait", "--timeout", "20s"]);
+    run_ok(&f, &["detach", "web-3"]);
+    assert!(
+        servers(&f).contains(&("app3".into(), "MAINT".into())),
+        "web-3's line app3 is out of rotation: {:?}",
+        servers(&f)
+    );
+    run_ok(&f, &["undrain", "web-3"]);
+    run_ok(&f, &["attach", "web-3"]);
+    f.wait_up(&["app3".into()]).expect("app3 UP again");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert_eq!(
+        servers(&f).iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        ["app1", "app2", "app3"],
+        "no second server for web-3"
+    );
+}
