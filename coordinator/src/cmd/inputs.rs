@@ -111,7 +111,11 @@ pub fn run(config: &CoordinatorConfig, command: InputsCommand) -> anyhow::Result
         InputsCommand::Import { file, json } => {
             let imported = read_csv(&file)?;
             let source = Source::Import {
-                file: file.display().to_string(),
+                file: if file.as_os_str() == "-" {
+                    "standard input".into()
+                } else {
+                    file.display().to_string()
+                },
             };
             let saved = inputs::change(&journal, source, |_| Ok(imported))?;
             print_saved(&saved, json)
