@@ -220,6 +220,10 @@ enum Command {
         /// Take the hosts now even if another process's lease holds them.
         #[arg(long)]
         break_lease: bool,
+        /// A surge rollout's migration was under way when its coordinator
+        /// stopped, and you checked it finished: record it done (never run twice).
+        #[arg(long)]
+        migrated: bool,
     },
     /// Put the hosts of a rollout back on the release they had before it.
     Rollback {
@@ -433,6 +437,7 @@ async fn run_rollout(
             json,
             takeover,
             break_lease,
+            migrated,
         } => {
             use cmd::rollout::Takeover;
             let takeover = match (takeover, break_lease) {
@@ -440,7 +445,7 @@ async fn run_rollout(
                 (true, false) => Takeover::Wait,
                 (false, false) => Takeover::Refuse,
             };
-            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover).await
+            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover, migrated).await
         }
         Command::Rollback {
             rollout,
