@@ -171,6 +171,10 @@ pub struct BakeSpec {
     /// bake, exceed this (0 to 1).
     #[serde(default = "default_ratio", deserialize_with = "ratio")]
     pub max_5xx_ratio: f64,
+    /// Roll back when a new server's `[app] error_log` gains more error lines
+    /// than this during the bake (unset: the lines are counted and journaled).
+    #[serde(default)]
+    pub max_error_lines: Option<u64>,
 }
 
 fn default_bake() -> Option<Duration> {
@@ -195,6 +199,7 @@ impl Default for BakeSpec {
         BakeSpec {
             duration: default_bake(),
             max_5xx_ratio: default_ratio(),
+            max_error_lines: None,
         }
     }
 }

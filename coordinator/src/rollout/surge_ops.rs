@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use handover_common::names::{HookName, HostName, HostRole};
-use handover_common::proto::deploy::{DeployReply, DeployRequest, ReleaseOutcome};
+use handover_common::proto::applog::LogCursor;
+use handover_common::proto::deploy::{HookOutput, ReleaseOutcome};
 use handover_common::proto::lb::StatusKind;
 
 use super::facts::Facts;
@@ -158,19 +159,17 @@ fn provider<'a>(ctx: &'a Ctx<'_>) -> Option<&'a ProviderSpec> {
     ctx.plan.file.provider.as_ref()
 }
 
-/// Runs hook `name` on `host`'s agent; its output lines.
+/// Runs hook `name` on `host`'s agent with the plan's inputs (each as
+/// `HANDOVER_INPUT_<KEY>`, passed as data).
+async fn hook(ctx: &Ctx<'_>, host: &HostName, name: &HookName) -> anyhow::Result<HookOutput> {
+    ops::ask(ctx, host, calls::run_hook(name.clone(), inputs(ctx).clone()))
+        .await
+        .with_context(|| format!("hook {name} on {host}"))
+}
+
+/// Its output lines.
 async fn run_hook(ctx: &Ctx<'_>, host: &HostName, name: &HookName) -> anyhow::Result<Vec<String>> {
-    let reply = ops::ask(
-        ctx,
-        host,
-        calls::deploy(DeployRequest::RunHook(name.clone())),
-    )
-    .await
-    .with_context(|| format!("hook {name} on {host}"))?;
-    match reply {
-        DeployReply::HookRan(out) => Ok(out.output),
-        other => bail!("hook {name} on {host}: unexpected answer {other:?}"),
-    }
+    Ok(hook(ctx, host, name).await?.output)
 }
 
 /// A `[db]` hook on the db host; skipped when the plan names none.
@@ -193,42 +192,32 @@ async fn db_hook(
     )]))
 }
 
-/// The artifact a backup hook reports: its last stdout line, one JSON object
-/// with `path`, `size` and `sha256`.
-fn backup_artifact(lines: &[String]) -> anyhow::Result<String> {
-    let last = lines
-        .iter()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().to_string())
-        .unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_str(&last).map_err(|_| {
-        anyhow::anyhow!(
-            "the backup hook's last line is not its artifact: print one JSON line {{\"path\": ..., \"size\": ..., \"sha256\": ...}} last (got {last:?})"
-        )
-    })?;
-    for key in ["path", "size", "sha256"] {
-        if value.get(key).is_none() {
-            bail!("the backup hook's artifact line has no {key:?}: {last}");
-        }
-    }
-    Ok(last)
-}
-
-/// Runbook step 1: the artifact is journaled (output and fact).
+/// Runbook step 1: the artifact the hook reported (its last stdout line, JSON
+/// `{path, size, sha256}`, checked against the file by the agent) is journaled,
+/// as an output and a fact.
 async fn backup_database(ctx: &Ctx<'_>) -> anyhow::Result<Done> {
-    let hook = ctx.plan.file.db.as_ref().and_then(|d| d.backup.clone());
+    let hook_name = ctx.plan.file.db.as_ref().and_then(|d| d.backup.clone());
     let db = ctx.plan.surge.as_ref().and_then(|s| s.db.as_ref());
-    let (Some(hook), Some(db)) = (hook, db) else {
+    let (Some(name), Some(db)) = (hook_name, db) else {
         return Ok(Done::from(Outputs::from([(
             "skipped".into(),
             "no backup hook in [db]".into(),
         )])));
     };
-    let lines = run_hook(ctx, &db.name, &hook).await?;
-    let artifact = backup_artifact(&lines).with_context(|| format!("backup on {}", db.name))?;
-    let mut done = Done::from(Outputs::from([("artifact".into(), artifact.clone())]));
-    done.learned.surge.backup = Some(artifact);
+    let out = hook(ctx, &db.name, &name).await?;
+    let Some(artifact) = out.artifact else {
+        bail!(
+            "backup hook {name} on {} reported no artifact: its last stdout line must be one JSON object {{\"path\": ..., \"size\": ..., \"sha256\": ...}} naming the snapshot",
+            db.name
+        );
+    };
+    let line = serde_json::to_string(&artifact)?;
+    let mut done = Done::from(Outputs::from([
+        ("artifact/path".into(), artifact.path.clone()),
+        ("artifact/size".into(), artifact.size.to_string()),
+        ("artifact/sha256".into(), artifact.sha256.clone()),
+    ]));
+    done.learned.surge.backup = Some(line);
     Ok(done)
 }
 
@@ -451,42 +440,100 @@ pub fn judge_bake(start: &Figures, now: &Figures, max: f64) -> Result<(), String
     Ok(())
 }
 
+/// The bake's watch on the new servers' error logs: a cursor per host whose
+/// agent watches one, and the error lines counted so far.
+struct LogWatch {
+    cursors: BTreeMap<HostName, LogCursor>,
+    errors: BTreeMap<HostName, (u64, Vec<String>)>,
+    unwatched: Outputs,
+}
+
+impl LogWatch {
+    /// Takes a cursor at the end of each host's error log (counting nothing old).
+    async fn start(ctx: &Ctx<'_>, hosts: &[HostName]) -> LogWatch {
+        let mut watch = LogWatch {
+            cursors: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            unwatched: Outputs::new(),
+        };
+        for h in hosts {
+            match ops::ask(ctx, h, calls::app_errors(None)).await {
+                Ok(report) => {
+                    watch.cursors.insert(h.clone(), report.cursor);
+                }
+                Err(e) => {
+                    watch
+                        .unwatched
+                        .insert(format!("errorlog/{h}"), format!("not watched: {e:#}"));
+                }
+            }
+        }
+        watch
+    }
+
+    /// Reads what each log gained; `Err` names a host past `max`.
+    async fn sample(&mut self, ctx: &Ctx<'_>, max: Option<u64>) -> anyhow::Result<()> {
+        for (h, cursor) in self.cursors.iter_mut() {
+            let report = ops::ask(ctx, h, calls::app_errors(Some(*cursor))).await?;
+            *cursor = report.cursor;
+            let seen = self.errors.entry(h.clone()).or_default();
+            seen.0 += report.errors;
+            if !report.last.is_empty() {
+                seen.1 = report.last;
+            }
+            if let Some(max) = max
+                && seen.0 > max
+            {
+                bail!(
+                    "bake: {h} logged {} error line(s) in its [app] error_log, more than [bake] max_error_lines = {max}; last: {}",
+                    seen.0,
+                    seen.1.join(" | ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runbook step 17: every new server UP on every LB (the smoke check, as HAProxy
-/// itself sees it), then the bake: HAProxy's 5xx count per new server, sampled
-/// each second; past the threshold the step fails and the rollout goes back.
+/// itself sees it), then the bake: HAProxy's 5xx count per new server and the
+/// error lines of its `[app] error_log`, sampled each second; past a threshold
+/// the step fails and the rollout goes back.
 async fn smoke_check_and_bake(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     let start = figures(ctx, hosts).await?;
     if let Some((h, _)) = start.iter().find(|(_, f)| !f.0) {
         bail!("smoke check: new server {h} is not UP on every load balancer");
     }
     let bake = ctx.plan.file.bake.clone().unwrap_or_default();
+    let mut logs = LogWatch::start(ctx, hosts).await;
     let duration = bake.duration.unwrap_or(Duration::ZERO);
     let end = tokio::time::Instant::now() + duration;
     let mut last = start.clone();
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1).min(end - tokio::time::Instant::now())).await;
         last = figures(ctx, hosts).await?;
-        judge_bake(&start, &last, bake.max_5xx_ratio)
-            .map_err(|why| anyhow::anyhow!("bake: {why}"))?;
+        judge_bake(&start, &last, bake.max_5xx_ratio).map_err(|why| anyhow::anyhow!("bake: {why}"))?;
+        logs.sample(ctx, bake.max_error_lines).await?;
         if let Some(h) = hosts.first() {
             let left = end.saturating_duration_since(tokio::time::Instant::now());
             ctx.progress(h, format!("baking, {}s left", left.as_secs()));
         }
     }
-    Ok(last
+    let mut out: Outputs = last
         .iter()
         .map(|(h, (_, fives, stot))| {
             let (_, f0, s0) = start[h];
             (
                 format!("bake/{h}"),
-                format!(
-                    "{} 5xx in {} session(s)",
-                    fives - f0.min(*fives),
-                    stot - s0.min(*stot)
-                ),
+                format!("{} 5xx in {} session(s)", fives - f0.min(*fives), stot - s0.min(*stot)),
             )
         })
-        .collect())
+        .collect();
+    for (h, (n, _)) in &logs.errors {
+        out.insert(format!("errorlog/{h}"), format!("{n} error line(s)"));
+    }
+    out.extend(logs.unwatched);
+    Ok(out)
 }
 
 /// Runbook step 18: the old servers, detached with no sessions left on any LB
@@ -613,18 +660,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_backup_artifact_is_its_last_json_line() {
-        let lines = vec![
-            "dumping...".to_string(),
-            r#"{"path": "/var/backups/db-1.sqlite", "size": 8192, "sha256": "ab"}"#.to_string(),
-        ];
-        assert!(
-            backup_artifact(&lines)
-                .expect("artifact")
-                .contains("db-1.sqlite")
-        );
-        let err = backup_artifact(&["done".to_string()]).expect_err("no artifact");
-        assert!(err.to_string().contains("print one JSON line"), "{err}");
-    }
 }
