@@ -9,6 +9,7 @@ pub mod config;
 pub mod drain_wait;
 pub mod fleet;
 pub mod gate;
+pub mod inputs;
 pub(crate) mod journal;
 pub mod lb;
 pub(crate) mod output;

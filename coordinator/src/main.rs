@@ -257,6 +257,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deployment inputs, versioned: set, show, history, diff, export/import CSV, revert.
+    #[command(subcommand)]
+    Inputs(cmd::inputs::InputsCommand),
 }
 
 /// The README, whose config reference the section-5 man pages are made from.
@@ -380,6 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
+        Command::Inputs(command) => cmd::inputs::run(&load()?, command),
         command => run_rollout(command, load).await,
     }
 }
