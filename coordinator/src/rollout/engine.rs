@@ -230,7 +230,7 @@ impl Engine {
     /// lease on every host it touches. Only then is it journaled, so a refused
     /// rollout leaves no trace. `notice` hears how another holder was dealt with.
     pub async fn take(
-        self,
+        mut self,
         lock: RolloutLock,
         takeover: Takeover,
         notice: &(dyn Fn(&str) + Sync),
@@ -256,7 +256,11 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Err(e) = self.runner.journal.save_rollout(&self.runner.record) {
+        let saved = self
+            .runner
+            .record_inputs()
+            .and_then(|()| self.runner.journal.save_rollout(&self.runner.record));
+        if let Err(e) = saved {
             leases.release().await;
             self.fleet.close().await;
             return Err(e);
@@ -437,6 +441,25 @@ impl Leased {
 }
 
 impl Runner {
+    /// Runbook steps 5–6, before a surge rollout starts: the plan's `[inputs]`
+    /// over the current inputs become a numbered version tied to this rollout
+    /// (on `resume`, the version it recorded then).
+    fn record_inputs(&mut self) -> anyhow::Result<()> {
+        if self.plan.surge.is_none() || self.record.kind != RolloutKind::Rollout {
+            return Ok(());
+        }
+        let plan_inputs = self.plan.file.inputs.clone().unwrap_or_default();
+        let (version, inputs) = crate::inputs::record_for_rollout(
+            &self.journal,
+            &self.record.plan_path,
+            &plan_inputs,
+            &self.record.id,
+        )?;
+        self.record.facts.surge.inputs_version = Some(version.0);
+        self.record.facts.surge.inputs = Some(inputs);
+        Ok(())
+    }
+
     /// Runs phase after phase until the rollout ends, halts or loses its lease.
     async fn run_phases(
         &mut self,

@@ -56,6 +56,11 @@ fn with_launched(
     if let Some(s) = plan.surge.as_mut() {
         s.launched = entries;
     }
+    // Hooks and providers get the inputs version recorded for this rollout (the
+    // plan's [inputs] over the current version).
+    if let Some(inputs) = &facts.inputs {
+        plan.file.inputs = Some(inputs.clone());
+    }
     (config, plan)
 }
 
@@ -85,7 +90,7 @@ async fn run(
         RunSystemHooks { batch } => {
             run_system_hooks(ctx, &new_hosts(ctx, facts, Some(*batch))).await
         }
-        SaveInputs => Ok(save_inputs(inputs(ctx))),
+        SaveInputs => Ok(save_inputs(inputs(ctx), facts.surge.inputs_version)),
         DeployRevision { batch } => {
             deploy_revision(ctx, &new_hosts(ctx, facts, Some(*batch))).await
         }
@@ -162,9 +167,13 @@ fn provider<'a>(ctx: &'a Ctx<'_>) -> Option<&'a ProviderSpec> {
 /// Runs hook `name` on `host`'s agent with the plan's inputs (each as
 /// `HANDOVER_INPUT_<KEY>`, passed as data).
 async fn hook(ctx: &Ctx<'_>, host: &HostName, name: &HookName) -> anyhow::Result<HookOutput> {
-    ops::ask(ctx, host, calls::run_hook(name.clone(), inputs(ctx).clone()))
-        .await
-        .with_context(|| format!("hook {name} on {host}"))
+    ops::ask(
+        ctx,
+        host,
+        calls::run_hook(name.clone(), inputs(ctx).clone()),
+    )
+    .await
+    .with_context(|| format!("hook {name} on {host}"))
 }
 
 /// Its output lines.
@@ -312,14 +321,19 @@ async fn wait_for_agent(ctx: &Ctx<'_>, host: &HostName) -> anyhow::Result<()> {
     }
 }
 
-/// Runbook step 5: the inputs this rollout deploys with, journaled as the
-/// step's outputs. (Hook point: the versioned inputs store records them as a
-/// numbered version here once it exists.)
-fn save_inputs(inputs: &Inputs) -> Outputs {
-    inputs
+/// Runbook step 5: the inputs this rollout deploys with. They were recorded as
+/// a numbered version before the rollout started (`handover inputs history`);
+/// the step journals which, and the values.
+fn save_inputs(inputs: &Inputs, version: Option<u64>) -> Outputs {
+    let mut out: Outputs = inputs
         .iter()
         .map(|(k, v)| (format!("input/{}", k.as_str()), v.clone()))
-        .collect()
+        .collect();
+    out.insert(
+        "inputs/version".into(),
+        version.map_or_else(|| "-".into(), |v| v.to_string()),
+    );
+    out
 }
 
 /// Runbook step 6: the revision on each new server (nothing serves from it yet,
@@ -512,7 +526,8 @@ async fn smoke_check_and_bake(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Resu
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1).min(end - tokio::time::Instant::now())).await;
         last = figures(ctx, hosts).await?;
-        judge_bake(&start, &last, bake.max_5xx_ratio).map_err(|why| anyhow::anyhow!("bake: {why}"))?;
+        judge_bake(&start, &last, bake.max_5xx_ratio)
+            .map_err(|why| anyhow::anyhow!("bake: {why}"))?;
         logs.sample(ctx, bake.max_error_lines).await?;
         if let Some(h) = hosts.first() {
             let left = end.saturating_duration_since(tokio::time::Instant::now());
@@ -525,7 +540,11 @@ async fn smoke_check_and_bake(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Resu
             let (_, f0, s0) = start[h];
             (
                 format!("bake/{h}"),
-                format!("{} 5xx in {} session(s)", fives - f0.min(*fives), stot - s0.min(*stot)),
+                format!(
+                    "{} 5xx in {} session(s)",
+                    fives - f0.min(*fives),
+                    stot - s0.min(*stot)
+                ),
             )
         })
         .collect();
@@ -659,5 +678,4 @@ mod tests {
             "1 in 1000 is within 0.01"
         );
     }
-
 }
