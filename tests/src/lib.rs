@@ -19,5 +19,6 @@ pub mod ports;
 pub mod process;
 pub mod rawquic;
 pub mod scenario;
+pub mod surge;
 pub mod traffic;
 pub mod workdir;
