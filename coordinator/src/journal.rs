@@ -22,6 +22,8 @@ use crate::rollout::steps::Phase;
 
 const ROLLOUTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rollouts");
 const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("steps");
+/// Deployment inputs versions (crate::inputs), keyed by version number.
+const INPUTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("inputs");
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -476,6 +478,61 @@ impl Journal {
         steps
             .iter()
             .any(|s| s.phase == phase && s.index == index && s.outcome == Some(StepOutcome::Ok))
+    }
+}
+
+/// Deployment inputs versions, stored as opaque records: `crate::inputs` decides
+/// what they hold, the journal only numbers them and keeps appends atomic.
+impl Journal {
+    /// Every inputs version record, oldest first, as (number, bytes).
+    pub(crate) fn input_records(&self) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        let db = self.open()?;
+        let txn = db.begin_read()?;
+        let table = match txn.open_table(INPUTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Appends the next inputs version in one transaction, so two processes can
+    /// never write the same number: `next` sees the number the new record would
+    /// get and every record so far, and returns its answer plus the record's bytes
+    /// (or None to write nothing).
+    pub(crate) fn append_input_record<T>(
+        &self,
+        next: impl FnOnce(u64, &[(u64, Vec<u8>)]) -> anyhow::Result<(T, Option<Vec<u8>>)>,
+    ) -> anyhow::Result<T> {
+        let db = self.open()?;
+        let txn = db.begin_write()?;
+        let answer = {
+            let mut table = txn.open_table(INPUTS)?;
+            let mut records = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                records.push((k.value(), v.value().to_vec()));
+            }
+            let number = records.last().map_or(1, |(n, _)| n + 1);
+            let (answer, bytes) = next(number, &records)?;
+            if let Some(bytes) = bytes {
+                table
+                    .insert(number, bytes.as_slice())
+                    .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+            }
+            answer
+        };
+        txn.commit()
+            .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+        Ok(answer)
     }
 }
 

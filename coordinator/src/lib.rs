@@ -9,9 +9,13 @@ pub mod config;
 pub mod drain_wait;
 pub mod fleet;
 pub mod gate;
+pub mod inputs;
 pub(crate) mod journal;
 pub mod lb;
 pub(crate) mod output;
 /// Public for the plan fuzz target (common/fuzz), which parses plans as `handover plan` does.
 pub mod plan;
+pub(crate) mod provider;
 pub(crate) mod rollout;
+/// Public with [`plan`], whose surge sections it types.
+pub mod surge_plan;

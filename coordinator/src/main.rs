@@ -224,6 +224,10 @@ enum Command {
         /// Take the hosts now even if another process's lease holds them.
         #[arg(long)]
         break_lease: bool,
+        /// A surge rollout's migration was under way when its coordinator
+        /// stopped, and you checked it finished: record it done (never run twice).
+        #[arg(long)]
+        migrated: bool,
     },
     /// Put the hosts of a rollout back on the release they had before it.
     Rollback {
@@ -253,6 +257,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deployment inputs, versioned: set, show, history, diff, export/import CSV, revert.
+    #[command(subcommand)]
+    Inputs(cmd::inputs::InputsCommand),
 }
 
 /// The README, whose config reference the section-5 man pages are made from.
@@ -376,6 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
+        Command::Inputs(command) => cmd::inputs::run(&load()?, command),
         command => run_rollout(command, load).await,
     }
 }
@@ -439,6 +447,7 @@ async fn run_rollout(
             json,
             takeover,
             break_lease,
+            migrated,
         } => {
             use cmd::rollout::Takeover;
             let takeover = match (takeover, break_lease) {
@@ -446,7 +455,7 @@ async fn run_rollout(
                 (true, false) => Takeover::Wait,
                 (false, false) => Takeover::Refuse,
             };
-            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover).await
+            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover, migrated).await
         }
         Command::Rollback {
             rollout,
