@@ -204,7 +204,7 @@ fn a_5xx_burst_during_the_bake_rolls_back_with_no_failed_request() {
         )
         .expect("plan");
     let load = Load::start(&fleet);
-    let mut rollout = fleet
+    let rollout = fleet
         .coordinator
         .command(&["rollout", &plan.display().to_string(), "--yes"])
         .stdout(std::process::Stdio::piped())
