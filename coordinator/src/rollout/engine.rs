@@ -596,9 +596,7 @@ impl Runner {
         phase: Phase,
         i: usize,
         step: &steps::Step,
-        title: &str,
     ) -> anyhow::Result<Option<StepFailure>> {
-        let _ = title;
         let steps::Action::Surge(a) = &step.action else {
             return Ok(None);
         };
@@ -609,7 +607,7 @@ impl Runner {
             return Ok(None);
         }
         let error = format!(
-            "step {} ({title}) was under way when the coordinator stopped, so it may have run: it is not run twice. Check the database; if the migration finished, mark it done with `handover resume {} --migrated`, otherwise restore the backup recorded in step 1 and start a new rollout",
+            "step {} (runbook 2, the migration) was tried by an earlier run that did not end well, so it may have run (in part): it is not run twice. Check the database; if the migration finished, mark it done with `handover resume {} --migrated`, otherwise restore the backup recorded in step 1 and start a new rollout",
             i + 1,
             self.record.id
         );
@@ -658,7 +656,7 @@ impl Runner {
                 }));
             }
             let title = step.title(&self.plan);
-            if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step, &title)? {
+            if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
             self.journal.step_started(&id, phase, i, &title)?;

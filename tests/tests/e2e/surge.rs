@@ -363,3 +363,46 @@ fn sigkill_between_steps_then_resume_finishes_the_surge_and_migrates_once() {
         assert!(!up.contains(&h.name), "{} left: {up:?}", h.name);
     }
 }
+
+/// With the command provider, a launched server failing the DB check: the
+/// rollout stops before any traffic moves, every server it launched is
+/// terminated through the provider, the array is enabled again, the old
+/// servers never stopped serving.
+#[test]
+fn a_launched_server_failing_the_db_check_is_terminated_and_the_array_enabled() {
+    let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
+    // The test provider names its hosts web-20, web-21... in launch order.
+    fleet.fail_dbcheck_on("web-21").expect("switch");
+    let plan = fleet
+        .write_plan(
+            "surge.toml",
+            &fleet.surge_plan(ProviderKind::Command, "v2", ""),
+        )
+        .expect("plan");
+    let load = Load::start(&fleet);
+    let out = fleet
+        .coordinator
+        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let (report, sessions) = load.stop();
+    assert_eq!(out.status.code(), Some(1), "aborted: {}", text(&out));
+    assert!(text(&out).contains("web-21"), "{}", text(&out));
+    assert_nobody_noticed(&report, &sessions);
+    let calls = fleet.provider_calls();
+    let launched = fleet.launched().expect("launched");
+    let names: Vec<&str> = launched.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["web-20", "web-21"], "{calls:?}");
+    assert!(launched.iter().all(|h| h.terminated), "{launched:?}");
+    assert!(
+        calls.iter().any(|c| c == "terminate web-20 web-21"),
+        "{calls:?}"
+    );
+    let disable = calls.iter().position(|c| c == "array disable");
+    assert!(disable.is_none(), "the array was never disabled: {calls:?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("array enable"),
+        "{calls:?}"
+    );
+    assert_eq!(up_names(&fleet).len(), 3);
+    assert_eq!(fleet.migrate_runs().expect("db"), 1);
+}
