@@ -342,7 +342,10 @@ pub async fn rollback(
     let state_dir = config.state_dir.clone();
     let engine = Engine::rollback_of(config, &original, json)?;
     if !yes {
-        print!("{}", describe_rollback(&original, &engine.targets()));
+        match engine.surge_rollback_summary() {
+            Some(summary) => print!("{summary}"),
+            None => print!("{}", describe_rollback(&original, &engine.targets())),
+        }
         if !confirm(&format!(
             "Put these hosts of {} back on their previous release?",
             original.id

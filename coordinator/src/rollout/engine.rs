@@ -211,6 +211,29 @@ impl Engine {
         &self.runner.record.id
     }
 
+    /// For a surge rollback: what it does, in a line (`None`: not a surge).
+    pub fn surge_rollback_summary(&self) -> Option<String> {
+        let plan = &self.runner.plan;
+        plan.surge.as_ref()?;
+        let names = |v: Vec<HostName>| {
+            v.iter()
+                .map(HostName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let old = names(plan.hosts.iter().map(|h| h.name.clone()).collect());
+        let new = names(surge::new_names(plan, None));
+        Some(format!(
+            "rollback of surge rollout {}: the old servers ({old}) back in service first, then the new ones ({}) drained, detached and {}\n",
+            self.runner.record.id,
+            if new.is_empty() { "launched" } else { &new },
+            match plan.surge.as_ref().map(|s| s.provider) {
+                Some(crate::surge_plan::ProviderKind::Command) => "terminated",
+                _ => "handed back to the standby pool",
+            }
+        ))
+    }
+
     /// What a `rollback` will do: each host the rollout switched, newest wave
     /// first, with the release it goes back to (`None`: it had none).
     pub fn targets(&self) -> Vec<(HostName, Option<ReleaseName>)> {
