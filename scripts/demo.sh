@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 echo "==> building handover, handover-agent and the demo"
 cargo build --quiet --bins
-exec target/debug/handover-demo
+exec target/debug/handover-demo "$@"

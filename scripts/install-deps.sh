@@ -15,6 +15,7 @@ packages=(
   ca-certificates
   dpkg-dev
   man-db
+  sqlite3
 )
 missing=()
 for p in "${packages[@]}"; do

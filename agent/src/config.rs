@@ -129,6 +129,9 @@ impl AgentConfig {
         if let Some(h) = &mut self.health {
             h.resolve_paths(base);
         }
+        if let Some(a) = &mut self.app {
+            a.resolve_paths(base);
+        }
         if let Some(h) = &mut self.haproxy {
             h.resolve_paths(base);
         }

@@ -56,6 +56,7 @@ pub async fn handle(
         Request::Deploy(req) => crate::deploy::handle(agent, caller, req, reporter)
             .await
             .map(Reply::Deploy),
+        Request::AppLog(req) => crate::applog::handle(agent, req).await.map(Reply::AppLog),
     };
     match result {
         Ok(reply) => Response::Done(reply),

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod applog;
 pub mod caller;
 pub mod config;
 pub mod control;

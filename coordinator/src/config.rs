@@ -54,6 +54,22 @@ impl Inventory {
         self.0.iter()
     }
 
+    /// Sets each host's `standby` flag to what `f` says (`None`: unchanged).
+    pub(crate) fn set_standby(&mut self, f: impl Fn(&HostEntry) -> Option<bool>) {
+        for h in &mut self.0 {
+            if let Some(standby) = f(h) {
+                h.standby = standby;
+            }
+        }
+    }
+
+    /// Adds a host a provider launched (it is not in the config file).
+    pub(crate) fn add(&mut self, host: HostEntry) {
+        if !self.0.iter().any(|h| h.name == host.name) {
+            self.0.push(host);
+        }
+    }
+
     /// Every host, in the config's order.
     pub(crate) fn to_vec(&self) -> Vec<HostEntry> {
         self.0.clone()

@@ -15,4 +15,7 @@ pub mod lb;
 pub(crate) mod output;
 /// Public for the plan fuzz target (common/fuzz), which parses plans as `handover plan` does.
 pub mod plan;
+pub(crate) mod provider;
 pub(crate) mod rollout;
+/// Public with [`plan`], whose surge sections it types.
+pub mod surge_plan;

@@ -170,11 +170,15 @@ enum Command {
         json: bool,
     },
     /// Run one of the agents' [hooks] on hosts: `handover hook HOST... NAME`.
-    #[command(override_usage = "handover hook [--json] HOST... NAME")]
+    #[command(override_usage = "handover hook [--json] [--input KEY=VALUE]... HOST... NAME")]
     Hook {
         /// Hosts, then the hook's name.
         #[arg(required = true, num_args = 2.., value_name = "HOST_THEN_NAME")]
         args: Vec<String>,
+        /// An input the hook gets as the environment variable HANDOVER_INPUT_KEY
+        /// (repeatable; KEY in upper case, e.g. APP_ENV=production).
+        #[arg(long = "input", value_name = "KEY=VALUE", value_parser = cmd::deploy::parse_input)]
+        inputs: Vec<(handover_common::names::InputKey, String)>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -220,6 +224,10 @@ enum Command {
         /// Take the hosts now even if another process's lease holds them.
         #[arg(long)]
         break_lease: bool,
+        /// A surge rollout's migration was under way when its coordinator
+        /// stopped, and you checked it finished: record it done (never run twice).
+        #[arg(long)]
+        migrated: bool,
     },
     /// Put the hosts of a rollout back on the release they had before it.
     Rollback {
@@ -353,7 +361,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let in_service = cmd::deploy::in_service(force, drain, drain_timeout);
             cmd::deploy::activate(&load()?, &hosts, release, in_service, json).await
         }
-        Command::Hook { args, json } => cmd::deploy::hook(&load()?, &args, json).await,
+        Command::Hook { args, inputs, json } => {
+            cmd::deploy::hook(&load()?, &args, inputs.into_iter().collect(), json).await
+        }
         command @ (Command::Attach { .. } | Command::Detach { .. } | Command::LbState { .. }) => {
             run_lb(command, &load()?).await
         }
@@ -437,6 +447,7 @@ async fn run_rollout(
             json,
             takeover,
             break_lease,
+            migrated,
         } => {
             use cmd::rollout::Takeover;
             let takeover = match (takeover, break_lease) {
@@ -444,7 +455,7 @@ async fn run_rollout(
                 (true, false) => Takeover::Wait,
                 (false, false) => Takeover::Refuse,
             };
-            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover).await
+            cmd::rollout::resume(load()?, rollout.as_deref(), json, takeover, migrated).await
         }
         Command::Rollback {
             rollout,

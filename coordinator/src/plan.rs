@@ -19,10 +19,11 @@ use handover_common::duration::{self, serde_human_opt, serde_human_positive};
 use handover_common::names::{HostName, HostRole, RepoUrl, Revision};
 use handover_common::proto::health::{HealthCheck, HealthPath, HttpStatus, MIN_INTERVAL};
 use handover_common::toml_error;
-use serde::de::{Error as _, IgnoredAny};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use crate::config::{CoordinatorConfig, HostEntry};
+use crate::surge_plan::{BakeSpec, DbSpec, Inputs, ProviderSpec, SurgePlan, SurgeSpec};
 
 /// How new code reaches the servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -54,23 +55,21 @@ pub struct PlanFile {
     /// How a server proves it is healthy before it is attached.
     #[serde(default)]
     pub health: HealthSpec,
-    /// The surge strategy's sections (`[surge]`, `[provider]`, `[db]`, `[bake]`,
-    /// `[inputs]`, DESIGN's key names): refused while this version runs only
-    /// in-place, so they are not read further.
+    /// `[surge]`: where new servers come from, how many, how fast.
     #[serde(default)]
-    pub surge: Option<IgnoredAny>,
-    /// See `surge`.
+    pub surge: Option<SurgeSpec>,
+    /// `[provider]`: the executables of `[surge] provider = "command"`.
     #[serde(default)]
-    pub provider: Option<IgnoredAny>,
-    /// See `surge`.
+    pub provider: Option<ProviderSpec>,
+    /// `[db]`: backup, migrate and check hooks.
     #[serde(default)]
-    pub db: Option<IgnoredAny>,
-    /// See `surge`.
+    pub db: Option<DbSpec>,
+    /// `[bake]`: the watch after the handover.
     #[serde(default)]
-    pub bake: Option<IgnoredAny>,
-    /// See `surge`.
+    pub bake: Option<BakeSpec>,
+    /// `[inputs]`: deployment inputs.
     #[serde(default)]
-    pub inputs: Option<IgnoredAny>,
+    pub inputs: Option<Inputs>,
 }
 
 /// `[revision]`: repository URL and branch, tag or commit.
@@ -330,6 +329,8 @@ pub struct Plan {
     pub waves: Vec<Vec<HostName>>,
     /// App servers behind the LBs before the rollout (the capacity baseline).
     pub servers_in_lb: usize,
+    /// A surge plan's new servers and db host (`None` for in-place).
+    pub surge: Option<SurgePlan>,
 }
 
 /// A plan refused by a check across keys or against the inventory: the key it
@@ -399,6 +400,9 @@ impl Plan {
                 "[rollout] pause needs canary = N (the pause follows the canary wave)",
             ));
         }
+        if file.strategy == Strategy::Surge {
+            return check_surge(file, config, hosts, lbs, servers_in_lb);
+        }
         let waves = cut_waves(&hosts, spec);
         let widest = waves.iter().map(Vec::len).max().unwrap_or(0);
         let needed = spec.min_healthy.get().saturating_add(widest);
@@ -417,6 +421,7 @@ impl Plan {
             lbs,
             waves,
             servers_in_lb,
+            surge: None,
         })
     }
 
@@ -440,10 +445,16 @@ impl Plan {
         }
     }
 
-    /// The inventory entry of a host being upgraded.
+    /// The inventory entry of a host being upgraded (or, in a surge plan, of a
+    /// standby host becoming a new server, or of the db host).
     pub fn host(&self, name: &HostName) -> anyhow::Result<&HostEntry> {
+        let surge = self
+            .surge
+            .iter()
+            .flat_map(|s| s.standby.iter().chain(&s.db).chain(&s.launched));
         self.hosts
             .iter()
+            .chain(surge)
             .find(|h| &h.name == name)
             .ok_or_else(|| anyhow::anyhow!("{name} is not part of this rollout"))
     }
@@ -454,13 +465,11 @@ impl Plan {
     }
 }
 
-/// Only in-place runs in this version; surge's sections are refused, not ignored.
+/// Surge's sections belong to surge plans: in an in-place plan they are refused,
+/// not ignored.
 fn check_strategy(file: &PlanFile) -> Result<(), Fault> {
     if file.strategy == Strategy::Surge {
-        return Err(fault(
-            &["strategy"],
-            "strategy = \"surge\" is not available in this version: use strategy = \"in-place\"",
-        ));
+        return Ok(());
     }
     for (section, present) in [
         ("surge", file.surge.is_some()),
@@ -473,12 +482,58 @@ fn check_strategy(file: &PlanFile) -> Result<(), Fault> {
             return Err(fault(
                 &[section],
                 format!(
-                    "[{section}] belongs to the surge strategy, which this version does not run: remove it from an in-place plan"
+                    "[{section}] belongs to the surge strategy: set strategy = \"surge\", or remove it from an in-place plan"
                 ),
             ));
         }
     }
     Ok(())
+}
+
+/// A surge plan: the old servers form one "wave" (they are drained and detached
+/// together), the new ones come from the provider; capacity never falls below
+/// the old count until the new servers are UP, so only the new count is checked
+/// against `min_healthy`.
+fn check_surge(
+    file: PlanFile,
+    config: &CoordinatorConfig,
+    hosts: Vec<HostEntry>,
+    lbs: Vec<HostEntry>,
+    servers_in_lb: usize,
+) -> Result<Plan, Fault> {
+    if file.rollout.canary.is_some() {
+        return Err(fault(
+            &["rollout", "canary"],
+            "[rollout] canary is for in-place plans: a surge plan verifies each new server before any traffic moves; remove canary (and pause)",
+        ));
+    }
+    let spec = file.surge.clone().unwrap_or_default();
+    let surge = crate::surge_plan::resolve(
+        &spec,
+        file.provider.as_ref(),
+        file.db.as_ref(),
+        &hosts,
+        config,
+    )
+    .map_err(|(key, message)| fault(&key, message))?;
+    if surge.count < file.rollout.min_healthy.get() {
+        return Err(fault(
+            &["rollout", "min_healthy"],
+            format!(
+                "[rollout] min_healthy = {} but only {} new server(s) take over: raise [surge] count or lower min_healthy",
+                file.rollout.min_healthy, surge.count
+            ),
+        ));
+    }
+    let waves = vec![hosts.iter().map(|h| h.name.clone()).collect()];
+    Ok(Plan {
+        file,
+        hosts,
+        lbs,
+        waves,
+        servers_in_lb,
+        surge: Some(surge),
+    })
 }
 
 /// The hosts being upgraded, from `hosts` (each once, each an app server) or

@@ -20,5 +20,7 @@ pub mod ports;
 pub mod process;
 pub mod rawquic;
 pub mod scenario;
+pub mod sessions;
+pub mod surge;
 pub mod traffic;
 pub mod workdir;

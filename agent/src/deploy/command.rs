@@ -67,6 +67,9 @@ pub struct Finished {
     pub tail: Vec<String>,
     /// All of stdout, when asked for (git's answers).
     pub stdout: Vec<u8>,
+    /// The last non-empty line of stdout (cut at [`MAX_LINE_BYTES`]), which a
+    /// hook may use to report what it made (see `deploy::artifact`).
+    pub last_stdout_line: Option<String>,
 }
 
 impl Finished {
@@ -264,10 +267,11 @@ async fn run_recorded(
     // Whatever the command left running in its group (`daemon &`) ends with it.
     drop(group);
     // A grandchild still holding the pipes must not keep us here past the limit.
-    let stdout = match tokio::time::timeout(Duration::from_secs(2), out_task).await {
-        Ok(Ok(bytes)) => bytes,
-        _ => Vec::new(),
-    };
+    let (stdout, last_stdout_line) =
+        match tokio::time::timeout(Duration::from_secs(2), out_task).await {
+            Ok(Ok(collected)) => collected,
+            _ => (Vec::new(), None),
+        };
     let _ = tokio::time::timeout(Duration::from_secs(2), err_task).await;
     let tail = tail
         .lock()
@@ -277,6 +281,7 @@ async fn run_recorded(
         status,
         tail,
         stdout,
+        last_stdout_line,
     })
 }
 
@@ -415,19 +420,24 @@ fn boot_id() -> Option<String> {
 
 /// Reads `stream` to its end, keeping the last [`TAIL_LINES`] lines, each cut at
 /// [`MAX_LINE_BYTES`]: a hook printing one endless line must not fill the agent's
-/// memory, nor the failure message that goes back to the coordinator.
+/// memory, nor the failure message that goes back to the coordinator. Returns all
+/// of the stream when `keep`, and its last non-empty line.
 async fn collect(
     stream: Option<impl AsyncRead + Unpin>,
     tail: Arc<Mutex<VecDeque<String>>>,
     keep: bool,
-) -> Vec<u8> {
+) -> (Vec<u8>, Option<String>) {
     let Some(stream) = stream else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    let push = |line: &[u8], cut: bool| {
+    let mut last = None;
+    let mut push = |line: &[u8], cut: bool| {
         let mut text = String::from_utf8_lossy(line).trim_end().to_string();
         if cut {
             text.push_str(" [line cut]");
+        }
+        if !text.is_empty() {
+            last = Some(text.clone());
         }
         if let Ok(mut t) = tail.lock() {
             if t.len() == TAIL_LINES {
@@ -466,7 +476,7 @@ async fn collect(
     if !line.is_empty() {
         push(&line, cut);
     }
-    all
+    (all, last)
 }
 
 #[cfg(test)]

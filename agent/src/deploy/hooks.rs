@@ -186,6 +186,15 @@ pub fn give_to(release: &Path, user: &RunAs) -> std::io::Result<()> {
 /// Runs one hook; `Ok` holds its last output lines, `Err` says how it failed and
 /// what it printed last.
 pub async fn run(label: &str, shell: &Shell<'_>) -> Result<Vec<String>, Failure> {
+    run_reporting(label, shell).await.map(|(tail, _)| tail)
+}
+
+/// Runs one hook like [`run`]; `Ok` also holds the last non-empty line of its
+/// stdout, where a hook reports what it made (see [`super::artifact`]).
+pub async fn run_reporting(
+    label: &str,
+    shell: &Shell<'_>,
+) -> Result<(Vec<String>, Option<String>), Failure> {
     let done = command::run_shell(shell).await.map_err(|e| {
         Failure::new(
             FailureKind::Failed,
@@ -193,7 +202,7 @@ pub async fn run(label: &str, shell: &Shell<'_>) -> Result<Vec<String>, Failure>
         )
     })?;
     if done.success() {
-        return Ok(done.tail);
+        return Ok((done.tail, done.last_stdout_line));
     }
     let kind = if done.status.is_none() {
         FailureKind::Timeout

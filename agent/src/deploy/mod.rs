@@ -13,6 +13,7 @@
 //! applies at once must not interleave their switches.
 
 pub mod apply;
+pub mod artifact;
 pub mod cli;
 pub mod command;
 pub mod config;
@@ -21,9 +22,11 @@ pub mod hooks;
 pub mod releases;
 pub mod state;
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::sync::Arc;
 
-use handover_common::names::HookName;
+use handover_common::names::{HookName, InputKey};
 use handover_common::proto::deploy::{DeployReply, DeployRequest, HookOutput, ReleaseStatus};
 use handover_common::proto::{Failure, FailureKind};
 
@@ -107,20 +110,56 @@ pub async fn handle(
                 .list()
                 .map(DeployReply::Releases)
         }
-        DeployRequest::RunHook(name) => run_named_hook(agent, caller, &name).await,
+        DeployRequest::RunHook(name) => {
+            run_named_hook(agent, caller, &name, &BTreeMap::new()).await
+        }
+        DeployRequest::RunHookWith { name, inputs } => {
+            run_named_hook(agent, caller, &name, &inputs).await
+        }
     }
 }
 
 /// Runs a hook named in this agent's own `[hooks]`, in the current release (or the
-/// deploy root before the first one), with the agent's hook timeout.
+/// deploy root before the first one), with the agent's hook timeout. Each input
+/// reaches it as `HANDOVER_INPUT_<KEY>` (data in its environment, never part of
+/// the command line). A file it reports on its last stdout line is checked
+/// against the disk and returned (see [`artifact`]).
 async fn run_named_hook(
     agent: &Arc<Agent>,
     caller: &Caller,
     name: &HookName,
+    inputs: &BTreeMap<InputKey, String>,
 ) -> Result<DeployReply, Failure> {
     let command = check_hook_configured(agent, name)?;
     let _guard = agent.deploy_lock.lock().await;
-    tracing::info!(%caller, hook = %name, "running a hook");
+    tracing::info!(%caller, hook = %name, inputs = inputs.len(), "running a hook");
+    let (dir, timeout) = hook_dir_and_timeout(agent);
+    let env = hook_env(name, inputs);
+    let env: Vec<(&str, &OsStr)> = env
+        .iter()
+        .map(|(k, v)| (k.as_str(), OsStr::new(v.as_str())))
+        .collect();
+    let groups = command::RunningGroups::new(&agent.config.state_dir);
+    let shell = command::Shell {
+        command: &command,
+        dir: &dir,
+        env: &env,
+        run_as: None,
+        timeout,
+        groups: Some(&groups),
+    };
+    let (output, last) = hooks::run_reporting(name.as_str(), &shell).await?;
+    let artifact = artifact::checked(name.as_str(), last.as_deref()).await?;
+    Ok(DeployReply::HookRan(HookOutput {
+        name: name.to_string(),
+        output,
+        artifact,
+    }))
+}
+
+/// Where an agent hook runs (the current release, else the deploy root, else `/`)
+/// and its time limit.
+fn hook_dir_and_timeout(agent: &Agent) -> (std::path::PathBuf, std::time::Duration) {
     let (dir, timeout) = match &agent.config.deploy {
         Some(d) => {
             let current = releases::Layout::new(&d.root).current_link();
@@ -133,26 +172,23 @@ async fn run_named_hook(
         }
         None => (std::path::PathBuf::from("/"), DEFAULT_HOOK_TIMEOUT),
     };
-    let dir = if dir.is_dir() {
-        dir
+    if dir.is_dir() {
+        (dir, timeout)
     } else {
-        std::path::PathBuf::from("/")
-    };
-    let env: [(&str, &std::ffi::OsStr); 1] = [("HANDOVER_HOOK", name.as_str().as_ref())];
-    let groups = command::RunningGroups::new(&agent.config.state_dir);
-    let shell = command::Shell {
-        command: &command,
-        dir: &dir,
-        env: &env,
-        run_as: None,
-        timeout,
-        groups: Some(&groups),
-    };
-    let output = hooks::run(name.as_str(), &shell).await?;
-    Ok(DeployReply::HookRan(HookOutput {
-        name: name.to_string(),
-        output,
-    }))
+        (std::path::PathBuf::from("/"), timeout)
+    }
+}
+
+/// A hook's `HANDOVER_*` environment: its name, and each input as
+/// `HANDOVER_INPUT_<KEY>` (keys are upper-case environment names by type).
+fn hook_env(name: &HookName, inputs: &BTreeMap<InputKey, String>) -> Vec<(String, String)> {
+    std::iter::once(("HANDOVER_HOOK".to_string(), name.to_string()))
+        .chain(
+            inputs
+                .iter()
+                .map(|(k, v)| (format!("HANDOVER_INPUT_{}", k.as_str()), v.clone())),
+        )
+        .collect()
 }
 
 /// The release part of `status`.
@@ -176,4 +212,42 @@ pub fn recover(agent: &Agent) -> anyhow::Result<()> {
         return Ok(());
     };
     Deployer::new(agent, config, None).recover()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs reach a hook as data: a value full of shell syntax is printed, not run.
+    #[tokio::test]
+    async fn hook_inputs_are_environment_data_never_shell_code() {
+        let name = HookName::new("migrate").expect("name");
+        let inputs: BTreeMap<InputKey, String> = [(
+            InputKey::new("APP_ENV").expect("key"),
+            "prod; echo injected $(echo twice)".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let env = hook_env(&name, &inputs);
+        assert_eq!(env[1].0, "HANDOVER_INPUT_APP_ENV");
+        let env: Vec<(&str, &OsStr)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), OsStr::new(v.as_str())))
+            .collect();
+        let dir = std::env::temp_dir();
+        let shell = command::Shell {
+            command: "printf '%s|%s\\n' \"$HANDOVER_HOOK\" \"$HANDOVER_INPUT_APP_ENV\"",
+            dir: &dir,
+            env: &env,
+            run_as: None,
+            timeout: std::time::Duration::from_secs(30),
+            groups: None,
+        };
+        let (tail, last) = hooks::run_reporting("migrate", &shell).await.expect("runs");
+        assert_eq!(
+            tail,
+            vec!["migrate|prod; echo injected $(echo twice)".to_string()]
+        );
+        assert_eq!(last.as_deref(), Some(tail[0].as_str()));
+    }
 }

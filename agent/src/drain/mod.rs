@@ -58,6 +58,21 @@ pub struct AppConfig {
         with = "handover_common::duration::serde_human"
     )]
     pub quiet_period: Duration,
+    /// The app server's error log, watched during a bake (see [`crate::applog`]).
+    #[serde(default = "crate::applog::default_error_log")]
+    pub error_log: PathBuf,
+    /// A line of `error_log` holding one of these (plain substrings) is an error;
+    /// by default Apache's error levels.
+    #[serde(default = "crate::applog::default_error_patterns")]
+    pub error_patterns: Vec<String>,
+}
+
+impl AppConfig {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        if self.error_log.is_relative() {
+            self.error_log = base.join(&self.error_log);
+        }
+    }
 }
 
 fn default_quiet_period() -> Duration {

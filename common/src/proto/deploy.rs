@@ -12,9 +12,17 @@
 //! is current. A rollout's engine drains and detaches the host itself first and
 //! sends `force`; by hand the safe path is drain (and wait), switch, undrain.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::names::{HookName, ReleaseName, RepoUrl, Revision};
+use crate::names::{HookName, InputKey, ReleaseName, RepoUrl, Revision};
+
+/// Most inputs one [`DeployRequest::RunHookWith`] may carry.
+pub const MAX_HOOK_INPUTS: usize = 64;
+
+/// Longest value of one hook input, in bytes.
+pub const MAX_HOOK_INPUT_BYTES: usize = 4096;
 
 /// Deploy requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +70,16 @@ pub enum DeployRequest {
     },
     /// Run one of the agent's own `[hooks]` by name.
     RunHook(HookName),
+    /// Run one of the agent's own `[hooks]` with the deployment's inputs: each
+    /// reaches the hook as the environment variable `HANDOVER_INPUT_<KEY>`, as
+    /// data (never part of the command line). Bounded by [`MAX_HOOK_INPUTS`] and
+    /// [`MAX_HOOK_INPUT_BYTES`], no NUL ([`DeployRequest::check`]).
+    RunHookWith {
+        /// The hook's name in the agent's `[hooks]`.
+        name: HookName,
+        /// The inputs, by key.
+        inputs: BTreeMap<InputKey, String>,
+    },
 }
 
 /// What [`DeployRequest::Activate`] switches to.
@@ -238,6 +256,23 @@ pub struct HookOutput {
     pub name: String,
     /// The last lines of its stdout and stderr, interleaved as they came.
     pub output: Vec<String>,
+    /// The file the hook reported making (a database backup), checked by the
+    /// agent: the hook's last stdout line was a JSON object
+    /// `{"path": ..., "size": ..., "sha256": ...}` and the file on disk matched.
+    pub artifact: Option<HookArtifact>,
+}
+
+/// A file a hook made, as it reported it and the agent checked it (runbook step
+/// 1: the database snapshot the journal records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookArtifact {
+    /// Where it is, on the host that ran the hook (an absolute path).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, 64 lower-case hex digits.
+    pub sha256: String,
 }
 
 /// Deploy part of the status report.
@@ -250,6 +285,36 @@ pub struct ReleaseStatus {
 }
 
 impl DeployRequest {
+    /// Checks the free strings a request carries beyond its typed names (a hook's
+    /// input values): at most [`MAX_HOOK_INPUTS`] inputs, each at most
+    /// [`MAX_HOOK_INPUT_BYTES`] long and without NUL (an environment variable
+    /// cannot hold one).
+    pub fn check(&self) -> Result<(), String> {
+        let DeployRequest::RunHookWith { name, inputs } = self else {
+            return Ok(());
+        };
+        if inputs.len() > MAX_HOOK_INPUTS {
+            return Err(format!(
+                "hook {name}: {} inputs, at most {MAX_HOOK_INPUTS} may be passed to a hook; pass fewer inputs (or one holding a file's path)",
+                inputs.len()
+            ));
+        }
+        for (key, value) in inputs {
+            if value.len() > MAX_HOOK_INPUT_BYTES {
+                return Err(format!(
+                    "hook {name}: input {key} is {} bytes, at most {MAX_HOOK_INPUT_BYTES} may be passed; shorten it (or pass a file's path)",
+                    value.len()
+                ));
+            }
+            if value.contains('\0') {
+                return Err(format!(
+                    "hook {name}: input {key} contains a NUL byte, which an environment variable cannot hold; remove it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this request changes the host (see [`super::Request::changes_host`]).
     /// Listing releases and resolving a revision do not; applying, activating,
     /// marking and running a hook do.
@@ -258,5 +323,51 @@ impl DeployRequest {
             self,
             DeployRequest::Releases | DeployRequest::Resolve { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_inputs(inputs: &[(&str, &str)]) -> DeployRequest {
+        DeployRequest::RunHookWith {
+            name: HookName::new("migrate").expect("name"),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (InputKey::new(*k).expect("key"), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn hook_inputs_are_bounded_and_free_of_nul() {
+        assert!(
+            with_inputs(&[("APP_ENV", "production; rm -rf /")])
+                .check()
+                .is_ok()
+        );
+        let long = "x".repeat(MAX_HOOK_INPUT_BYTES + 1);
+        let err = with_inputs(&[("BIG", &long)])
+            .check()
+            .expect_err("too long");
+        assert!(
+            err.contains("input BIG") && err.contains("at most"),
+            "{err}"
+        );
+        let err = with_inputs(&[("NUL", "a\0b")]).check().expect_err("NUL");
+        assert!(
+            err.contains("input NUL") && err.contains("NUL byte"),
+            "{err}"
+        );
+        let keys: Vec<String> = (0..=MAX_HOOK_INPUTS).map(|i| format!("K{i}")).collect();
+        let many: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        let err = with_inputs(&many).check().expect_err("too many");
+        assert!(err.contains("inputs"), "{err}");
+        let frame =
+            crate::proto::RequestFrame::new(crate::proto::Request::Deploy(with_inputs(&[(
+                "NUL", "\0",
+            )])));
+        assert!(frame.check_strings().is_err());
     }
 }

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod applog;
 pub mod deploy;
 pub mod drain;
 pub mod health;
@@ -41,8 +42,10 @@ impl RequestFrame {
         if let Some(rollout) = self.rollout.as_deref() {
             crate::names::RolloutId::new(rollout).map_err(|e| e.to_string())?;
         }
-        if let Request::Lease(lease) = &self.request {
-            lease.check()?;
+        match &self.request {
+            Request::Lease(lease) => lease.check()?,
+            Request::Deploy(deploy) => deploy.check()?,
+            _ => {}
         }
         Ok(())
     }
@@ -72,6 +75,8 @@ pub enum Request {
     Lease(lease::LeaseRequest),
     /// Check the release on this host before it is attached.
     CheckHealth(health::HealthCheck),
+    /// The app server's error log (runbook step 17: watch the logs during the bake).
+    AppLog(applog::AppLogRequest),
 }
 
 impl Request {
@@ -79,7 +84,9 @@ impl Request {
     /// Reads (status, session counts, stats, release lists) never wait on a lease.
     pub fn changes_host(&self) -> bool {
         match self {
-            Request::Status | Request::Lease(_) | Request::CheckHealth(_) => false,
+            Request::Status | Request::Lease(_) | Request::CheckHealth(_) | Request::AppLog(_) => {
+                false
+            }
             Request::Drain(r) => r.changes_host(),
             Request::Lb(r) => r.changes_host(),
             Request::Deploy(r) => r.changes_host(),
@@ -124,6 +131,8 @@ pub enum Reply {
     Lease(lease::LeaseReply),
     /// Answer to a [`Request::CheckHealth`].
     Health(health::HealthReport),
+    /// Answer to a [`Request::AppLog`].
+    AppLog(applog::AppLogReport),
 }
 
 /// Why an action did not happen, with a message that names the problem and the fix.

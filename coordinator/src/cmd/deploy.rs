@@ -7,15 +7,17 @@
 //! Then each host is called concurrently (at most `concurrency` at a time) and its
 //! progress printed as it comes, prefixed with its name.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt;
 use handover_common::duration;
-use handover_common::names::{HookName, ReleaseName, RepoUrl, Revision};
+use handover_common::names::{HookName, InputKey, ReleaseName, RepoUrl, Revision};
 use handover_common::proto::Progress;
 use handover_common::proto::deploy::{
-    ActivateTarget, DeployProgress, DeployReply, DeployRequest, ReleaseList, ReleaseRecord,
+    ActivateTarget, DeployProgress, DeployReply, DeployRequest, HookArtifact, ReleaseList,
+    ReleaseRecord,
 };
 use serde::Serialize;
 
@@ -35,6 +37,9 @@ pub struct HostOutcome {
     pub release: Option<ReleaseRecord>,
     /// A hook's last output lines, for `hook`.
     pub output: Vec<String>,
+    /// The file a hook reported making, checked by its agent, for `hook`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<HookArtifact>,
     /// Why not, when it did not.
     pub error: Option<String>,
 }
@@ -86,6 +91,7 @@ fn outcome(host: &HostEntry, result: Result<DeployReply, FleetError>) -> HostOut
         ok: false,
         release: None,
         output: Vec::new(),
+        artifact: None,
         error: None,
     };
     match result {
@@ -98,6 +104,7 @@ fn outcome(host: &HostEntry, result: Result<DeployReply, FleetError>) -> HostOut
         Ok(DeployReply::HookRan(h)) => {
             out.ok = true;
             out.output = h.output;
+            out.artifact = h.artifact;
         }
         Ok(other) => out.error = Some(format!("unexpected answer: {other:?}")),
         Err(e) => out.error = Some(e.to_string()),
@@ -329,6 +336,7 @@ fn failed(host: &HostEntry, error: String) -> HostOutcome {
         ok: false,
         release: None,
         output: Vec::new(),
+        artifact: None,
         error: Some(error),
     }
 }
@@ -382,10 +390,23 @@ pub async fn activate(
     switch_hosts(config, hosts, "activate", in_service, make, json).await
 }
 
-/// `handover hook HOST... NAME`: the last argument is the hook's name.
+/// `KEY=VALUE` of `handover hook --input`.
+pub fn parse_input(arg: &str) -> Result<(InputKey, String), String> {
+    let Some((key, value)) = arg.split_once('=') else {
+        return Err(format!(
+            "{arg:?} is not KEY=VALUE: write the input as e.g. APP_ENV=production"
+        ));
+    };
+    let key = InputKey::new(key).map_err(|e| e.to_string())?;
+    Ok((key, value.to_string()))
+}
+
+/// `handover hook [--input KEY=VALUE]... HOST... NAME`: the last argument is the
+/// hook's name.
 pub async fn hook(
     config: &CoordinatorConfig,
     args: &[String],
+    inputs: BTreeMap<InputKey, String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let Some((name, hosts)) = args.split_last() else {
@@ -395,7 +416,16 @@ pub async fn hook(
         anyhow::bail!("usage: handover hook HOST... NAME (name at least one host, then the hook)");
     }
     let name = HookName::new(name.clone())?;
-    let request = DeployRequest::RunHook(name.clone());
+    let request = if inputs.is_empty() {
+        DeployRequest::RunHook(name.clone())
+    } else {
+        DeployRequest::RunHookWith {
+            name: name.clone(),
+            inputs,
+        }
+    };
+    // Refused here, before any host is dialled, as each agent would refuse it.
+    request.check().map_err(anyhow::Error::msg)?;
     if json {
         return run_on_hosts(config, hosts, request, true).await;
     }
@@ -410,6 +440,12 @@ pub async fn hook(
     for o in &outcomes {
         for line in &o.output {
             println!("{}  | {line}", o.host);
+        }
+        if let Some(a) = &o.artifact {
+            println!(
+                "{}  artifact {} ({} bytes, sha256 {})",
+                o.host, a.path, a.size, a.sha256
+            );
         }
     }
     report(&outcomes, false)

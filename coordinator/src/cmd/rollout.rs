@@ -26,13 +26,14 @@ pub async fn plan(
     offline: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let config = &crate::provider::standby::current(config.clone())?;
     let plan = Plan::load(path, config)?;
     let resolved = if offline {
         None
     } else {
         Some(resolve_plan_revision(config, &plan).await?)
     };
-    let steps = steps::in_place(&plan);
+    let steps = steps::for_phase(&plan, steps::Phase::Forward);
     if json {
         #[derive(Serialize)]
         struct Line<'a> {
@@ -66,7 +67,7 @@ pub async fn plan(
             }
             None => println!("revision not checked on the agents (--offline)"),
         }
-        print!("{}", steps::render(&plan, &steps));
+        print!("{}", render(&plan, &steps));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -78,7 +79,25 @@ async fn resolve_plan_revision(
     plan: &Plan,
 ) -> anyhow::Result<Vec<crate::gate::Resolution>> {
     let (repo, rev) = plan.revision();
-    crate::gate::resolve_revision(config, &plan.hosts, &repo, &rev).await
+    // A surge plan deploys on its new servers: standby hosts are asked; servers
+    // a provider launches do not exist yet.
+    let targets = match &plan.surge {
+        Some(s) => &s.standby,
+        None => &plan.hosts,
+    };
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    crate::gate::resolve_revision(config, targets, &repo, &rev).await
+}
+
+/// The numbered steps with capacity, as the plan's strategy lays them out.
+fn render(plan: &Plan, steps: &[steps::Step]) -> String {
+    if plan.surge.is_some() {
+        crate::rollout::surge::render(plan, steps)
+    } else {
+        steps::render(plan, steps)
+    }
 }
 
 /// Whether resuming `record` still has the plan's revision to apply on some host
@@ -96,14 +115,41 @@ fn revision_still_to_apply(
     }
     let journal = Journal::new(&config.state_dir);
     let journaled = journal.steps(&record.id)?;
-    Ok(steps::in_place(plan).iter().enumerate().any(|(i, step)| {
-        step.action == steps::Action::ApplyRevision
-            && !journal.step_done(&journaled, steps::Phase::Forward, i)
+    let forward = steps::for_phase(plan, steps::Phase::Forward);
+    Ok(forward.iter().enumerate().any(|(i, step)| {
+        matches!(
+            step.action,
+            steps::Action::ApplyRevision
+                | steps::Action::Surge(crate::rollout::surge::SurgeAction::DeployRevision { .. })
+        ) && !journal.step_done(&journaled, steps::Phase::Forward, i)
     }))
 }
 
 fn describe(plan: &Plan) -> String {
     let f = &plan.file;
+    if let Some(s) = &plan.surge {
+        return format!(
+            "surge rollout of {} @ {}: {} new server(s) ({}) replace {} in batches of {}; load balancers: {}\n",
+            f.revision.repo,
+            f.revision.reference,
+            s.count,
+            match s.provider {
+                crate::surge_plan::ProviderKind::Standby => "standby pool",
+                crate::surge_plan::ProviderKind::Command => "provider command",
+            },
+            plan.hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.batch,
+            plan.lbs
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
     format!(
         "in-place rollout of {} @ {} to {} host(s) in {} wave(s); load balancers: {}; {} of {} servers must stay UP\n",
         f.revision.repo,
@@ -167,6 +213,7 @@ pub async fn rollout(
     json: bool,
     break_lease: bool,
 ) -> anyhow::Result<ExitCode> {
+    let config = crate::provider::standby::current(config)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read plan {}", path.display()))?;
     let plan =
@@ -174,7 +221,8 @@ pub async fn rollout(
     resolve_plan_revision(&config, &plan).await?;
     if !yes {
         print!("{}", describe(&plan));
-        print!("{}", steps::render(&plan, &steps::in_place(&plan)));
+        let steps = steps::for_phase(&plan, steps::Phase::Forward);
+        print!("{}", render(&plan, &steps));
         if !confirm("Run this rollout?")? {
             println!("nothing was changed");
             return Ok(ExitCode::from(1));
@@ -198,6 +246,7 @@ pub async fn resume(
     id: Option<&str>,
     json: bool,
     takeover: Takeover,
+    migrated: bool,
 ) -> anyhow::Result<ExitCode> {
     let journal = Journal::new(&config.state_dir);
     let record = journal.find(id)?;
@@ -216,7 +265,11 @@ pub async fn resume(
     };
     // Read again under the lock: a process that just exited changed it.
     let record = journal.find(Some(&record.id))?;
-    if let Ok(plan) = Plan::parse(&record.plan_text, &config)
+    if migrated {
+        mark_migrated(&journal, &record, &config)?;
+    }
+    let seen = crate::rollout::engine::config_for(config.clone(), &record);
+    if let Ok(plan) = Plan::parse(&record.plan_text, &seen)
         && revision_still_to_apply(&config, &record, &plan)?
     {
         resolve_plan_revision(&config, &plan).await?;
@@ -224,6 +277,42 @@ pub async fn resume(
     let engine = Engine::resume(config, record, json)?;
     let leased = take(engine, lock, takeover, json).await?;
     Ok(exit_for(leased.run().await?))
+}
+
+/// `resume --migrated`: the operator checked that the surge rollout's migration,
+/// started by an earlier run without a journaled end, did finish; its step is
+/// journaled done so it is not run a second time.
+fn mark_migrated(
+    journal: &Journal,
+    record: &RolloutRecord,
+    config: &CoordinatorConfig,
+) -> anyhow::Result<()> {
+    use crate::rollout::surge::SurgeAction;
+    let config = crate::rollout::engine::config_for(config.clone(), record);
+    let plan = Plan::parse(&record.plan_text, &config)?;
+    let forward = steps::for_phase(&plan, steps::Phase::Forward);
+    let Some(i) = forward
+        .iter()
+        .position(|s| s.action == steps::Action::Surge(SurgeAction::MigrateDatabase))
+    else {
+        bail!(
+            "rollout {} has no migration step: --migrated is for surge rollouts",
+            record.id
+        );
+    };
+    let title = forward[i].title(&plan);
+    journal.step_started(&record.id, steps::Phase::Forward, i, &title)?;
+    journal.step_ended(
+        &record.id,
+        steps::Phase::Forward,
+        i,
+        StepOutcome::Ok,
+        [(
+            "migrate".to_string(),
+            "done, as the operator confirmed (--migrated)".to_string(),
+        )]
+        .into(),
+    )
 }
 
 /// `handover rollback [ROLLOUT]`: the newest rollout when none is named.
@@ -253,7 +342,10 @@ pub async fn rollback(
     let state_dir = config.state_dir.clone();
     let engine = Engine::rollback_of(config, &original, json)?;
     if !yes {
-        print!("{}", describe_rollback(&original, &engine.targets()));
+        match engine.surge_rollback_summary() {
+            Some(summary) => print!("{summary}"),
+            None => print!("{}", describe_rollback(&original, &engine.targets())),
+        }
         if !confirm(&format!(
             "Put these hosts of {} back on their previous release?",
             original.id

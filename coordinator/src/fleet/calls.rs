@@ -5,11 +5,14 @@
 //! [`FleetError::UnexpectedAnswer`]: super::FleetError::UnexpectedAnswer
 //! [`Fleet::ask`]: super::Fleet::ask
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use handover_common::names::{HookName, ReleaseName, RepoUrl, Revision};
+use handover_common::names::{HookName, InputKey, ReleaseName, RepoUrl, Revision};
+use handover_common::proto::applog::{AppLogReport, AppLogRequest, LogCursor};
 use handover_common::proto::deploy::{
-    ActivateTarget, DeployReply, DeployRequest, ReleaseList, ReleaseRecord, ResolvedRevision,
+    ActivateTarget, DeployReply, DeployRequest, HookOutput, ReleaseList, ReleaseRecord,
+    ResolvedRevision,
 };
 use handover_common::proto::drain::{DrainReply, DrainRequest, DrainStatus, DrainWait};
 use handover_common::proto::health::{HealthCheck, HealthReport};
@@ -158,6 +161,33 @@ pub fn mark_unhealthy(release: ReleaseName, reason: String) -> Call<ReleaseRecor
         what: "mark unhealthy",
         answer: |r| match r {
             Reply::Deploy(DeployReply::Marked(record)) => Ok(record),
+            other => Err(Box::new(other)),
+        },
+    }
+}
+
+/// Run the host agent's own hook `name` with the deployment's `inputs` (each as
+/// `HANDOVER_INPUT_<KEY>`); the answer holds its last output lines and the file it
+/// reported making (a database backup), checked by the agent.
+pub fn run_hook(name: HookName, inputs: BTreeMap<InputKey, String>) -> Call<HookOutput> {
+    Call {
+        request: Request::Deploy(DeployRequest::RunHookWith { name, inputs }),
+        what: "a hook",
+        answer: |r| match r {
+            Reply::Deploy(DeployReply::HookRan(output)) => Ok(output),
+            other => Err(Box::new(other)),
+        },
+    }
+}
+
+/// The error lines the app's error log gained since `since` (none yet, and a
+/// cursor at its end, when `None`): the bake's log watch.
+pub fn app_errors(since: Option<LogCursor>) -> Call<AppLogReport> {
+    Call {
+        request: Request::AppLog(AppLogRequest::Errors { since }),
+        what: "the app's error log",
+        answer: |r| match r {
+            Reply::AppLog(report) => Ok(report),
             other => Err(Box::new(other)),
         },
     }

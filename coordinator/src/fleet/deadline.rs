@@ -82,9 +82,11 @@ pub fn deadline(request: &Request) -> Deadline {
         Request::Deploy(DeployRequest::MarkUnhealthy { release, .. }) => {
             (QUICK, format!("marking release {release} failed"))
         }
-        Request::Deploy(DeployRequest::RunHook(hook)) => {
+        Request::Deploy(DeployRequest::RunHook(hook))
+        | Request::Deploy(DeployRequest::RunHookWith { name: hook, .. }) => {
             (DEPLOY_STEP, format!("running hook {hook}"))
         }
+        Request::AppLog(_) => (QUICK, "reading the app's error log".to_string()),
     };
     Deadline { limit, doing }
 }

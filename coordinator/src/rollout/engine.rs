@@ -14,6 +14,7 @@ use super::facts::Facts;
 use super::lease::{Leases, Process, RolloutLock, Takeover};
 use super::ops::{self, Actions, Done, Live};
 use super::steps::{self, Action, Phase};
+use super::surge;
 use super::ui::{Event, Ui};
 use crate::config::CoordinatorConfig;
 use crate::fleet::Fleet;
@@ -89,7 +90,20 @@ impl Engine {
         plan: Plan,
         json: bool,
     ) -> anyhow::Result<Self> {
-        Self::assemble(config, plan, new_record(plan_path, plan_text), json)
+        let mut record = new_record(plan_path, plan_text);
+        if plan.surge.is_some() {
+            // The pool as it is now picks the new servers; `resume` must pick the
+            // same ones even after this rollout hands the old ones to the pool.
+            record.facts.surge.standby_at_start = Some(
+                config
+                    .hosts
+                    .iter()
+                    .filter(|h| h.standby)
+                    .map(|h| h.name.clone())
+                    .collect(),
+            );
+        }
+        Self::assemble(config, plan, record, json)
     }
 
     /// An interrupted or stopped rollout, to carry on from its journal. Its plan is
@@ -99,6 +113,7 @@ impl Engine {
         record: RolloutRecord,
         json: bool,
     ) -> anyhow::Result<Self> {
+        let config = config_for(config, &record);
         let plan = Plan::parse(&record.plan_text, &config).with_context(|| {
             format!(
                 "the plan journaled with {} no longer fits the inventory",
@@ -116,12 +131,16 @@ impl Engine {
         original: &RolloutRecord,
         json: bool,
     ) -> anyhow::Result<Self> {
+        let config = config_for(config, original);
         let plan = Plan::parse(&original.plan_text, &config).with_context(|| {
             format!(
                 "the plan journaled with {} no longer fits the inventory",
                 original.id
             )
         })?;
+        if plan.surge.is_some() {
+            return Self::surge_rollback_of(config, plan, original, json);
+        }
         let facts = original.facts.clone();
         let last_wave = last_switched_wave(&plan, &facts).ok_or_else(|| {
             anyhow::anyhow!(
@@ -149,9 +168,70 @@ impl Engine {
         Self::assemble(config, plan, record, json)
     }
 
+    /// `handover rollback` of a surge rollout: the old servers back in service and
+    /// the new ones out, possible until step 18 retired the old servers; after
+    /// that, going back is a new rollout of the previous revision.
+    fn surge_rollback_of(
+        config: CoordinatorConfig,
+        plan: Plan,
+        original: &RolloutRecord,
+        json: bool,
+    ) -> anyhow::Result<Self> {
+        let journal = Journal::new(&config.state_dir);
+        let journaled = journal.steps(&original.id)?;
+        let forward = surge::forward(&plan);
+        let gone = surge::old_servers_gone(&forward, |i| {
+            journal.step_done(&journaled, Phase::Forward, i)
+        });
+        if gone {
+            anyhow::bail!(
+                "rollout {} is past runbook step 18: its old servers are terminated (or back in the standby pool), so there is nothing to go back to. A rollback now is a new rollout of the previous revision: run `handover rollout` with a plan whose [revision] ref is the one before",
+                original.id
+            );
+        }
+        if original.state.is_unfinished() && original.phase == Phase::SurgeRollback {
+            anyhow::bail!(
+                "rollout {} is already rolling back: `handover resume {}` finishes it",
+                original.id,
+                original.id
+            );
+        }
+        // The rollback carries on in the rollout's own record: its new servers
+        // (and what a provider launched) are known there.
+        let mut record =
+            to_resume(original.clone()).or_else(|_| Ok::<_, anyhow::Error>(original.clone()))?;
+        record.phase = Phase::SurgeRollback;
+        record.state = RolloutState::RollingBack;
+        record.error = None;
+        Self::assemble(config, plan, record, json)
+    }
+
     /// The rollout's id.
     pub fn id(&self) -> &str {
         &self.runner.record.id
+    }
+
+    /// For a surge rollback: what it does, in a line (`None`: not a surge).
+    pub fn surge_rollback_summary(&self) -> Option<String> {
+        let plan = &self.runner.plan;
+        plan.surge.as_ref()?;
+        let names = |v: Vec<HostName>| {
+            v.iter()
+                .map(HostName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let old = names(plan.hosts.iter().map(|h| h.name.clone()).collect());
+        let new = names(surge::new_names(plan, None));
+        Some(format!(
+            "rollback of surge rollout {}: the old servers ({old}) back in service first, then the new ones ({}) drained, detached and {}\n",
+            self.runner.record.id,
+            if new.is_empty() { "launched" } else { &new },
+            match plan.surge.as_ref().map(|s| s.provider) {
+                Some(crate::surge_plan::ProviderKind::Command) => "terminated",
+                _ => "handed back to the standby pool",
+            }
+        ))
     }
 
     /// What a `rollback` will do: each host the rollout switched, newest wave
@@ -173,13 +253,16 @@ impl Engine {
     /// lease on every host it touches. Only then is it journaled, so a refused
     /// rollout leaves no trace. `notice` hears how another holder was dealt with.
     pub async fn take(
-        self,
+        mut self,
         lock: RolloutLock,
         takeover: Takeover,
         notice: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<Leased> {
         let mut touched = self.runner.plan.hosts.clone();
         touched.extend(self.runner.plan.lbs.iter().cloned());
+        if let Some(s) = &self.runner.plan.surge {
+            touched.extend(s.standby.iter().chain(&s.db).cloned());
+        }
         let leases = match Leases::take(
             self.fleet.clone(),
             touched,
@@ -196,7 +279,11 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Err(e) = self.runner.journal.save_rollout(&self.runner.record) {
+        let saved = self
+            .runner
+            .record_inputs()
+            .and_then(|()| self.runner.journal.save_rollout(&self.runner.record));
+        if let Err(e) = saved {
             leases.release().await;
             self.fleet.close().await;
             return Err(e);
@@ -226,6 +313,19 @@ fn new_record(plan_path: &std::path::Path, plan_text: String) -> RolloutRecord {
         error: None,
         facts: Facts::default(),
     }
+}
+
+/// The inventory as `record`'s rollout saw it: a surge rollout's standby pool
+/// from when it started laid over it (blue and green may have traded places
+/// since).
+pub fn config_for(mut config: CoordinatorConfig, record: &RolloutRecord) -> CoordinatorConfig {
+    if let Some(standby) = &record.facts.surge.standby_at_start {
+        crate::provider::standby::Pool {
+            standby: standby.iter().cloned().collect(),
+        }
+        .apply(&mut config);
+    }
+    config
 }
 
 /// A journaled rollout made ready to carry on: an aborted one redoes its wave
@@ -336,7 +436,8 @@ fn end_state(phase: Phase) -> RolloutState {
     match phase {
         Phase::Forward => RolloutState::Succeeded,
         Phase::RollbackFrom { .. } | Phase::Undo { .. } => RolloutState::RolledBack,
-        Phase::Repair { .. } | Phase::Withdraw { .. } => RolloutState::Aborted,
+        Phase::Repair { .. } | Phase::Withdraw { .. } | Phase::SurgeAbort => RolloutState::Aborted,
+        Phase::SurgeRollback => RolloutState::RolledBack,
     }
 }
 
@@ -363,6 +464,25 @@ impl Leased {
 }
 
 impl Runner {
+    /// Runbook steps 5–6, before a surge rollout starts: the plan's `[inputs]`
+    /// over the current inputs become a numbered version tied to this rollout
+    /// (on `resume`, the version it recorded then).
+    fn record_inputs(&mut self) -> anyhow::Result<()> {
+        if self.plan.surge.is_none() || self.record.kind != RolloutKind::Rollout {
+            return Ok(());
+        }
+        let plan_inputs = self.plan.file.inputs.clone().unwrap_or_default();
+        let (version, inputs) = crate::inputs::record_for_rollout(
+            &self.journal,
+            &self.record.plan_path,
+            &plan_inputs,
+            &self.record.id,
+        )?;
+        self.record.facts.surge.inputs_version = Some(version.0);
+        self.record.facts.surge.inputs = Some(inputs);
+        Ok(())
+    }
+
     /// Runs phase after phase until the rollout ends, halts or loses its lease.
     async fn run_phases(
         &mut self,
@@ -414,7 +534,7 @@ impl Runner {
                 ),
                 PhaseEnd::Failed(f) => f,
             };
-            match after_failure(phase, &f, self.plan.file.rollout.auto_rollback) {
+            match self.decide(phase, &f, &steps) {
                 Next::Stop(state) => {
                     self.record.error = Some(match self.record.error.take() {
                         Some(first) if phase != Phase::Forward => {
@@ -439,6 +559,13 @@ impl Runner {
                             .collect();
                         self.journal.mark_undone(&self.record.id, phase, &undone)?;
                     }
+                    if self.plan.surge.is_some() {
+                        // A way back run before (an earlier abort of this
+                        // rollout) runs again in full.
+                        let all: Vec<usize> =
+                            (0..steps::for_phase(&self.plan, next).len()).collect();
+                        self.journal.mark_undone(&self.record.id, next, &all)?;
+                    }
                     self.record.error = Some(f.error.clone());
                     self.record.phase = next;
                     self.record.state = running_state(next);
@@ -447,6 +574,82 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The next phase after a failed step: the in-place decision, or surge's.
+    fn decide(&self, phase: Phase, f: &StepFailure, steps: &[steps::Step]) -> Next {
+        let auto_rollback = self.plan.file.rollout.auto_rollback;
+        if self.plan.surge.is_none() {
+            return after_failure(phase, f, auto_rollback);
+        }
+        match surge::after_failure(
+            phase,
+            &f.action,
+            f.interrupted,
+            f.unreachable,
+            auto_rollback,
+        ) {
+            surge::SurgeNext::Stop(state) => Next::Stop(state),
+            surge::SurgeNext::Switch {
+                phase,
+                undo_new_servers,
+            } => {
+                // Old servers already gone (step 18 ran): nothing to go back to.
+                let journaled = self.journal.steps(&self.record.id).unwrap_or_default();
+                let gone = surge::old_servers_gone(steps, |i| {
+                    self.journal.step_done(&journaled, Phase::Forward, i)
+                });
+                if gone {
+                    return Next::Stop(RolloutState::Failed);
+                }
+                Next::Switch {
+                    phase,
+                    undo_wave: undo_new_servers,
+                }
+            }
+        }
+    }
+
+    /// A step that must not run twice (the migration) and was started by an
+    /// earlier run without a journaled end may have run: the rollout halts and
+    /// says so rather than running it again blindly.
+    fn refuse_to_run_twice(
+        &mut self,
+        journaled: &[crate::journal::StepRecord],
+        phase: Phase,
+        i: usize,
+        step: &steps::Step,
+    ) -> anyhow::Result<Option<StepFailure>> {
+        let steps::Action::Surge(a) = &step.action else {
+            return Ok(None);
+        };
+        // Any earlier attempt that did not end well: the hook may have run
+        // (started without an end), or stopped part-way (failed).
+        let tried = journaled.iter().any(|r| r.phase == phase && r.index == i);
+        if !a.runs_once() || !tried {
+            return Ok(None);
+        }
+        let error = format!(
+            "step {} (runbook 2, the migration) was tried by an earlier run that did not end well, so it may have run (in part): it is not run twice. Check the database; if the migration finished, mark it done with `handover resume {} --migrated`, otherwise restore the backup recorded in step 1 and start a new rollout",
+            i + 1,
+            self.record.id
+        );
+        self.journal.step_ended(
+            &self.record.id,
+            phase,
+            i,
+            StepOutcome::Failed(error.clone()),
+            BTreeMap::new(),
+        )?;
+        // Halted, as for a host that does not answer: nothing is undone, and
+        // `resume` carries on once the operator has decided.
+        Ok(Some(StepFailure {
+            wave: step.wave,
+            action: step.action.clone(),
+            error,
+            interrupted: false,
+            unreachable: true,
+        }))
     }
 
     async fn run_steps(
@@ -476,6 +679,9 @@ impl Runner {
                 }));
             }
             let title = step.title(&self.plan);
+            if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step)? {
+                return Ok(PhaseEnd::Failed(failure));
+            }
             self.journal.step_started(&id, phase, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
@@ -638,6 +844,10 @@ fn watch_signals(id: String) -> (watch::Receiver<u32>, tokio::task::JoinHandle<(
     });
     (rx, handle)
 }
+
+#[cfg(test)]
+#[path = "surge_engine_tests.rs"]
+mod surge_tests;
 
 #[cfg(test)]
 mod tests {

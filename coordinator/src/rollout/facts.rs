@@ -15,6 +15,8 @@ pub struct Facts {
     /// The release each host had before the rollout switched it (`None`: it had
     /// none; a host missing here was never about to be switched).
     pub before: BTreeMap<HostName, Option<ReleaseName>>,
+    /// What a surge rollout learnt (empty for in-place).
+    pub surge: super::surge::SurgeFacts,
 }
 
 impl Facts {
@@ -23,6 +25,7 @@ impl Facts {
         for (host, release) in learned.before {
             self.before.entry(host).or_insert(release);
         }
+        self.surge.learn(learned.surge);
     }
 
     /// Whether `host` was recorded before a switch.
@@ -49,12 +52,17 @@ enum OnDisk {
 struct Typed {
     #[serde(default)]
     before: BTreeMap<HostName, Option<ReleaseName>>,
+    #[serde(default)]
+    surge: super::surge::SurgeFacts,
 }
 
 impl From<OnDisk> for Facts {
     fn from(on_disk: OnDisk) -> Facts {
         match on_disk {
-            OnDisk::Typed(t) => Facts { before: t.before },
+            OnDisk::Typed(t) => Facts {
+                before: t.before,
+                surge: t.surge,
+            },
             OnDisk::Flat(map) => Facts {
                 before: map
                     .iter()
@@ -64,6 +72,7 @@ impl From<OnDisk> for Facts {
                         Some((host, release))
                     })
                     .collect(),
+                surge: Default::default(),
             },
         }
     }
@@ -83,12 +92,14 @@ mod tests {
         let mut facts = Facts::default();
         facts.learn(Facts {
             before: BTreeMap::from([(host("web-1"), Some(rel("20260101T000000Z-aaaaaaa")))]),
+            ..Facts::default()
         });
         facts.learn(Facts {
             before: BTreeMap::from([
                 (host("web-1"), Some(rel("20260102T000000Z-bbbbbbb"))),
                 (host("web-2"), None),
             ]),
+            ..Facts::default()
         });
         assert_eq!(
             facts.release_before(&host("web-1")),

@@ -50,6 +50,21 @@ pub struct World {
     pub min_up: usize,
     /// Steps started so far (for faults by position).
     pub calls: usize,
+    /// Surge: backups and migrations run on the db host.
+    pub backups: usize,
+    /// See `backups`.
+    pub migrations: usize,
+    /// Surge: hosts terminated or handed back to the standby pool.
+    pub retired: BTreeSet<HostName>,
+    /// Surge: whether the server array is enabled.
+    pub array_enabled: bool,
+    /// Surge: new servers whose `[db] check` fails.
+    pub db_check_fails: BTreeSet<HostName>,
+    /// Surge: the bake sees a 5xx burst.
+    pub burst: bool,
+    /// Surge: hosts that took traffic while the old ones still had sessions
+    /// (detached with sessions: must stay empty).
+    pub cut: BTreeSet<HostName>,
 }
 
 impl World {
@@ -65,6 +80,8 @@ pub enum Trigger {
     Call(usize),
     /// This action on this host.
     Step(Discriminant<Action>, HostName),
+    /// This surge action (any host).
+    Surge(Discriminant<super::surge::SurgeAction>),
 }
 
 /// The scripted fleet.
@@ -97,14 +114,41 @@ pub fn plan(n: usize, rollout: &str) -> Plan {
     Plan::parse(&text, &config).expect("plan")
 }
 
+/// A surge plan over `n` app hosts (web-1..) with `n` standby hosts after
+/// them, one LB and a db host; `extra` is appended to the plan.
+pub fn surge_plan(n: usize, extra: &str) -> Plan {
+    let mut inv = String::from("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nstate_dir = \"d\"\n");
+    for i in 1..=2 * n {
+        inv.push_str(&format!(
+            "[[hosts]]\nname = \"web-{i}\"\naddress = \"127.0.1.{i}:7443\"\nroles = [\"app\"]\napp = \"127.0.1.{i}:80\"\nstandby = {}\n",
+            i > n
+        ));
+    }
+    inv.push_str("[[hosts]]\nname = \"lb-1\"\naddress = \"127.0.1.99:7443\"\nroles = [\"lb\"]\n");
+    inv.push_str("[[hosts]]\nname = \"db-1\"\naddress = \"127.0.1.98:7443\"\nroles = [\"db\"]\n");
+    let config = toml::from_str(&inv).expect("inventory");
+    let text = format!(
+        "strategy = \"surge\"\nroles = [\"app\"]\n[revision]\nrepo = \"file:///r.git\"\nref = \"v2\"\n{extra}\n"
+    );
+    Plan::parse(&text, &config).expect("plan")
+}
+
 impl Fake {
-    /// Every host of `plan` on [`OLD`], attached and serving.
+    /// Every host of `plan` on [`OLD`], attached and serving; a surge plan's
+    /// standby hosts on [`OLD`] too, drained and detached.
     pub fn new(plan: &Plan) -> Self {
         let hosts: Vec<HostName> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+        let standby: Vec<HostName> = super::surge::new_names(plan, None);
         let world = World {
-            release: hosts.iter().map(|h| (h.clone(), OLD.to_string())).collect(),
+            release: hosts
+                .iter()
+                .chain(&standby)
+                .map(|h| (h.clone(), OLD.to_string()))
+                .collect(),
             attached: hosts.iter().cloned().collect(),
+            drained: standby.iter().cloned().collect(),
             min_up: hosts.len(),
+            array_enabled: true,
             ..World::default()
         };
         Fake {
@@ -129,6 +173,9 @@ impl Fake {
         let i = faults.iter().position(|(t, _)| match t {
             Trigger::Call(n) => *n == call,
             Trigger::Step(d, h) => *d == discriminant(&step.action) && step.hosts.contains(h),
+            Trigger::Surge(d) => {
+                matches!(&step.action, Action::Surge(a) if discriminant(a) == *d)
+            }
         })?;
         Some(faults.remove(i).1)
     }
@@ -137,6 +184,11 @@ impl Fake {
     fn act(&self, step: &Step, facts: &Facts) -> anyhow::Result<Done> {
         let mut w = self.world();
         let mut done = Done::default();
+        if let Action::Surge(a) = &step.action {
+            super::surge_fake::act(&mut w, a, step, facts, &mut done)?;
+            w.min_up = w.min_up.min(w.up());
+            return Ok(done);
+        }
         for h in &step.hosts {
             match &step.action {
                 Action::EnsureCapacity => {
@@ -177,6 +229,7 @@ impl Fake {
                 Action::AttachToLoadBalancers => {
                     w.attached.insert(h.clone());
                 }
+                Action::Surge(_) => {}
             }
         }
         w.min_up = w.min_up.min(w.up());
@@ -195,14 +248,20 @@ impl Actions for Fake {
             let call = {
                 let mut w = self.world();
                 w.calls += 1;
-                w.log.push((step.action.clone(), step.hosts[0].clone()));
+                // Steps on no host (the array, the inputs) are logged as the coordinator's.
+                let first = step
+                    .hosts
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| host("coordinator"));
+                w.log.push((step.action.clone(), first));
                 w.calls - 1
             };
             let fault = self.fault_for(call, step);
             match fault {
                 Some(Fault::Fail) => anyhow::bail!("scripted failure"),
                 Some(Fault::Unreachable) => {
-                    return Err(Unreachable(format!("{}: no answer", step.hosts[0])).into());
+                    return Err(Unreachable(format!("{:?}: no answer", step.hosts.first())).into());
                 }
                 Some(Fault::CrashBefore) => std::future::pending().await,
                 Some(Fault::CrashAfter) => {
@@ -213,6 +272,9 @@ impl Actions for Fake {
             }
             if let Action::Pause(d) = step.action {
                 tokio::time::sleep(d).await;
+            }
+            if let Action::Surge(super::surge::SurgeAction::SmokeCheckAndBake) = step.action {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             }
             self.act(step, facts)
         })

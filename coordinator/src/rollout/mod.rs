@@ -26,4 +26,8 @@ pub(crate) mod fake;
 pub mod lease;
 pub mod ops;
 pub mod steps;
+pub mod surge;
+#[cfg(test)]
+pub(crate) mod surge_fake;
+pub mod surge_ops;
 pub mod ui;

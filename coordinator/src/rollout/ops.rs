@@ -97,7 +97,7 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn progress(&self, host: &HostName, text: impl Into<String>) {
+    pub(super) fn progress(&self, host: &HostName, text: impl Into<String>) {
         self.ui.show(Event::Progress {
             host: host.to_string(),
             text: text.into(),
@@ -125,6 +125,7 @@ async fn execute(ctx: &Ctx<'_>, step: &Step, facts: &Facts) -> anyhow::Result<Do
         Action::VerifyHealth => verify_health(ctx, hosts).await,
         Action::AttachToLoadBalancers => attach_to_load_balancers(ctx, hosts).await,
         Action::Pause(d) => pause(ctx, hosts, *d).await,
+        Action::Surge(a) => return super::surge_ops::execute(ctx, step, a, facts).await,
     };
     outputs.map(Done::from)
 }
@@ -145,7 +146,7 @@ pub fn is_unreachable(error: &anyhow::Error) -> bool {
 }
 
 /// Runs `f` on every host at once; fails naming every host that failed.
-async fn on_each<'h, F, Fut>(hosts: &'h [HostName], f: F) -> anyhow::Result<Outputs>
+pub(super) async fn on_each<'h, F, Fut>(hosts: &'h [HostName], f: F) -> anyhow::Result<Outputs>
 where
     F: Fn(&'h HostName) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Outputs>>,
@@ -171,7 +172,7 @@ where
     }
 }
 
-async fn ask<A>(ctx: &Ctx<'_>, host: &HostName, call: Call<A>) -> anyhow::Result<A> {
+pub(super) async fn ask<A>(ctx: &Ctx<'_>, host: &HostName, call: Call<A>) -> anyhow::Result<A> {
     let entry = ctx
         .config
         .host(host.as_str())
@@ -303,7 +304,10 @@ async fn ensure_capacity(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Ou
     }
 }
 
-async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+pub(super) async fn remove_health_check_file(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
         let drained = ask(ctx, h, calls::drain(None)).await?;
         Ok(Outputs::from([(
@@ -317,7 +321,10 @@ async fn remove_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::
 /// Runbook step 13: the same decision as `handover drain --wait` — idle on the
 /// host (no direct connection) and on every LB (scur and qcur 0, stot not rising)
 /// at the same moment, for the quiet period.
-async fn wait_for_sessions_to_end(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+pub(super) async fn wait_for_sessions_to_end(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+) -> anyhow::Result<Outputs> {
     use crate::drain_wait::WaitOptions;
     let r = &ctx.plan.file.rollout;
     let entries = ctx.entries(hosts)?;
@@ -439,7 +446,10 @@ fn judge_wait(ends: Vec<(HostName, WaitEnd)>, policy: OnDrainTimeout) -> anyhow:
     }
 }
 
-async fn detach_from_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+pub(super) async fn detach_from_load_balancers(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+) -> anyhow::Result<Outputs> {
     let entries = ctx.entries(hosts)?;
     // Sessions past the drain timeout are cut only when the plan says proceed: the
     // wait step then recorded them, and detach may force.
@@ -577,7 +587,10 @@ async fn activate_previous_release(
     .await
 }
 
-async fn restore_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+pub(super) async fn restore_health_check_file(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+) -> anyhow::Result<Outputs> {
     on_each(hosts, |h| async move {
         let undrained = ask(ctx, h, calls::undrain()).await?;
         Ok(Outputs::from([(
@@ -588,7 +601,7 @@ async fn restore_health_check_file(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow:
     .await
 }
 
-async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+pub(super) async fn verify_health(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
     let check = ctx.plan.health_check();
     on_each(hosts, |h| {
         let check = check.clone();
@@ -624,7 +637,10 @@ async fn mark_unhealthy(ctx: &Ctx<'_>, host: &HostName, why: &str) {
     }
 }
 
-async fn attach_to_load_balancers(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+pub(super) async fn attach_to_load_balancers(
+    ctx: &Ctx<'_>,
+    hosts: &[HostName],
+) -> anyhow::Result<Outputs> {
     let entries = ctx.entries(hosts)?;
     let outcomes = crate::lb::attach(
         ctx.fleet,

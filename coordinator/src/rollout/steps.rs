@@ -36,6 +36,8 @@ pub enum Action {
     AttachToLoadBalancers,
     /// Wait before the next wave (after the canary).
     Pause(#[serde(with = "handover_common::duration::serde_human")] Duration),
+    /// A step of the surge strategy (see [`super::surge`]).
+    Surge(super::surge::SurgeAction),
 }
 
 /// One step: an action on the hosts of one wave.
@@ -96,6 +98,13 @@ impl Step {
                 format!("attach {hosts} to every LB and wait for a fresh passing check")
             }
             Action::Pause(d) => format!("pause {} (canary)", handover_common::duration::format(*d)),
+            Action::Surge(a) => {
+                let title = super::surge::title(plan, a, &self.hosts);
+                match a.runbook() {
+                    Some(row) => format!("runbook {row}: {title}"),
+                    None => format!("way back: {title}"),
+                }
+            }
         }
     }
 
@@ -166,6 +175,11 @@ pub enum Phase {
         /// The wave.
         wave: usize,
     },
+    /// A surge rollout stopped before traffic moved: its new servers go.
+    SurgeAbort,
+    /// A surge rollout goes back after traffic moved: old servers back in
+    /// service, new ones drained, detached, terminated.
+    SurgeRollback,
 }
 
 impl Phase {
@@ -177,12 +191,17 @@ impl Phase {
             Phase::Undo { last_wave } => format!("rollback-waves-1-to-{}", last_wave + 1),
             Phase::Repair { wave } => format!("repair-wave-{}", wave + 1),
             Phase::Withdraw { wave } => format!("withdraw-wave-{}", wave + 1),
+            Phase::SurgeAbort => "surge-abort".into(),
+            Phase::SurgeRollback => "surge-rollback".into(),
         }
     }
 
     /// Whether this phase takes hosts back to their previous release for good.
     pub fn is_rollback(self) -> bool {
-        matches!(self, Phase::RollbackFrom { .. } | Phase::Undo { .. })
+        matches!(
+            self,
+            Phase::RollbackFrom { .. } | Phase::Undo { .. } | Phase::SurgeRollback
+        )
     }
 }
 
@@ -199,6 +218,10 @@ impl std::fmt::Display for Phase {
             Phase::Repair { wave } => write!(f, "putting wave {} back in service", wave + 1),
             Phase::Withdraw { wave } => {
                 write!(f, "putting wave {} back on its previous release", wave + 1)
+            }
+            Phase::SurgeAbort => f.write_str("stopping before traffic moved: new servers go"),
+            Phase::SurgeRollback => {
+                f.write_str("rolling back: old servers back in service, new servers go")
             }
         }
     }
@@ -220,8 +243,11 @@ impl TryFrom<String> for Phase {
                 .ok()?
                 .checked_sub(1)
         };
-        if key == "forward" {
-            return Ok(Phase::Forward);
+        match key.as_str() {
+            "forward" => return Ok(Phase::Forward),
+            "surge-abort" => return Ok(Phase::SurgeAbort),
+            "surge-rollback" => return Ok(Phase::SurgeRollback),
+            _ => {}
         }
         let phase = wave("rollback-from-wave-")
             .map(|wave| Phase::RollbackFrom { wave })
@@ -307,12 +333,16 @@ pub fn repair(plan: &Plan, wave: usize) -> Vec<Step> {
 
 /// The steps of `phase`.
 pub fn for_phase(plan: &Plan, phase: Phase) -> Vec<Step> {
+    if plan.surge.is_some() {
+        return super::surge::for_phase(plan, phase);
+    }
     match phase {
         Phase::Forward => in_place(plan),
         Phase::RollbackFrom { wave } => rollback(plan, wave),
         Phase::Undo { last_wave } => undo(plan, last_wave),
         Phase::Repair { wave } => repair(plan, wave),
         Phase::Withdraw { wave } => undo_wave(plan, wave),
+        Phase::SurgeAbort | Phase::SurgeRollback => Vec::new(),
     }
 }
 
@@ -415,6 +445,8 @@ mod tests {
             Phase::Undo { last_wave: 2 },
             Phase::Repair { wave: 0 },
             Phase::Withdraw { wave: 0 },
+            Phase::SurgeAbort,
+            Phase::SurgeRollback,
         ] {
             assert_eq!(Phase::try_from(phase.key()), Ok(phase));
         }

@@ -1,7 +1,15 @@
-//! The quick-start demo: a local fleet on loopback — three Apache app servers
-//! behind a real HAProxy, an agent on each host, a coordinator — upgraded from v1
-//! to v2 with `handover rollout` while clients keep sending requests through
-//! HAProxy. At the end it prints what the clients saw and what HAProxy reported.
+//! The quick-start demo: a local fleet on loopback upgraded from v1 to v2 with
+//! `handover rollout` while clients keep sending requests through a real HAProxy.
+//!
+//! * `--surge`: the runbook itself (issue 12) — three Apache app hosts, three
+//!   standby hosts, a db host with sqlite backup / migrate hooks; the standbys get
+//!   v2, are attached, the old servers drain (sessions pinned to them by the
+//!   persistence cookie are served until they end) and are handed back to the pool.
+//!   Ends with `requests: N ok, M failed; sessions cut: K`.
+//! * `--in-place`: three app servers upgraded in waves (drain, switch, attach).
+//!
+//! At the end it prints what the clients saw and what HAProxy reported, and exits
+//! non-zero if a request failed or a session was cut.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,8 +18,30 @@ use handover_tests::monitor::UpMonitor;
 use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
 use handover_tests::traffic::{Traffic, TrafficOptions};
 
+#[path = "demo/surge.rs"]
+mod surge_demo;
+
+/// Which runbook runs without a flag.
+const DEFAULT_SURGE: bool = false;
+
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let surge = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => DEFAULT_SURGE,
+        ["--surge"] => true,
+        ["--in-place"] => false,
+        _ => {
+            eprintln!("usage: handover-demo [--surge | --in-place]");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if surge { surge_demo::run() } else { run() };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

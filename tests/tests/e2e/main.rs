@@ -11,3 +11,5 @@ mod lbdrain;
 mod regression;
 mod rollout;
 mod spine;
+mod surge;
+mod surgeagent;

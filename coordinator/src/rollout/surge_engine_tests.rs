@@ -1,0 +1,300 @@
+//! The engine running a surge plan against the scripted fleet, with tokio's
+//! paused clock: every decision of the 18 steps and their ways back.
+
+use std::mem::discriminant;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::*;
+use crate::rollout::fake::{self, Fake, Fault, NEW, OLD, Trigger, host};
+use crate::rollout::surge::SurgeAction;
+
+const SURGE: &str = "[surge]\nprovider = \"standby\"\nbatch = 2\n[db]\nbackup = \"backup\"\nmigrate = \"migrate\"\ncheck = \"dbcheck\"\n[bake]\nduration = \"10s\"\n[inputs]\nAPP_ENV = \"production\"\n";
+
+struct Bench {
+    dir: tempfile::TempDir,
+    plan: Plan,
+    fake: Arc<Fake>,
+    id: String,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let plan = fake::surge_plan(3, SURGE);
+        let fake = Arc::new(Fake::new(&plan));
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("tempdir");
+        let record = new_record(std::path::Path::new("plan.toml"), String::new());
+        let id = record.id.clone();
+        Journal::new(dir.path())
+            .save_rollout(&record)
+            .expect("journal");
+        Bench {
+            dir,
+            plan,
+            fake,
+            id,
+        }
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::new(self.dir.path())
+    }
+
+    fn record(&self) -> RolloutRecord {
+        self.journal()
+            .rollout(&self.id)
+            .expect("read")
+            .expect("record")
+    }
+
+    async fn run(&self, resume: bool) -> Option<anyhow::Result<RolloutState>> {
+        let mut record = self.record();
+        if resume {
+            record = to_resume(record).expect("resumable");
+        }
+        let mut runner = Runner {
+            journal: self.journal(),
+            plan: self.plan.clone(),
+            record,
+            ui: Arc::new(Ui::new(true)),
+            actions: self.fake.clone(),
+        };
+        let (_itx, irx) = watch::channel(0u32);
+        let (_ltx, lrx) = watch::channel(None);
+        tokio::time::timeout(Duration::from_secs(24 * 3600), runner.run_phases(irx, lrx))
+            .await
+            .ok()
+    }
+
+    /// What `handover resume --migrated` does: the migration step journaled done.
+    fn confirm_migrated(&self) {
+        let steps = surge::forward(&self.plan);
+        let i = steps
+            .iter()
+            .position(|s| s.action == Action::Surge(SurgeAction::MigrateDatabase))
+            .expect("migrate step");
+        let j = self.journal();
+        j.step_started(&self.id, Phase::Forward, i, "migrate")
+            .expect("journal");
+        j.step_ended(
+            &self.id,
+            Phase::Forward,
+            i,
+            StepOutcome::Ok,
+            BTreeMap::new(),
+        )
+        .expect("journal");
+    }
+
+    fn old() -> Vec<HostName> {
+        ["web-1", "web-2", "web-3"].map(host).to_vec()
+    }
+
+    fn new_servers() -> Vec<HostName> {
+        ["web-4", "web-5", "web-6"].map(host).to_vec()
+    }
+
+    /// Old servers serve; new ones are back in the pool (drained, detached).
+    fn assert_old_serving_new_gone(&self) {
+        let w = self.fake.world();
+        for h in Self::old() {
+            assert!(
+                w.attached.contains(&h) && !w.drained.contains(&h),
+                "{h} serves"
+            );
+            assert_eq!(w.release[&h], OLD, "{h}");
+        }
+        for h in Self::new_servers() {
+            assert!(!w.attached.contains(&h), "{h} detached");
+            assert!(w.drained.contains(&h), "{h} drained");
+        }
+        assert!(w.array_enabled, "the array is enabled again");
+        assert!(w.min_up >= 3, "capacity fell to {}", w.min_up);
+        assert!(w.cut.is_empty(), "detached while serving: {:?}", w.cut);
+    }
+
+    fn assert_handed_over(&self) {
+        let w = self.fake.world();
+        for h in Self::new_servers() {
+            assert!(
+                w.attached.contains(&h) && !w.drained.contains(&h),
+                "{h} serves"
+            );
+            assert_eq!(w.release[&h], NEW, "{h}");
+        }
+        for h in Self::old() {
+            assert!(!w.attached.contains(&h), "{h} detached");
+            assert!(w.retired.contains(&h), "{h} back in the pool");
+        }
+        assert!(w.array_enabled);
+        assert!(w.min_up >= 3, "capacity fell to {}", w.min_up);
+        assert!(w.cut.is_empty(), "detached while serving: {:?}", w.cut);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_surge_runs_the_runbook_in_order_and_migrates_once() {
+    let bench = Bench::new();
+    let state = bench.run(false).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::Succeeded);
+    bench.assert_handed_over();
+    let w = bench.fake.world();
+    assert_eq!((w.backups, w.migrations), (1, 1));
+    let order: Vec<&Action> = w.log.iter().map(|(a, _)| a).collect();
+    let expected = surge::forward(&bench.plan);
+    assert_eq!(
+        order,
+        expected.iter().map(|s| &s.action).collect::<Vec<_>>()
+    );
+    assert!(w.builds.values().all(|n| *n == 1), "{:?}", w.builds);
+    assert!(
+        bench.record().facts.surge.backup.is_some(),
+        "artifact journaled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_after_a_crash_at_any_step_boundary_finishes_and_never_migrates_twice() {
+    let total = surge::forward(&fake::surge_plan(3, SURGE)).len();
+    for crash in [Fault::CrashBefore, Fault::CrashAfter] {
+        for at in 0..total {
+            let bench = Bench::new();
+            bench.fake.inject(Trigger::Call(at), crash);
+            assert!(bench.run(false).await.is_none(), "crashed at step {at}");
+            let mut state = bench.run(true).await.expect("ends").expect("runs");
+            if state == RolloutState::Halted {
+                // Only the migration halts: it may have run, so it is not run
+                // again until the operator says it finished.
+                let record = bench.record();
+                let error = record.error.unwrap_or_default();
+                assert!(
+                    error.contains("not run twice") && error.contains("--migrated"),
+                    "{error}"
+                );
+                bench.confirm_migrated();
+                state = bench.run(true).await.expect("ends").expect("runs");
+            }
+            assert_eq!(state, RolloutState::Succeeded, "{crash:?} at step {at}");
+            bench.assert_handed_over();
+            let w = bench.fake.world();
+            assert!(
+                w.migrations <= 1,
+                "{crash:?} at {at}: migrated {}",
+                w.migrations
+            );
+            assert!(
+                w.builds.values().all(|n| *n == 1),
+                "{crash:?} at {at}: {:?}",
+                w.builds
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_server_failing_the_db_check_is_retired_before_any_traffic_moves() {
+    let bench = Bench::new();
+    bench.fake.world().db_check_fails.insert(host("web-6"));
+    let state = bench.run(false).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::Aborted);
+    bench.assert_old_serving_new_gone();
+    {
+        let w = bench.fake.world();
+        assert!(
+            !w.log
+                .iter()
+                .any(|(a, _)| *a == Action::Surge(SurgeAction::AttachNewServers)),
+            "no traffic moved"
+        );
+        assert!(w.retired.contains(&host("web-4")), "the whole surge went");
+    }
+    // Fixed: resume launches again, keeps the migration done.
+    bench.fake.world().db_check_fails.clear();
+    let state = bench.run(true).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::Succeeded);
+    let w = bench.fake.world();
+    assert_eq!(w.migrations, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_once_the_array_is_disabled_enables_it_again() {
+    let bench = Bench::new();
+    let at = Trigger::Surge(discriminant(&SurgeAction::AttachNewServers));
+    bench.fake.inject(at, Fault::Fail);
+    let state = bench.run(false).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::RolledBack);
+    bench.assert_old_serving_new_gone();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_5xx_burst_in_the_bake_puts_the_old_servers_back() {
+    let bench = Bench::new();
+    bench.fake.world().burst = true;
+    let state = bench.run(false).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::RolledBack);
+    bench.assert_old_serving_new_gone();
+    let w = bench.fake.world();
+    assert!(
+        !w.log
+            .iter()
+            .any(|(a, _)| *a == Action::Surge(SurgeAction::TerminateOldServers)),
+        "the old servers were kept"
+    );
+    assert!(w.retired.iter().all(|h| Bench::new_servers().contains(h)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_at_every_step_before_the_handover_leaves_the_old_servers_serving() {
+    let steps = surge::forward(&fake::surge_plan(3, SURGE));
+    for (i, step) in steps.iter().enumerate() {
+        let Action::Surge(a) = &step.action else {
+            continue;
+        };
+        if matches!(
+            a,
+            SurgeAction::UpdateArray | SurgeAction::EnableArray | SurgeAction::TerminateOldServers
+        ) {
+            continue;
+        }
+        let bench = Bench::new();
+        bench.fake.inject(Trigger::Call(i), Fault::Fail);
+        let state = bench.run(false).await.expect("ends").expect("runs");
+        assert!(
+            matches!(state, RolloutState::Aborted | RolloutState::RolledBack),
+            "{a:?}: {state}"
+        );
+        bench.assert_old_serving_new_gone();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_step_18_there_is_no_way_back_to_the_old_servers() {
+    let bench = Bench::new();
+    let at = Trigger::Surge(discriminant(&SurgeAction::TerminateOldServers));
+    bench.fake.inject(at, Fault::Fail);
+    let state = bench.run(false).await.expect("ends").expect("runs");
+    assert_eq!(
+        state,
+        RolloutState::Failed,
+        "retried by resume, not rolled back"
+    );
+    let state = bench.run(true).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::Succeeded);
+    bench.assert_handed_over();
+    let steps = surge::forward(&bench.plan);
+    let journal = bench.journal();
+    let journaled = journal.steps(&bench.id).expect("steps");
+    assert!(surge::old_servers_gone(&steps, |i| journal.step_done(
+        &journaled,
+        Phase::Forward,
+        i
+    )));
+}

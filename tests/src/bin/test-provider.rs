@@ -1,0 +1,211 @@
+//! The surge tests' command provider (issue 12), implementing the provider
+//! contract the README documents, on loopback:
+//!
+//! * `launch`: stdin `{"like": HOST, "count": N, "inputs": {...}}`; starts N app
+//!   hosts (Apache + agent with a certificate from the test CA, v1 deployed) on
+//!   free 127.0.1.N addresses, like the fixture's own ([`start_app_host`]); stdout
+//!   a JSON list of `{"name", "address", "app"}`. The hosts keep running after
+//!   this process exits.
+//! * `terminate NAME...`: stops those hosts (names also accepted as a JSON list on
+//!   stdin when no argument is given); terminating one twice is fine.
+//! * `array disable|enable|update`: records the call, nothing else.
+//!
+//! Every call is appended to `<state>/calls.log`, which the tests read. A file
+//! `<state>/misbehave/<op>` holding `hang`, `fail` or `garbage` makes that
+//! operation hang, exit 3 with a message on stderr, or print non-JSON.
+//!
+//! `<state>` is the directory the surge fixture made (`--state DIR`): it holds
+//! `kit.json`, what every app host is built from.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use handover_tests::ports::host_ip;
+use handover_tests::surge::{
+    HostKit, LaunchedHost, PROVIDER_FIRST_IP, PROVIDER_LAST_IP, start_app_host,
+    stop_processes_under,
+};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+const USAGE: &str = "usage: handover-test-provider --state DIR (launch | terminate NAME... | array disable|enable|update)";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handover-test-provider: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (state, rest) = match args.as_slice() {
+        [flag, dir, rest @ ..] if flag == "--state" => (PathBuf::from(dir), rest),
+        _ => bail!("{USAGE}"),
+    };
+    let Some((op, names)) = rest.split_first() else {
+        bail!("{USAGE}");
+    };
+    match op.as_str() {
+        "launch" => {
+            let mut stdin = String::new();
+            std::io::stdin().read_to_string(&mut stdin)?;
+            let request: LaunchRequest = serde_json::from_str(&stdin)
+                .with_context(|| format!("launch: stdin is not the launch request: {stdin:?}"))?;
+            record(
+                &state,
+                &format!(
+                    "launch like={} count={} inputs={}",
+                    request.like,
+                    request.count,
+                    request.inputs.keys().cloned().collect::<Vec<_>>().join(",")
+                ),
+            )?;
+            misbehave(&state, "launch")?;
+            // One at a time: launched.json and the addresses are shared.
+            let _lock = lock(&state)?;
+            let launched = launch(&state, request.count)?;
+            println!("{}", serde_json::to_string(&launched)?);
+        }
+        "terminate" => {
+            let names = if names.is_empty() {
+                let mut stdin = String::new();
+                std::io::stdin().read_to_string(&mut stdin)?;
+                serde_json::from_str(&stdin).with_context(|| {
+                    format!(
+                        "terminate: no names as arguments, and stdin is no JSON list: {stdin:?}"
+                    )
+                })?
+            } else {
+                names.to_vec()
+            };
+            record(&state, &format!("terminate {}", names.join(" ")))?;
+            misbehave(&state, "terminate")?;
+            let _lock = lock(&state)?;
+            terminate(&state, &names)?;
+        }
+        "array" => {
+            let [command] = names else {
+                bail!("{USAGE}");
+            };
+            if !["disable", "enable", "update"].contains(&command.as_str()) {
+                bail!("array: unknown command {command:?}; {USAGE}");
+            }
+            record(&state, &format!("array {command}"))?;
+            misbehave(&state, "array")?;
+        }
+        other => bail!("unknown operation {other:?}; {USAGE}"),
+    }
+    Ok(())
+}
+
+/// `launch`'s stdin.
+#[derive(Deserialize)]
+struct LaunchRequest {
+    like: String,
+    count: usize,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+}
+
+/// One entry of `launch`'s stdout.
+#[derive(Serialize)]
+struct Launched {
+    name: String,
+    address: String,
+    app: std::net::SocketAddr,
+}
+
+fn launch(state: &Path, count: usize) -> anyhow::Result<Vec<Launched>> {
+    let kit = HostKit::load(state)?;
+    let mut all = LaunchedHost::load_all(state)?;
+    let parent = state.join("hosts");
+    std::fs::create_dir_all(&parent)?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let used: Vec<String> = all.iter().map(|h| h.name.clone()).collect();
+        let n = (PROVIDER_FIRST_IP..=PROVIDER_LAST_IP)
+            .find(|n| !used.contains(&format!("web-{n}")))
+            .context("no free 127.0.1.N left for a new host")?;
+        let name = format!("web-{n}");
+        let host = start_app_host(&kit, &parent, &name, host_ip(n))?;
+        let entry = LaunchedHost {
+            name: name.clone(),
+            address: host.agent.addr.to_string(),
+            app: host.apache.addr(),
+            dir: parent.join(&name),
+            terminated: false,
+        };
+        // The host outlives this process: its Apache and agent are not stopped
+        // here (terminate, or the fixture's drop, stops them).
+        std::mem::forget(host);
+        out.push(Launched {
+            name,
+            address: entry.address.clone(),
+            app: entry.app,
+        });
+        all.push(entry);
+        LaunchedHost::save_all(state, &all)?;
+    }
+    Ok(out)
+}
+
+fn terminate(state: &Path, names: &[String]) -> anyhow::Result<()> {
+    let mut all = LaunchedHost::load_all(state)?;
+    for name in names {
+        let Some(host) = all.iter_mut().find(|h| &h.name == name) else {
+            bail!("terminate: {name} was not launched by this provider");
+        };
+        stop_processes_under(&host.dir)?;
+        host.terminated = true;
+        LaunchedHost::save_all(state, &all)?;
+    }
+    Ok(())
+}
+
+/// Appends one line to `calls.log`.
+fn record(state: &Path, line: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("calls.log"))?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+/// Misbehaves as `<state>/misbehave/<op>` says, if it exists.
+fn misbehave(state: &Path, op: &str) -> anyhow::Result<()> {
+    let Ok(how) = std::fs::read_to_string(state.join("misbehave").join(op)) else {
+        return Ok(());
+    };
+    match how.trim() {
+        "hang" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(())
+        }
+        "fail" => {
+            eprintln!("test provider: {op} failed on purpose (the fixture asked it to)");
+            std::process::exit(3);
+        }
+        "garbage" => {
+            println!("this is not JSON {{");
+            std::process::exit(0);
+        }
+        other => bail!("unknown misbehaviour {other:?} for {op}"),
+    }
+}
+
+fn lock(state: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join("provider.lock"))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("flock: {e}"))
+}
