@@ -162,9 +162,13 @@ fn provider<'a>(ctx: &'a Ctx<'_>) -> Option<&'a ProviderSpec> {
 /// Runs hook `name` on `host`'s agent with the plan's inputs (each as
 /// `HANDOVER_INPUT_<KEY>`, passed as data).
 async fn hook(ctx: &Ctx<'_>, host: &HostName, name: &HookName) -> anyhow::Result<HookOutput> {
-    ops::ask(ctx, host, calls::run_hook(name.clone(), inputs(ctx).clone()))
-        .await
-        .with_context(|| format!("hook {name} on {host}"))
+    ops::ask(
+        ctx,
+        host,
+        calls::run_hook(name.clone(), inputs(ctx).clone()),
+    )
+    .await
+    .with_context(|| format!("hook {name} on {host}"))
 }
 
 /// Its output lines.
@@ -512,7 +516,8 @@ async fn smoke_check_and_bake(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Resu
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1).min(end - tokio::time::Instant::now())).await;
         last = figures(ctx, hosts).await?;
-        judge_bake(&start, &last, bake.max_5xx_ratio).map_err(|why| anyhow::anyhow!("bake: {why}"))?;
+        judge_bake(&start, &last, bake.max_5xx_ratio)
+            .map_err(|why| anyhow::anyhow!("bake: {why}"))?;
         logs.sample(ctx, bake.max_error_lines).await?;
         if let Some(h) = hosts.first() {
             let left = end.saturating_duration_since(tokio::time::Instant::now());
@@ -525,7 +530,11 @@ async fn smoke_check_and_bake(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Resu
             let (_, f0, s0) = start[h];
             (
                 format!("bake/{h}"),
-                format!("{} 5xx in {} session(s)", fives - f0.min(*fives), stot - s0.min(*stot)),
+                format!(
+                    "{} 5xx in {} session(s)",
+                    fives - f0.min(*fives),
+                    stot - s0.min(*stot)
+                ),
             )
         })
         .collect();
@@ -659,5 +668,4 @@ mod tests {
             "1 in 1000 is within 0.01"
         );
     }
-
 }

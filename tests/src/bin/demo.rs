@@ -22,7 +22,7 @@ use handover_tests::traffic::{Traffic, TrafficOptions};
 mod surge_demo;
 
 /// Which runbook runs without a flag.
-const DEFAULT_SURGE: bool = false;
+const DEFAULT_SURGE: bool = true;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
