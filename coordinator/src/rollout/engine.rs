@@ -230,7 +230,7 @@ impl Engine {
     /// lease on every host it touches. Only then is it journaled, so a refused
     /// rollout leaves no trace. `notice` hears how another holder was dealt with.
     pub async fn take(
-        self,
+        mut self,
         lock: RolloutLock,
         takeover: Takeover,
         notice: &(dyn Fn(&str) + Sync),
@@ -256,7 +256,11 @@ impl Engine {
                 return Err(e);
             }
         };
-        if let Err(e) = self.runner.journal.save_rollout(&self.runner.record) {
+        let saved = self
+            .runner
+            .record_inputs()
+            .and_then(|()| self.runner.journal.save_rollout(&self.runner.record));
+        if let Err(e) = saved {
             leases.release().await;
             self.fleet.close().await;
             return Err(e);
@@ -437,6 +441,25 @@ impl Leased {
 }
 
 impl Runner {
+    /// Runbook steps 5–6, before a surge rollout starts: the plan's `[inputs]`
+    /// over the current inputs become a numbered version tied to this rollout
+    /// (on `resume`, the version it recorded then).
+    fn record_inputs(&mut self) -> anyhow::Result<()> {
+        if self.plan.surge.is_none() || self.record.kind != RolloutKind::Rollout {
+            return Ok(());
+        }
+        let plan_inputs = self.plan.file.inputs.clone().unwrap_or_default();
+        let (version, inputs) = crate::inputs::record_for_rollout(
+            &self.journal,
+            &self.record.plan_path,
+            &plan_inputs,
+            &self.record.id,
+        )?;
+        self.record.facts.surge.inputs_version = Some(version.0);
+        self.record.facts.surge.inputs = Some(inputs);
+        Ok(())
+    }
+
     /// Runs phase after phase until the rollout ends, halts or loses its lease.
     async fn run_phases(
         &mut self,
@@ -573,9 +596,7 @@ impl Runner {
         phase: Phase,
         i: usize,
         step: &steps::Step,
-        title: &str,
     ) -> anyhow::Result<Option<StepFailure>> {
-        let _ = title;
         let steps::Action::Surge(a) = &step.action else {
             return Ok(None);
         };
@@ -586,7 +607,7 @@ impl Runner {
             return Ok(None);
         }
         let error = format!(
-            "step {} ({title}) was under way when the coordinator stopped, so it may have run: it is not run twice. Check the database; if the migration finished, mark it done with `handover resume {} --migrated`, otherwise restore the backup recorded in step 1 and start a new rollout",
+            "step {} (runbook 2, the migration) was tried by an earlier run that did not end well, so it may have run (in part): it is not run twice. Check the database; if the migration finished, mark it done with `handover resume {} --migrated`, otherwise restore the backup recorded in step 1 and start a new rollout",
             i + 1,
             self.record.id
         );
@@ -635,7 +656,7 @@ impl Runner {
                 }));
             }
             let title = step.title(&self.plan);
-            if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step, &title)? {
+            if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
             self.journal.step_started(&id, phase, i, &title)?;

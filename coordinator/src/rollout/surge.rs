@@ -135,6 +135,13 @@ pub struct SurgeFacts {
     /// counts from here.
     #[serde(default)]
     pub detached_ms: Option<u64>,
+    /// The inputs version recorded for this rollout before it started
+    /// (`handover inputs history` lists it).
+    #[serde(default)]
+    pub inputs_version: Option<u64>,
+    /// That version's inputs: what hooks and providers get.
+    #[serde(default)]
+    pub inputs: Option<crate::surge_plan::Inputs>,
 }
 
 impl SurgeFacts {
@@ -150,6 +157,8 @@ impl SurgeFacts {
         self.backup = self.backup.take().or(learned.backup);
         self.array_disabled |= learned.array_disabled;
         self.detached_ms = self.detached_ms.or(learned.detached_ms);
+        self.inputs_version = self.inputs_version.or(learned.inputs_version);
+        self.inputs = self.inputs.take().or(learned.inputs);
     }
 }
 

@@ -56,6 +56,11 @@ fn with_launched(
     if let Some(s) = plan.surge.as_mut() {
         s.launched = entries;
     }
+    // Hooks and providers get the inputs version recorded for this rollout (the
+    // plan's [inputs] over the current version).
+    if let Some(inputs) = &facts.inputs {
+        plan.file.inputs = Some(inputs.clone());
+    }
     (config, plan)
 }
 
@@ -85,7 +90,7 @@ async fn run(
         RunSystemHooks { batch } => {
             run_system_hooks(ctx, &new_hosts(ctx, facts, Some(*batch))).await
         }
-        SaveInputs => Ok(save_inputs(inputs(ctx))),
+        SaveInputs => Ok(save_inputs(inputs(ctx), facts.surge.inputs_version)),
         DeployRevision { batch } => {
             deploy_revision(ctx, &new_hosts(ctx, facts, Some(*batch))).await
         }
@@ -316,14 +321,19 @@ async fn wait_for_agent(ctx: &Ctx<'_>, host: &HostName) -> anyhow::Result<()> {
     }
 }
 
-/// Runbook step 5: the inputs this rollout deploys with, journaled as the
-/// step's outputs. (Hook point: the versioned inputs store records them as a
-/// numbered version here once it exists.)
-fn save_inputs(inputs: &Inputs) -> Outputs {
-    inputs
+/// Runbook step 5: the inputs this rollout deploys with. They were recorded as
+/// a numbered version before the rollout started (`handover inputs history`);
+/// the step journals which, and the values.
+fn save_inputs(inputs: &Inputs, version: Option<u64>) -> Outputs {
+    let mut out: Outputs = inputs
         .iter()
         .map(|(k, v)| (format!("input/{}", k.as_str()), v.clone()))
-        .collect()
+        .collect();
+    out.insert(
+        "inputs/version".into(),
+        version.map_or_else(|| "-".into(), |v| v.to_string()),
+    );
+    out
 }
 
 /// Runbook step 6: the revision on each new server (nothing serves from it yet,

@@ -10,4 +10,5 @@ mod lbdrain;
 mod regression;
 mod rollout;
 mod spine;
+mod surge;
 mod surgeagent;
