@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The quick-start demo: a local fleet behind a real HAProxy (three Apache app
-# servers on 127.0.1.1-3, an agent on every host, a coordinator) upgraded from v1
-# to v2 with `handover rollout` while clients send requests through HAProxy.
+# The quick-start demo: the surge runbook on a local fleet behind a real HAProxy
+# (three Apache app servers on 127.0.1.1-3, three standby hosts on 127.0.1.4-6, a
+# sqlite db host, an agent on every host, a coordinator): v2 goes onto the standby
+# hosts and they take over from the old servers while clients send requests and
+# long sessions stay pinned to the old servers by the persistence cookie. Ends with
+# "requests: N ok, M failed; sessions cut: K"; exits non-zero if M or K > 0.
+# `--in-place` upgrades the same servers in waves instead.
 # Everything runs on loopback in a temporary directory and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -231,4 +231,23 @@ mod tests {
             assert!(p.is_absolute(), "{}", p.display());
         }
     }
+
+    /// Issue 12: the error log a bake watches defaults to Apache's, its patterns
+    /// to Apache's error levels, and a relative path is taken from the config's
+    /// directory like every other path.
+    #[test]
+    fn the_app_error_log_has_apaches_defaults_and_resolves_relative_paths() {
+        let app = |extra: &str| {
+            let text = format!("{BASE}[app]\nlisten = \"127.0.0.1:80\"\n{extra}");
+            let mut config: AgentConfig = toml::from_str(&text).expect("valid");
+            config.resolve_paths(Path::new("/etc/handover"));
+            config.app.expect("[app]")
+        };
+        let defaults = app("");
+        assert_eq!(defaults.error_log, Path::new("/var/log/apache2/error.log"));
+        assert!(defaults.error_patterns.iter().any(|p| p == ":crit]"));
+        let custom = app("error_log = \"logs/error.log\"\nerror_patterns = [\"Fatal\"]\n");
+        assert_eq!(custom.error_log, Path::new("/etc/handover/logs/error.log"));
+        assert_eq!(custom.error_patterns, vec!["Fatal".to_string()]);
+    }
 }

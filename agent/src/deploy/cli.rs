@@ -109,6 +109,12 @@ pub async fn hook(socket: &Path, name: HookName) -> anyhow::Result<ExitCode> {
         for line in &out.output {
             println!("{line}");
         }
+        if let Some(a) = &out.artifact {
+            println!(
+                "artifact {} ({} bytes, sha256 {})",
+                a.path, a.size, a.sha256
+            );
+        }
         println!("hook {} ok", out.name);
     }
     Ok(ExitCode::SUCCESS)

@@ -12,6 +12,7 @@
 //! non-zero if a request failed or a session was cut.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use handover_tests::monitor::UpMonitor;
@@ -22,7 +23,7 @@ use handover_tests::traffic::{Traffic, TrafficOptions};
 mod surge_demo;
 
 /// Which runbook runs without a flag.
-const DEFAULT_SURGE: bool = false;
+const DEFAULT_SURGE: bool = true;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    stop_cleanly_on_ctrl_c();
     let result = if surge { surge_demo::run() } else { run() };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -49,6 +51,37 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Set by Ctrl-C: the demo then stops its fleet instead of dying with it running.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C no longer kills the demo at once (Apache and HAProxy run in their own
+/// process groups and would be left running): the coordinator, in the terminal's
+/// group, stops; the demo skips what is left and stops everything it started.
+fn stop_cleanly_on_ctrl_c() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                eprintln!("\ninterrupted: stopping the fleet (nothing will be left running)");
+            }
+        });
+    });
+}
+
+/// Whether Ctrl-C was pressed; the demo checks before each long step.
+fn interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
 }
 
 fn step(text: &str) {
@@ -96,6 +129,7 @@ fn run() -> anyhow::Result<bool> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
 
+    interrupted()?;
     step("handover rollout plan.toml --yes");
     let status = s
         .coordinator

@@ -7,7 +7,7 @@ use handover_tests::sessions::{PinnedSessions, SessionOptions};
 use handover_tests::surge::{ProviderKind, SurgeFleet, SurgeOptions};
 use handover_tests::traffic::{Traffic, TrafficOptions};
 
-use super::step;
+use super::{interrupted, step};
 
 /// Runs the demo; `Ok(true)` when nothing failed and no session was cut.
 pub fn run() -> anyhow::Result<bool> {
@@ -16,6 +16,7 @@ pub fn run() -> anyhow::Result<bool> {
          web-4..web-6 (standby), db-1 (sqlite + agent), lb-1 (HAProxy + agent)",
     );
     let fleet = SurgeFleet::start(SurgeOptions::default())?;
+    interrupted()?;
     println!("    work dir:  {}", fleet.dir().display());
     println!("    HAProxy:   http://{}/", fleet.frontend());
     for (host, what) in fleet
@@ -72,6 +73,7 @@ pub fn run() -> anyhow::Result<bool> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
 
+    interrupted()?;
     step("handover rollout plan.toml --yes");
     let status = fleet
         .coordinator
