@@ -2,6 +2,7 @@
 # Installs the Debian packages the demo and the test suite drive for real:
 # HAProxy, Apache, git, rpm (to inspect .rpm files), iproute2; dpkg-dev and man-db
 # for the packaging test (cargo-deb's dependency scan, `man handover`).
+# prometheus (with promtool) for the metrics tests (issue 16).
 # Idempotent; needs root (or sudo).
 set -euo pipefail
 
@@ -15,6 +16,7 @@ packages=(
   ca-certificates
   dpkg-dev
   man-db
+  prometheus
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -51,7 +51,9 @@ where
             );
             let response = Response::Failed(failure);
             let kind = crate::metrics::RequestKind::malformed;
-            agent.metrics.request(caller, kind, &response, Default::default());
+            agent
+                .metrics
+                .request(caller, kind, &response, Default::default());
             let _ = wire::write_frame(send, &response).await;
             return Err(e);
         }
@@ -76,9 +78,7 @@ where
         let started = std::time::Instant::now();
         let response = handle(&task_agent, &task_caller, frame, &reporter).await;
         let (took, caller) = (started.elapsed(), &task_caller);
-        task_agent
-            .metrics
-            .request(caller, kind, &response, took);
+        task_agent.metrics.request(caller, kind, &response, took);
         let _ = tx.send(response).await;
     });
     tokio::pin!(gone);

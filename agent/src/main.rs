@@ -291,7 +291,8 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let quic_task = tokio::spawn(quic.run(agent.clone(), stopped(stop_rx.clone())));
-    let metrics_task = metrics.map(|m| tokio::spawn(m.run(agent.clone(), stopped(stop_rx.clone()))));
+    let metrics_task =
+        metrics.map(|m| tokio::spawn(m.run(agent.clone(), stopped(stop_rx.clone()))));
     let control_task = tokio::spawn(control.run(agent.clone(), stopped(stop_rx)));
     handover_agent::haproxy::spawn_reconciler(&agent);
 

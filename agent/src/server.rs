@@ -9,8 +9,8 @@ use anyhow::Context;
 use handover_common::tls::{self, Credentials, RevokedSerials};
 use tokio::sync::watch;
 
-use crate::metrics::ConnectionResult;
 use crate::Agent;
+use crate::metrics::ConnectionResult;
 use crate::{caller::Caller, exchange::serve_exchange};
 
 pub mod admission;

@@ -20,4 +20,5 @@ pub mod process;
 pub mod rawquic;
 pub mod scenario;
 pub mod traffic;
+pub mod web;
 pub mod workdir;

@@ -174,13 +174,7 @@ impl Counters {
 
     /// Counts one finished exchange by its final answer. Deploys and hooks also
     /// record how long they took.
-    pub fn request(
-        &self,
-        caller: &Caller,
-        kind: RequestKind,
-        response: &Response,
-        took: Duration,
-    ) {
+    pub fn request(&self, caller: &Caller, kind: RequestKind, response: &Response, took: Duration) {
         let result = RequestResult::of(response);
         let channel = match caller {
             Caller::Coordinator(_) => Channel::quic,

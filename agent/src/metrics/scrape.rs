@@ -140,7 +140,11 @@ fn labels(server: &ServerStats) -> ServerLabels {
     ServerLabels {
         backend: server.backend.clone(),
         server: server.haproxy_name.clone(),
-        host: server.host.as_ref().map(ToString::to_string).unwrap_or_default(),
+        host: server
+            .host
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -338,7 +342,9 @@ mod tests {
             assert_eq!(&found[series.len()..], value, "{found}");
         }
         assert!(
-            text.contains("handover_release_info{release=\"20261203-v2\",rev=\"v2\",sha=\"abc\"} 1"),
+            text.contains(
+                "handover_release_info{release=\"20261203-v2\",rev=\"v2\",sha=\"abc\"} 1"
+            ),
             "{text}"
         );
         assert!(
@@ -354,7 +360,12 @@ mod tests {
         let mut bare = report();
         (bare.drain, bare.release, bare.lb) = (None, None, None);
         let text = encode(&bare, &Counters::default());
-        for absent in ["handover_host_", "handover_apache_", "handover_lb_", "handover_release"] {
+        for absent in [
+            "handover_host_",
+            "handover_apache_",
+            "handover_lb_",
+            "handover_release",
+        ] {
             assert!(line(&text, absent).is_none(), "{absent} in\n{text}");
         }
         assert!(line(&text, "handover_agent_build_info").is_some(), "{text}");
@@ -367,8 +378,18 @@ mod tests {
         let counters = Counters::default();
         let failed = Response::Failed(Failure::new(FailureKind::Leased, "held"));
         let coordinator = Caller::Coordinator("bastion".into());
-        counters.request(&coordinator, RequestKind::of(&Request::Status), &failed, Duration::ZERO);
-        counters.request(&coordinator, RequestKind::of(&Request::Status), &failed, Duration::ZERO);
+        counters.request(
+            &coordinator,
+            RequestKind::of(&Request::Status),
+            &failed,
+            Duration::ZERO,
+        );
+        counters.request(
+            &coordinator,
+            RequestKind::of(&Request::Status),
+            &failed,
+            Duration::ZERO,
+        );
         let hook = handover_common::proto::deploy::DeployRequest::RunHook(
             handover_common::names::HookName::new("backup").expect("valid"),
         );
@@ -388,7 +409,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("handover_agent_hook_duration_seconds_bucket{le=\"2.5\",result=\"leased\"} 1"),
+            text.contains(
+                "handover_agent_hook_duration_seconds_bucket{le=\"2.5\",result=\"leased\"} 1"
+            ),
             "{text}"
         );
     }

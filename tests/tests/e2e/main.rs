@@ -10,3 +10,4 @@ mod lbdrain;
 mod regression;
 mod rollout;
 mod spine;
+mod web;
