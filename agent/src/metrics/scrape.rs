@@ -111,14 +111,15 @@ struct ServerLabels {
     backend: String,
     server: String,
     /// The app host the server carries ("" for servers the agent does not manage).
-    host: String,
+    /// Not `host`: that is the label a scrape config gives the agent itself.
+    app_host: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabels {
     backend: String,
     server: String,
-    host: String,
+    app_host: String,
     state: &'static str,
 }
 
@@ -169,7 +170,7 @@ fn register_lb(registry: &mut Registry, lb: &LbStatus) {
                 .get_or_create(&StateLabels {
                     backend: l.backend.clone(),
                     server: l.server.clone(),
-                    host: l.host.clone(),
+                    app_host: l.app_host.clone(),
                     state: name,
                 })
                 .set(i64::from(each == kind));
@@ -314,27 +315,27 @@ mod tests {
             ("handover_apache_idle_workers ", "48"),
             ("handover_lb_haproxy_up ", "1"),
             (
-                "handover_lb_server_sessions{backend=\"app\",server=\"slot1\",host=\"web-1\"} ",
+                "handover_lb_server_sessions{backend=\"app\",server=\"slot1\",app_host=\"web-1\"} ",
                 "4",
             ),
             (
-                "handover_lb_server_state{backend=\"app\",server=\"slot1\",host=\"web-1\",state=\"NOLB\"} ",
+                "handover_lb_server_state{backend=\"app\",server=\"slot1\",app_host=\"web-1\",state=\"NOLB\"} ",
                 "1",
             ),
             (
-                "handover_lb_server_state{backend=\"app\",server=\"slot1\",host=\"web-1\",state=\"UP\"} ",
+                "handover_lb_server_state{backend=\"app\",server=\"slot1\",app_host=\"web-1\",state=\"UP\"} ",
                 "0",
             ),
             (
-                "handover_lb_server_state{backend=\"app\",server=\"static\",host=\"\",state=\"DOWN\"} ",
+                "handover_lb_server_state{backend=\"app\",server=\"static\",app_host=\"\",state=\"DOWN\"} ",
                 "1",
             ),
             (
-                "handover_lb_server_handled_sessions_total{backend=\"app\",server=\"slot1\",host=\"web-1\"} ",
+                "handover_lb_server_handled_sessions_total{backend=\"app\",server=\"slot1\",app_host=\"web-1\"} ",
                 "42",
             ),
             (
-                "handover_lb_server_http_5xx_responses_total{backend=\"app\",server=\"slot1\",host=\"web-1\"} ",
+                "handover_lb_server_http_5xx_responses_total{backend=\"app\",server=\"slot1\",app_host=\"web-1\"} ",
                 "3",
             ),
         ] {

@@ -107,4 +107,42 @@ fn prometheus_sees_a_drained_hosts_sessions_fall_to_zero() {
             |v| v >= 1.0,
         )
         .expect("the drain request is counted");
+    for expr in dashboard_queries() {
+        prometheus
+            .query(&expr)
+            .unwrap_or_else(|e| panic!("the Grafana dashboard's {expr} fails: {e:#}"));
+    }
+}
+
+/// Every PromQL query of packaging/grafana/handover.json, `$host` taken as all.
+fn dashboard_queries() -> Vec<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana/handover.json");
+    let text = std::fs::read_to_string(&path).expect("read the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$host", ".*")))
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    queries
+}
+
+/// The alert rules under packaging/prometheus/ load (`promtool check rules`) and
+/// fire as their unit tests say: agent down, a host drained too long, an LB
+/// server DOWN (`promtool test rules`).
+#[test]
+fn the_alert_rules_pass_promtool_check_and_test() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/prometheus");
+    let rules = dir.join("handover-alerts.yml");
+    let out = promtool(&["check", "rules", &rules.display().to_string()], None)
+        .expect("promtool check rules");
+    assert!(out.contains("SUCCESS: 3 rules found"), "{out}");
+    let tests = dir.join("handover-alerts.test.yml");
+    let out = promtool(&["test", "rules", &tests.display().to_string()], None)
+        .expect("promtool test rules");
+    assert!(out.contains("SUCCESS"), "{out}");
 }
