@@ -249,6 +249,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a read-only live page of the fleet and the current or last rollout.
+    Web {
+        /// Address to serve on (loopback only: the page is plain HTTP).
+        #[arg(long, default_value = handover::web::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// The README, whose config reference the section-5 man pages are made from.
@@ -370,6 +376,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::drain::drain(&load()?, &hosts, &options).await
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
+        Command::Web { listen } => {
+            handover::web::run(load()?, listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         command => run_rollout(command, load).await,
     }
 }

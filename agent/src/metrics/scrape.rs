@@ -141,7 +141,7 @@ fn labels(server: &ServerStats) -> ServerLabels {
     ServerLabels {
         backend: server.backend.clone(),
         server: server.haproxy_name.clone(),
-        host: server
+        app_host: server
             .host
             .as_ref()
             .map(ToString::to_string)
