@@ -377,6 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
         Command::Web { listen } => {
+            // Refused before the config is read: the address alone decides.
+            handover::web::check_listen(listen)?;
             handover::web::run(load()?, listen).await?;
             Ok(ExitCode::SUCCESS)
         }

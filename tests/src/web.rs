@@ -183,3 +183,160 @@ fn percent_encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// `handover web` for a coordinator config, on a free port of `ip`; stopped on drop.
+pub struct WebPage {
+    /// Where it serves.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _child: ChildGuard,
+}
+
+impl WebPage {
+    /// Starts `handover --config CONFIG web --listen IP:PORT` and waits until it answers.
+    pub fn start(
+        coordinator: &crate::agents::Coordinator,
+        ip: Ipv4Addr,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let addr = SocketAddr::from((ip, free_tcp_port(ip)?));
+        let log = dir.join("web.log");
+        let cmd = coordinator.command(&["web", "--listen", &addr.to_string()]);
+        let child = ChildGuard::spawn("handover web", cmd, &log)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if crate::http::get(addr, "/api/state", None).is_ok_and(|r| r.status == 200) {
+                return Ok(WebPage {
+                    addr,
+                    log,
+                    _child: child,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "handover web on {addr} did not answer: {}",
+            crate::process::log_tail(&log, 20)
+        )
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        crate::process::log_tail(&self.log, 50)
+    }
+
+    /// The snapshot it serves now.
+    pub fn state(&self) -> anyhow::Result<serde_json::Value> {
+        let response = crate::http::get(self.addr, "/api/state", None)?;
+        serde_json::from_str(&response.body).context("the page's state is not JSON")
+    }
+}
+
+/// Sends `METHOD /path` with an empty body; returns the status code.
+pub fn status_of(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status line in {text:?}"))
+}
+
+/// Debian's chromedriver.
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Debian's chromium.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Headless Chromium driven through chromedriver on a free loopback port; both
+/// stop on drop (the session is closed by [`Browser::close`]).
+pub struct Browser {
+    /// The WebDriver session.
+    pub client: fantoccini::Client,
+    _profile: tempfile::TempDir,
+    _driver: ChildGuard,
+}
+
+impl Browser {
+    /// Starts chromedriver and a fresh headless Chromium of `width`×`height`.
+    pub async fn start(dir: &Path, width: u32, height: u32) -> anyhow::Result<Self> {
+        let ip = Ipv4Addr::LOCALHOST;
+        let port = free_tcp_port(ip)?;
+        let mut cmd = Command::new(CHROMEDRIVER);
+        cmd.arg(format!("--port={port}"));
+        let driver = ChildGuard::spawn("chromedriver", cmd, &dir.join("chromedriver.log"))?;
+        let profile = tempfile::tempdir()?;
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            format!("--user-data-dir={}", profile.path().display()),
+            format!("--window-size={width},{height}"),
+        ])
+        .collect::<Vec<_>>();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({ "binary": CHROMIUM, "args": args }),
+        );
+        let url = format!("http://{ip}:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if Instant::now() > deadline => {
+                    bail!("chromedriver on {url} gave no session: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Ok(Browser {
+            client,
+            _profile: profile,
+            _driver: driver,
+        })
+    }
+
+    /// Saves a PNG of the window as `target/web-screenshots/NAME.png` (for people
+    /// to look at) and returns its path.
+    pub async fn screenshot(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/web-screenshots");
+        std::fs::create_dir_all(&dir)?;
+        let png = self.client.screenshot().await?;
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png)?;
+        Ok(path)
+    }
+
+    /// Runs `script` in the page and returns its value.
+    pub async fn eval(&self, script: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self.client.execute(script, vec![]).await?)
+    }
+
+    /// Ends the session (Chromium exits).
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.client.close().await?;
+        Ok(())
+    }
+}

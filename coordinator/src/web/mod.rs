@@ -59,7 +59,11 @@ pub async fn run(config: CoordinatorConfig, listen: SocketAddr) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {listen}: pick a free port with --listen"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+    let empty = Snapshot {
+        version: snapshot::VERSION,
+        ..Snapshot::default()
+    };
+    let (tx, rx) = watch::channel(Arc::new(empty));
     let config = Arc::new(config);
     eprintln!("handover web: serving http://{addr}/ (read-only; Ctrl-C stops)");
     let serve = axum::serve(listener, router(rx)).with_graceful_shutdown(async {
@@ -134,7 +138,10 @@ async fn poll(config: Arc<CoordinatorConfig>, tx: watch::Sender<Arc<Snapshot>>) 
     };
     let hosts = config.select(&[]).unwrap_or_default();
     let mut history = std::collections::VecDeque::new();
-    let mut journal = Snapshot::default();
+    let mut journal = Snapshot {
+        version: snapshot::VERSION,
+        ..Snapshot::default()
+    };
     loop {
         // A journal that cannot be read this time (held by a writer for long)
         // keeps what was read last, rather than blanking the page.
