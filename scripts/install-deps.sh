@@ -2,6 +2,8 @@
 # Installs the Debian packages the demo and the test suite drive for real:
 # HAProxy, Apache, git, rpm (to inspect .rpm files), iproute2; dpkg-dev and man-db
 # for the packaging test (cargo-deb's dependency scan, `man handover`).
+# prometheus (with promtool) for the metrics tests, chromium + chromium-driver for
+# the web page's browser tests (issue 16).
 # Idempotent; needs root (or sudo).
 set -euo pipefail
 
@@ -16,6 +18,9 @@ packages=(
   dpkg-dev
   man-db
   sqlite3
+  prometheus
+  chromium
+  chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -55,6 +55,8 @@ pub struct AgentConfig {
     /// [`HookName`]s and commands are not blank, checked at load.
     #[serde(default, deserialize_with = "hooks")]
     pub hooks: BTreeMap<HookName, String>,
+    /// Prometheus metrics over HTTP; off unless configured.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 fn hooks<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<HookName, String>, D::Error> {

@@ -49,7 +49,12 @@ where
                 FailureKind::BadRequest,
                 format!("{e}; a stream carries one handover/1 request frame"),
             );
-            let _ = wire::write_frame(send, &Response::Failed(failure)).await;
+            let response = Response::Failed(failure);
+            let kind = crate::metrics::RequestKind::malformed;
+            agent
+                .metrics
+                .request(caller, kind, &response, Default::default());
+            let _ = wire::write_frame(send, &response).await;
             return Err(e);
         }
         Err(_) => {
@@ -69,7 +74,11 @@ where
     // The action runs in its own task: a caller that disconnects mid-deploy must not
     // cancel it half-way. Long waits watch `Reporter::is_closed` to stop early.
     tokio::spawn(async move {
+        let kind = crate::metrics::RequestKind::of(&frame.request);
+        let started = std::time::Instant::now();
         let response = handle(&task_agent, &task_caller, frame, &reporter).await;
+        let (took, caller) = (started.elapsed(), &task_caller);
+        task_agent.metrics.request(caller, kind, &response, took);
         let _ = tx.send(response).await;
     });
     tokio::pin!(gone);

@@ -24,6 +24,7 @@ pub mod haproxy;
 pub mod hoststats;
 pub mod http;
 pub mod lease;
+pub mod metrics;
 pub mod probe;
 pub mod server;
 pub mod status;
@@ -49,6 +50,8 @@ pub struct Agent {
     pub lb: haproxy::LbState,
     /// Which rollout may change this host now.
     pub lease: Mutex<lease::Lease>,
+    /// What happened since start, for `[metrics]` (counted whether or not it is on).
+    pub metrics: metrics::Counters,
 }
 
 impl Agent {
@@ -61,6 +64,7 @@ impl Agent {
             config,
             lb: haproxy::LbState::default(),
             deploy_lock: Mutex::new(()),
+            metrics: metrics::Counters::default(),
         })
     }
 }

@@ -269,6 +269,14 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
         control::Access::new(agent.config.control_group.clone()),
     )
     .await?;
+    let metrics = match &agent.config.metrics {
+        Some(m) => Some(handover_agent::metrics::serve::MetricsServer::bind(m.listen).await?),
+        None => None,
+    };
+    if let Some(m) = &metrics {
+        let addr = m.local_addr().context("reading the metrics address")?;
+        tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
+    }
     tracing::info!(
         name = %agent.config.name,
         listen = %quic.local_addr().context("reading the bound address")?,
@@ -283,6 +291,8 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let quic_task = tokio::spawn(quic.run(agent.clone(), stopped(stop_rx.clone())));
+    let metrics_task =
+        metrics.map(|m| tokio::spawn(m.run(agent.clone(), stopped(stop_rx.clone()))));
     let control_task = tokio::spawn(control.run(agent.clone(), stopped(stop_rx)));
     handover_agent::haproxy::spawn_reconciler(&agent);
 
@@ -292,6 +302,9 @@ async fn run_daemon(config_path: &std::path::Path) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = quic_task.await;
     let _ = control_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

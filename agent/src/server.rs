@@ -10,6 +10,7 @@ use handover_common::tls::{self, Credentials, RevokedSerials};
 use tokio::sync::watch;
 
 use crate::Agent;
+use crate::metrics::ConnectionResult;
 use crate::{caller::Caller, exchange::serve_exchange};
 
 pub mod admission;
@@ -138,6 +139,7 @@ fn admit(
         // QUIC carries no reason text before the handshake: the peer sees
         // CONNECTION_REFUSED, the log says why.
         Admit::Refuse(why) => {
+            agent.metrics.connection(ConnectionResult::refused);
             refusals.note(remote, &why);
             incoming.refuse();
         }
@@ -147,17 +149,21 @@ fn admit(
                 let Some(conn) =
                     handshake(incoming, gate.limits.handshake_timeout, &refusals).await
                 else {
+                    agent.metrics.connection(ConnectionResult::handshake_failed);
                     return;
                 };
                 drop(slot);
                 let _permit = match gate.connected() {
                     Ok(permit) => permit,
                     Err(why) => {
+                        agent.metrics.connection(ConnectionResult::refused);
                         refusals.note(remote, &why);
                         conn.close(CLOSE_BUSY.into(), why.to_string().as_bytes());
                         return;
                     }
                 };
+                agent.metrics.connection(ConnectionResult::accepted);
+                let _open = agent.metrics.open_connection();
                 serve_connection(agent, conn, revoked).await;
             });
         }
@@ -237,6 +243,7 @@ async fn serve_connection(
     loop {
         if revoked.borrow_and_update().contains(&serial) {
             tracing::warn!(%remote, %caller, "closing the connection: its certificate (serial {serial}) is revoked");
+            agent.metrics.connection(ConnectionResult::revoked);
             conn.close(
                 CLOSE_REVOKED.into(),
                 b"this coordinator's certificate has been revoked",

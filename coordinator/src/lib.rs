@@ -19,3 +19,4 @@ pub(crate) mod provider;
 pub(crate) mod rollout;
 /// Public with [`plan`], whose surge sections it types.
 pub mod surge_plan;
+pub mod web;

@@ -260,6 +260,12 @@ enum Command {
     /// Deployment inputs, versioned: set, show, history, diff, export/import CSV, revert.
     #[command(subcommand)]
     Inputs(cmd::inputs::InputsCommand),
+    /// Serve a read-only live page of the fleet and the current or last rollout.
+    Web {
+        /// Address to serve on (loopback only: the page is plain HTTP).
+        #[arg(long, default_value = handover::web::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// The README, whose config reference the section-5 man pages are made from.
@@ -384,6 +390,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
         Command::Inputs(command) => cmd::inputs::run(&load()?, command),
+        Command::Web { listen } => {
+            // Refused before the config is read: the address alone decides.
+            handover::web::check_listen(listen)?;
+            handover::web::run(load()?, listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         command => run_rollout(command, load).await,
     }
 }

@@ -23,4 +23,5 @@ pub mod scenario;
 pub mod sessions;
 pub mod surge;
 pub mod traffic;
+pub mod web;
 pub mod workdir;

@@ -123,7 +123,7 @@ impl Ui {
     pub fn show(&self, event: Event) {
         match self.mode {
             Mode::Json => {
-                if let Ok(line) = serde_json::to_string(&event) {
+                if let Some(line) = json_line(&event) {
                     println!("{line}");
                 }
             }
@@ -189,6 +189,21 @@ impl Ui {
     }
 }
 
+/// The `--json` schema's version (docs/events.md): bumped when a field changes
+/// meaning or goes away; fields and events may be added without a bump.
+pub const EVENTS_VERSION: u32 = 1;
+
+/// One `--json` line: the event's fields plus the schema's `version`.
+fn json_line(event: &Event) -> Option<String> {
+    let serde_json::Value::Object(fields) = serde_json::to_value(event).ok()? else {
+        return None;
+    };
+    let mut line = serde_json::Map::new();
+    line.insert("version".into(), EVENTS_VERSION.into());
+    line.extend(fields);
+    serde_json::to_string(&line).ok()
+}
+
 fn plain(event: &Event) -> Option<String> {
     Some(match event {
         Event::Phase {
@@ -238,4 +253,24 @@ fn plain(event: &Event) -> Option<String> {
             None => format!("rollout {rollout}: {state}"),
         },
     })
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    /// Every `--json` line names its schema version and its event (issue 16).
+    #[test]
+    fn a_json_line_carries_the_schema_version_and_the_event() {
+        let line = json_line(&Event::Finished {
+            rollout: "r-1".into(),
+            state: "succeeded".into(),
+            error: None,
+        })
+        .expect("serializes");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(value["version"], EVENTS_VERSION);
+        assert_eq!(value["event"], "finished");
+        assert_eq!(value["rollout"], "r-1");
+    }
 }

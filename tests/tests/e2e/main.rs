@@ -13,3 +13,4 @@ mod rollout;
 mod spine;
 mod surge;
 mod surgeagent;
+mod web;
