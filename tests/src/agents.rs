@@ -110,12 +110,16 @@ pub struct AgentProcess {
     /// Its log (stderr).
     pub log: PathBuf,
     child: Option<Child>,
+    /// The fleet lock, held from the start until the agent is dropped.
+    _serial: crate::fleet::SerialGuard,
 }
 
 impl AgentProcess {
     /// Writes a config under `dir/<name>/`, issues a certificate, starts the agent
-    /// and waits until it serves its control socket.
+    /// and waits until it serves its control socket. Takes the fleet lock first
+    /// (see [`crate::fleet`]).
     pub fn start(dir: &Path, pki: &Pki, spec: AgentSpec<'_>) -> anyhow::Result<Self> {
+        let serial = crate::fleet::serial();
         let home = dir.join(spec.name);
         std::fs::create_dir_all(&home)?;
         let (cert, key) = pki.issue("agent", spec.name, &[IpAddr::V4(spec.ip)])?;
@@ -146,6 +150,7 @@ impl AgentProcess {
             state_dir,
             log: home.join("agent.log"),
             child: None,
+            _serial: serial,
         };
         agent.spawn()?;
         Ok(agent)

@@ -3,11 +3,21 @@
 //! Fleet tests start real processes on shared loopback addresses (127.0.1.N per
 //! host) and compare connection counts per address, so two of them at once would
 //! disturb each other. Cargo runs tests as threads of one process and test binaries
-//! may run at once, hence [`serial`] takes both a process-wide mutex and an
-//! exclusive `flock` on a file under `/tmp/handover-tests-ips/`.
+//! may run at once, hence [`serial`] takes an exclusive `flock` on a file under
+//! `/tmp/handover-tests-ips/` (a flock is per open file, so it also keeps threads of
+//! one process apart).
+//!
+//! The lock is taken in one place: every process the harness starts
+//! ([`crate::process::ChildGuard`] for Apache and HAProxy,
+//! [`crate::agents::AgentProcess`]) holds a [`SerialGuard`], and the fleet builders
+//! ([`crate::scenario::Scenario`], [`crate::agents::OneHost`]) take it before their
+//! first step. A test never calls [`serial`] itself, so none can forget it. The
+//! lock is re-entrant within a thread: the test that holds it starts as many
+//! processes as it likes, and it is released when the last of them is dropped.
 
 use std::fs::File;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::ThreadId;
 
 use anyhow::Context as _;
 use nix::fcntl::{Flock, FlockArg};
@@ -26,27 +36,89 @@ pub use crate::workdir::{Workdir, stray_processes};
 /// Directory of the cross-process lock file.
 pub const LOCK_DIR: &str = "/tmp/handover-tests-ips";
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Held while a fleet test runs; dropping it lets the next one start.
+/// The lock as this process holds it: the flock, shared by every guard.
 #[derive(Debug)]
-pub struct SerialGuard {
-    _flock: Option<Flock<File>>,
-    _guard: MutexGuard<'static, ()>,
+struct Held {
+    flock: Option<Flock<File>>,
 }
 
-/// Blocks until no other fleet test (in this process or another test binary) runs.
+/// Which threads of this process hold the lock (the test's own thread, and any
+/// thread it handed its guard to with [`SerialGuard::share_with_current_thread`]).
+struct Owner {
+    threads: Vec<ThreadId>,
+    held: Weak<Held>,
+}
+
+static OWNER: Mutex<Option<Owner>> = Mutex::new(None);
+static RELEASED: Condvar = Condvar::new();
+
+/// Held while a fleet test runs; the lock is free again once every clone of it
+/// (one per running process, one per builder) is dropped.
+#[derive(Debug, Clone)]
+pub struct SerialGuard {
+    held: Arc<Held>,
+}
+
+/// Blocks until no other fleet test (in this process or another test binary) runs;
+/// returns at once when this thread already holds the lock.
 ///
-/// A test that panicked poisons the mutex; that is ignored on purpose, since its
-/// processes were killed by the drops during unwinding. If the lock file cannot be
-/// used (read-only /tmp), only the in-process mutex is taken.
+/// A test that panicked poisons nothing here: its processes were killed by the
+/// drops during unwinding, which released the lock. If the lock file cannot be used
+/// (read-only /tmp), only the in-process lock is taken.
 pub fn serial() -> SerialGuard {
-    let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    let flock = lock_file().ok();
-    SerialGuard {
-        _flock: flock,
-        _guard: guard,
+    let me = std::thread::current().id();
+    let mut owner = lock_owner();
+    loop {
+        let live = owner
+            .as_ref()
+            .and_then(|o| Some((o.threads.contains(&me), o.held.upgrade()?)));
+        match live {
+            Some((true, held)) => return SerialGuard { held },
+            Some((false, _)) => {
+                owner = RELEASED.wait(owner).unwrap_or_else(PoisonError::into_inner);
+            }
+            None => break,
+        }
     }
+    // Free in this process: wait for other processes (the flock blocks).
+    let held = Arc::new(Held {
+        flock: lock_file().ok(),
+    });
+    *owner = Some(Owner {
+        threads: vec![me],
+        held: Arc::downgrade(&held),
+    });
+    SerialGuard { held }
+}
+
+impl SerialGuard {
+    /// Lets the current thread (one a test spawned) start fleet processes under
+    /// this guard; without it, such a thread would wait for the test to end.
+    pub fn share_with_current_thread(&self) {
+        let mut owner = lock_owner();
+        if let Some(o) = owner.as_mut()
+            && Weak::ptr_eq(&o.held, &Arc::downgrade(&self.held))
+        {
+            o.threads.push(std::thread::current().id());
+        }
+    }
+}
+
+impl Drop for Held {
+    /// Releases the flock first (a thread of this process may be blocked on it
+    /// while holding [`OWNER`]), then wakes the threads waiting in [`serial`].
+    fn drop(&mut self) {
+        drop(self.flock.take());
+        let mut owner = lock_owner();
+        if owner.as_ref().is_some_and(|o| o.held.strong_count() == 0) {
+            *owner = None;
+        }
+        RELEASED.notify_all();
+    }
+}
+
+fn lock_owner() -> MutexGuard<'static, Option<Owner>> {
+    OWNER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn lock_file() -> anyhow::Result<Flock<File>> {

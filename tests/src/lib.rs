@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod ports;
 pub mod process;
 pub mod rawquic;
+pub mod run;
 pub mod scenario;
 pub mod traffic;
 pub mod workdir;

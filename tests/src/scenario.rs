@@ -290,6 +290,47 @@ impl Scenario {
         )
     }
 
+    /// How many app servers HAProxy reports UP in [`BACKEND`] now.
+    pub fn up_count(&self) -> usize {
+        up_count(&self.haproxy).unwrap_or_else(|e| panic!("show stat: {e:#}"))
+    }
+
+    /// Commits and tags a revision `tag` (VERSION and page say so) in the
+    /// scenario's repository: a release no host has had yet.
+    pub fn tag_revision(&self, tag: &str) -> anyhow::Result<()> {
+        let page = format!("<html><body>shop {tag}</body></html>\n");
+        self.commit_and_tag(
+            tag,
+            &[("VERSION", &format!("{tag}\n")), ("index.html", &page)],
+            &[],
+        )
+    }
+
+    /// Commits `files` (path, contents) and the removal of `removed`, tags the
+    /// commit `tag` and pushes the tag to the scenario's repository.
+    pub fn commit_and_tag(
+        &self,
+        tag: &str,
+        files: &[(&str, &str)],
+        removed: &[&str],
+    ) -> anyhow::Result<()> {
+        use crate::git::git;
+        let git_dir = self.work.path().join("git");
+        let work = git_dir.join("app-work");
+        for path in removed {
+            git(&work, &["rm", "-q", path])?;
+        }
+        for (path, text) in files {
+            std::fs::write(work.join(path), text)?;
+        }
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "-q", "-m", tag])?;
+        git(&work, &["tag", tag])?;
+        let bare = git_dir.join("app.git").display().to_string();
+        git(&work, &["push", "-q", &bare, tag])?;
+        Ok(())
+    }
+
     /// The main frontend (through HAProxy).
     pub fn frontend(&self) -> SocketAddr {
         self.haproxy.frontend()
@@ -333,19 +374,27 @@ impl Drop for Scenario {
 fn wait_all_up(haproxy: &Haproxy, n: usize) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let stats = haproxy.show_stat()?;
-        let up = stats
-            .iter()
-            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-            .count();
+        let up = up_count(haproxy)?;
         if up >= n {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            bail!("only {up} of {n} app servers UP after the initial attach: {stats:?}");
+            bail!(
+                "only {up} of {n} app servers UP after the initial attach: {:?}",
+                haproxy.show_stat()?
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// How many servers of [`BACKEND`] `haproxy` reports UP.
+fn up_count(haproxy: &Haproxy) -> anyhow::Result<usize> {
+    Ok(haproxy
+        .show_stat()?
+        .iter()
+        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+        .count())
 }
 
 /// Loopback address `127.0.1.n` (re-exported for scenario users).

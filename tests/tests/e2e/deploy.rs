@@ -13,7 +13,6 @@ fn bare_repo(dir: &Path) -> String {
 }
 
 struct Fleet {
-    _serial: handover_tests::fleet::SerialGuard,
     _dir: tempfile::TempDir,
     repo: String,
     agents: Vec<AgentProcess>,
@@ -22,7 +21,6 @@ struct Fleet {
 
 impl Fleet {
     fn new(hosts: u8) -> Fleet {
-        let serial = handover_tests::fleet::serial();
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = bare_repo(dir.path());
         let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
@@ -50,7 +48,6 @@ impl Fleet {
         let coordinator =
             Coordinator::write(&dir.path().join("ops"), &pki, "ops", &specs).expect("config");
         Fleet {
-            _serial: serial,
             _dir: dir,
             repo,
             agents,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use handover_tests::apache::{Apache, ApacheOptions};
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
-use handover_tests::{fleet, http, ports};
+use handover_tests::{http, ports};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -96,7 +96,6 @@ impl LbFleet {
 
 #[test]
 fn attach_drain_detach_and_reload_on_slot_and_dynamic_backends() {
-    let _serial = fleet::serial();
     let mut f = lb_fleet();
 
     // Attach: UP only after a fresh check (progress shows it was not UP first).
@@ -206,7 +205,6 @@ fn attach_drain_detach_and_reload_on_slot_and_dynamic_backends() {
 
 #[test]
 fn bad_names_unknown_hosts_and_a_missing_socket_are_clear_errors() {
-    let _serial = fleet::serial();
     let f = lb_fleet();
     let out = f.coordinator.run(&["attach", "web;1"]);
     assert!(!out.status.success());

@@ -17,7 +17,7 @@ use handover_tests::agents::{
 };
 use handover_tests::apache::{Apache, ApacheOptions};
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
-use handover_tests::{fleet, http, ports};
+use handover_tests::{http, ports};
 
 const WAIT: Duration = Duration::from_secs(15);
 /// The LB host's address: its agent listens there and HAProxy connects from it.
@@ -203,7 +203,6 @@ fn holds_lb_address(e: &serde_json::Value) -> bool {
 
 #[test]
 fn pinned_clients_through_the_lb_hold_a_drain_pooled_lb_connections_do_not_direct_ones_do() {
-    let _serial = fleet::serial();
     let mut f = lb_drain_fleet(&["be_app"]);
     let slot = f.attach();
     let frontend = f.frontend();
@@ -358,7 +357,6 @@ impl SlowDownload {
 
 #[test]
 fn detach_with_a_request_in_flight_waits_then_the_server_is_gone() {
-    let _serial = fleet::serial();
     let f = lb_drain_fleet(&["be_app"]);
     // Far more than the socket buffers between Apache, HAProxy and the client
     // hold, so the response stays in flight while the client does not read.
@@ -417,7 +415,6 @@ fn detach_with_a_request_in_flight_waits_then_the_server_is_gone() {
 
 #[test]
 fn an_unknown_backend_in_the_agent_config_is_a_clear_error_that_changes_nothing() {
-    let _serial = fleet::serial();
     let f = lb_drain_fleet(&["be_nope"]);
     let out = f.coordinator.run(&["attach", "web-1"]);
     let text = output_text(&out);

@@ -2,9 +2,6 @@
 //! carrying, in its doc comment, the issue that found it. Write the test first, see
 //! it fail, then fix the code.
 
-#[allow(unused_imports)]
-use handover_tests::fleet;
-
 // --- agentcore ---
 
 mod agentcore {
@@ -16,7 +13,6 @@ mod agentcore {
     use handover_tests::agents::{
         AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
     };
-    use handover_tests::fleet;
     use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
     use handover_tests::ports;
 
@@ -126,7 +122,6 @@ mod agentcore {
     /// a dynamic server (the agent refused to send `[::1]:PORT`).
     #[test]
     fn an_ipv6_app_address_is_attached_as_a_dynamic_server_and_detached() {
-        let _serial = fleet::serial();
         let f = v6_fleet();
         let out = f.coordinator.run(&["attach", "web-6"]);
         let text = output_text(&out);
@@ -154,7 +149,6 @@ mod agentcore {
     /// HAProxy, and the agent's log carried ANSI colour codes into files and journald.
     #[test]
     fn agent_status_on_an_lb_shows_haproxy_servers_and_its_log_has_no_colour() {
-        let _serial = fleet::serial();
         let f = v6_fleet();
         let out = f.coordinator.run(&["attach", "web-6"]);
         assert!(out.status.success(), "attach failed: {}", output_text(&out));
@@ -200,7 +194,6 @@ mod hardening {
     const HOOKS: &str = "[hooks]\nafter_activate = \"printf '%s' \\\"$HANDOVER_REV\\\" > \\\"$HANDOVER_RELEASE_DIR/rev.txt\\\"; echo unquoted $HANDOVER_REV; id -u > \\\"$HANDOVER_RELEASE_DIR/uid.txt\\\"\"\n";
 
     struct Host {
-        _serial: handover_tests::fleet::SerialGuard,
         dir: tempfile::TempDir,
         repo: String,
         _agent: AgentProcess,
@@ -210,7 +203,6 @@ mod hardening {
     impl Host {
         /// One agent on 127.0.1.91 with `[deploy]` plus `release_hooks` (TOML).
         fn new(release_hooks: &str) -> Host {
-            let serial = handover_tests::fleet::serial();
             let dir = tempfile::tempdir().expect("tempdir");
             let repo = bare_repo(
                 dir.path(),
@@ -246,7 +238,6 @@ mod hardening {
             let coordinator =
                 Coordinator::write(&dir.path().join("ops"), &pki, "ops", &specs).expect("config");
             Host {
-                _serial: serial,
                 dir,
                 repo,
                 _agent: agent,
@@ -340,6 +331,7 @@ mod hardening {
 
 mod releases {
     use handover_tests::agents::output_text;
+    use handover_tests::run::{history, releases_json};
     use handover_tests::scenario::{Capacity, Scenario, ScenarioOptions};
 
     fn two_hosts() -> Scenario {
@@ -356,28 +348,8 @@ mod releases {
     /// the plan's health check asks for (`/index.html`) is gone, so the agent's
     /// own verify passes and the coordinator's health gate fails.
     fn tag_release_without_page(s: &Scenario, tag: &str) {
-        let git_dir = s.dir().join("git");
-        let work = git_dir.join("app-work");
-        let git = |args: &[&str]| handover_tests::git::git(&work, args).expect("git");
-        git(&["rm", "-q", "index.html"]);
-        std::fs::write(work.join("VERSION"), format!("{tag}\n")).expect("write");
-        git(&["add", "-A"]);
-        git(&["commit", "-q", "-m", tag]);
-        git(&["tag", tag]);
-        let bare = git_dir.join("app.git").display().to_string();
-        git(&["push", "-q", &bare, tag]);
-    }
-
-    fn releases_json(s: &Scenario, host: &str) -> serde_json::Value {
-        let out = s.coordinator.run(&["releases", host, "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        serde_json::from_slice(&out.stdout).expect("releases --json")
-    }
-
-    fn history(s: &Scenario) -> serde_json::Value {
-        let out = s.coordinator.run(&["history", "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        serde_json::from_slice(&out.stdout).expect("history --json")
+        s.commit_and_tag(tag, &[("VERSION", &format!("{tag}\n"))], &["index.html"])
+            .expect("tag a release without its page");
     }
 
     /// Issue 18 (safety 2): after an automatic rollback the failed release was
@@ -712,7 +684,6 @@ mod quic {
 
     /// One agent (no app) and a coordinator config naming it `web-1`.
     struct OneAgent {
-        _serial: handover_tests::fleet::SerialGuard,
         _dir: tempfile::TempDir,
         pki: Pki,
         agent: AgentProcess,
@@ -721,7 +692,6 @@ mod quic {
 
     /// With `crl`, the agent loads the CA's revocation list (`ca init` writes one).
     fn one_agent(ip: Ipv4Addr, crl: bool) -> OneAgent {
-        let serial = handover_tests::fleet::serial();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
         let extra = if crl {
@@ -750,7 +720,6 @@ mod quic {
         )
         .expect("coordinator config");
         OneAgent {
-            _serial: serial,
             _dir: dir,
             pki,
             agent,
@@ -1110,10 +1079,13 @@ mod quic {
 // --- lease ---
 
 mod lease {
-    use std::process::{Child, Stdio};
+    use std::process::Stdio;
     use std::time::Duration;
 
-    use handover_tests::agents::{Coordinator, StdoutLines, output_text, spawn_lines};
+    use handover_tests::agents::{Coordinator, output_text, spawn_lines};
+    use handover_tests::run::{
+        assert_all_on, history, releases_of_rev as releases_of, spawn_json, wait_for_step,
+    };
     use handover_tests::scenario::{Capacity, Scenario, ScenarioOptions};
 
     /// `apps` hosts; the plans here keep all but one UP (`in_place_plan(.., 1, apps - 1)`).
@@ -1124,32 +1096,6 @@ mod lease {
             ..ScenarioOptions::default()
         })
         .expect("fleet starts")
-    }
-
-    /// Starts `handover ARGS --json` with `coordinator`'s config.
-    fn spawn_json(coordinator: &Coordinator, args: &[&str]) -> (Child, StdoutLines) {
-        let mut cmd = coordinator.command(args);
-        cmd.arg("--json");
-        spawn_lines(cmd, Stdio::null()).expect("spawn handover")
-    }
-
-    /// Reads JSON events until a step whose title starts with `prefix` starts;
-    /// returns the rollout id seen in the phase event.
-    fn wait_for_step(lines: &mut StdoutLines, prefix: &str) -> String {
-        let mut id = String::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if event["event"] == "phase" {
-                id = event["rollout"].as_str().unwrap_or("").to_string();
-            }
-            if event["event"] == "step-started"
-                && event["title"].as_str().unwrap_or("").starts_with(prefix)
-            {
-                return id;
-            }
-        }
-        panic!("the rollout never reached a step starting with {prefix:?}");
     }
 
     /// The same coordinator on "another bastion": its own state_dir holding a copy
@@ -1176,19 +1122,6 @@ mod lease {
         let config = dir.join("handover.toml");
         std::fs::write(&config, text).expect("write config");
         Coordinator { config }
-    }
-
-    /// Releases of `rev` on `host`, as its agent lists them.
-    fn releases_of(s: &Scenario, host: &str, rev: &str) -> usize {
-        let out = s.coordinator.run(&["releases", host, "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("releases");
-        list["releases"]
-            .as_array()
-            .expect("releases array")
-            .iter()
-            .filter(|r| r["rev"] == rev)
-            .count()
     }
 
     /// Issue 18, safety 1: a bare `handover resume` beside a live `rollout` took the
@@ -1254,25 +1187,6 @@ mod lease {
             assert_eq!(s.app(host).version(), "v2");
             assert_eq!(releases_of(&s, host, "v2"), 1, "{host}: one new release");
         }
-    }
-
-    /// Every app host on `version`, its health file in place.
-    fn assert_all_on(s: &Scenario, version: &str) {
-        for app in &s.apps {
-            assert_eq!(
-                app.version(),
-                version,
-                "{} runs the wrong release",
-                app.name
-            );
-            assert!(app.health_file_present(), "{} was left drained", app.name);
-        }
-    }
-
-    fn history(s: &Scenario) -> serde_json::Value {
-        let out = s.coordinator.run(&["history", "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        serde_json::from_slice(&out.stdout).expect("history --json")
     }
 
     /// Issue 18, safety 4: Ctrl-C during the canary pause left the canary on the
@@ -1480,10 +1394,12 @@ mod faults {
 
     use handover_tests::traffic::hold_connection;
 
-    use crate::faults::{
+    use handover_tests::run::{
         Run, assert_no_failed_request, assert_on_one_release, assert_settled, restart_after,
-        scenario, traffic,
+        traffic,
     };
+
+    use crate::faults::scenario;
 
     /// Issue 13 (faults with traffic running): web-1's agent is SIGKILLed while the
     /// coordinator waits for web-1's sessions to end, and is back 0.5 s later (as
@@ -1530,10 +1446,9 @@ mod faults {
 // --- engine2 ---
 
 mod engine2 {
-    use std::process::Stdio;
     use std::time::Duration;
 
-    use handover_tests::agents::spawn_lines;
+    use handover_tests::run::Run;
     use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
 
     /// Engine review after issue 11's rewrite: with `on_drain_timeout = "proceed"`
@@ -1562,37 +1477,16 @@ mod engine2 {
         );
         assert!(text.contains("proceed"), "{text}");
         let plan = s.write_plan("plan.toml", &text).expect("plan");
-        let mut cmd = s
-            .coordinator
-            .command(&["rollout", &plan.display().to_string(), "--yes"]);
-        cmd.arg("--json");
-        let (mut child, mut lines) = spawn_lines(cmd, Stdio::null()).expect("spawn handover");
-
-        let mut events = Vec::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            let waiting = event["event"] == "step-started"
-                && event["title"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("wait for sessions");
-            events.push(event);
-            if waiting {
-                break;
-            }
-        }
+        let mut run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        run.wait_for_step("wait for sessions");
         assert!(held.is_held(), "the direct client holds web-1's wait");
         // The operator puts the health-check file back by hand (`handover undrain`
         // is refused while the rollout holds the lease).
         std::fs::write(s.app("web-1").apache.health_file(), "OK\n").expect("restore");
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            events.push(serde_json::from_str(&line).unwrap_or_default());
-        }
-        let status = child.wait().expect("wait");
+        let done = run.finish();
+        let events = done.events;
 
-        assert!(!status.success(), "the rollout must stop: {events:?}");
+        assert_ne!(done.code, Some(0), "the rollout must stop: {events:?}");
         let forward = events
             .iter()
             .take_while(|e| e["event"] != "step-failed" && e["event"] != "finished");

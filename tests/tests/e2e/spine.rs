@@ -11,7 +11,6 @@ use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki
 use handover_tests::rawquic;
 
 struct OneAgent {
-    _serial: handover_tests::fleet::SerialGuard,
     dir: tempfile::TempDir,
     pki: Pki,
     agent: AgentProcess,
@@ -19,7 +18,6 @@ struct OneAgent {
 }
 
 fn one_agent(ip: Ipv4Addr) -> OneAgent {
-    let serial = handover_tests::fleet::serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
     let agent = AgentProcess::start(
@@ -40,7 +38,6 @@ fn one_agent(ip: Ipv4Addr) -> OneAgent {
     )
     .expect("coordinator config");
     OneAgent {
-        _serial: serial,
         dir,
         pki,
         agent,
