@@ -1,7 +1,6 @@
 //! Agents and the coordinator as a user runs them: the real binaries, real
 //! certificates from `handover ca`, config files in a temporary directory.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -91,7 +90,8 @@ pub struct AgentSpec<'a> {
     pub name: &'a str,
     /// Its loopback address, 127.0.1.N.
     pub ip: Ipv4Addr,
-    /// Extra TOML appended to the config (feature sections).
+    /// Extra TOML appended to the config: feature sections, rendered with
+    /// [`crate::config::AgentSections::render`].
     pub extra: String,
 }
 
@@ -127,18 +127,16 @@ impl AgentProcess {
         let addr = SocketAddr::new(IpAddr::V4(spec.ip), port);
         let state_dir = home.join("state");
         let control_socket = home.join("control.sock");
-        let mut text = String::new();
-        let _ = writeln!(text, "name = {:?}", spec.name);
-        let _ = writeln!(text, "listen = \"{addr}\"");
-        let _ = writeln!(text, "ca = {:?}", pki.ca().display().to_string());
-        let _ = writeln!(text, "cert = {:?}", cert.display().to_string());
-        let _ = writeln!(text, "key = {:?}", key.display().to_string());
-        let _ = writeln!(text, "state_dir = {:?}", state_dir.display().to_string());
-        let _ = writeln!(
-            text,
-            "control_socket = {:?}",
-            control_socket.display().to_string()
-        );
+        let mut text = crate::config::AgentConfig {
+            name: spec.name.to_owned(),
+            listen: addr,
+            ca: pki.ca(),
+            cert,
+            key,
+            state_dir: state_dir.clone(),
+            control_socket: control_socket.clone(),
+        }
+        .render();
         text.push_str(&spec.extra);
         let config = home.join("agent.toml");
         std::fs::write(&config, text)?;
@@ -298,28 +296,28 @@ impl Coordinator {
         hosts: &[HostSpec],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut text = String::new();
-        let _ = writeln!(text, "ca = {:?}", ca.display().to_string());
-        let _ = writeln!(text, "cert = {:?}", cert.display().to_string());
-        let _ = writeln!(text, "key = {:?}", key.display().to_string());
-        let _ = writeln!(
-            text,
-            "state_dir = {:?}",
-            dir.join("state").display().to_string()
-        );
+        let mut entries = Vec::new();
         for h in hosts {
-            let _ = writeln!(
-                text,
-                "\n[[hosts]]\nname = {:?}\naddress = \"{}\"",
-                h.name, h.address
-            );
-            let roles: Vec<String> = h.roles.iter().map(|r| format!("{r:?}")).collect();
-            let _ = writeln!(text, "roles = [{}]", roles.join(", "));
-            if let Some(app) = h.app {
-                let _ = writeln!(text, "app = \"{app}\"");
-            }
-            text.push_str(&h.extra);
+            let extra: toml::Table = h
+                .extra
+                .parse()
+                .with_context(|| format!("extra TOML of host {}: {:?}", h.name, h.extra))?;
+            entries.push(crate::config::HostEntry {
+                name: h.name.clone(),
+                address: h.address,
+                roles: h.roles.clone(),
+                app: h.app,
+                extra,
+            });
         }
+        let text = crate::config::CoordinatorConfig {
+            ca: ca.to_owned(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            state_dir: dir.join("state"),
+            hosts: entries,
+        }
+        .render();
         let config = dir.join("handover.toml");
         std::fs::write(&config, text)?;
         Ok(Coordinator { config })
@@ -430,12 +428,14 @@ impl OneHost {
             },
         )?;
         let pki = Pki::init(&dir.path().join("pki"))?;
-        let extra = format!(
-            "\n[health]\nfile = {:?}\n\n[app]\nlisten = \"{}\"\nstatus_url = \"{}\"\n",
-            apache.health_file().display().to_string(),
-            apache.addr(),
-            apache.status_url()
-        );
+        let extra = crate::config::AgentSections {
+            health: Some(crate::config::Health {
+                file: apache.health_file().to_owned(),
+            }),
+            app: Some(crate::config::App::apache(apache.addr())),
+            ..Default::default()
+        }
+        .render();
         let agent = AgentProcess::start(
             dir.path(),
             &pki,

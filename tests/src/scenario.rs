@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use crate::apache::{Apache, ApacheOptions};
+use crate::config::{self, AgentSections, App, Deploy, Lb, Plan, PlanHealth, PlanRollout};
 use crate::fleet::SerialGuard;
 use crate::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use crate::monitor::{UpMonitor, UpReport};
@@ -60,7 +61,7 @@ pub enum Capacity {
 pub struct ScenarioOptions {
     /// App servers.
     pub apps: u8,
-    /// Extra lines for every app agent's `[deploy]` section.
+    /// Extra lines (TOML keys) for every app agent's `[deploy]` section.
     pub deploy_extra: String,
     /// The capacity invariant the whole test keeps (see [`Scenario::check_capacity`]).
     pub capacity: Capacity,
@@ -120,12 +121,18 @@ impl Scenario {
             let health = home.join("health").join("health.html");
             std::fs::create_dir_all(health.parent().context("health dir")?)?;
             write_public(&health, &format!("OK {name}\n"))?;
-            let extra = format!(
-                "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nstatus_url = \"http://{ip}:{port}/server-status?auto\"\nquiet_period = \"300ms\"\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{}\n",
-                options.deploy_extra,
-                health = health.display().to_string(),
-                root = root.display().to_string(),
-            );
+            let extra = AgentSections {
+                health: Some(config::Health {
+                    file: health.clone(),
+                }),
+                app: Some(App {
+                    quiet_period: Some("300ms".into()),
+                    ..App::apache(SocketAddr::new(IpAddr::V4(ip), port))
+                }),
+                deploy: Some(Deploy::new(root.clone(), &repo).with_lines(&options.deploy_extra)),
+                ..AgentSections::default()
+            }
+            .render();
             let agent = AgentProcess::start(
                 &agents_dir,
                 &pki,
@@ -159,10 +166,15 @@ impl Scenario {
             AgentSpec {
                 name: "lb-1",
                 ip: host_ip(100),
-                extra: format!(
-                    "\n[haproxy]\nsocket = {:?}\nbackend = {BACKEND:?}\n",
-                    haproxy.admin_socket().display().to_string()
-                ),
+                extra: AgentSections {
+                    haproxy: Some(Lb {
+                        socket: haproxy.admin_socket().to_owned(),
+                        backend: Some(BACKEND.to_owned()),
+                        ..Lb::default()
+                    }),
+                    ..AgentSections::default()
+                }
+                .render(),
             },
         )?;
 
@@ -282,12 +294,31 @@ impl Scenario {
         Ok(path)
     }
 
-    /// An in-place plan over every app host for `reference`.
+    /// An in-place plan over every app host for `reference`: 20 s drain and
+    /// attach timeouts, a 500 ms quiet period, `/VERSION` checked on each host.
+    pub fn plan(&self, reference: &str, batch: usize, min_healthy: usize) -> Plan {
+        let mut plan = Plan::in_place(&self.repo, reference, min_healthy);
+        plan.rollout = PlanRollout {
+            batch: Some(batch),
+            min_healthy,
+            drain_timeout: Some("20s".into()),
+            quiet: Some("500ms".into()),
+            attach_timeout: Some("20s".into()),
+            ..PlanRollout::default()
+        };
+        plan.health = Some(PlanHealth {
+            path: "/VERSION".into(),
+            expect: Some(200),
+            rise: Some(2),
+            interval: Some("200ms".into()),
+            timeout: Some("10s".into()),
+        });
+        plan
+    }
+
+    /// [`Scenario::plan`] as TOML.
     pub fn in_place_plan(&self, reference: &str, batch: usize, min_healthy: usize) -> String {
-        format!(
-            "strategy = \"in-place\"\nroles = [\"app\"]\n\n[revision]\nrepo = {:?}\nref = {reference:?}\n\n[rollout]\nbatch = {batch}\nmin_healthy = {min_healthy}\ndrain_timeout = \"20s\"\nquiet = \"500ms\"\nattach_timeout = \"20s\"\n\n[health]\npath = \"/VERSION\"\nexpect = 200\nrise = 2\ninterval = \"200ms\"\ntimeout = \"10s\"\n",
-            self.repo
-        )
+        self.plan(reference, batch, min_healthy).render()
     }
 
     /// How many app servers HAProxy reports UP in [`BACKEND`] now.

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use handover_tests::config::{AgentSections, Deploy};
 use handover_tests::ports::host_ip;
 
 /// A bare repository with tags v1 and v2 (and v3-broken) whose VERSION file says so.
@@ -28,10 +29,16 @@ impl Fleet {
             .map(|n| {
                 let name = format!("web-{n}");
                 let root = dir.path().join(&name).join("www");
-                let extra = format!(
-                    "\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\nreload = \"echo reloaded\"\nverify = \"test -f VERSION\"\n\n[hooks]\nwarm = \"echo warmed $(cat VERSION)\"\n",
-                    root = root.display().to_string(),
-                );
+                let extra = AgentSections {
+                    deploy: Some(Deploy {
+                        reload: Some("echo reloaded".into()),
+                        verify: Some("test -f VERSION".into()),
+                        ..Deploy::new(root, &repo)
+                    }),
+                    hooks: [("warm".into(), "echo warmed $(cat VERSION)".into())].into(),
+                    ..AgentSections::default()
+                }
+                .render();
                 AgentProcess::start(
                     dir.path(),
                     &pki,

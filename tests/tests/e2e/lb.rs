@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use handover_tests::apache::{Apache, ApacheOptions};
+use handover_tests::config::{AgentSections, Lb};
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use handover_tests::{http, ports};
 
@@ -45,10 +46,14 @@ fn lb_fleet() -> LbFleet {
     })
     .expect("haproxy starts");
     let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let extra = format!(
-        "[haproxy]\nsocket = {:?}\nbackends = [\"be_app\", \"be_dyn\"]\ncheck_inter = \"200ms\"\ncheck_rise = 2\ncheck_fall = 2\nattach_timeout = \"15s\"\n",
-        haproxy.admin_socket().display().to_string()
-    );
+    let extra = AgentSections {
+        haproxy: Some(Lb::fast(
+            haproxy.admin_socket().to_owned(),
+            &["be_app", "be_dyn"],
+        )),
+        ..AgentSections::default()
+    }
+    .render();
     let lb = AgentProcess::start(
         dir.path(),
         &pki,

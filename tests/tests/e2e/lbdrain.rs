@@ -16,6 +16,7 @@ use handover_tests::agents::{
     AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, next_event, output_text,
 };
 use handover_tests::apache::{Apache, ApacheOptions};
+use handover_tests::config::{AgentSections, App, Health, Lb};
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use handover_tests::{http, ports};
 
@@ -57,18 +58,17 @@ fn lb_drain_fleet(backends: &[&str]) -> LbDrainFleet {
     })
     .expect("haproxy starts");
     let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let quoted: Vec<String> = backends.iter().map(|b| format!("{b:?}")).collect();
     let lb = AgentProcess::start(
         dir.path(),
         &pki,
         AgentSpec {
             name: "lb-1",
             ip: lb_ip,
-            extra: format!(
-                "[haproxy]\nsocket = {:?}\nbackends = [{}]\ncheck_inter = \"200ms\"\ncheck_rise = 2\ncheck_fall = 2\nattach_timeout = \"15s\"\n",
-                haproxy.admin_socket().display().to_string(),
-                quoted.join(", ")
-            ),
+            extra: AgentSections {
+                haproxy: Some(Lb::fast(haproxy.admin_socket().to_owned(), backends)),
+                ..AgentSections::default()
+            }
+            .render(),
         },
     )
     .expect("lb agent starts");
@@ -78,12 +78,14 @@ fn lb_drain_fleet(backends: &[&str]) -> LbDrainFleet {
         AgentSpec {
             name: "web-1",
             ip: ports::host_ip(WEB_IP),
-            extra: format!(
-                "\n[health]\nfile = {:?}\n\n[app]\nlisten = \"{}\"\nstatus_url = \"{}\"\n",
-                web.health_file().display().to_string(),
-                web.addr(),
-                web.status_url()
-            ),
+            extra: AgentSections {
+                health: Some(Health {
+                    file: web.health_file().to_owned(),
+                }),
+                app: Some(App::apache(web.addr())),
+                ..AgentSections::default()
+            }
+            .render(),
         },
     )
     .expect("app agent starts");

@@ -89,10 +89,14 @@ mod agentcore {
         })
         .expect("haproxy starts");
         let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-        let extra = format!(
-            "[haproxy]\nsocket = {:?}\nbackend = \"be_dyn\"\ncheck_inter = \"200ms\"\ncheck_rise = 2\ncheck_fall = 2\nattach_timeout = \"15s\"\n",
-            haproxy.admin_socket().display().to_string()
-        );
+        let extra = handover_tests::config::AgentSections {
+            haproxy: Some(handover_tests::config::Lb {
+                backend: Some("be_dyn".into()),
+                ..handover_tests::config::Lb::fast(haproxy.admin_socket().to_owned(), &[])
+            }),
+            ..Default::default()
+        }
+        .render();
         let lb = AgentProcess::start(
             dir.path(),
             &pki,
@@ -201,8 +205,9 @@ mod hardening {
     }
 
     impl Host {
-        /// One agent on 127.0.1.91 with `[deploy]` plus `release_hooks` (TOML).
-        fn new(release_hooks: &str) -> Host {
+        /// One agent on 127.0.1.91 with `[deploy]`, and `[deploy.release_hooks]`
+        /// running them as `run_as` if given.
+        fn new(run_as: Option<&str>) -> Host {
             let dir = tempfile::tempdir().expect("tempdir");
             let repo = bare_repo(
                 dir.path(),
@@ -220,10 +225,16 @@ mod hardening {
             .expect("repository");
             let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
             let root = dir.path().join("web-1").join("www");
-            let extra = format!(
-                "\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{release_hooks}\n",
-                root = root.display().to_string(),
-            );
+            let extra = handover_tests::config::AgentSections {
+                deploy: Some(handover_tests::config::Deploy {
+                    release_hooks: run_as.map(|user| handover_tests::config::ReleaseHooks {
+                        run_as: user.to_owned(),
+                    }),
+                    ..handover_tests::config::Deploy::new(root, &repo)
+                }),
+                ..Default::default()
+            }
+            .render();
             let agent = AgentProcess::start(
                 dir.path(),
                 &pki,
@@ -280,7 +291,7 @@ mod hardening {
     /// `[deploy.release_hooks]` refuses such a release; nothing runs or switches.
     #[test]
     fn a_release_with_hooks_is_refused_by_an_agent_that_does_not_run_them() {
-        let host = Host::new("");
+        let host = Host::new(None);
         let out = host.deploy("v1");
         assert!(out.status.success(), "{}", output_text(&out));
 
@@ -305,7 +316,7 @@ mod hardening {
             .ok()
             .flatten()
             .expect("user nobody");
-        let host = Host::new("[deploy.release_hooks]\nrun_as = \"nobody\"\n");
+        let host = Host::new(Some("nobody"));
         let out = host.deploy(SHELLY_TAG);
         assert!(out.status.success(), "{}", output_text(&out));
         assert_eq!(host.current_version(), "v2");
@@ -360,10 +371,12 @@ mod releases {
     fn activate_previous_after_an_automatic_rollback_does_not_put_the_failed_release_live() {
         let s = two_hosts();
         tag_release_without_page(&s, "v4-no-page");
-        let plan_text = s
-            .in_place_plan("v4-no-page", 1, 1)
-            .replace("path = \"/VERSION\"", "path = \"/index.html\"")
-            .replace("timeout = \"10s\"", "timeout = \"2s\"");
+        let mut plan = s.plan("v4-no-page", 1, 1);
+        if let Some(health) = plan.health.as_mut() {
+            health.path = "/index.html".into();
+            health.timeout = Some("2s".into());
+        }
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let out = s
             .coordinator
@@ -473,8 +486,11 @@ mod releases {
                 "\"v9\" is not a branch, tag or commit",
             ),
             (
-                s.in_place_plan("v2", 1, 1)
-                    .replace(&s.repo, "file:///srv/git/other.git"),
+                {
+                    let mut plan = s.plan("v2", 1, 1);
+                    plan.revision.repo = "file:///srv/git/other.git".into();
+                    plan.render()
+                },
                 "allowed_repos",
             ),
         ];
@@ -694,14 +710,11 @@ mod quic {
     fn one_agent(ip: Ipv4Addr, crl: bool) -> OneAgent {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-        let extra = if crl {
-            format!(
-                "crl = {:?}\n",
-                pki.dir.join("crl.pem").display().to_string()
-            )
-        } else {
-            String::new()
-        };
+        let extra = handover_tests::config::AgentSections {
+            crl: crl.then(|| pki.dir.join("crl.pem")),
+            ..Default::default()
+        }
+        .render();
         let agent = AgentProcess::start(
             dir.path(),
             &pki,
@@ -1140,9 +1153,9 @@ mod lease {
             Duration::from_secs(60),
         )
         .expect("hold a connection to web-1");
-        let plan_text = s
-            .in_place_plan("v2", 1, 1)
-            .replace("drain_timeout = \"20s\"", "drain_timeout = \"60s\"");
+        let mut plan = s.plan("v2", 1, 1);
+        plan.rollout.drain_timeout = Some("60s".into());
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let (mut first, mut lines) = spawn_json(
             &s.coordinator,
@@ -1196,9 +1209,10 @@ mod lease {
     #[test]
     fn ctrl_c_at_the_canary_pause_puts_the_canary_back_and_resume_id_redoes_it() {
         let s = scenario(3);
-        let plan_text = s
-            .in_place_plan("v2", 1, 2)
-            .replace("batch = 1", "batch = 1\ncanary = 1\npause = \"60s\"");
+        let mut plan = s.plan("v2", 1, 2);
+        plan.rollout.canary = Some(1);
+        plan.rollout.pause = Some("60s".into());
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let plan_arg = plan.display().to_string();
         let err_path = s.dir().join("first.stderr");
@@ -1326,9 +1340,9 @@ mod lease {
             Duration::from_secs(60),
         )
         .expect("hold a connection to web-1");
-        let plan_text = s
-            .in_place_plan("v2", 1, 1)
-            .replace("drain_timeout = \"20s\"", "drain_timeout = \"60s\"");
+        let mut plan = s.plan("v2", 1, 1);
+        plan.rollout.drain_timeout = Some("60s".into());
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let (mut first, mut lines) = spawn_json(
             &s.coordinator,
@@ -1471,11 +1485,10 @@ mod engine2 {
             Duration::from_secs(120),
         )
         .expect("hold a connection to web-1");
-        let text = s.in_place_plan("v2", 1, 2).replace(
-            "drain_timeout = \"20s\"",
-            "drain_timeout = \"90s\"\non_drain_timeout = \"proceed\"",
-        );
-        assert!(text.contains("proceed"), "{text}");
+        let mut plan = s.plan("v2", 1, 2);
+        plan.rollout.drain_timeout = Some("90s".into());
+        plan.rollout.on_drain_timeout = Some("proceed".into());
+        let text = plan.render();
         let plan = s.write_plan("plan.toml", &text).expect("plan");
         let mut run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
         run.wait_for_step("wait for sessions");

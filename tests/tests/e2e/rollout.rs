@@ -286,9 +286,9 @@ fn a_wave_does_not_start_without_capacity_and_resume_carries_on_once_it_is_back(
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(up, 2, "HAProxy never took web-3 out of rotation");
-    let plan_text = s
-        .in_place_plan("v2", 1, 2)
-        .replace("attach_timeout = \"20s\"", "attach_timeout = \"2s\"");
+    let mut plan = s.plan("v2", 1, 2);
+    plan.rollout.attach_timeout = Some("2s".into());
+    let plan_text = plan.render();
     let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
     let out = s
         .coordinator
