@@ -68,17 +68,24 @@ pub struct SerialGuard {
 pub fn serial() -> SerialGuard {
     let me = std::thread::current().id();
     let mut owner = lock_owner();
+    // No `Arc<Held>` may be dropped in this loop: dropping the last one takes
+    // OWNER, which this thread holds here.
     loop {
-        let live = owner
-            .as_ref()
-            .and_then(|o| Some((o.threads.contains(&me), o.held.upgrade()?)));
-        match live {
-            Some((true, held)) => return SerialGuard { held },
-            Some((false, _)) => {
-                owner = RELEASED.wait(owner).unwrap_or_else(PoisonError::into_inner);
+        let busy = match owner.as_ref() {
+            Some(o) if o.held.strong_count() > 0 => {
+                if o.threads.contains(&me)
+                    && let Some(held) = o.held.upgrade()
+                {
+                    return SerialGuard { held };
+                }
+                true
             }
-            None => break,
+            _ => false,
+        };
+        if !busy {
+            break;
         }
+        owner = RELEASED.wait(owner).unwrap_or_else(PoisonError::into_inner);
     }
     // Free in this process: wait for other processes (the flock blocks).
     let held = Arc::new(Held {
@@ -131,4 +138,37 @@ fn lock_file() -> anyhow::Result<Flock<File>> {
         .open(&path)
         .with_context(|| format!("open {path}"))?;
     Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("flock {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::serial;
+
+    /// The thread that holds the lock takes it again at once (a fleet builder and
+    /// each process it starts); another thread gets it only once every guard of
+    /// the first is gone, and the first's last drop does not deadlock.
+    #[test]
+    fn the_lock_is_reentrant_in_its_thread_and_exclusive_across_threads() {
+        let order = Mutex::new(Vec::new());
+        let first = serial();
+        let again = serial();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _mine = serial();
+                order.lock().expect("order").push("other thread has it");
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            order.lock().expect("order").push("first releases it");
+            drop(first);
+            drop(again);
+        });
+        assert_eq!(
+            *order.lock().expect("order"),
+            ["first releases it", "other thread has it"]
+        );
+        // Free again: this thread takes it anew.
+        drop(serial());
+    }
 }
