@@ -6,11 +6,11 @@
 
 pub mod cmd;
 pub mod config;
-pub mod drain_wait;
-pub mod fleet;
-pub mod gate;
+pub(crate) mod drain_wait;
+pub(crate) mod fleet;
+pub(crate) mod gate;
 pub(crate) mod journal;
-pub mod lb;
+pub(crate) mod lb;
 pub(crate) mod output;
 /// Public for the plan fuzz target (common/fuzz), which parses plans as `handover plan` does.
 pub mod plan;
