@@ -33,6 +33,92 @@ pub use crate::ports::{established_connections, free_tcp_port, free_udp_port, ho
 pub use crate::traffic::{HeldConnection, Traffic, TrafficOptions, TrafficReport, hold_connection};
 pub use crate::workdir::{Workdir, stray_processes};
 
+/// The parts every hand-built fleet shares: the fleet lock (taken first, before
+/// any address or port is chosen), a directory others can enter, a private CA;
+/// agents and a coordinator config made from them. [`crate::scenario::Scenario`]
+/// is the whole fleet ready for a rollout; this is for tests that need fewer or
+/// other parts (one agent, an LB without app agents...).
+pub struct Fleet {
+    /// The fleet's CA (`pki/` in [`Fleet::path`]).
+    pub pki: crate::agents::Pki,
+    dir: Workdir,
+    _serial: SerialGuard,
+}
+
+impl Fleet {
+    /// Takes the fleet lock, makes the directory and the CA.
+    pub fn new() -> anyhow::Result<Self> {
+        let serial = serial();
+        let dir = Workdir::new()?;
+        let pki = crate::agents::Pki::init(&dir.path().join("pki"))?;
+        Ok(Fleet {
+            pki,
+            dir,
+            _serial: serial,
+        })
+    }
+
+    /// The fleet's directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Starts agent `name` on `ip` with `sections` (under `name/` here).
+    pub fn agent(
+        &self,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+        sections: &crate::config::AgentSections,
+    ) -> anyhow::Result<crate::agents::AgentProcess> {
+        crate::agents::AgentProcess::start(
+            self.path(),
+            &self.pki,
+            crate::agents::AgentSpec {
+                name,
+                ip,
+                extra: sections.render(),
+            },
+        )
+    }
+
+    /// A coordinator config `ops/handover.toml` for `hosts`, with its own
+    /// certificate `ops`.
+    pub fn coordinator(
+        &self,
+        hosts: &[crate::agents::HostSpec],
+    ) -> anyhow::Result<crate::agents::Coordinator> {
+        crate::agents::Coordinator::write(&self.path().join("ops"), &self.pki, "ops", hosts)
+    }
+}
+
+/// One agent (`web-1`, no app) and a coordinator config naming it: for tests of
+/// the agent's own surface (QUIC, certificates, config errors).
+pub struct OneAgent {
+    /// The agent.
+    pub agent: crate::agents::AgentProcess,
+    /// The coordinator config.
+    pub coordinator: crate::agents::Coordinator,
+    /// Its directory and CA.
+    pub fleet: Fleet,
+}
+
+impl OneAgent {
+    /// Starts `web-1` on `ip` with `sections`.
+    pub fn start(
+        ip: std::net::Ipv4Addr,
+        sections: &crate::config::AgentSections,
+    ) -> anyhow::Result<Self> {
+        let fleet = Fleet::new()?;
+        let agent = fleet.agent("web-1", ip, sections)?;
+        let coordinator = fleet.coordinator(&[crate::agents::HostSpec::of(&agent, &["app"])])?;
+        Ok(OneAgent {
+            agent,
+            coordinator,
+            fleet,
+        })
+    }
+}
+
 /// Directory of the cross-process lock file.
 pub const LOCK_DIR: &str = "/tmp/handover-tests-ips";
 

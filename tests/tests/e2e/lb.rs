@@ -4,16 +4,17 @@
 
 use std::time::Duration;
 
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
 use handover_tests::apache::{Apache, ApacheOptions};
 use handover_tests::config::{AgentSections, Lb};
+use handover_tests::fleet::Fleet;
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use handover_tests::{http, ports};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 struct LbFleet {
-    _dir: tempfile::TempDir,
+    _fleet: Fleet,
     web: Vec<Apache>,
     haproxy: Haproxy,
     lb: AgentProcess,
@@ -21,7 +22,7 @@ struct LbFleet {
 }
 
 fn lb_fleet() -> LbFleet {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = Fleet::new().expect("fleet directory and CA");
     let web: Vec<Apache> = [("web-1", 41), ("web-2", 42)]
         .into_iter()
         .map(|(name, n)| {
@@ -29,7 +30,7 @@ fn lb_fleet() -> LbFleet {
                 ports::host_ip(n),
                 ApacheOptions {
                     name: Some(name.to_owned()),
-                    parent: Some(dir.path().to_owned()),
+                    parent: Some(fleet.path().to_owned()),
                     ..Default::default()
                 },
             )
@@ -41,29 +42,20 @@ fn lb_fleet() -> LbFleet {
             BackendSpec::slots("be_app", 4),
             BackendSpec::dynamic("be_dyn"),
         ],
-        parent: Some(dir.path().to_owned()),
+        parent: Some(fleet.path().to_owned()),
         ..Default::default()
     })
     .expect("haproxy starts");
-    let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let extra = AgentSections {
+    let sections = AgentSections {
         haproxy: Some(Lb::fast(
             haproxy.admin_socket().to_owned(),
             &["be_app", "be_dyn"],
         )),
         ..AgentSections::default()
-    }
-    .render();
-    let lb = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "lb-1",
-            ip: ports::host_ip(40),
-            extra,
-        },
-    )
-    .expect("lb agent starts");
+    };
+    let lb = fleet
+        .agent("lb-1", ports::host_ip(40), &sections)
+        .expect("lb agent starts");
     let mut hosts = vec![HostSpec::of(&lb, &["lb"])];
     for w in &web {
         let mut h = HostSpec::of(&lb, &["app"]);
@@ -71,10 +63,9 @@ fn lb_fleet() -> LbFleet {
         h.app = Some(w.addr());
         hosts.push(h);
     }
-    let coordinator = Coordinator::write(&dir.path().join("ops"), &pki, "ops", &hosts)
-        .expect("coordinator config");
+    let coordinator = fleet.coordinator(&hosts).expect("coordinator config");
     LbFleet {
-        _dir: dir,
+        _fleet: fleet,
         web,
         haproxy,
         lb,

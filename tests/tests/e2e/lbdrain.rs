@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use handover_tests::agents::{
-    AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, next_event, output_text,
-};
+use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, next_event, output_text};
 use handover_tests::apache::{Apache, ApacheOptions};
 use handover_tests::config::{AgentSections, App, Health, Lb};
+use handover_tests::fleet::Fleet;
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use handover_tests::{http, ports};
 
@@ -31,81 +30,66 @@ struct LbDrainFleet {
     lb: AgentProcess,
     _app: AgentProcess,
     coordinator: Coordinator,
-    _pki: Pki,
-    _dir: tempfile::TempDir,
+    _fleet: Fleet,
 }
 
 /// HAProxy (slot backend `be_app`) on an `lb` host, one app host `web-1` with
 /// `[health]` and `[app]`; `backends` is what the lb agent is told to manage.
 fn lb_drain_fleet(backends: &[&str]) -> LbDrainFleet {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = Fleet::new().expect("fleet directory and CA");
     let lb_ip = ports::host_ip(LB_IP);
     let web = Apache::start_with(
         ports::host_ip(WEB_IP),
         ApacheOptions {
             name: Some("web-1".to_owned()),
-            parent: Some(dir.path().to_owned()),
+            parent: Some(fleet.path().to_owned()),
             ..Default::default()
         },
     )
     .expect("apache starts");
     let haproxy = Haproxy::start(HaproxyOptions {
         backends: vec![BackendSpec::slots("be_app", 4)],
-        parent: Some(dir.path().to_owned()),
+        parent: Some(fleet.path().to_owned()),
         // A load balancer has its own address; direct clients come from 127.0.0.1.
         extra_defaults: vec![format!("source {lb_ip}")],
         ..Default::default()
     })
     .expect("haproxy starts");
-    let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let lb = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "lb-1",
-            ip: lb_ip,
-            extra: AgentSections {
+    let lb = fleet
+        .agent(
+            "lb-1",
+            lb_ip,
+            &AgentSections {
                 haproxy: Some(Lb::fast(haproxy.admin_socket().to_owned(), backends)),
                 ..AgentSections::default()
-            }
-            .render(),
-        },
-    )
-    .expect("lb agent starts");
-    let app = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "web-1",
-            ip: ports::host_ip(WEB_IP),
-            extra: AgentSections {
+            },
+        )
+        .expect("lb agent starts");
+    let app = fleet
+        .agent(
+            "web-1",
+            ports::host_ip(WEB_IP),
+            &AgentSections {
                 health: Some(Health {
                     file: web.health_file().to_owned(),
                 }),
                 app: Some(App::apache(web.addr())),
                 ..AgentSections::default()
-            }
-            .render(),
-        },
-    )
-    .expect("app agent starts");
+            },
+        )
+        .expect("app agent starts");
     let mut web_host = HostSpec::of(&app, &["app"]);
     web_host.app = Some(web.addr());
-    let coordinator = Coordinator::write(
-        &dir.path().join("ops"),
-        &pki,
-        "ops",
-        &[HostSpec::of(&lb, &["lb"]), web_host],
-    )
-    .expect("coordinator config");
+    let coordinator = fleet
+        .coordinator(&[HostSpec::of(&lb, &["lb"]), web_host])
+        .expect("coordinator config");
     LbDrainFleet {
         web,
         haproxy,
         lb,
         _app: app,
         coordinator,
-        _pki: pki,
-        _dir: dir,
+        _fleet: fleet,
     }
 }
 

@@ -10,9 +10,8 @@ mod agentcore {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use handover_tests::agents::{
-        AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
-    };
+    use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
+    use handover_tests::fleet::Fleet;
     use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
     use handover_tests::ports;
 
@@ -71,7 +70,7 @@ mod agentcore {
     }
 
     struct V6Fleet {
-        _dir: tempfile::TempDir,
+        _fleet: Fleet,
         app: Ipv6App,
         haproxy: Haproxy,
         lb: AgentProcess,
@@ -80,41 +79,31 @@ mod agentcore {
 
     /// HAProxy with a dynamic backend, an lb agent, and app host `web-6` at `[::1]`.
     fn v6_fleet() -> V6Fleet {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = Fleet::new().expect("fleet directory and CA");
         let app = Ipv6App::start();
         let haproxy = Haproxy::start(HaproxyOptions {
             backends: vec![BackendSpec::dynamic("be_dyn")],
-            parent: Some(dir.path().to_owned()),
+            parent: Some(fleet.path().to_owned()),
             ..Default::default()
         })
         .expect("haproxy starts");
-        let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-        let extra = handover_tests::config::AgentSections {
+        let sections = handover_tests::config::AgentSections {
             haproxy: Some(handover_tests::config::Lb {
                 backend: Some("be_dyn".into()),
                 ..handover_tests::config::Lb::fast(haproxy.admin_socket().to_owned(), &[])
             }),
             ..Default::default()
-        }
-        .render();
-        let lb = AgentProcess::start(
-            dir.path(),
-            &pki,
-            AgentSpec {
-                name: "lb-1",
-                ip: ports::host_ip(60),
-                extra,
-            },
-        )
-        .expect("lb agent starts");
+        };
+        let lb = fleet
+            .agent("lb-1", ports::host_ip(60), &sections)
+            .expect("lb agent starts");
         let mut web = HostSpec::of(&lb, &["app"]);
         web.name = "web-6".into();
         web.app = Some(app.addr);
         let hosts = [HostSpec::of(&lb, &["lb"]), web];
-        let coordinator = Coordinator::write(&dir.path().join("ops"), &pki, "ops", &hosts)
-            .expect("coordinator config");
+        let coordinator = fleet.coordinator(&hosts).expect("coordinator config");
         V6Fleet {
-            _dir: dir,
+            _fleet: fleet,
             app,
             haproxy,
             lb,
@@ -185,9 +174,8 @@ mod agentcore {
 mod hardening {
     use std::path::{Path, PathBuf};
 
-    use handover_tests::agents::{
-        AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
-    };
+    use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
+    use handover_tests::fleet::Fleet;
     use handover_tests::git::{Revision, bare_repo};
     use handover_tests::ports::host_ip;
 
@@ -198,7 +186,7 @@ mod hardening {
     const HOOKS: &str = "[hooks]\nafter_activate = \"printf '%s' \\\"$HANDOVER_REV\\\" > \\\"$HANDOVER_RELEASE_DIR/rev.txt\\\"; echo unquoted $HANDOVER_REV; id -u > \\\"$HANDOVER_RELEASE_DIR/uid.txt\\\"\"\n";
 
     struct Host {
-        dir: tempfile::TempDir,
+        dir: Fleet,
         repo: String,
         _agent: AgentProcess,
         coordinator: Coordinator,
@@ -208,7 +196,7 @@ mod hardening {
         /// One agent on 127.0.1.91 with `[deploy]`, and `[deploy.release_hooks]`
         /// running them as `run_as` if given.
         fn new(run_as: Option<&str>) -> Host {
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = Fleet::new().expect("fleet directory and CA");
             let repo = bare_repo(
                 dir.path(),
                 &[
@@ -223,9 +211,8 @@ mod hardening {
                 ],
             )
             .expect("repository");
-            let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
             let root = dir.path().join("web-1").join("www");
-            let extra = handover_tests::config::AgentSections {
+            let sections = handover_tests::config::AgentSections {
                 deploy: Some(handover_tests::config::Deploy {
                     release_hooks: run_as.map(|user| handover_tests::config::ReleaseHooks {
                         run_as: user.to_owned(),
@@ -233,21 +220,13 @@ mod hardening {
                     ..handover_tests::config::Deploy::new(root, &repo)
                 }),
                 ..Default::default()
-            }
-            .render();
-            let agent = AgentProcess::start(
-                dir.path(),
-                &pki,
-                AgentSpec {
-                    name: "web-1",
-                    ip: host_ip(91),
-                    extra,
-                },
-            )
-            .expect("agent starts");
-            let specs = [HostSpec::of(&agent, &["app"])];
-            let coordinator =
-                Coordinator::write(&dir.path().join("ops"), &pki, "ops", &specs).expect("config");
+            };
+            let agent = dir
+                .agent("web-1", host_ip(91), &sections)
+                .expect("agent starts");
+            let coordinator = dir
+                .coordinator(&[HostSpec::of(&agent, &["app"])])
+                .expect("config");
             Host {
                 dir,
                 repo,
@@ -692,52 +671,21 @@ mod drainwait {
 
 mod quic {
     use std::net::{IpAddr, Ipv4Addr};
+    use std::path::PathBuf;
 
-    use handover_tests::agents::{
-        AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
-    };
+    use handover_tests::agents::{Coordinator, HostSpec, output_text};
+    use handover_tests::config::AgentSections;
+    use handover_tests::fleet::OneAgent;
     use handover_tests::{flood, rawquic};
 
-    /// One agent (no app) and a coordinator config naming it `web-1`.
-    struct OneAgent {
-        _dir: tempfile::TempDir,
-        pki: Pki,
-        agent: AgentProcess,
-        coordinator: Coordinator,
-    }
-
-    /// With `crl`, the agent loads the CA's revocation list (`ca init` writes one).
+    /// One agent (no app) and a coordinator config naming it `web-1`; with `crl`,
+    /// the agent loads the CA's revocation list (`ca init` writes one).
     fn one_agent(ip: Ipv4Addr, crl: bool) -> OneAgent {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-        let extra = handover_tests::config::AgentSections {
-            crl: crl.then(|| pki.dir.join("crl.pem")),
-            ..Default::default()
-        }
-        .render();
-        let agent = AgentProcess::start(
-            dir.path(),
-            &pki,
-            AgentSpec {
-                name: "web-1",
-                ip,
-                extra,
-            },
-        )
-        .expect("agent starts");
-        let coordinator = Coordinator::write(
-            &dir.path().join("ops"),
-            &pki,
-            "ops",
-            &[HostSpec::of(&agent, &["app"])],
-        )
-        .expect("coordinator config");
-        OneAgent {
-            _dir: dir,
-            pki,
-            agent,
-            coordinator,
-        }
+        let sections = AgentSections {
+            crl: crl.then(|| PathBuf::from("../pki/crl.pem")),
+            ..AgentSections::default()
+        };
+        OneAgent::start(ip, &sections).expect("agent and coordinator config")
     }
 
     fn attacker(n: u8) -> IpAddr {
@@ -757,7 +705,7 @@ mod quic {
         let (ok, json) = f.coordinator.status_json(&[]).expect("status");
         assert!(ok, "status before the flood: {json}");
 
-        let config = rawquic::client_config(&f.pki.ca(), None).expect("client config");
+        let config = rawquic::client_config(&f.fleet.pki.ca(), None).expect("client config");
         let spoofed: Vec<IpAddr> = (1..=10).map(attacker).collect();
         flood::bare_hellos(&config, &spoofed, f.agent.addr, "web-1", 300).expect("bare hellos");
         let answered = flood::stalled_handshakes(&config, attacker(20), f.agent.addr, "web-1", 40)
@@ -782,11 +730,11 @@ mod quic {
     #[test]
     fn a_coordinator_over_the_connection_limit_is_told_why() {
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 42), false);
-        let cert = f.pki.dir.join("ops.pem");
-        let key = f.pki.dir.join("ops.key");
+        let cert = f.fleet.pki.dir.join("ops.pem");
+        let key = f.fleet.pki.dir.join("ops.key");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let reason = rt.block_on(async {
-            let config = rawquic::client_config(&f.pki.ca(), Some((&cert, &key)))?;
+            let config = rawquic::client_config(&f.fleet.pki.ca(), Some((&cert, &key)))?;
             let mut held = Vec::new();
             for _ in 0..64 {
                 let (ep, conn) = rawquic::connect(config.clone(), f.agent.addr, "web-1").await?;
@@ -940,7 +888,7 @@ mod quic {
     #[test]
     fn a_revoked_coordinator_certificate_is_refused_by_the_agent() {
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 43), true);
-        let pki = &f.pki;
+        let pki = &f.fleet.pki;
         let other = Coordinator::write(
             &f.agent.config.parent().expect("home").join("ops2"),
             pki,
@@ -1017,8 +965,13 @@ mod quic {
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 44), false);
         let mut host = HostSpec::of(&f.agent, &["app"]);
         host.name = "web-9".into();
-        let c =
-            Coordinator::write(&f.pki.dir.join("ops-9"), &f.pki, "ops9", &[host]).expect("config");
+        let c = Coordinator::write(
+            &f.fleet.pki.dir.join("ops-9"),
+            &f.fleet.pki,
+            "ops9",
+            &[host],
+        )
+        .expect("config");
         let (ok, json) = c.status_json(&[]).expect("status");
         assert!(!ok);
         let error = json[0]["error"].as_str().unwrap_or_default();
@@ -1043,8 +996,8 @@ mod quic {
         use handover_common::proto::lease::LeaseRequest;
         use handover_common::proto::{FailureKind, Request, Response};
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 45), false);
-        let cert = f.pki.dir.join("ops.pem");
-        let key = f.pki.dir.join("ops.key");
+        let cert = f.fleet.pki.dir.join("ops.pem");
+        let key = f.fleet.pki.dir.join("ops.key");
         let acquire = |rollout: &str, owner: &str| {
             Request::Lease(LeaseRequest::Acquire {
                 rollout: rollout.into(),
@@ -1062,7 +1015,7 @@ mod quic {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let answers = rt
             .block_on(async {
-                let config = rawquic::client_config(&f.pki.ca(), Some((&cert, &key)))?;
+                let config = rawquic::client_config(&f.fleet.pki.ca(), Some((&cert, &key)))?;
                 let (_ep, conn) = rawquic::connect(config, f.agent.addr, "web-1").await?;
                 let mut answers = Vec::new();
                 for request in [
