@@ -220,10 +220,16 @@ fn pinned_clients_through_the_lb_hold_a_drain_pooled_lb_connections_do_not_direc
     f.haproxy
         .wait_status("be_app", &slot, "NOLB", WAIT)
         .expect("drained → NOLB");
-    // The host itself looks idle (its connections are the LB's, exempt)...
+    // The host itself looks idle (its connections are the LB's, exempt), and
+    // no request is in flight at the LB at that sample (one in flight is named
+    // first, by design)...
     let host_idle = next_event(&mut lines, &mut seen, |e| {
         not_finished(e);
-        e["sessions"] == 0 && holds_lb_address(e) && lb_arrived(e) >= 2
+        e["sessions"] == 0
+            && holds_lb_address(e)
+            && lb_arrived(e) >= 2
+            && e["lbs"][0]["scur"] == 0
+            && e["lbs"][0]["qcur"] == 0
     });
     assert!(
         host_idle["holding"]
