@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::agents::{AgentProcess, Coordinator, StdoutLines, output_text, spawn_lines};
 use crate::scenario::{AppHost, Scenario};
-use crate::traffic::{Traffic, TrafficOptions, TrafficReport};
+use crate::traffic::{HeldConnection, Traffic, TrafficOptions, TrafficReport, hold_connection};
 
 /// How long a coordinator may take to reach a step, or to stop after a fault. A
 /// guard against hanging, not a measurement.
@@ -426,6 +426,19 @@ pub fn assert_complete_release(app: &AppHost) -> (String, String) {
         );
     }
     (name.to_owned(), app.version())
+}
+
+/// A client connected straight to `host`'s Apache (not through HAProxy), held
+/// open for up to `secs` seconds: it keeps a drain wait of `host` going until
+/// dropped.
+pub fn hold_direct_client(s: &Scenario, host: &str, secs: u64) -> HeldConnection {
+    hold_connection(
+        s.app(host).apache.addr(),
+        "/",
+        None,
+        Duration::from_secs(secs),
+    )
+    .unwrap_or_else(|e| panic!("hold a connection to {host}: {e:#}"))
 }
 
 /// Restarts a killed agent after `delay`, as systemd's `Restart=on-failure` would.

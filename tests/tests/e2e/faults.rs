@@ -25,7 +25,7 @@ pub(crate) use handover_tests::run::{
     Run, assert_no_failed_request, assert_on_one_release, assert_settled, restart_after, traffic,
 };
 use handover_tests::scenario::{AppHost, Capacity, Scenario, ScenarioOptions};
-use handover_tests::traffic::{Traffic, TrafficOptions, hold_connection};
+use handover_tests::traffic::{Traffic, TrafficOptions};
 
 pub(crate) fn scenario(deploy_extra: &str) -> Scenario {
     let defaults = ScenarioOptions::default();
@@ -155,13 +155,7 @@ fn an_agent_killed_as_apply_starts_leaves_its_host_on_one_release() {
 #[test]
 fn an_agent_killed_during_the_drain_wait_is_survived_with_capacity_kept() {
     let mut s = scenario("");
-    let held = hold_connection(
-        s.app("web-1").apache.addr(),
-        "/",
-        None,
-        Duration::from_secs(60),
-    )
-    .expect("hold a connection to web-1");
+    let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
     let plan = s
         .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
         .expect("plan");
@@ -306,13 +300,7 @@ fn a_full_state_dir_stops_the_rollout_cleanly_and_resume_finishes_it() {
             std::fs::copy(entry.path(), state_dir.join(entry.file_name())).expect("copy state");
         }
     }
-    let held = hold_connection(
-        s.app("web-1").apache.addr(),
-        "/",
-        None,
-        Duration::from_secs(60),
-    )
-    .expect("hold a connection to web-1");
+    let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
     let plan = s
         .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
         .expect("plan");

@@ -1099,13 +1099,7 @@ mod lease {
     fn a_bare_resume_beside_a_live_rollout_is_refused_and_each_host_gets_one_release() {
         let s = scenario(2);
         // A client on web-1 keeps the rollout in its first drain wait until dropped.
-        let held = handover_tests::traffic::hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(60),
-        )
-        .expect("hold a connection to web-1");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
         let mut plan = s.plan("v2", 1, 1);
         plan.rollout.drain_timeout = Some("60s".into());
         let plan_text = plan.render();
@@ -1286,13 +1280,7 @@ mod lease {
     #[test]
     fn resume_takeover_waits_for_the_running_process_to_be_gone_then_finishes() {
         let s = scenario(2);
-        let held = handover_tests::traffic::hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(60),
-        )
-        .expect("hold a connection to web-1");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
         let mut plan = s.plan("v2", 1, 1);
         plan.rollout.drain_timeout = Some("60s".into());
         let plan_text = plan.render();
@@ -1359,8 +1347,6 @@ mod lease {
 mod faults {
     use std::time::Duration;
 
-    use handover_tests::traffic::hold_connection;
-
     use handover_tests::run::{
         Run, assert_no_failed_request, assert_on_one_release, assert_settled, restart_after,
         traffic,
@@ -1381,13 +1367,7 @@ mod faults {
     #[test]
     fn a_rollout_survives_an_agent_restarted_during_the_drain_wait() {
         let mut s = scenario("");
-        let held = hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(60),
-        )
-        .expect("hold a connection to web-1");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
         let plan = s
             .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
             .expect("plan");
@@ -1413,8 +1393,6 @@ mod faults {
 // --- engine2 ---
 
 mod engine2 {
-    use std::time::Duration;
-
     use handover_tests::run::Run;
     use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
 
@@ -1431,13 +1409,7 @@ mod engine2 {
         })
         .expect("fleet starts");
         // A direct client keeps web-1's wait going until the operator steps in.
-        let held = handover_tests::traffic::hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(120),
-        )
-        .expect("hold a connection to web-1");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 120);
         let mut plan = s.plan("v2", 1, 2);
         plan.rollout.drain_timeout = Some("90s".into());
         plan.rollout.on_drain_timeout = Some("proceed".into());

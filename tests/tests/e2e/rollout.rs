@@ -134,13 +134,7 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
     let s = scenario(3);
     // A client connected straight to web-1 keeps the first rollout in its first
     // drain wait for as long as the test needs.
-    let held = handover_tests::traffic::hold_connection(
-        s.app("web-1").apache.addr(),
-        "/",
-        None,
-        Duration::from_secs(60),
-    )
-    .expect("hold a connection to web-1");
+    let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
     let plan = s
         .write_plan("first.toml", &s.in_place_plan("v2", 1, 2))
         .expect("plan");
