@@ -68,12 +68,50 @@ pub struct AgentSections {
     /// `[hooks]`: name → command.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hooks: BTreeMap<String, String>,
+    /// Any other sections (`[db]`...), as TOML tables.
+    #[serde(flatten)]
+    pub other: toml::Table,
 }
 
 impl AgentSections {
     /// The sections as TOML, starting on a fresh line.
     pub fn render(&self) -> String {
         format!("\n{}", render(self))
+    }
+
+    /// Adds `lines`, TOML text meant to follow `[deploy]`'s keys (a scenario's
+    /// `deploy_extra`): its keys join `[deploy]`, and a section it opens
+    /// (`[hooks]`, `[db]`, `[deploy.release_hooks]`) becomes that section, as if
+    /// the text had been appended to the file. Panics on text that is not TOML.
+    pub fn add_deploy_lines(&mut self, lines: &str) {
+        let table: toml::Table = lines
+            .parse()
+            .unwrap_or_else(|e| panic!("[deploy] lines {lines:?} are not TOML: {e}"));
+        for (key, value) in table {
+            match (key.as_str(), value) {
+                ("hooks", toml::Value::Table(hooks)) => {
+                    for (name, command) in hooks {
+                        let command = command.as_str().map(str::to_owned);
+                        let command = command
+                            .unwrap_or_else(|| panic!("hook {name} in {lines:?} is not a string"));
+                        self.hooks.insert(name, command);
+                    }
+                }
+                ("deploy", toml::Value::Table(keys)) => {
+                    if let Some(deploy) = self.deploy.as_mut() {
+                        deploy.extra.extend(keys);
+                    }
+                }
+                (_, toml::Value::Table(section)) if key != "release_hooks" => {
+                    self.other.insert(key, toml::Value::Table(section));
+                }
+                (_, value) => {
+                    if let Some(deploy) = self.deploy.as_mut() {
+                        deploy.extra.insert(key, value);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -375,6 +413,26 @@ mod tests {
             plan.render(),
             "strategy = \"in-place\"\nroles = [\"app\"]\n\n[revision]\nrepo = \"file:///r.git\"\nref = \"v2\"\n\n[rollout]\nbatch = 1\nmin_healthy = 2\ndrain_timeout = \"20s\"\n\n[health]\npath = \"/VERSION\"\nexpect = 200\ntimeout = \"10s\"\n"
         );
+    }
+
+    /// A scenario's `deploy_extra` was raw text appended after `[deploy]`'s keys;
+    /// a section it opened stays a section of its own.
+    #[test]
+    fn deploy_lines_that_open_a_section_keep_it_a_section() {
+        let mut sections = AgentSections {
+            deploy: Some(Deploy::new("/srv/www".into(), "file:///r.git")),
+            hooks: [("warm".into(), "true".into())].into(),
+            ..AgentSections::default()
+        };
+        sections
+            .add_deploy_lines("verify = \"true\"\n[hooks]\nmigrate = \"m\"\n[db]\nname = \"x\"\n");
+        let text = sections.render();
+        let parsed: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(parsed["deploy"]["verify"].as_str(), Some("true"), "{text}");
+        assert_eq!(parsed["hooks"]["warm"].as_str(), Some("true"), "{text}");
+        assert_eq!(parsed["hooks"]["migrate"].as_str(), Some("m"), "{text}");
+        assert_eq!(parsed["db"]["name"].as_str(), Some("x"), "{text}");
+        assert!(parsed["deploy"].get("hooks").is_none(), "{text}");
     }
 
     #[test]

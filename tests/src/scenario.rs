@@ -61,7 +61,8 @@ pub enum Capacity {
 pub struct ScenarioOptions {
     /// App servers.
     pub apps: u8,
-    /// Extra lines (TOML keys) for every app agent's `[deploy]` section.
+    /// Extra TOML for every app agent, read as if appended right after its
+    /// `[deploy]` keys (see [`AgentSections::add_deploy_lines`]).
     pub deploy_extra: String,
     /// The capacity invariant the whole test keeps (see [`Scenario::check_capacity`]).
     pub capacity: Capacity,
@@ -121,7 +122,7 @@ impl Scenario {
             let health = home.join("health").join("health.html");
             std::fs::create_dir_all(health.parent().context("health dir")?)?;
             write_public(&health, &format!("OK {name}\n"))?;
-            let extra = AgentSections {
+            let mut sections = AgentSections {
                 health: Some(config::Health {
                     file: health.clone(),
                 }),
@@ -129,10 +130,11 @@ impl Scenario {
                     quiet_period: Some("300ms".into()),
                     ..App::apache(SocketAddr::new(IpAddr::V4(ip), port))
                 }),
-                deploy: Some(Deploy::new(root.clone(), &repo).with_lines(&options.deploy_extra)),
+                deploy: Some(Deploy::new(root.clone(), &repo)),
                 ..AgentSections::default()
-            }
-            .render();
+            };
+            sections.add_deploy_lines(&options.deploy_extra);
+            let extra = sections.render();
             let agent = AgentProcess::start(
                 &agents_dir,
                 &pki,
