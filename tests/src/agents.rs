@@ -43,6 +43,7 @@ pub fn handover(args: &[&str]) -> anyhow::Result<Output> {
 }
 
 /// A private CA made with `handover ca init`, issuing with `handover ca issue`.
+#[derive(Debug, Clone)]
 pub struct Pki {
     /// The directory holding ca.pem, ca.key and issued files.
     pub dir: PathBuf,
@@ -411,53 +412,35 @@ pub struct OneHost {
     pub apache: crate::apache::Apache,
     /// The CA.
     pub pki: Pki,
-    _dir: tempfile::TempDir,
-    _serial: crate::fleet::SerialGuard,
+    _fleet: crate::fleet::Fleet,
 }
 
 impl OneHost {
-    /// Starts it (taking the fleet serial guard for its lifetime).
+    /// Starts it (the fleet lock is held for its lifetime).
     pub fn start(ip: Ipv4Addr) -> anyhow::Result<Self> {
-        let serial = crate::fleet::serial();
-        let dir = tempfile::tempdir()?;
+        let fleet = crate::fleet::Fleet::new()?;
         let apache = crate::apache::Apache::start_with(
             ip,
             crate::apache::ApacheOptions {
-                parent: Some(dir.path().to_owned()),
+                parent: Some(fleet.path().to_owned()),
                 ..crate::apache::ApacheOptions::default()
             },
         )?;
-        let pki = Pki::init(&dir.path().join("pki"))?;
-        let extra = crate::config::AgentSections {
+        let sections = crate::config::AgentSections {
             health: Some(crate::config::Health {
                 file: apache.health_file().to_owned(),
             }),
             app: Some(crate::config::App::apache(apache.addr())),
             ..Default::default()
-        }
-        .render();
-        let agent = AgentProcess::start(
-            dir.path(),
-            &pki,
-            AgentSpec {
-                name: "web-1",
-                ip,
-                extra,
-            },
-        )?;
-        let coordinator = Coordinator::write(
-            &dir.path().join("ops"),
-            &pki,
-            "ops",
-            &[HostSpec::of(&agent, &["app"])],
-        )?;
+        };
+        let agent = fleet.agent("web-1", ip, &sections)?;
+        let coordinator = fleet.coordinator(&[HostSpec::of(&agent, &["app"])])?;
         Ok(OneHost {
             agent,
             coordinator,
             apache,
-            pki,
-            _dir: dir,
-            _serial: serial,
+            pki: fleet.pki.clone(),
+            _fleet: fleet,
         })
     }
 }
