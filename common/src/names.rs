@@ -136,6 +136,14 @@ simple_name!(
     check_env_name
 );
 
+impl InputKey {
+    /// `HANDOVER_INPUT_<KEY>`: the one spelling of the environment variable under
+    /// which hooks (on the agent) and providers (on the bastion) see this input.
+    pub fn env_name(&self) -> String {
+        format!("HANDOVER_INPUT_{}", self.0)
+    }
+}
+
 /// An environment variable's name: `[A-Z0-9_]`, not starting with a digit. Lower
 /// case is refused rather than folded, so `app_env` and `APP_ENV` can never be two
 /// keys that reach a hook as one variable.

@@ -42,7 +42,7 @@ use crate::config::{CoordinatorConfig, HostEntry};
 use crate::fleet::{Fleet, FleetError, calls};
 use crate::lb::{LbView, lb_view};
 pub use eta::Decay;
-pub use hold::{Hold, LbEvidence, LbServer, source_hint};
+pub use hold::{Hold, LbEvidence, source_hint};
 pub use machine::{
     AgentEnd, FailCause, HostResult, HostState, Observation, RoundAsk, WaitSettings, on_event,
 };
@@ -240,13 +240,6 @@ impl HostDrained {
 pub struct DrainOutcome {
     /// In the order asked.
     pub hosts: Vec<HostDrained>,
-}
-
-impl DrainOutcome {
-    /// Whether every host is drained and idle.
-    pub fn all_idle(&self) -> bool {
-        self.hosts.iter().all(HostDrained::is_idle)
-    }
 }
 
 type RoundFuture<'a> = Pin<Box<dyn Future<Output = (usize, AgentEnd)> + 'a>>;

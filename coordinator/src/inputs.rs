@@ -14,7 +14,7 @@
 //! by the rollout's id instead of reading inputs that were changed since.
 //!
 //! Inputs reach hooks and providers as the environment variables
-//! `HANDOVER_INPUT_<KEY>` ([`env_name`]), values passed as data, never through a
+//! `HANDOVER_INPUT_<KEY>` ([`InputKey::env_name`]), values passed as data, never through a
 //! shell. Values are any UTF-8 text except NUL (no environment variable can carry
 //! it), at most [`MAX_VALUE_BYTES`] bytes.
 //!
@@ -44,14 +44,6 @@ pub const MAX_VALUE_BYTES: usize = 8192;
 
 /// The most keys one version holds.
 pub const MAX_KEYS: usize = 1000;
-
-/// The environment variable prefix under which hooks and providers see inputs.
-pub const ENV_PREFIX: &str = "HANDOVER_INPUT_";
-
-/// `HANDOVER_INPUT_<KEY>`: the one spelling of an input's environment variable.
-pub fn env_name(key: &InputKey) -> String {
-    format!("{ENV_PREFIX}{key}")
-}
 
 /// A version number: 1 for the first inputs ever saved, then 2, 3, …
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -826,6 +818,6 @@ mod tests {
 
     #[test]
     fn env_names_carry_the_prefix() {
-        assert_eq!(env_name(&key("APP_ENV")), "HANDOVER_INPUT_APP_ENV");
+        assert_eq!(key("APP_ENV").env_name(), "HANDOVER_INPUT_APP_ENV");
     }
 }

@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use handover_common::names::{HostName, HostRole};
 use handover_common::proto::Progress;
-use handover_common::proto::lb::{
-    LbProgress, LbReply, LbRequest, ServerState, ServerStats, StatusKind,
-};
+use handover_common::proto::lb::{LbProgress, LbReply, LbRequest, ServerState, ServerStats};
 use serde::Serialize;
 
 use crate::config::{CoordinatorConfig, HostEntry};
@@ -30,45 +28,7 @@ pub struct LbView {
     pub hosts: BTreeMap<HostName, BTreeMap<HostName, LbReading>>,
 }
 
-impl LbView {
-    /// Requests in flight plus queued for `host` over every LB and backend, or
-    /// `None` when an LB could not be read (unknown is not zero).
-    pub fn in_flight(&self, host: &HostName) -> Option<u64> {
-        let mut total = 0;
-        for reading in self.hosts.get(host)?.values() {
-            total += reading
-                .as_ref()
-                .ok()?
-                .iter()
-                .map(|s| s.scur + s.qcur)
-                .sum::<u64>();
-        }
-        Some(total)
-    }
-
-    /// Sessions so far for `host` over every LB and backend (`None` if unknown):
-    /// rising means clients still arrive, even when scur reads 0 between requests.
-    pub fn stot(&self, host: &HostName) -> Option<u64> {
-        let mut total = 0;
-        for reading in self.hosts.get(host)?.values() {
-            total += reading.as_ref().ok()?.iter().map(|s| s.stot).sum::<u64>();
-        }
-        Some(total)
-    }
-
-    /// Whether `host` is UP (settled, after a check) in every backend of every LB
-    /// it is attached to, and attached to each LB.
-    pub fn up_everywhere(&self, host: &HostName) -> bool {
-        self.hosts.get(host).is_some_and(|lbs| {
-            !lbs.is_empty()
-                && lbs.values().all(|r| {
-                    r.as_ref().is_ok_and(|s| {
-                        !s.is_empty() && s.iter().all(|s| s.status_kind() == StatusKind::Up)
-                    })
-                })
-        })
-    }
-}
+impl LbView {}
 
 /// The `lb` hosts: those named, or every one in the inventory.
 pub fn lb_hosts(config: &CoordinatorConfig, names: &[String]) -> anyhow::Result<Vec<HostEntry>> {

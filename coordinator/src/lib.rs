@@ -6,12 +6,12 @@
 
 pub mod cmd;
 pub mod config;
-pub mod drain_wait;
-pub mod fleet;
-pub mod gate;
-pub mod inputs;
+pub(crate) mod drain_wait;
+pub(crate) mod fleet;
+pub(crate) mod gate;
+pub(crate) mod inputs;
 pub(crate) mod journal;
-pub mod lb;
+pub(crate) mod lb;
 pub(crate) mod output;
 /// Public for the plan fuzz target (common/fuzz), which parses plans as `handover plan` does.
 pub mod plan;

@@ -1,7 +1,6 @@
 //! Agents and the coordinator as a user runs them: the real binaries, real
 //! certificates from `handover ca`, config files in a temporary directory.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -44,6 +43,7 @@ pub fn handover(args: &[&str]) -> anyhow::Result<Output> {
 }
 
 /// A private CA made with `handover ca init`, issuing with `handover ca issue`.
+#[derive(Debug, Clone)]
 pub struct Pki {
     /// The directory holding ca.pem, ca.key and issued files.
     pub dir: PathBuf,
@@ -91,7 +91,8 @@ pub struct AgentSpec<'a> {
     pub name: &'a str,
     /// Its loopback address, 127.0.1.N.
     pub ip: Ipv4Addr,
-    /// Extra TOML appended to the config (feature sections).
+    /// Extra TOML appended to the config: feature sections, rendered with
+    /// [`crate::config::AgentSections::render`].
     pub extra: String,
 }
 
@@ -110,12 +111,16 @@ pub struct AgentProcess {
     /// Its log (stderr).
     pub log: PathBuf,
     child: Option<Child>,
+    /// The fleet lock, held from the start until the agent is dropped.
+    _serial: crate::fleet::SerialGuard,
 }
 
 impl AgentProcess {
     /// Writes a config under `dir/<name>/`, issues a certificate, starts the agent
-    /// and waits until it serves its control socket.
+    /// and waits until it serves its control socket. Takes the fleet lock first
+    /// (see [`crate::fleet`]).
     pub fn start(dir: &Path, pki: &Pki, spec: AgentSpec<'_>) -> anyhow::Result<Self> {
+        let serial = crate::fleet::serial();
         let home = dir.join(spec.name);
         std::fs::create_dir_all(&home)?;
         let (cert, key) = pki.issue("agent", spec.name, &[IpAddr::V4(spec.ip)])?;
@@ -123,18 +128,16 @@ impl AgentProcess {
         let addr = SocketAddr::new(IpAddr::V4(spec.ip), port);
         let state_dir = home.join("state");
         let control_socket = home.join("control.sock");
-        let mut text = String::new();
-        let _ = writeln!(text, "name = {:?}", spec.name);
-        let _ = writeln!(text, "listen = \"{addr}\"");
-        let _ = writeln!(text, "ca = {:?}", pki.ca().display().to_string());
-        let _ = writeln!(text, "cert = {:?}", cert.display().to_string());
-        let _ = writeln!(text, "key = {:?}", key.display().to_string());
-        let _ = writeln!(text, "state_dir = {:?}", state_dir.display().to_string());
-        let _ = writeln!(
-            text,
-            "control_socket = {:?}",
-            control_socket.display().to_string()
-        );
+        let mut text = crate::config::AgentConfig {
+            name: spec.name.to_owned(),
+            listen: addr,
+            ca: pki.ca(),
+            cert,
+            key,
+            state_dir: state_dir.clone(),
+            control_socket: control_socket.clone(),
+        }
+        .render();
         text.push_str(&spec.extra);
         let config = home.join("agent.toml");
         std::fs::write(&config, text)?;
@@ -146,6 +149,7 @@ impl AgentProcess {
             state_dir,
             log: home.join("agent.log"),
             child: None,
+            _serial: serial,
         };
         agent.spawn()?;
         Ok(agent)
@@ -293,28 +297,28 @@ impl Coordinator {
         hosts: &[HostSpec],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut text = String::new();
-        let _ = writeln!(text, "ca = {:?}", ca.display().to_string());
-        let _ = writeln!(text, "cert = {:?}", cert.display().to_string());
-        let _ = writeln!(text, "key = {:?}", key.display().to_string());
-        let _ = writeln!(
-            text,
-            "state_dir = {:?}",
-            dir.join("state").display().to_string()
-        );
+        let mut entries = Vec::new();
         for h in hosts {
-            let _ = writeln!(
-                text,
-                "\n[[hosts]]\nname = {:?}\naddress = \"{}\"",
-                h.name, h.address
-            );
-            let roles: Vec<String> = h.roles.iter().map(|r| format!("{r:?}")).collect();
-            let _ = writeln!(text, "roles = [{}]", roles.join(", "));
-            if let Some(app) = h.app {
-                let _ = writeln!(text, "app = \"{app}\"");
-            }
-            text.push_str(&h.extra);
+            let extra: toml::Table = h
+                .extra
+                .parse()
+                .with_context(|| format!("extra TOML of host {}: {:?}", h.name, h.extra))?;
+            entries.push(crate::config::HostEntry {
+                name: h.name.clone(),
+                address: h.address,
+                roles: h.roles.clone(),
+                app: h.app,
+                extra,
+            });
         }
+        let text = crate::config::CoordinatorConfig {
+            ca: ca.to_owned(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            state_dir: dir.join("state"),
+            hosts: entries,
+        }
+        .render();
         let config = dir.join("handover.toml");
         std::fs::write(&config, text)?;
         Ok(Coordinator { config })
@@ -408,51 +412,35 @@ pub struct OneHost {
     pub apache: crate::apache::Apache,
     /// The CA.
     pub pki: Pki,
-    _dir: tempfile::TempDir,
-    _serial: crate::fleet::SerialGuard,
+    _fleet: crate::fleet::Fleet,
 }
 
 impl OneHost {
-    /// Starts it (taking the fleet serial guard for its lifetime).
+    /// Starts it (the fleet lock is held for its lifetime).
     pub fn start(ip: Ipv4Addr) -> anyhow::Result<Self> {
-        let serial = crate::fleet::serial();
-        let dir = tempfile::tempdir()?;
+        let fleet = crate::fleet::Fleet::new()?;
         let apache = crate::apache::Apache::start_with(
             ip,
             crate::apache::ApacheOptions {
-                parent: Some(dir.path().to_owned()),
+                parent: Some(fleet.path().to_owned()),
                 ..crate::apache::ApacheOptions::default()
             },
         )?;
-        let pki = Pki::init(&dir.path().join("pki"))?;
-        let extra = format!(
-            "\n[health]\nfile = {:?}\n\n[app]\nlisten = \"{}\"\nstatus_url = \"{}\"\n",
-            apache.health_file().display().to_string(),
-            apache.addr(),
-            apache.status_url()
-        );
-        let agent = AgentProcess::start(
-            dir.path(),
-            &pki,
-            AgentSpec {
-                name: "web-1",
-                ip,
-                extra,
-            },
-        )?;
-        let coordinator = Coordinator::write(
-            &dir.path().join("ops"),
-            &pki,
-            "ops",
-            &[HostSpec::of(&agent, &["app"])],
-        )?;
+        let sections = crate::config::AgentSections {
+            health: Some(crate::config::Health {
+                file: apache.health_file().to_owned(),
+            }),
+            app: Some(crate::config::App::apache(apache.addr())),
+            ..Default::default()
+        };
+        let agent = fleet.agent("web-1", ip, &sections)?;
+        let coordinator = fleet.coordinator(&[HostSpec::of(&agent, &["app"])])?;
         Ok(OneHost {
             agent,
             coordinator,
             apache,
-            pki,
-            _dir: dir,
-            _serial: serial,
+            pki: fleet.pki.clone(),
+            _fleet: fleet,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod apache;
+pub mod config;
 pub mod fleet;
 pub mod flood;
 pub mod git;
@@ -19,6 +20,7 @@ pub mod monitor;
 pub mod ports;
 pub mod process;
 pub mod rawquic;
+pub mod run;
 pub mod scenario;
 pub mod sessions;
 pub mod surge;

@@ -23,12 +23,16 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 pub struct ChildGuard {
     child: Child,
     name: String,
+    /// The fleet lock, held for as long as the process may run.
+    _serial: crate::fleet::SerialGuard,
 }
 
 impl ChildGuard {
     /// Spawns `cmd` in a new process group with stdout and stderr appended to `log`.
+    /// Takes the fleet lock first (see [`crate::fleet`]).
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt as _;
+        let serial = crate::fleet::serial();
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -45,6 +49,7 @@ impl ChildGuard {
         Ok(Self {
             child,
             name: name.to_owned(),
+            _serial: serial,
         })
     }
 

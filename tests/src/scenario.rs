@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use crate::apache::{Apache, ApacheOptions};
+use crate::config::{self, AgentSections, App, Deploy, Lb, Plan, PlanHealth, PlanRollout};
 use crate::fleet::SerialGuard;
 use crate::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
 use crate::monitor::{UpMonitor, UpReport};
@@ -60,7 +61,8 @@ pub enum Capacity {
 pub struct ScenarioOptions {
     /// App servers.
     pub apps: u8,
-    /// Extra lines for every app agent's `[deploy]` section.
+    /// Extra TOML for every app agent, read as if appended right after its
+    /// `[deploy]` keys (see [`AgentSections::add_deploy_lines`]).
     pub deploy_extra: String,
     /// The capacity invariant the whole test keeps (see [`Scenario::check_capacity`]).
     pub capacity: Capacity,
@@ -120,12 +122,19 @@ impl Scenario {
             let health = home.join("health").join("health.html");
             std::fs::create_dir_all(health.parent().context("health dir")?)?;
             write_public(&health, &format!("OK {name}\n"))?;
-            let extra = format!(
-                "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nstatus_url = \"http://{ip}:{port}/server-status?auto\"\nquiet_period = \"300ms\"\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{}\n",
-                options.deploy_extra,
-                health = health.display().to_string(),
-                root = root.display().to_string(),
-            );
+            let mut sections = AgentSections {
+                health: Some(config::Health {
+                    file: health.clone(),
+                }),
+                app: Some(App {
+                    quiet_period: Some("300ms".into()),
+                    ..App::apache(SocketAddr::new(IpAddr::V4(ip), port))
+                }),
+                deploy: Some(Deploy::new(root.clone(), &repo)),
+                ..AgentSections::default()
+            };
+            sections.add_deploy_lines(&options.deploy_extra);
+            let extra = sections.render();
             let agent = AgentProcess::start(
                 &agents_dir,
                 &pki,
@@ -159,10 +168,15 @@ impl Scenario {
             AgentSpec {
                 name: "lb-1",
                 ip: host_ip(100),
-                extra: format!(
-                    "\n[haproxy]\nsocket = {:?}\nbackend = {BACKEND:?}\n",
-                    haproxy.admin_socket().display().to_string()
-                ),
+                extra: AgentSections {
+                    haproxy: Some(Lb {
+                        socket: haproxy.admin_socket().to_owned(),
+                        backend: Some(BACKEND.to_owned()),
+                        ..Lb::default()
+                    }),
+                    ..AgentSections::default()
+                }
+                .render(),
             },
         )?;
 
@@ -282,12 +296,72 @@ impl Scenario {
         Ok(path)
     }
 
-    /// An in-place plan over every app host for `reference`.
+    /// An in-place plan over every app host for `reference`: 20 s drain and
+    /// attach timeouts, a 500 ms quiet period, `/VERSION` checked on each host.
+    pub fn plan(&self, reference: &str, batch: usize, min_healthy: usize) -> Plan {
+        let mut plan = Plan::in_place(&self.repo, reference, min_healthy);
+        plan.rollout = PlanRollout {
+            batch: Some(batch),
+            min_healthy,
+            drain_timeout: Some("20s".into()),
+            quiet: Some("500ms".into()),
+            attach_timeout: Some("20s".into()),
+            ..PlanRollout::default()
+        };
+        plan.health = Some(PlanHealth {
+            path: "/VERSION".into(),
+            expect: Some(200),
+            rise: Some(2),
+            interval: Some("200ms".into()),
+            timeout: Some("10s".into()),
+        });
+        plan
+    }
+
+    /// [`Scenario::plan`] as TOML.
     pub fn in_place_plan(&self, reference: &str, batch: usize, min_healthy: usize) -> String {
-        format!(
-            "strategy = \"in-place\"\nroles = [\"app\"]\n\n[revision]\nrepo = {:?}\nref = {reference:?}\n\n[rollout]\nbatch = {batch}\nmin_healthy = {min_healthy}\ndrain_timeout = \"20s\"\nquiet = \"500ms\"\nattach_timeout = \"20s\"\n\n[health]\npath = \"/VERSION\"\nexpect = 200\nrise = 2\ninterval = \"200ms\"\ntimeout = \"10s\"\n",
-            self.repo
+        self.plan(reference, batch, min_healthy).render()
+    }
+
+    /// How many app servers HAProxy reports UP in [`BACKEND`] now.
+    pub fn up_count(&self) -> usize {
+        up_count(&self.haproxy).unwrap_or_else(|e| panic!("show stat: {e:#}"))
+    }
+
+    /// Commits and tags a revision `tag` (VERSION and page say so) in the
+    /// scenario's repository: a release no host has had yet.
+    pub fn tag_revision(&self, tag: &str) -> anyhow::Result<()> {
+        let page = format!("<html><body>shop {tag}</body></html>\n");
+        self.commit_and_tag(
+            tag,
+            &[("VERSION", &format!("{tag}\n")), ("index.html", &page)],
+            &[],
         )
+    }
+
+    /// Commits `files` (path, contents) and the removal of `removed`, tags the
+    /// commit `tag` and pushes the tag to the scenario's repository.
+    pub fn commit_and_tag(
+        &self,
+        tag: &str,
+        files: &[(&str, &str)],
+        removed: &[&str],
+    ) -> anyhow::Result<()> {
+        use crate::git::git;
+        let git_dir = self.work.path().join("git");
+        let work = git_dir.join("app-work");
+        for path in removed {
+            git(&work, &["rm", "-q", path])?;
+        }
+        for (path, text) in files {
+            std::fs::write(work.join(path), text)?;
+        }
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "-q", "-m", tag])?;
+        git(&work, &["tag", tag])?;
+        let bare = git_dir.join("app.git").display().to_string();
+        git(&work, &["push", "-q", &bare, tag])?;
+        Ok(())
     }
 
     /// The main frontend (through HAProxy).
@@ -333,19 +407,27 @@ impl Drop for Scenario {
 fn wait_all_up(haproxy: &Haproxy, n: usize) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let stats = haproxy.show_stat()?;
-        let up = stats
-            .iter()
-            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-            .count();
+        let up = up_count(haproxy)?;
         if up >= n {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            bail!("only {up} of {n} app servers UP after the initial attach: {stats:?}");
+            bail!(
+                "only {up} of {n} app servers UP after the initial attach: {:?}",
+                haproxy.show_stat()?
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// How many servers of [`BACKEND`] `haproxy` reports UP.
+fn up_count(haproxy: &Haproxy) -> anyhow::Result<usize> {
+    Ok(haproxy
+        .show_stat()?
+        .iter()
+        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
+        .count())
 }
 
 /// Loopback address `127.0.1.n` (re-exported for scenario users).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use handover_tests::fleet::{self, *};
+use handover_tests::fleet::*;
 
 /// Generous bound for a state HAProxy reaches in well under a second with
 /// `inter 200ms rise 2 fall 2`; only a broken setup hits it.
@@ -38,7 +38,6 @@ fn assert_no_strays(wd: &Workdir) {
 
 #[test]
 fn apache_serves_pages_status_and_survives_graceful() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let (a, _b) = two_apaches(&wd);
     assert_eq!(a.addr().ip(), host_ip(1));
@@ -87,7 +86,6 @@ fn apache_serves_pages_status_and_survives_graceful() {
 
 #[test]
 fn held_connection_stays_open_in_apache_keepalive() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let (a, _b) = two_apaches(&wd);
     let held = hold_connection(a.addr(), "/", None, Duration::from_secs(30)).expect("hold");
@@ -112,7 +110,6 @@ fn held_connection_stays_open_in_apache_keepalive() {
 
 #[test]
 fn slots_attach_serve_drain_and_survive_reload() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let (a, b) = two_apaches(&wd);
     let mut lb = lb(&wd, vec![BackendSpec::slots("be_app", 4)]);
@@ -268,7 +265,6 @@ fn slots_attach_serve_drain_and_survive_reload() {
 
 #[test]
 fn dynamic_servers_come_up_and_vanish_on_reload() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let (a, _b) = two_apaches(&wd);
     let mut lb = lb(
@@ -333,7 +329,6 @@ fn dynamic_servers_come_up_and_vanish_on_reload() {
 
 #[test]
 fn up_monitor_records_capacity_dips() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let (a, b) = two_apaches(&wd);
     let lb = lb(&wd, vec![BackendSpec::slots("be_app", 3)]);
@@ -376,7 +371,6 @@ fn up_monitor_records_capacity_dips() {
 
 #[test]
 fn traffic_counts_failures() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     // No server attached: HAProxy answers 503, which must count as failure.
     let lb = lb(&wd, vec![BackendSpec::slots("be_app", 1)]);
@@ -421,7 +415,6 @@ fn traffic_counts_failures() {
 
 #[test]
 fn panicking_test_leaves_no_processes() {
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let parent = wd.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -455,7 +448,6 @@ fn panicking_test_leaves_no_processes() {
 fn ip_only_slot_template_loses_addresses_on_reload() {
     // Pins down why SLOT_SERVER uses a host name: with the literal 0.0.0.0 template
     // a reload restores port and admin state from the server-state-file, not the IP.
-    let _serial = fleet::serial();
     let wd = Workdir::new().expect("workdir");
     let mut lb = Haproxy::start(HaproxyOptions {
         backends: vec![BackendSpec::slots("be_app", 2)],

@@ -183,11 +183,7 @@ fn hook_dir_and_timeout(agent: &Agent) -> (std::path::PathBuf, std::time::Durati
 /// `HANDOVER_INPUT_<KEY>` (keys are upper-case environment names by type).
 fn hook_env(name: &HookName, inputs: &BTreeMap<InputKey, String>) -> Vec<(String, String)> {
     std::iter::once(("HANDOVER_HOOK".to_string(), name.to_string()))
-        .chain(
-            inputs
-                .iter()
-                .map(|(k, v)| (format!("HANDOVER_INPUT_{}", k.as_str()), v.clone())),
-        )
+        .chain(inputs.iter().map(|(k, v)| (k.env_name(), v.clone())))
         .collect()
 }
 

@@ -1,34 +1,21 @@
 //! A real git repository served over file://, and an agent config around it.
+//!
+//! A thin layer over the e2e harness (`handover-tests`, a dev-dependency): git runs
+//! through `handover_tests::git` and the config is rendered by
+//! `handover_tests::config`, so both have one copy. What stays here is what only
+//! these tests need: a repository with branches whose hooks misbehave, and an
+//! agent that runs in-process (from a config with relative paths) or as a daemon
+//! with certificates made by `handover_common::pki` — the e2e harness's
+//! `AgentProcess` needs the `handover` binary to issue them, which an agent-only
+//! build does not have.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use handover_tests::config::{AgentConfig, AgentSections, Deploy, Health, ReleaseHooks};
 
 /// Runs git in `dir` and returns its trimmed stdout; panics with git's stderr.
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Handover Test",
-            "-c",
-            "user.email=test@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "tag.gpgSign=false",
-            "-c",
-            "commit.gpgSign=false",
-        ])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    handover_tests::git::git(dir, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A bare repository with:
@@ -68,7 +55,7 @@ impl Repo {
         let dir = tempfile::tempdir().expect("tempdir");
         let work = dir.path().join("work");
         std::fs::create_dir(&work).expect("mkdir");
-        git(&work, &["init", "-q"]);
+        git(&work, &["init", "-q", "-b", "main"]);
         let v1 = commit_files(&work, &[("VERSION", "v1\n"), ("app.txt", "one\n")], "v1");
         git(&work, &["tag", "v1"]);
         let v2 = commit_files(
@@ -109,13 +96,17 @@ impl Repo {
             )],
         );
         let bare = dir.path().join("app.git");
-        let out = Command::new("git")
-            .args(["clone", "-q", "--bare", "--"])
-            .arg(&work)
-            .arg(&bare)
-            .output()
-            .expect("git clone runs");
-        assert!(out.status.success(), "git clone --bare failed");
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                "--",
+                "work",
+                &bare.display().to_string(),
+            ],
+        );
         let url = format!("file://{}", bare.display());
         Repo {
             _dir: dir,
@@ -156,51 +147,54 @@ impl Default for Options<'_> {
 /// Writes `dir/agent.toml` for `repo_url` and returns its path. Certificates are
 /// expected at `dir/pki/` (only the daemon reads them).
 pub fn write_config(dir: &Path, repo_url: &str, options: &Options<'_>) -> PathBuf {
-    let verify = options
-        .verify
-        .map(|v| format!("verify = {v:?}\n"))
-        .unwrap_or_default();
-    let release_hooks = if options.release_hooks {
+    let release_hooks = options.release_hooks.then(|| {
         let me = nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
             .flatten()
             .expect("the test user has a name");
-        format!("[deploy.release_hooks]\nrun_as = {:?}\n", me.name)
-    } else {
-        String::new()
-    };
-    let health = if options.health {
+        ReleaseHooks { run_as: me.name }
+    });
+    let health = options.health.then(|| {
         std::fs::write(dir.join("health.html"), "OK\n").expect("write health file");
-        "[health]\nfile = \"health.html\"\n\n"
-    } else {
-        ""
+        Health {
+            file: "health.html".into(),
+        }
+    });
+    let top = AgentConfig {
+        name: "web-1".into(),
+        listen: options.listen.parse().expect("listen address"),
+        ca: "pki/ca.pem".into(),
+        cert: "pki/web-1.pem".into(),
+        key: "pki/web-1.key".into(),
+        state_dir: "state".into(),
+        control_socket: "state/control.sock".into(),
     };
-    let text = format!(
-        r#"name = "web-1"
-listen = "{listen}"
-ca = "pki/ca.pem"
-cert = "pki/web-1.pem"
-key = "pki/web-1.key"
-state_dir = "state"
-control_socket = "state/control.sock"
-
-{health}[deploy]
-root = "www"
-allowed_repos = [{repo_url:?}]
-keep_releases = {keep}
-shared = ["storage"]
-hook_timeout = "60s"
-{verify}
-{release_hooks}
-[hooks]
-warm = "echo warming; touch \"$HANDOVER_RELEASE_DIR/warmed\""
-log = "echo start $HANDOVER_RELEASE >> \"$HANDOVER_ROOT/../hooks.log\"; sleep 0.3; echo end $HANDOVER_RELEASE >> \"$HANDOVER_ROOT/../hooks.log\""
-"#,
-        listen = options.listen,
-        keep = options.keep,
-    );
+    let sections = AgentSections {
+        health,
+        deploy: Some(Deploy {
+            keep_releases: Some(options.keep),
+            shared: vec!["storage".into()],
+            hook_timeout: Some("60s".into()),
+            verify: options.verify.map(str::to_owned),
+            release_hooks,
+            ..Deploy::new("www".into(), repo_url)
+        }),
+        hooks: [
+            (
+                "warm".into(),
+                "echo warming; touch \"$HANDOVER_RELEASE_DIR/warmed\"".into(),
+            ),
+            (
+                "log".into(),
+                "echo start $HANDOVER_RELEASE >> \"$HANDOVER_ROOT/../hooks.log\"; sleep 0.3; echo end $HANDOVER_RELEASE >> \"$HANDOVER_ROOT/../hooks.log\"".into(),
+            ),
+        ]
+        .into(),
+        ..AgentSections::default()
+    };
     let path = dir.join("agent.toml");
-    std::fs::write(&path, text).expect("write agent.toml");
+    std::fs::write(&path, format!("{}{}", top.render(), sections.render()))
+        .expect("write agent.toml");
     path
 }
 

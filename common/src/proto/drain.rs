@@ -313,6 +313,13 @@ pub struct DrainLbServer {
     pub steady_ms: u64,
 }
 
+impl DrainLbServer {
+    /// How long stot has not changed.
+    pub fn steady_for(&self) -> Duration {
+        Duration::from_millis(self.steady_ms)
+    }
+}
+
 /// A load balancer that could not be read, in a [`DrainEvent`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainLbError {

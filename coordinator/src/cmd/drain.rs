@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use handover_common::proto::drain::{
-    ApacheReading, DrainEvent, DrainEventKind, DrainLbError, DrainLbServer, DrainProgress, Holder,
-    SessionReading, after_timeout, drained_text, millis, undrained_text,
+    ApacheReading, DrainEvent, DrainEventKind, DrainLbError, DrainProgress, Holder, SessionReading,
+    after_timeout, drained_text, millis, undrained_text,
 };
 use handover_common::proto::status::StatusReport;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -105,7 +105,7 @@ fn lbs_text(lbs: &LbEvidence) -> String {
             s.scur,
             s.qcur,
             s.arrived,
-            secs(s.steady_for)
+            secs(s.steady_for())
         ));
     }
     for (lb, _) in &lbs.unreadable {
@@ -116,22 +116,7 @@ fn lbs_text(lbs: &LbEvidence) -> String {
 
 /// The LBs' figures in a JSON line.
 fn with_lbs(mut event: DrainEvent, lbs: &LbEvidence) -> DrainEvent {
-    event.lbs = Some(
-        lbs.servers
-            .iter()
-            .map(|s| DrainLbServer {
-                lb: s.lb.to_string(),
-                backend: s.backend.clone(),
-                server: s.server.clone(),
-                status: s.status.clone(),
-                scur: s.scur,
-                qcur: s.qcur,
-                stot: s.stot,
-                arrived: s.arrived,
-                steady_ms: millis(s.steady_for),
-            })
-            .collect(),
-    );
+    event.lbs = Some(lbs.servers.clone());
     if !lbs.unreadable.is_empty() {
         event.lb_errors = Some(
             lbs.unreadable

@@ -7,28 +7,10 @@ use std::time::Duration;
 use handover_common::names::HostName;
 use handover_common::proto::drain::Holder;
 
-/// One of the host's servers in one LB, as watched during the wait.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LbServer {
-    /// The LB.
-    pub lb: HostName,
-    /// The backend.
-    pub backend: String,
-    /// HAProxy's server (`slot3`, or the host name for dynamic servers).
-    pub server: String,
-    /// HAProxy's status text (NOLB while drained by the health check).
-    pub status: String,
-    /// Requests in flight.
-    pub scur: u64,
-    /// Requests queued.
-    pub qcur: u64,
-    /// Sessions so far.
-    pub stot: u64,
-    /// New sessions since the wait first read this server.
-    pub arrived: u64,
-    /// How long stot has not changed (since the first read, if it never did).
-    pub steady_for: Duration,
-}
+/// One of the host's servers in one LB, as watched during the wait: the same
+/// type the JSON lines print (`arrived` counts from the wait's first read;
+/// `steady_ms` is since the first read if stot never changed).
+pub(crate) use handover_common::proto::drain::DrainLbServer as LbServer;
 
 /// What the LBs said about one host at the last poll.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -152,7 +134,7 @@ impl std::fmt::Display for Hold {
                 s.status,
                 s.arrived,
                 plural(s.arrived),
-                secs(s.steady_for)
+                secs(s.steady_for())
             ),
             Hold::InFlight(s) => write!(
                 f,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use handover_common::names::HostName;
-use handover_common::proto::drain::{DrainProgress, Holder, UNDRAINED_DURING_WAIT};
+use handover_common::proto::drain::{DrainProgress, Holder, UNDRAINED_DURING_WAIT, millis};
 use tokio::time::Instant;
 
 use super::hold::{Hold, LbEvidence, LbServer};
@@ -228,6 +228,7 @@ impl HostState {
     }
 
     /// The evidence, waiting or ended.
+    #[cfg(test)]
     pub fn watch(&self) -> &Watch {
         match self {
             HostState::Waiting(w) | HostState::Ended(w, _) => w,
@@ -235,6 +236,7 @@ impl HostState {
     }
 
     /// How it ended, once it has.
+    #[cfg(test)]
     pub fn result(&self) -> Option<&HostResult> {
         match self {
             HostState::Waiting(_) => None,
@@ -318,11 +320,6 @@ impl Watch {
             .unwrap_or(DEFAULT_QUIET)
     }
 
-    /// How many agent rounds were asked for.
-    pub fn rounds(&self) -> u32 {
-        self.agent.rounds
-    }
-
     /// The agent round to start now, if one is due: the first, or after a
     /// round that ended idle while the window is not yet complete — then only
     /// for the rest of the window.
@@ -397,7 +394,7 @@ impl Watch {
                     track.changed_at = at;
                 }
                 evidence.servers.push(LbServer {
-                    lb: lb.clone(),
+                    lb: lb.to_string(),
                     backend: s.backend,
                     server: s.haproxy_name,
                     status: s.status,
@@ -405,7 +402,7 @@ impl Watch {
                     qcur: s.qcur,
                     stot: s.stot,
                     arrived: s.stot.saturating_sub(track.first),
-                    steady_for: at.saturating_duration_since(track.changed_at),
+                    steady_ms: millis(at.saturating_duration_since(track.changed_at)),
                 });
             }
         }
@@ -431,7 +428,7 @@ impl Watch {
             if s.scur > 0 || s.qcur > 0 {
                 return None;
             }
-            start = start.max(polled.checked_sub(s.steady_for).unwrap_or(polled));
+            start = start.max(polled.checked_sub(s.steady_for()).unwrap_or(polled));
         }
         end = end.min(polled);
         Some((start, end))
@@ -486,7 +483,7 @@ impl Watch {
         for s in &self.lbs.evidence.servers {
             if s.scur > 0 || s.qcur > 0 {
                 holds.push(Hold::InFlight(s.clone()));
-            } else if s.arrived > 0 && s.steady_for < quiet {
+            } else if s.arrived > 0 && s.steady_for() < quiet {
                 holds.push(Hold::Arriving(s.clone()));
             }
         }

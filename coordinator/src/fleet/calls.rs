@@ -46,8 +46,6 @@ pub struct Drained {
 pub struct Undrained {
     /// It was already there.
     pub already: bool,
-    /// Sessions and file, after.
-    pub status: DrainStatus,
 }
 
 /// The host's status report.
@@ -88,9 +86,7 @@ pub fn undrain() -> Call<Undrained> {
         request: Request::Drain(DrainRequest::Undrain),
         what: "undrain",
         answer: |r| match r {
-            Reply::Drain(DrainReply::Undrained { already, status }) => {
-                Ok(Undrained { already, status })
-            }
+            Reply::Drain(DrainReply::Undrained { already, .. }) => Ok(Undrained { already }),
             other => Err(Box::new(other)),
         },
     }

@@ -114,7 +114,7 @@ pub async fn run(call: Call<'_>) -> Result<String, ProviderError> {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (key, value) in call.inputs {
-        command.env(format!("HANDOVER_INPUT_{}", key.as_str()), value);
+        command.env(key.env_name(), value);
     }
     let mut child = command.spawn().map_err(|e| ProviderError::Spawn {
         step,

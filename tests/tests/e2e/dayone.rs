@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use handover_tests::agents::{bin, output_text};
 use handover_tests::fleet::{
     Traffic, TrafficOptions, Workdir, free_tcp_port, free_udp_port, get, host_ip, parse_show_stat,
-    runtime_at, serial,
+    runtime_at,
 };
 use handover_tests::git::versions_repo;
 use handover_tests::process::{ChildGuard, log_tail};
@@ -359,7 +359,11 @@ fn body(addr: SocketAddr, path: &str) -> String {
 
 #[test]
 fn the_readme_fleet_setup_works_as_written_through_a_rollout_under_traffic() {
-    let _fleet = serial();
+    // The one test that takes the fleet lock itself: it builds its fleet from the
+    // README's commands, not with the harness's builders, and chooses addresses
+    // and ports (and its reload hook starts Apache) outside any process the
+    // harness starts, so the lock must be held from the first line.
+    let _fleet = handover_tests::fleet::serial();
     let work = Workdir::new().expect("workdir");
     let repo = versions_repo(&work.subdir("git").expect("git dir")).expect("repository");
     let fleet = work.subdir("fleet").expect("bastion dir");

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
+use handover_tests::config::{AgentSections, Deploy};
 use handover_tests::ports::host_ip;
 
 /// A bare repository with tags v1 and v2 (and v3-broken) whose VERSION file says so.
@@ -13,8 +14,7 @@ fn bare_repo(dir: &Path) -> String {
 }
 
 struct Fleet {
-    _serial: handover_tests::fleet::SerialGuard,
-    _dir: tempfile::TempDir,
+    base: handover_tests::fleet::Fleet,
     repo: String,
     agents: Vec<AgentProcess>,
     coordinator: Coordinator,
@@ -22,36 +22,29 @@ struct Fleet {
 
 impl Fleet {
     fn new(hosts: u8) -> Fleet {
-        let serial = handover_tests::fleet::serial();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = bare_repo(dir.path());
-        let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
+        let base = handover_tests::fleet::Fleet::new().expect("fleet directory and CA");
+        let repo = bare_repo(base.path());
         let agents: Vec<AgentProcess> = (1..=hosts)
             .map(|n| {
                 let name = format!("web-{n}");
-                let root = dir.path().join(&name).join("www");
-                let extra = format!(
-                    "\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\nreload = \"echo reloaded\"\nverify = \"test -f VERSION\"\n\n[hooks]\nwarm = \"echo warmed $(cat VERSION)\"\n",
-                    root = root.display().to_string(),
-                );
-                AgentProcess::start(
-                    dir.path(),
-                    &pki,
-                    AgentSpec {
-                        name: &name,
-                        ip: host_ip(40 + n),
-                        extra,
-                    },
-                )
-                .expect("agent starts")
+                let root = base.path().join(&name).join("www");
+                let sections = AgentSections {
+                    deploy: Some(Deploy {
+                        reload: Some("echo reloaded".into()),
+                        verify: Some("test -f VERSION".into()),
+                        ..Deploy::new(root, &repo)
+                    }),
+                    hooks: [("warm".into(), "echo warmed $(cat VERSION)".into())].into(),
+                    ..AgentSections::default()
+                };
+                base.agent(&name, host_ip(40 + n), &sections)
+                    .expect("agent starts")
             })
             .collect();
         let specs: Vec<HostSpec> = agents.iter().map(|a| HostSpec::of(a, &["app"])).collect();
-        let coordinator =
-            Coordinator::write(&dir.path().join("ops"), &pki, "ops", &specs).expect("config");
+        let coordinator = base.coordinator(&specs).expect("config");
         Fleet {
-            _serial: serial,
-            _dir: dir,
+            base,
             repo,
             agents,
             coordinator,
@@ -128,7 +121,7 @@ fn bad_refs_and_foreign_repos_fail_and_change_nothing() {
     let f = Fleet::new(1);
     f.handover_ok(&["deploy", "web-1", "--repo", &f.repo, "--ref", "v1"]);
     let releases = f.releases(0);
-    let marker = f._dir.path().join("pwned");
+    let marker = f.base.path().join("pwned");
     let upload_pack = format!("--upload-pack=touch {}", marker.display());
 
     for bad in [

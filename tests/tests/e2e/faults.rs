@@ -13,17 +13,19 @@
 //! was kept at every sample; and the fleet can be finished afterwards.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use handover_tests::agents::{output_text, spawn_lines};
-use handover_tests::scenario::{AppHost, BACKEND, Capacity, Scenario, ScenarioOptions};
-use handover_tests::traffic::{Traffic, TrafficOptions, TrafficReport, hold_connection};
-
-/// How long a coordinator may take to notice a fault and stop (or finish). A
-/// guard against hanging, not a measurement: the tests print the real times.
-const BOUND: Duration = Duration::from_secs(120);
+use handover_tests::agents::output_text;
+use handover_tests::run::{
+    BOUND, Finished, Killed, assert_complete_release, journaled_state, releases_of,
+};
+// Shared with other e2e modules through `crate::faults` (they may still import
+// these from here); the one copy lives in `handover_tests::run`.
+pub(crate) use handover_tests::run::{
+    Run, assert_no_failed_request, assert_on_one_release, assert_settled, restart_after, traffic,
+};
+use handover_tests::scenario::{AppHost, Capacity, Scenario, ScenarioOptions};
+use handover_tests::traffic::{Traffic, TrafficOptions};
 
 pub(crate) fn scenario(deploy_extra: &str) -> Scenario {
     let defaults = ScenarioOptions::default();
@@ -32,227 +34,6 @@ pub(crate) fn scenario(deploy_extra: &str) -> Scenario {
         ..defaults
     })
     .expect("fleet starts")
-}
-
-pub(crate) fn traffic(s: &Scenario) -> Traffic {
-    Traffic::start(
-        s.frontend(),
-        TrafficOptions {
-            clients: 3,
-            pause: Duration::from_millis(25),
-            max_duration: Duration::from_secs(300),
-            ..TrafficOptions::default()
-        },
-    )
-    .expect("traffic starts")
-}
-
-/// A `handover ... --json` run whose events arrive on a channel, so the test can
-/// act at a given step and still bound every wait.
-pub(crate) struct Run {
-    child: Child,
-    events: Receiver<serde_json::Value>,
-    seen: Vec<serde_json::Value>,
-    started: Instant,
-}
-
-impl Run {
-    pub(crate) fn start(s: &Scenario, args: &[&str]) -> Self {
-        let mut cmd = s.coordinator.command(args);
-        cmd.arg("--json");
-        let (child, lines) = spawn_lines(cmd, Stdio::piped()).expect("spawn handover");
-        let (tx, events) = channel();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                    && tx.send(event).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Run {
-            child,
-            events,
-            seen: Vec::new(),
-            started: Instant::now(),
-        }
-    }
-
-    /// Waits for the start of the step of `wave` (1-based) whose title starts
-    /// with `prefix`.
-    pub(crate) fn wait_step(&mut self, prefix: &str, wave: u64) {
-        let found = self.wait_for(BOUND, |e| {
-            e["event"] == "step-started"
-                && e["wave"] == wave
-                && e["title"].as_str().unwrap_or("").starts_with(prefix)
-        });
-        assert!(
-            found,
-            "never reached '{prefix}' in wave {wave}; last events {:#?}",
-            self.seen.iter().rev().take(6).collect::<Vec<_>>()
-        );
-    }
-
-    fn wait_for(&mut self, within: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(e) => {
-                    let hit = pred(&e);
-                    self.seen.push(e);
-                    if hit {
-                        return true;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return false,
-            }
-        }
-    }
-
-    /// Waits (within [`BOUND`]) for the coordinator to exit; returns its exit
-    /// code, its `finished` event, its stderr and how long the whole run took.
-    pub(crate) fn finish(mut self) -> Finished {
-        let deadline = Instant::now() + BOUND;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "the coordinator did not stop within {BOUND:?} of the fault; last events {:#?}",
-                    self.seen.iter().rev().take(6).collect::<Vec<_>>()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        while let Ok(e) = self.events.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(e);
-        }
-        let mut stderr = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
-        }
-        let finished = self
-            .seen
-            .iter()
-            .rev()
-            .find(|e| e["event"] == "finished")
-            .cloned();
-        Finished {
-            code: status.code(),
-            finished,
-            stderr,
-            took: self.started.elapsed(),
-            events: self.seen,
-        }
-    }
-}
-
-pub(crate) struct Finished {
-    code: Option<i32>,
-    finished: Option<serde_json::Value>,
-    stderr: String,
-    took: Duration,
-    events: Vec<serde_json::Value>,
-}
-
-impl Finished {
-    pub(crate) fn state(&self) -> String {
-        self.finished
-            .as_ref()
-            .and_then(|f| f["state"].as_str())
-            .unwrap_or("<no finished event>")
-            .to_string()
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        format!(
-            "exit {:?} after {:?}, state {}, finished {:?}\nstderr: {}\nsteps failed: {:#?}",
-            self.code,
-            self.took,
-            self.state(),
-            self.finished,
-            self.stderr,
-            self.events
-                .iter()
-                .filter(|e| e["event"] == "step-failed")
-                .collect::<Vec<_>>()
-        )
-    }
-}
-
-/// `current` on `app` names a complete release (a directory under `releases/`
-/// that is not a `.partial-` one and holds the revision's files) on v1 or v2.
-pub(crate) fn assert_on_one_release(app: &AppHost) -> String {
-    let (_, version) = assert_complete_release(app);
-    assert!(
-        version == "v1" || version == "v2",
-        "{}: on {version:?}, neither the old release nor the new",
-        app.name
-    );
-    version
-}
-
-/// `current` on `app` names a complete release; returns its name and version.
-fn assert_complete_release(app: &AppHost) -> (String, String) {
-    let link = app.root.join("current");
-    let target = std::fs::read_link(&link)
-        .unwrap_or_else(|e| panic!("{}: current is not a symlink: {e}", app.name));
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_else(|| panic!("{}: current → {}", app.name, target.display()));
-    assert!(
-        !name.starts_with('.'),
-        "{}: current → a partial release {name}",
-        app.name
-    );
-    assert_eq!(
-        target.parent(),
-        Some(Path::new("releases")),
-        "{}: current → {} is not a release",
-        app.name,
-        target.display()
-    );
-    let dir = app.root.join(&target);
-    assert!(dir.is_dir(), "{}: current → missing {name}", app.name);
-    for file in ["VERSION", "index.html"] {
-        assert!(
-            dir.join(file).is_file(),
-            "{}: release {name} lacks {file}: it is half-made",
-            app.name
-        );
-    }
-    (name.to_owned(), app.version())
-}
-
-/// Every host on `version`, its health file in place, UP in HAProxy.
-pub(crate) fn assert_settled(s: &Scenario, version: &str) {
-    for app in &s.apps {
-        assert_eq!(assert_on_one_release(app), version, "{}", app.name);
-        assert!(app.health_file_present(), "{} left drained", app.name);
-    }
-    let up = s
-        .haproxy
-        .show_stat()
-        .expect("show stat")
-        .iter()
-        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-        .count();
-    assert_eq!(up, s.apps.len(), "every app host attached and UP");
-}
-
-pub(crate) fn assert_no_failed_request(report: &TrafficReport) {
-    assert!(report.ok > 0, "no traffic went through");
-    assert_eq!(
-        report.failed, 0,
-        "failed requests ({} ok): {:?}",
-        report.ok, report.failures
-    );
 }
 
 /// An agent SIGKILLed and restarted mid-step: the coordinator learns it at once
@@ -283,12 +64,6 @@ fn finish_fleet(s: &Scenario, run: &Finished) {
         }
     }
     assert_settled(s, "v2");
-}
-
-/// Restarts a killed agent after `delay`, as systemd's `Restart=on-failure` would.
-pub(crate) fn restart_after(agent: &mut handover_tests::agents::AgentProcess, delay: Duration) {
-    std::thread::sleep(delay);
-    agent.spawn().expect("the agent starts again after SIGKILL");
 }
 
 /// Waits until `current` on `app` no longer points at `before`: the switch.
@@ -380,13 +155,7 @@ fn an_agent_killed_as_apply_starts_leaves_its_host_on_one_release() {
 #[test]
 fn an_agent_killed_during_the_drain_wait_is_survived_with_capacity_kept() {
     let mut s = scenario("");
-    let held = hold_connection(
-        s.app("web-1").apache.addr(),
-        "/",
-        None,
-        Duration::from_secs(60),
-    )
-    .expect("hold a connection to web-1");
+    let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
     let plan = s
         .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
         .expect("plan");
@@ -531,13 +300,7 @@ fn a_full_state_dir_stops_the_rollout_cleanly_and_resume_finishes_it() {
             std::fs::copy(entry.path(), state_dir.join(entry.file_name())).expect("copy state");
         }
     }
-    let held = hold_connection(
-        s.app("web-1").apache.addr(),
-        "/",
-        None,
-        Duration::from_secs(60),
-    )
-    .expect("hold a connection to web-1");
+    let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
     let plan = s
         .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
         .expect("plan");
@@ -672,35 +435,13 @@ fn planned_steps(s: &Scenario, plan: &Path) -> Vec<PlannedStep> {
     steps
 }
 
-/// Commits and tags a revision `tag` (VERSION and page say so) in the scenario's
-/// repository, so every rollout of the test brings a release no host has had.
+/// Tags a revision no host has had yet.
 fn tag_revision(s: &Scenario, tag: &str) {
-    use handover_tests::git::git;
-    let git_dir = s.dir().join("git");
-    let work = git_dir.join("app-work");
-    std::fs::write(work.join("VERSION"), format!("{tag}\n")).expect("VERSION");
-    std::fs::write(
-        work.join("index.html"),
-        format!("<html><body>shop {tag}</body></html>\n"),
-    )
-    .expect("index.html");
-    git(&work, &["commit", "-q", "-am", tag]).expect("commit");
-    git(&work, &["tag", tag]).expect("tag");
-    let bare = git_dir.join("app.git").display().to_string();
-    git(&work, &["push", "-q", &bare, tag]).expect("push the tag");
-}
-
-/// The complete releases under `app`'s `releases/` (not `.partial-` ones).
-fn releases_of(app: &AppHost) -> std::collections::BTreeSet<String> {
-    std::fs::read_dir(app.root.join("releases"))
-        .expect("releases/")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .collect()
+    s.tag_revision(tag).expect("tag a revision");
 }
 
 /// What a SIGKILL interrupted.
-struct Killed {
+struct KilledRollout {
     /// The rollout's id (its `phase` event).
     rollout: String,
     /// The process still ran when the signal was sent.
@@ -731,76 +472,50 @@ fn assert_on_new_release(
             app.name
         );
     }
-    let up = s
-        .haproxy
-        .show_stat()
-        .expect("show stat")
-        .iter()
-        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-        .count();
-    assert_eq!(up, s.apps.len(), "{when}: every app host UP");
+    assert_eq!(s.up_count(), s.apps.len(), "{when}: every app host UP");
     s.check_capacity()
         .unwrap_or_else(|e| panic!("{when}: capacity: {e:#}"));
 }
 
-impl Run {
-    /// SIGKILLs the coordinator as soon as `at` is seen (checking each step it
-    /// starts is the planned one).
-    fn kill_at(self, at: KillAt, steps: &[PlannedStep]) -> Killed {
-        self.kill_in_phase(false, at, Some(steps))
-    }
-
-    /// SIGKILLs the coordinator at `at` in its first phase, or (`undoing`) in the
-    /// phase it switched to after a failure; checks the steps it starts against
-    /// `steps` when given.
-    fn kill_in_phase(mut self, undoing: bool, at: KillAt, steps: Option<&[PlannedStep]>) -> Killed {
-        if undoing {
-            let switched =
-                self.wait_for(BOUND, |e| e["event"] == "phase" && !e["reason"].is_null());
-            assert!(switched, "no rollback phase: {:#?}", self.seen);
-        }
-        let found = self.wait_for(BOUND, |e| at.is_reached_by(e));
-        assert!(
-            found,
-            "never reached {at:?}; last events {:#?}",
-            self.seen.iter().rev().take(6).collect::<Vec<_>>()
-        );
-        let landed = matches!(self.child.try_wait(), Ok(None));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(steps) = steps {
-            for e in self.seen.iter().filter(|e| e["event"] == "step-started") {
-                let planned = e["number"]
-                    .as_u64()
-                    .and_then(|n| steps.get(usize::try_from(n).ok()?.checked_sub(1)?));
-                let planned = planned.unwrap_or_else(|| panic!("an unplanned step {e}"));
-                assert_eq!(e["title"], planned.title.as_str(), "{e}");
-                assert_eq!(e["wave"], planned.wave, "{e}");
-            }
-        }
-        let rollout = self
-            .seen
-            .iter()
-            .find(|e| e["event"] == "phase")
-            .and_then(|e| e["rollout"].as_str())
-            .unwrap_or_else(|| panic!("{at:?}: no phase event naming the rollout"))
-            .to_owned();
-        Killed { rollout, landed }
-    }
+/// SIGKILLs `run` as soon as `at` is seen (checking each step it starts is the
+/// planned one).
+fn kill_at(run: Run, at: KillAt, steps: &[PlannedStep]) -> KilledRollout {
+    kill_in_phase(run, false, at, Some(steps))
 }
 
-/// The rollout's state in `handover history --json`.
-fn journaled_state(s: &Scenario, rollout: &str) -> String {
-    let out = s.coordinator.run(&["history", "--json"]);
-    assert!(out.status.success(), "history: {}", output_text(&out));
-    let records: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).expect("history --json is a list");
-    records
-        .iter()
-        .find(|r| r["id"] == rollout)
-        .and_then(|r| r["state"].as_str())
-        .unwrap_or_else(|| panic!("{rollout} not in history: {records:?}"))
-        .to_owned()
+/// SIGKILLs `run` at `at` in its first phase, or (`undoing`) in the phase it
+/// switched to after a failure; checks the steps it starts against `steps` when
+/// given.
+fn kill_in_phase(
+    mut run: Run,
+    undoing: bool,
+    at: KillAt,
+    steps: Option<&[PlannedStep]>,
+) -> KilledRollout {
+    if undoing {
+        let switched = run.wait_for(BOUND, |e| e["event"] == "phase" && !e["reason"].is_null());
+        assert!(switched, "no rollback phase: {:#?}", run.seen());
+    }
+    let found = run.wait_for(BOUND, |e| at.is_reached_by(e));
+    assert!(
+        found,
+        "never reached {at:?}; last events {:#?}",
+        run.last_events()
+    );
+    let Killed { landed, events } = run.kill();
+    if let Some(steps) = steps {
+        for e in events.iter().filter(|e| e["event"] == "step-started") {
+            let planned = e["number"]
+                .as_u64()
+                .and_then(|n| steps.get(usize::try_from(n).ok()?.checked_sub(1)?));
+            let planned = planned.unwrap_or_else(|| panic!("an unplanned step {e}"));
+            assert_eq!(e["title"], planned.title.as_str(), "{e}");
+            assert_eq!(e["wave"], planned.wave, "{e}");
+        }
+    }
+    let rollout = handover_tests::run::rollout_id(&events)
+        .unwrap_or_else(|| panic!("{at:?}: no phase event naming the rollout"));
+    KilledRollout { rollout, landed }
 }
 
 /// A fleet of two hosts, batch 1, min_healthy 1, clients running throughout: the
@@ -851,7 +566,7 @@ fn the_coordinator_killed_at_every_step_boundary_is_resumed_to_the_new_release()
         let started = Instant::now();
 
         let run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
-        let killed = run.kill_at(*at, &this);
+        let killed = kill_at(run, *at, &this);
         let resumed = Run::start(&s, &["resume"]).finish();
         let phase = resumed
             .events
@@ -934,7 +649,7 @@ fn a_coordinator_killed_at_every_step_of_one_rollout_in_turn_is_resumed_to_the_e
         ("during", KillAt::During as fn(usize) -> KillAt),
         ("after", KillAt::After),
     ];
-    for (tag, kill_at) in chains {
+    for (tag, kill_at_step) in chains {
         tag_revision(&s, tag);
         let plan = s
             .write_plan(&format!("plan-{tag}.toml"), &s.in_place_plan(tag, 1, 1))
@@ -943,15 +658,15 @@ fn a_coordinator_killed_at_every_step_of_one_rollout_in_turn_is_resumed_to_the_e
         let before: Vec<_> = s.apps.iter().map(releases_of).collect();
 
         let run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
-        let first = run.kill_at(kill_at(1), &steps);
+        let first = kill_at(run, kill_at_step(1), &steps);
         assert!(first.landed, "{tag}: the rollout ended before the SIGKILL");
         for n in 2..=steps.len() {
-            let killed = Run::start(&s, &["resume"]).kill_at(kill_at(n), &steps);
+            let killed = kill_at(Run::start(&s, &["resume"]), kill_at_step(n), &steps);
             assert_eq!(killed.rollout, first.rollout, "{tag}: resume took another");
             assert!(
                 killed.landed || n == steps.len(),
                 "{tag}: the resume ended before the SIGKILL at {:?}",
-                kill_at(n)
+                kill_at_step(n)
             );
         }
         let last = Run::start(&s, &["resume"]).finish();
@@ -1034,7 +749,7 @@ fn the_coordinator_killed_at_every_step_of_a_rollback_is_resumed_to_the_old_rele
     let points = (1..=undo_steps).flat_map(|n| [KillAt::During(n), KillAt::After(n)]);
     for (i, at) in points.enumerate() {
         let plan = broken(i + 1);
-        let killed = Run::start(&s, &["rollout", &plan, "--yes"]).kill_in_phase(true, at, None);
+        let killed = kill_in_phase(Run::start(&s, &["rollout", &plan, "--yes"]), true, at, None);
         let resumed = Run::start(&s, &["resume"]).finish();
         eprintln!(
             "rollback killed at {at:?} (landed: {}); resume: {}",
@@ -1084,14 +799,7 @@ fn the_coordinator_killed_at_every_step_of_a_rollback_is_resumed_to_the_old_rele
                 app.name
             );
         }
-        let up = s
-            .haproxy
-            .show_stat()
-            .expect("show stat")
-            .iter()
-            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-            .count();
-        assert_eq!(up, s.apps.len(), "{at:?}: every app host UP");
+        assert_eq!(s.up_count(), s.apps.len(), "{at:?}: every app host UP");
         s.check_capacity()
             .unwrap_or_else(|e| panic!("{at:?}: capacity: {e:#}"));
     }

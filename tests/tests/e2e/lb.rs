@@ -4,15 +4,17 @@
 
 use std::time::Duration;
 
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
 use handover_tests::apache::{Apache, ApacheOptions};
+use handover_tests::config::{AgentSections, Lb};
+use handover_tests::fleet::Fleet;
 use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
-use handover_tests::{fleet, http, ports};
+use handover_tests::{http, ports};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 struct LbFleet {
-    _dir: tempfile::TempDir,
+    _fleet: Fleet,
     web: Vec<Apache>,
     haproxy: Haproxy,
     lb: AgentProcess,
@@ -20,7 +22,7 @@ struct LbFleet {
 }
 
 fn lb_fleet() -> LbFleet {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = Fleet::new().expect("fleet directory and CA");
     let web: Vec<Apache> = [("web-1", 41), ("web-2", 42)]
         .into_iter()
         .map(|(name, n)| {
@@ -28,7 +30,7 @@ fn lb_fleet() -> LbFleet {
                 ports::host_ip(n),
                 ApacheOptions {
                     name: Some(name.to_owned()),
-                    parent: Some(dir.path().to_owned()),
+                    parent: Some(fleet.path().to_owned()),
                     ..Default::default()
                 },
             )
@@ -40,25 +42,20 @@ fn lb_fleet() -> LbFleet {
             BackendSpec::slots("be_app", 4),
             BackendSpec::dynamic("be_dyn"),
         ],
-        parent: Some(dir.path().to_owned()),
+        parent: Some(fleet.path().to_owned()),
         ..Default::default()
     })
     .expect("haproxy starts");
-    let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let extra = format!(
-        "[haproxy]\nsocket = {:?}\nbackends = [\"be_app\", \"be_dyn\"]\ncheck_inter = \"200ms\"\ncheck_rise = 2\ncheck_fall = 2\nattach_timeout = \"15s\"\n",
-        haproxy.admin_socket().display().to_string()
-    );
-    let lb = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "lb-1",
-            ip: ports::host_ip(40),
-            extra,
-        },
-    )
-    .expect("lb agent starts");
+    let sections = AgentSections {
+        haproxy: Some(Lb::fast(
+            haproxy.admin_socket().to_owned(),
+            &["be_app", "be_dyn"],
+        )),
+        ..AgentSections::default()
+    };
+    let lb = fleet
+        .agent("lb-1", ports::host_ip(40), &sections)
+        .expect("lb agent starts");
     let mut hosts = vec![HostSpec::of(&lb, &["lb"])];
     for w in &web {
         let mut h = HostSpec::of(&lb, &["app"]);
@@ -66,10 +63,9 @@ fn lb_fleet() -> LbFleet {
         h.app = Some(w.addr());
         hosts.push(h);
     }
-    let coordinator = Coordinator::write(&dir.path().join("ops"), &pki, "ops", &hosts)
-        .expect("coordinator config");
+    let coordinator = fleet.coordinator(&hosts).expect("coordinator config");
     LbFleet {
-        _dir: dir,
+        _fleet: fleet,
         web,
         haproxy,
         lb,
@@ -96,7 +92,6 @@ impl LbFleet {
 
 #[test]
 fn attach_drain_detach_and_reload_on_slot_and_dynamic_backends() {
-    let _serial = fleet::serial();
     let mut f = lb_fleet();
 
     // Attach: UP only after a fresh check (progress shows it was not UP first).
@@ -206,7 +201,6 @@ fn attach_drain_detach_and_reload_on_slot_and_dynamic_backends() {
 
 #[test]
 fn bad_names_unknown_hosts_and_a_missing_socket_are_clear_errors() {
-    let _serial = fleet::serial();
     let f = lb_fleet();
     let out = f.coordinator.run(&["attach", "web;1"]);
     assert!(!out.status.success());

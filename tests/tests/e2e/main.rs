@@ -1,5 +1,5 @@
 //! The end-to-end suite: one binary, so fleet tests share one process and run one
-//! at a time (each takes the harness's serial guard).
+//! at a time (every process the harness starts holds its fleet lock).
 
 mod adopt;
 mod dayone;

@@ -2,9 +2,6 @@
 //! carrying, in its doc comment, the issue that found it. Write the test first, see
 //! it fail, then fix the code.
 
-#[allow(unused_imports)]
-use handover_tests::fleet;
-
 // --- agentcore ---
 
 mod agentcore {
@@ -13,10 +10,8 @@ mod agentcore {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use handover_tests::agents::{
-        AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
-    };
-    use handover_tests::fleet;
+    use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
+    use handover_tests::fleet::Fleet;
     use handover_tests::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
     use handover_tests::ports;
 
@@ -75,7 +70,7 @@ mod agentcore {
     }
 
     struct V6Fleet {
-        _dir: tempfile::TempDir,
+        _fleet: Fleet,
         app: Ipv6App,
         haproxy: Haproxy,
         lb: AgentProcess,
@@ -84,37 +79,31 @@ mod agentcore {
 
     /// HAProxy with a dynamic backend, an lb agent, and app host `web-6` at `[::1]`.
     fn v6_fleet() -> V6Fleet {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = Fleet::new().expect("fleet directory and CA");
         let app = Ipv6App::start();
         let haproxy = Haproxy::start(HaproxyOptions {
             backends: vec![BackendSpec::dynamic("be_dyn")],
-            parent: Some(dir.path().to_owned()),
+            parent: Some(fleet.path().to_owned()),
             ..Default::default()
         })
         .expect("haproxy starts");
-        let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-        let extra = format!(
-            "[haproxy]\nsocket = {:?}\nbackend = \"be_dyn\"\ncheck_inter = \"200ms\"\ncheck_rise = 2\ncheck_fall = 2\nattach_timeout = \"15s\"\n",
-            haproxy.admin_socket().display().to_string()
-        );
-        let lb = AgentProcess::start(
-            dir.path(),
-            &pki,
-            AgentSpec {
-                name: "lb-1",
-                ip: ports::host_ip(60),
-                extra,
-            },
-        )
-        .expect("lb agent starts");
+        let sections = handover_tests::config::AgentSections {
+            haproxy: Some(handover_tests::config::Lb {
+                backend: Some("be_dyn".into()),
+                ..handover_tests::config::Lb::fast(haproxy.admin_socket().to_owned(), &[])
+            }),
+            ..Default::default()
+        };
+        let lb = fleet
+            .agent("lb-1", ports::host_ip(60), &sections)
+            .expect("lb agent starts");
         let mut web = HostSpec::of(&lb, &["app"]);
         web.name = "web-6".into();
         web.app = Some(app.addr);
         let hosts = [HostSpec::of(&lb, &["lb"]), web];
-        let coordinator = Coordinator::write(&dir.path().join("ops"), &pki, "ops", &hosts)
-            .expect("coordinator config");
+        let coordinator = fleet.coordinator(&hosts).expect("coordinator config");
         V6Fleet {
-            _dir: dir,
+            _fleet: fleet,
             app,
             haproxy,
             lb,
@@ -126,7 +115,6 @@ mod agentcore {
     /// a dynamic server (the agent refused to send `[::1]:PORT`).
     #[test]
     fn an_ipv6_app_address_is_attached_as_a_dynamic_server_and_detached() {
-        let _serial = fleet::serial();
         let f = v6_fleet();
         let out = f.coordinator.run(&["attach", "web-6"]);
         let text = output_text(&out);
@@ -154,7 +142,6 @@ mod agentcore {
     /// HAProxy, and the agent's log carried ANSI colour codes into files and journald.
     #[test]
     fn agent_status_on_an_lb_shows_haproxy_servers_and_its_log_has_no_colour() {
-        let _serial = fleet::serial();
         let f = v6_fleet();
         let out = f.coordinator.run(&["attach", "web-6"]);
         assert!(out.status.success(), "attach failed: {}", output_text(&out));
@@ -187,9 +174,8 @@ mod agentcore {
 mod hardening {
     use std::path::{Path, PathBuf};
 
-    use handover_tests::agents::{
-        AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
-    };
+    use handover_tests::agents::{AgentProcess, Coordinator, HostSpec, output_text};
+    use handover_tests::fleet::Fleet;
     use handover_tests::git::{Revision, bare_repo};
     use handover_tests::ports::host_ip;
 
@@ -200,18 +186,17 @@ mod hardening {
     const HOOKS: &str = "[hooks]\nafter_activate = \"printf '%s' \\\"$HANDOVER_REV\\\" > \\\"$HANDOVER_RELEASE_DIR/rev.txt\\\"; echo unquoted $HANDOVER_REV; id -u > \\\"$HANDOVER_RELEASE_DIR/uid.txt\\\"\"\n";
 
     struct Host {
-        _serial: handover_tests::fleet::SerialGuard,
-        dir: tempfile::TempDir,
+        dir: Fleet,
         repo: String,
         _agent: AgentProcess,
         coordinator: Coordinator,
     }
 
     impl Host {
-        /// One agent on 127.0.1.91 with `[deploy]` plus `release_hooks` (TOML).
-        fn new(release_hooks: &str) -> Host {
-            let serial = handover_tests::fleet::serial();
-            let dir = tempfile::tempdir().expect("tempdir");
+        /// One agent on 127.0.1.91 with `[deploy]`, and `[deploy.release_hooks]`
+        /// running them as `run_as` if given.
+        fn new(run_as: Option<&str>) -> Host {
+            let dir = Fleet::new().expect("fleet directory and CA");
             let repo = bare_repo(
                 dir.path(),
                 &[
@@ -226,27 +211,23 @@ mod hardening {
                 ],
             )
             .expect("repository");
-            let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
             let root = dir.path().join("web-1").join("www");
-            let extra = format!(
-                "\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\n{release_hooks}\n",
-                root = root.display().to_string(),
-            );
-            let agent = AgentProcess::start(
-                dir.path(),
-                &pki,
-                AgentSpec {
-                    name: "web-1",
-                    ip: host_ip(91),
-                    extra,
-                },
-            )
-            .expect("agent starts");
-            let specs = [HostSpec::of(&agent, &["app"])];
-            let coordinator =
-                Coordinator::write(&dir.path().join("ops"), &pki, "ops", &specs).expect("config");
+            let sections = handover_tests::config::AgentSections {
+                deploy: Some(handover_tests::config::Deploy {
+                    release_hooks: run_as.map(|user| handover_tests::config::ReleaseHooks {
+                        run_as: user.to_owned(),
+                    }),
+                    ..handover_tests::config::Deploy::new(root, &repo)
+                }),
+                ..Default::default()
+            };
+            let agent = dir
+                .agent("web-1", host_ip(91), &sections)
+                .expect("agent starts");
+            let coordinator = dir
+                .coordinator(&[HostSpec::of(&agent, &["app"])])
+                .expect("config");
             Host {
-                _serial: serial,
                 dir,
                 repo,
                 _agent: agent,
@@ -289,7 +270,7 @@ mod hardening {
     /// `[deploy.release_hooks]` refuses such a release; nothing runs or switches.
     #[test]
     fn a_release_with_hooks_is_refused_by_an_agent_that_does_not_run_them() {
-        let host = Host::new("");
+        let host = Host::new(None);
         let out = host.deploy("v1");
         assert!(out.status.success(), "{}", output_text(&out));
 
@@ -314,7 +295,7 @@ mod hardening {
             .ok()
             .flatten()
             .expect("user nobody");
-        let host = Host::new("[deploy.release_hooks]\nrun_as = \"nobody\"\n");
+        let host = Host::new(Some("nobody"));
         let out = host.deploy(SHELLY_TAG);
         assert!(out.status.success(), "{}", output_text(&out));
         assert_eq!(host.current_version(), "v2");
@@ -340,6 +321,7 @@ mod hardening {
 
 mod releases {
     use handover_tests::agents::output_text;
+    use handover_tests::run::{history, releases_json};
     use handover_tests::scenario::{Capacity, Scenario, ScenarioOptions};
 
     fn two_hosts() -> Scenario {
@@ -356,28 +338,8 @@ mod releases {
     /// the plan's health check asks for (`/index.html`) is gone, so the agent's
     /// own verify passes and the coordinator's health gate fails.
     fn tag_release_without_page(s: &Scenario, tag: &str) {
-        let git_dir = s.dir().join("git");
-        let work = git_dir.join("app-work");
-        let git = |args: &[&str]| handover_tests::git::git(&work, args).expect("git");
-        git(&["rm", "-q", "index.html"]);
-        std::fs::write(work.join("VERSION"), format!("{tag}\n")).expect("write");
-        git(&["add", "-A"]);
-        git(&["commit", "-q", "-m", tag]);
-        git(&["tag", tag]);
-        let bare = git_dir.join("app.git").display().to_string();
-        git(&["push", "-q", &bare, tag]);
-    }
-
-    fn releases_json(s: &Scenario, host: &str) -> serde_json::Value {
-        let out = s.coordinator.run(&["releases", host, "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        serde_json::from_slice(&out.stdout).expect("releases --json")
-    }
-
-    fn history(s: &Scenario) -> serde_json::Value {
-        let out = s.coordinator.run(&["history", "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        serde_json::from_slice(&out.stdout).expect("history --json")
+        s.commit_and_tag(tag, &[("VERSION", &format!("{tag}\n"))], &["index.html"])
+            .expect("tag a release without its page");
     }
 
     /// Issue 18 (safety 2): after an automatic rollback the failed release was
@@ -388,10 +350,12 @@ mod releases {
     fn activate_previous_after_an_automatic_rollback_does_not_put_the_failed_release_live() {
         let s = two_hosts();
         tag_release_without_page(&s, "v4-no-page");
-        let plan_text = s
-            .in_place_plan("v4-no-page", 1, 1)
-            .replace("path = \"/VERSION\"", "path = \"/index.html\"")
-            .replace("timeout = \"10s\"", "timeout = \"2s\"");
+        let mut plan = s.plan("v4-no-page", 1, 1);
+        if let Some(health) = plan.health.as_mut() {
+            health.path = "/index.html".into();
+            health.timeout = Some("2s".into());
+        }
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let out = s
             .coordinator
@@ -501,8 +465,11 @@ mod releases {
                 "\"v9\" is not a branch, tag or commit",
             ),
             (
-                s.in_place_plan("v2", 1, 1)
-                    .replace(&s.repo, "file:///srv/git/other.git"),
+                {
+                    let mut plan = s.plan("v2", 1, 1);
+                    plan.revision.repo = "file:///srv/git/other.git".into();
+                    plan.render()
+                },
                 "allowed_repos",
             ),
         ];
@@ -704,58 +671,21 @@ mod drainwait {
 
 mod quic {
     use std::net::{IpAddr, Ipv4Addr};
+    use std::path::PathBuf;
 
-    use handover_tests::agents::{
-        AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text,
-    };
+    use handover_tests::agents::{Coordinator, HostSpec, output_text};
+    use handover_tests::config::AgentSections;
+    use handover_tests::fleet::OneAgent;
     use handover_tests::{flood, rawquic};
 
-    /// One agent (no app) and a coordinator config naming it `web-1`.
-    struct OneAgent {
-        _serial: handover_tests::fleet::SerialGuard,
-        _dir: tempfile::TempDir,
-        pki: Pki,
-        agent: AgentProcess,
-        coordinator: Coordinator,
-    }
-
-    /// With `crl`, the agent loads the CA's revocation list (`ca init` writes one).
+    /// One agent (no app) and a coordinator config naming it `web-1`; with `crl`,
+    /// the agent loads the CA's revocation list (`ca init` writes one).
     fn one_agent(ip: Ipv4Addr, crl: bool) -> OneAgent {
-        let serial = handover_tests::fleet::serial();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-        let extra = if crl {
-            format!(
-                "crl = {:?}\n",
-                pki.dir.join("crl.pem").display().to_string()
-            )
-        } else {
-            String::new()
+        let sections = AgentSections {
+            crl: crl.then(|| PathBuf::from("../pki/crl.pem")),
+            ..AgentSections::default()
         };
-        let agent = AgentProcess::start(
-            dir.path(),
-            &pki,
-            AgentSpec {
-                name: "web-1",
-                ip,
-                extra,
-            },
-        )
-        .expect("agent starts");
-        let coordinator = Coordinator::write(
-            &dir.path().join("ops"),
-            &pki,
-            "ops",
-            &[HostSpec::of(&agent, &["app"])],
-        )
-        .expect("coordinator config");
-        OneAgent {
-            _serial: serial,
-            _dir: dir,
-            pki,
-            agent,
-            coordinator,
-        }
+        OneAgent::start(ip, &sections).expect("agent and coordinator config")
     }
 
     fn attacker(n: u8) -> IpAddr {
@@ -775,7 +705,7 @@ mod quic {
         let (ok, json) = f.coordinator.status_json(&[]).expect("status");
         assert!(ok, "status before the flood: {json}");
 
-        let config = rawquic::client_config(&f.pki.ca(), None).expect("client config");
+        let config = rawquic::client_config(&f.fleet.pki.ca(), None).expect("client config");
         let spoofed: Vec<IpAddr> = (1..=10).map(attacker).collect();
         flood::bare_hellos(&config, &spoofed, f.agent.addr, "web-1", 300).expect("bare hellos");
         let answered = flood::stalled_handshakes(&config, attacker(20), f.agent.addr, "web-1", 40)
@@ -800,11 +730,11 @@ mod quic {
     #[test]
     fn a_coordinator_over_the_connection_limit_is_told_why() {
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 42), false);
-        let cert = f.pki.dir.join("ops.pem");
-        let key = f.pki.dir.join("ops.key");
+        let cert = f.fleet.pki.dir.join("ops.pem");
+        let key = f.fleet.pki.dir.join("ops.key");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let reason = rt.block_on(async {
-            let config = rawquic::client_config(&f.pki.ca(), Some((&cert, &key)))?;
+            let config = rawquic::client_config(&f.fleet.pki.ca(), Some((&cert, &key)))?;
             let mut held = Vec::new();
             for _ in 0..64 {
                 let (ep, conn) = rawquic::connect(config.clone(), f.agent.addr, "web-1").await?;
@@ -958,7 +888,7 @@ mod quic {
     #[test]
     fn a_revoked_coordinator_certificate_is_refused_by_the_agent() {
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 43), true);
-        let pki = &f.pki;
+        let pki = &f.fleet.pki;
         let other = Coordinator::write(
             &f.agent.config.parent().expect("home").join("ops2"),
             pki,
@@ -1035,8 +965,13 @@ mod quic {
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 44), false);
         let mut host = HostSpec::of(&f.agent, &["app"]);
         host.name = "web-9".into();
-        let c =
-            Coordinator::write(&f.pki.dir.join("ops-9"), &f.pki, "ops9", &[host]).expect("config");
+        let c = Coordinator::write(
+            &f.fleet.pki.dir.join("ops-9"),
+            &f.fleet.pki,
+            "ops9",
+            &[host],
+        )
+        .expect("config");
         let (ok, json) = c.status_json(&[]).expect("status");
         assert!(!ok);
         let error = json[0]["error"].as_str().unwrap_or_default();
@@ -1061,8 +996,8 @@ mod quic {
         use handover_common::proto::lease::LeaseRequest;
         use handover_common::proto::{FailureKind, Request, Response};
         let f = one_agent(Ipv4Addr::new(127, 0, 1, 45), false);
-        let cert = f.pki.dir.join("ops.pem");
-        let key = f.pki.dir.join("ops.key");
+        let cert = f.fleet.pki.dir.join("ops.pem");
+        let key = f.fleet.pki.dir.join("ops.key");
         let acquire = |rollout: &str, owner: &str| {
             Request::Lease(LeaseRequest::Acquire {
                 rollout: rollout.into(),
@@ -1080,7 +1015,7 @@ mod quic {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let answers = rt
             .block_on(async {
-                let config = rawquic::client_config(&f.pki.ca(), Some((&cert, &key)))?;
+                let config = rawquic::client_config(&f.fleet.pki.ca(), Some((&cert, &key)))?;
                 let (_ep, conn) = rawquic::connect(config, f.agent.addr, "web-1").await?;
                 let mut answers = Vec::new();
                 for request in [
@@ -1110,10 +1045,13 @@ mod quic {
 // --- lease ---
 
 mod lease {
-    use std::process::{Child, Stdio};
+    use std::process::Stdio;
     use std::time::Duration;
 
-    use handover_tests::agents::{Coordinator, StdoutLines, output_text, spawn_lines};
+    use handover_tests::agents::{Coordinator, output_text, spawn_lines};
+    use handover_tests::run::{
+        assert_all_on, history, releases_of_rev as releases_of, spawn_json, wait_for_step,
+    };
     use handover_tests::scenario::{Capacity, Scenario, ScenarioOptions};
 
     /// `apps` hosts; the plans here keep all but one UP (`in_place_plan(.., 1, apps - 1)`).
@@ -1124,32 +1062,6 @@ mod lease {
             ..ScenarioOptions::default()
         })
         .expect("fleet starts")
-    }
-
-    /// Starts `handover ARGS --json` with `coordinator`'s config.
-    fn spawn_json(coordinator: &Coordinator, args: &[&str]) -> (Child, StdoutLines) {
-        let mut cmd = coordinator.command(args);
-        cmd.arg("--json");
-        spawn_lines(cmd, Stdio::null()).expect("spawn handover")
-    }
-
-    /// Reads JSON events until a step whose title starts with `prefix` starts;
-    /// returns the rollout id seen in the phase event.
-    fn wait_for_step(lines: &mut StdoutLines, prefix: &str) -> String {
-        let mut id = String::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if event["event"] == "phase" {
-                id = event["rollout"].as_str().unwrap_or("").to_string();
-            }
-            if event["event"] == "step-started"
-                && event["title"].as_str().unwrap_or("").starts_with(prefix)
-            {
-                return id;
-            }
-        }
-        panic!("the rollout never reached a step starting with {prefix:?}");
     }
 
     /// The same coordinator on "another bastion": its own state_dir holding a copy
@@ -1178,19 +1090,6 @@ mod lease {
         Coordinator { config }
     }
 
-    /// Releases of `rev` on `host`, as its agent lists them.
-    fn releases_of(s: &Scenario, host: &str, rev: &str) -> usize {
-        let out = s.coordinator.run(&["releases", host, "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("releases");
-        list["releases"]
-            .as_array()
-            .expect("releases array")
-            .iter()
-            .filter(|r| r["rev"] == rev)
-            .count()
-    }
-
     /// Issue 18, safety 1: a bare `handover resume` beside a live `rollout` took the
     /// rollout over and ran its steps a second time (two new releases per host).
     /// Now the running process holds the rollout: a second process on the same
@@ -1200,16 +1099,10 @@ mod lease {
     fn a_bare_resume_beside_a_live_rollout_is_refused_and_each_host_gets_one_release() {
         let s = scenario(2);
         // A client on web-1 keeps the rollout in its first drain wait until dropped.
-        let held = handover_tests::traffic::hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(60),
-        )
-        .expect("hold a connection to web-1");
-        let plan_text = s
-            .in_place_plan("v2", 1, 1)
-            .replace("drain_timeout = \"20s\"", "drain_timeout = \"60s\"");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
+        let mut plan = s.plan("v2", 1, 1);
+        plan.rollout.drain_timeout = Some("60s".into());
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let (mut first, mut lines) = spawn_json(
             &s.coordinator,
@@ -1256,25 +1149,6 @@ mod lease {
         }
     }
 
-    /// Every app host on `version`, its health file in place.
-    fn assert_all_on(s: &Scenario, version: &str) {
-        for app in &s.apps {
-            assert_eq!(
-                app.version(),
-                version,
-                "{} runs the wrong release",
-                app.name
-            );
-            assert!(app.health_file_present(), "{} was left drained", app.name);
-        }
-    }
-
-    fn history(s: &Scenario) -> serde_json::Value {
-        let out = s.coordinator.run(&["history", "--json"]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        serde_json::from_slice(&out.stdout).expect("history --json")
-    }
-
     /// Issue 18, safety 4: Ctrl-C during the canary pause left the canary on the
     /// new release (the README says the wave goes back), `resume ID` restarted at
     /// the pause, a bare `resume` said "no unfinished rollout", and a refused
@@ -1282,9 +1156,10 @@ mod lease {
     #[test]
     fn ctrl_c_at_the_canary_pause_puts_the_canary_back_and_resume_id_redoes_it() {
         let s = scenario(3);
-        let plan_text = s
-            .in_place_plan("v2", 1, 2)
-            .replace("batch = 1", "batch = 1\ncanary = 1\npause = \"60s\"");
+        let mut plan = s.plan("v2", 1, 2);
+        plan.rollout.canary = Some(1);
+        plan.rollout.pause = Some("60s".into());
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let plan_arg = plan.display().to_string();
         let err_path = s.dir().join("first.stderr");
@@ -1405,16 +1280,10 @@ mod lease {
     #[test]
     fn resume_takeover_waits_for_the_running_process_to_be_gone_then_finishes() {
         let s = scenario(2);
-        let held = handover_tests::traffic::hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(60),
-        )
-        .expect("hold a connection to web-1");
-        let plan_text = s
-            .in_place_plan("v2", 1, 1)
-            .replace("drain_timeout = \"20s\"", "drain_timeout = \"60s\"");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
+        let mut plan = s.plan("v2", 1, 1);
+        plan.rollout.drain_timeout = Some("60s".into());
+        let plan_text = plan.render();
         let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
         let (mut first, mut lines) = spawn_json(
             &s.coordinator,
@@ -1478,12 +1347,12 @@ mod lease {
 mod faults {
     use std::time::Duration;
 
-    use handover_tests::traffic::hold_connection;
-
-    use crate::faults::{
+    use handover_tests::run::{
         Run, assert_no_failed_request, assert_on_one_release, assert_settled, restart_after,
-        scenario, traffic,
+        traffic,
     };
+
+    use crate::faults::scenario;
 
     /// Issue 13 (faults with traffic running): web-1's agent is SIGKILLed while the
     /// coordinator waits for web-1's sessions to end, and is back 0.5 s later (as
@@ -1498,13 +1367,7 @@ mod faults {
     #[test]
     fn a_rollout_survives_an_agent_restarted_during_the_drain_wait() {
         let mut s = scenario("");
-        let held = hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(60),
-        )
-        .expect("hold a connection to web-1");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
         let plan = s
             .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
             .expect("plan");
@@ -1530,10 +1393,7 @@ mod faults {
 // --- engine2 ---
 
 mod engine2 {
-    use std::process::Stdio;
-    use std::time::Duration;
-
-    use handover_tests::agents::spawn_lines;
+    use handover_tests::run::Run;
     use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
 
     /// Engine review after issue 11's rewrite: with `on_drain_timeout = "proceed"`
@@ -1549,50 +1409,22 @@ mod engine2 {
         })
         .expect("fleet starts");
         // A direct client keeps web-1's wait going until the operator steps in.
-        let held = handover_tests::traffic::hold_connection(
-            s.app("web-1").apache.addr(),
-            "/",
-            None,
-            Duration::from_secs(120),
-        )
-        .expect("hold a connection to web-1");
-        let text = s.in_place_plan("v2", 1, 2).replace(
-            "drain_timeout = \"20s\"",
-            "drain_timeout = \"90s\"\non_drain_timeout = \"proceed\"",
-        );
-        assert!(text.contains("proceed"), "{text}");
+        let held = handover_tests::run::hold_direct_client(&s, "web-1", 120);
+        let mut plan = s.plan("v2", 1, 2);
+        plan.rollout.drain_timeout = Some("90s".into());
+        plan.rollout.on_drain_timeout = Some("proceed".into());
+        let text = plan.render();
         let plan = s.write_plan("plan.toml", &text).expect("plan");
-        let mut cmd = s
-            .coordinator
-            .command(&["rollout", &plan.display().to_string(), "--yes"]);
-        cmd.arg("--json");
-        let (mut child, mut lines) = spawn_lines(cmd, Stdio::null()).expect("spawn handover");
-
-        let mut events = Vec::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            let waiting = event["event"] == "step-started"
-                && event["title"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("wait for sessions");
-            events.push(event);
-            if waiting {
-                break;
-            }
-        }
+        let mut run = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+        run.wait_for_step("wait for sessions");
         assert!(held.is_held(), "the direct client holds web-1's wait");
         // The operator puts the health-check file back by hand (`handover undrain`
         // is refused while the rollout holds the lease).
         std::fs::write(s.app("web-1").apache.health_file(), "OK\n").expect("restore");
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            events.push(serde_json::from_str(&line).unwrap_or_default());
-        }
-        let status = child.wait().expect("wait");
+        let done = run.finish();
+        let events = done.events;
 
-        assert!(!status.success(), "the rollout must stop: {events:?}");
+        assert_ne!(done.code, Some(0), "the rollout must stop: {events:?}");
         let forward = events
             .iter()
             .take_while(|e| e["event"] != "step-failed" && e["event"] != "finished");

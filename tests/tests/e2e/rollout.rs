@@ -1,13 +1,12 @@
 //! Issue 6: the rollout engine on the real-HAProxy fleet, with client traffic going
 //! through HAProxy the whole time and a monitor polling HAProxy every 100 ms.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use handover_tests::agents::{StdoutLines, output_text, spawn_lines};
+use handover_tests::agents::output_text;
 use handover_tests::monitor::UpMonitor;
+use handover_tests::run::{Run, assert_settled, history, traffic};
 use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
-use handover_tests::traffic::{Traffic, TrafficOptions};
 
 fn scenario(apps: u8) -> Scenario {
     Scenario::start(ScenarioOptions {
@@ -15,49 +14,6 @@ fn scenario(apps: u8) -> Scenario {
         ..ScenarioOptions::default()
     })
     .expect("fleet starts")
-}
-
-fn traffic(s: &Scenario) -> Traffic {
-    Traffic::start(
-        s.frontend(),
-        TrafficOptions {
-            clients: 3,
-            pause: Duration::from_millis(25),
-            max_duration: Duration::from_secs(240),
-            ..TrafficOptions::default()
-        },
-    )
-    .expect("traffic starts")
-}
-
-/// Every host on `version`, its health file in place, and UP in HAProxy.
-fn assert_fleet_settled(s: &Scenario, version: &str) {
-    for app in &s.apps {
-        assert_eq!(
-            app.version(),
-            version,
-            "{} runs the wrong release",
-            app.name
-        );
-        assert!(app.health_file_present(), "{} was left drained", app.name);
-    }
-    let stats = s.haproxy.show_stat().expect("show stat");
-    let up: Vec<String> = stats
-        .iter()
-        .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-        .map(|r| r.addr.clone())
-        .collect();
-    assert_eq!(
-        up.len(),
-        s.apps.len(),
-        "every app host must be attached and UP: {stats:?}"
-    );
-}
-
-fn history(s: &Scenario) -> serde_json::Value {
-    let out = s.coordinator.run(&["history", "--json"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    serde_json::from_slice(&out.stdout).expect("history --json")
 }
 
 fn run_in_place(apps: u8, batch: usize, min_healthy: usize) {
@@ -90,7 +46,7 @@ fn run_in_place(apps: u8, batch: usize, min_healthy: usize) {
         up.violations
     );
     assert!(up.samples > 0);
-    assert_fleet_settled(&s, "v2");
+    assert_settled(&s, "v2");
     let h = history(&s);
     assert_eq!(h[0]["state"], "succeeded", "{h}");
 }
@@ -121,7 +77,7 @@ fn a_revision_that_fails_verification_is_rolled_back_automatically() {
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
     assert!(up.violations.is_empty(), "{:?}", up.violations);
-    assert_fleet_settled(&s, "v1");
+    assert_settled(&s, "v1");
     let h = history(&s);
     assert_eq!(h[0]["state"], "rolled-back", "{h}");
     assert!(
@@ -130,35 +86,12 @@ fn a_revision_that_fails_verification_is_rolled_back_automatically() {
     );
 }
 
-/// Starts `handover ARGS --json` and returns the child and its stdout lines.
-fn spawn_json(s: &Scenario, args: &[&str]) -> (Child, StdoutLines) {
-    let mut cmd = s.coordinator.command(args);
-    cmd.arg("--json");
-    spawn_lines(cmd, Stdio::null()).expect("spawn handover")
-}
-
-/// Reads events until a step whose title starts with `prefix` starts in `wave`,
-/// then SIGKILLs the coordinator there. Returns whether it found one.
-fn kill_at(mut child: Child, lines: &mut StdoutLines, prefix: &str, wave: u64) -> bool {
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if event["event"] == "step-started"
-            && event["wave"] == wave
-            && event["title"].as_str().unwrap_or("").starts_with(prefix)
-        {
-            // Let the step get under way before the crash.
-            std::thread::sleep(Duration::from_millis(150));
-            let _ = child.kill();
-            let _ = child.wait();
-            return true;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    false
+/// Reaches the step of `wave` whose title starts with `prefix`, lets it get
+/// under way, then SIGKILLs the coordinator there.
+fn kill_at(mut run: Run, prefix: &str, wave: u64) {
+    run.wait_step(prefix, wave);
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(run.kill().landed, "the run ended before the SIGKILL");
 }
 
 #[test]
@@ -171,18 +104,14 @@ fn a_coordinator_killed_at_any_kind_of_step_is_finished_by_resume() {
     let monitor = UpMonitor::start(&s.haproxy, &[BACKEND], 2).expect("monitor");
     let load = traffic(&s);
 
-    let (child, mut lines) = spawn_json(&s, &["rollout", &plan_arg, "--yes"]);
-    assert!(
-        kill_at(child, &mut lines, "wait for sessions", 1),
-        "never reached the drain wait"
+    kill_at(
+        Run::start(&s, &["rollout", &plan_arg, "--yes"]),
+        "wait for sessions",
+        1,
     );
     let kills = [("detach", 2), ("apply", 3), ("attach", 4)];
     for (prefix, wave) in kills {
-        let (child, mut lines) = spawn_json(&s, &["resume"]);
-        assert!(
-            kill_at(child, &mut lines, prefix, wave),
-            "resume never reached '{prefix}' in wave {wave}"
-        );
+        kill_at(Run::start(&s, &["resume"]), prefix, wave);
     }
     let out = s.coordinator.run(&["resume"]);
     let report = load.stop();
@@ -190,7 +119,7 @@ fn a_coordinator_killed_at_any_kind_of_step_is_finished_by_resume() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
     assert!(up.violations.is_empty(), "{:?}", up.violations);
-    assert_fleet_settled(&s, "v2");
+    assert_settled(&s, "v2");
     let h = history(&s);
     assert_eq!(
         h.as_array().map(Vec::len),
@@ -205,35 +134,13 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
     let s = scenario(3);
     // A client connected straight to web-1 keeps the first rollout in its first
     // drain wait for as long as the test needs.
-    let held = handover_tests::traffic::hold_connection(
-        s.app("web-1").apache.addr(),
-        "/",
-        None,
-        Duration::from_secs(60),
-    )
-    .expect("hold a connection to web-1");
+    let held = handover_tests::run::hold_direct_client(&s, "web-1", 60);
     let plan = s
         .write_plan("first.toml", &s.in_place_plan("v2", 1, 2))
         .expect("plan");
-    let (mut first, mut lines) = spawn_json(&s, &["rollout", &plan.display().to_string(), "--yes"]);
+    let mut first = Run::start(&s, &["rollout", &plan.display().to_string(), "--yes"]);
     // Wait until the first rollout holds the hosts and is draining its canary.
-    let mut id = String::new();
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if event["event"] == "phase" {
-            id = event["rollout"].as_str().unwrap_or("").to_string();
-        }
-        if event["event"] == "step-started"
-            && event["title"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("wait for sessions")
-        {
-            break;
-        }
-    }
-    assert!(!id.is_empty(), "the first rollout never started");
+    let id = first.wait_for_step("wait for sessions");
 
     let second = s
         .write_plan("second.toml", &s.in_place_plan("v2", 1, 2))
@@ -251,11 +158,10 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
 
     // Ctrl-C: the first rollout stops and puts its wave back in service.
     assert!(held.is_held(), "the direct client must still be connected");
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let status = first.wait().expect("wait");
-    assert_eq!(status.code(), Some(1), "an interrupted rollout exits 1");
-    assert_fleet_settled(&s, "v1");
+    first.signal(nix::sys::signal::Signal::SIGINT);
+    let first = first.finish();
+    assert_eq!(first.code, Some(1), "an interrupted rollout exits 1");
+    assert_settled(&s, "v1");
     let h = history(&s);
     assert_eq!(h[0]["state"], "aborted", "{h}");
     drop(held);
@@ -265,7 +171,7 @@ fn a_second_rollout_is_refused_by_the_lease_and_ctrl_c_puts_the_wave_back() {
         .coordinator
         .run(&["rollout", &second.display().to_string(), "--yes"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_fleet_settled(&s, "v2");
+    assert_settled(&s, "v2");
 }
 
 #[test]
@@ -278,7 +184,7 @@ fn handover_rollback_puts_every_host_back_without_dropping_a_request() {
         .coordinator
         .run(&["rollout", &plan.display().to_string(), "--yes"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_fleet_settled(&s, "v2");
+    assert_settled(&s, "v2");
 
     let monitor = UpMonitor::start(&s.haproxy, &[BACKEND], 2).expect("monitor");
     let load = traffic(&s);
@@ -288,7 +194,7 @@ fn handover_rollback_puts_every_host_back_without_dropping_a_request() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
     assert!(up.violations.is_empty(), "{:?}", up.violations);
-    assert_fleet_settled(&s, "v1");
+    assert_settled(&s, "v1");
     let h = history(&s);
     assert_eq!(h[1]["state"], "rolled-back", "{h}");
     assert_eq!(h[1]["kind"]["rollback"]["of"], h[0]["id"], "{h}");
@@ -367,22 +273,16 @@ fn a_wave_does_not_start_without_capacity_and_resume_carries_on_once_it_is_back(
     // HAProxy sees it after `fall` failed checks.
     let mut up = usize::MAX;
     for _ in 0..100 {
-        up = s
-            .haproxy
-            .show_stat()
-            .expect("show stat")
-            .iter()
-            .filter(|r| r.pxname == BACKEND && r.is_server() && r.is_up())
-            .count();
+        up = s.up_count();
         if up == 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(up, 2, "HAProxy never took web-3 out of rotation");
-    let plan_text = s
-        .in_place_plan("v2", 1, 2)
-        .replace("attach_timeout = \"20s\"", "attach_timeout = \"2s\"");
+    let mut plan = s.plan("v2", 1, 2);
+    plan.rollout.attach_timeout = Some("2s".into());
+    let plan_text = plan.render();
     let plan = s.write_plan("plan.toml", &plan_text).expect("plan");
     let out = s
         .coordinator
@@ -407,5 +307,5 @@ fn a_wave_does_not_start_without_capacity_and_resume_carries_on_once_it_is_back(
     assert!(out.status.success(), "{}", output_text(&out));
     let out = s.coordinator.run(&["resume", &id]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_fleet_settled(&s, "v2");
+    assert_settled(&s, "v2");
 }

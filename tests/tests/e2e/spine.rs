@@ -7,45 +7,13 @@ use std::os::unix::fs::PermissionsExt;
 use handover_common::names::{HostName, Role};
 use handover_common::pki::{self, LeafSpec};
 use handover_common::proto::{FailureKind, Reply, Request, Response};
-use handover_tests::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
+use handover_tests::agents::{Coordinator, HostSpec, Pki, output_text};
+use handover_tests::config::AgentSections;
+use handover_tests::fleet::OneAgent;
 use handover_tests::rawquic;
 
-struct OneAgent {
-    _serial: handover_tests::fleet::SerialGuard,
-    dir: tempfile::TempDir,
-    pki: Pki,
-    agent: AgentProcess,
-    coordinator: Coordinator,
-}
-
 fn one_agent(ip: Ipv4Addr) -> OneAgent {
-    let serial = handover_tests::fleet::serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
-    let agent = AgentProcess::start(
-        dir.path(),
-        &pki,
-        AgentSpec {
-            name: "web-1",
-            ip,
-            extra: String::new(),
-        },
-    )
-    .expect("agent starts");
-    let coordinator = Coordinator::write(
-        &dir.path().join("ops"),
-        &pki,
-        "ops",
-        &[HostSpec::of(&agent, &["app"])],
-    )
-    .expect("coordinator config");
-    OneAgent {
-        _serial: serial,
-        dir,
-        pki,
-        agent,
-        coordinator,
-    }
+    OneAgent::start(ip, &AgentSections::default()).expect("agent and coordinator config")
 }
 
 fn assert_still_serves(f: &OneAgent) {
@@ -87,7 +55,8 @@ fn unreachable_hosts_are_listed_with_a_reason_and_the_others_still_print() {
         app: None,
         extra: String::new(),
     });
-    let c = Coordinator::write(&f.dir.path().join("ops2"), &f.pki, "ops2", &hosts).expect("config");
+    let c = Coordinator::write(&f.fleet.path().join("ops2"), &f.fleet.pki, "ops2", &hosts)
+        .expect("config");
     let (ok, json) = c.status_json(&[]).expect("status");
     assert!(!ok, "exit status must be 1 when a host failed");
     assert_eq!(json[0]["reachable"], true, "{json}");
@@ -104,12 +73,12 @@ fn unreachable_hosts_are_listed_with_a_reason_and_the_others_still_print() {
 #[test]
 fn a_coordinator_certificate_from_another_ca_is_refused() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 3));
-    let other = Pki::init(&f.dir.path().join("other-ca")).expect("second CA");
+    let other = Pki::init(&f.fleet.path().join("other-ca")).expect("second CA");
     let (cert, key) = other.issue("coordinator", "ops", &[]).expect("issue");
     // Trust our CA for the agent, but present a certificate from the other one.
     let c = Coordinator::write_with(
-        &f.dir.path().join("intruder"),
-        &f.pki.ca(),
+        &f.fleet.path().join("intruder"),
+        &f.fleet.pki.ca(),
         &cert,
         &key,
         &[HostSpec::of(&f.agent, &["app"])],
@@ -126,11 +95,11 @@ fn a_coordinator_certificate_from_another_ca_is_refused() {
 fn an_agent_certificate_cannot_act_as_coordinator() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 4));
     // The coordinator CLI refuses to use it at all...
-    let agent_cert = f.pki.dir.join("web-1.pem");
-    let agent_key = f.pki.dir.join("web-1.key");
+    let agent_cert = f.fleet.pki.dir.join("web-1.pem");
+    let agent_key = f.fleet.pki.dir.join("web-1.key");
     let c = Coordinator::write_with(
-        &f.dir.path().join("as-agent"),
-        &f.pki.ca(),
+        &f.fleet.path().join("as-agent"),
+        &f.fleet.pki.ca(),
         &agent_cert,
         &agent_key,
         &[HostSpec::of(&f.agent, &["app"])],
@@ -146,7 +115,7 @@ fn an_agent_certificate_cannot_act_as_coordinator() {
     // ...and the agent refuses it on the wire, even from a client that tries.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let refused = rt.block_on(async {
-        let config = rawquic::client_config(&f.pki.ca(), Some((&agent_cert, &agent_key)))?;
+        let config = rawquic::client_config(&f.fleet.pki.ca(), Some((&agent_cert, &agent_key)))?;
         let (_ep, conn) = rawquic::connect(config, f.agent.addr, "web-1").await?;
         rawquic::request(&conn, Request::Status).await
     });
@@ -162,7 +131,7 @@ fn a_client_without_a_certificate_is_closed_on_its_first_request() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 5));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let result = rt.block_on(async {
-        let config = rawquic::client_config(&f.pki.ca(), None)?;
+        let config = rawquic::client_config(&f.fleet.pki.ca(), None)?;
         // connect() may well succeed: TLS 1.3 refuses the client after its Finished.
         let (_ep, conn) = rawquic::connect(config, f.agent.addr, "web-1").await?;
         rawquic::request(&conn, Request::Status).await
@@ -179,8 +148,8 @@ fn an_agent_named_otherwise_than_the_inventory_is_refused() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 6));
     let mut host = HostSpec::of(&f.agent, &["app"]);
     host.name = "web-9".into();
-    let c =
-        Coordinator::write(&f.dir.path().join("ops-9"), &f.pki, "ops9", &[host]).expect("config");
+    let c = Coordinator::write(&f.fleet.path().join("ops-9"), &f.fleet.pki, "ops9", &[host])
+        .expect("config");
     let (ok, json) = c.status_json(&[]).expect("status");
     assert!(!ok);
     assert_eq!(json[0]["reachable"], false);
@@ -190,11 +159,11 @@ fn an_agent_named_otherwise_than_the_inventory_is_refused() {
     // A certificate for web-1 that also lists web-9 as a DNS name is still web-1.
     let mut spec = LeafSpec::new(Role::Agent, HostName::new("web-1").expect("name"), 1);
     spec.dns.push("web-9".into());
-    let ca_cert = std::fs::read_to_string(f.pki.ca()).expect("ca");
-    let ca_key = std::fs::read_to_string(f.pki.dir.join("ca.key")).expect("ca key");
+    let ca_cert = std::fs::read_to_string(f.fleet.pki.ca()).expect("ca");
+    let ca_key = std::fs::read_to_string(f.fleet.pki.dir.join("ca.key")).expect("ca key");
     let (cert, key) = pki::new_leaf(&ca_cert, &ca_key, &spec).expect("leaf");
-    std::fs::write(f.pki.dir.join("web-1.pem"), cert).expect("write");
-    pki::write_private(&f.pki.dir.join("web-1.key"), key.as_bytes()).expect("write");
+    std::fs::write(f.fleet.pki.dir.join("web-1.pem"), cert).expect("write");
+    pki::write_private(&f.fleet.pki.dir.join("web-1.key"), key.as_bytes()).expect("write");
     let mut agent = f.agent;
     agent.kill();
     agent.spawn().expect("restart with the new certificate");
@@ -208,8 +177,8 @@ fn an_agent_named_otherwise_than_the_inventory_is_refused() {
 #[test]
 fn expired_certificates_are_refused_on_both_sides() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 7));
-    let ca_cert = std::fs::read_to_string(f.pki.ca()).expect("ca");
-    let ca_key = std::fs::read_to_string(f.pki.dir.join("ca.key")).expect("ca key");
+    let ca_cert = std::fs::read_to_string(f.fleet.pki.ca()).expect("ca");
+    let ca_key = std::fs::read_to_string(f.fleet.pki.dir.join("ca.key")).expect("ca key");
     let past = |role, name: &str| {
         let mut spec = LeafSpec::new(role, HostName::new(name).expect("name"), 1);
         spec.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
@@ -218,13 +187,13 @@ fn expired_certificates_are_refused_on_both_sides() {
     };
     // An expired coordinator certificate.
     let (cert, key) = past(Role::Coordinator, "old-ops");
-    let dir = f.dir.path().join("expired");
+    let dir = f.fleet.path().join("expired");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("old-ops.pem"), cert).expect("write");
     pki::write_private(&dir.join("old-ops.key"), key.as_bytes()).expect("write");
     let c = Coordinator::write_with(
         &dir,
-        &f.pki.ca(),
+        &f.fleet.pki.ca(),
         &dir.join("old-ops.pem"),
         &dir.join("old-ops.key"),
         &[HostSpec::of(&f.agent, &["app"])],
@@ -236,8 +205,8 @@ fn expired_certificates_are_refused_on_both_sides() {
 
     // An expired agent certificate.
     let (cert, key) = past(Role::Agent, "web-1");
-    std::fs::write(f.pki.dir.join("web-1.pem"), cert).expect("write");
-    pki::write_private(&f.pki.dir.join("web-1.key"), key.as_bytes()).expect("write");
+    std::fs::write(f.fleet.pki.dir.join("web-1.pem"), cert).expect("write");
+    pki::write_private(&f.fleet.pki.dir.join("web-1.key"), key.as_bytes()).expect("write");
     let mut agent = f.agent;
     agent.kill();
     agent.spawn().expect("restart with the expired certificate");
@@ -250,13 +219,15 @@ fn expired_certificates_are_refused_on_both_sides() {
 #[test]
 fn malformed_frames_close_only_their_stream() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 8));
-    let coordinator_cert = f.pki.dir.join("ops.pem");
-    let coordinator_key = f.pki.dir.join("ops.key");
+    let coordinator_cert = f.fleet.pki.dir.join("ops.pem");
+    let coordinator_key = f.fleet.pki.dir.join("ops.key");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let config =
-            rawquic::client_config(&f.pki.ca(), Some((&coordinator_cert, &coordinator_key)))
-                .expect("client config");
+        let config = rawquic::client_config(
+            &f.fleet.pki.ca(),
+            Some((&coordinator_cert, &coordinator_key)),
+        )
+        .expect("client config");
         let (_ep, conn) = rawquic::connect(config, f.agent.addr, "web-1")
             .await
             .expect("connect");
@@ -316,9 +287,12 @@ fn malformed_frames_close_only_their_stream() {
 #[test]
 fn the_agent_refuses_to_start_with_another_hosts_certificate() {
     let f = one_agent(Ipv4Addr::new(127, 0, 1, 9));
-    f.pki.issue("agent", "web-2", &[]).expect("issue web-2");
+    f.fleet
+        .pki
+        .issue("agent", "web-2", &[])
+        .expect("issue web-2");
     let text = std::fs::read_to_string(&f.agent.config).expect("config");
-    let other = f.dir.path().join("web-2.toml");
+    let other = f.fleet.path().join("web-2.toml");
     std::fs::write(
         &other,
         text.replace("web-1.pem", "web-2.pem")
@@ -352,7 +326,7 @@ fn config_errors_name_the_file_and_the_fix() {
     };
     let base = std::fs::read_to_string(&f.agent.config).expect("config");
 
-    let unknown = f.dir.path().join("unknown-key.toml");
+    let unknown = f.fleet.path().join("unknown-key.toml");
     std::fs::write(&unknown, format!("{base}\nlisten_port = 9\n")).expect("write");
     let err = String::from_utf8_lossy(&run(&unknown).stderr).to_string();
     assert!(
@@ -360,20 +334,20 @@ fn config_errors_name_the_file_and_the_fix() {
         "{err}"
     );
 
-    let missing = f.dir.path().join("nope.toml");
+    let missing = f.fleet.path().join("nope.toml");
     let err = String::from_utf8_lossy(&run(&missing).stderr).to_string();
     assert!(
         err.contains("nope.toml") && err.contains("--config"),
         "{err}"
     );
 
-    let open_key = f.dir.path().join("open-key.toml");
-    let key_copy = f.dir.path().join("open.key");
-    std::fs::copy(f.pki.dir.join("web-1.key"), &key_copy).expect("copy");
+    let open_key = f.fleet.path().join("open-key.toml");
+    let key_copy = f.fleet.path().join("open.key");
+    std::fs::copy(f.fleet.pki.dir.join("web-1.key"), &key_copy).expect("copy");
     std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let key_line = format!(
         "key = {:?}",
-        f.pki.dir.join("web-1.key").display().to_string()
+        f.fleet.pki.dir.join("web-1.key").display().to_string()
     );
     let new_line = format!("key = {:?}", key_copy.display().to_string());
     std::fs::write(&open_key, base.replace(&key_line, &new_line)).expect("write");
@@ -383,9 +357,9 @@ fn config_errors_name_the_file_and_the_fix() {
         "{err}"
     );
 
-    let garbage_key = f.dir.path().join("garbage.key");
+    let garbage_key = f.fleet.path().join("garbage.key");
     pki::write_private(&garbage_key, b"not a key").expect("write");
-    let garbage = f.dir.path().join("garbage-key.toml");
+    let garbage = f.fleet.path().join("garbage-key.toml");
     let new_line = format!("key = {:?}", garbage_key.display().to_string());
     std::fs::write(&garbage, base.replace(&key_line, &new_line)).expect("write");
     let err = String::from_utf8_lossy(&run(&garbage).stderr).to_string();
@@ -396,20 +370,20 @@ fn config_errors_name_the_file_and_the_fix() {
 
     // `ca issue` refuses a CA key others can read, and writes nothing.
     std::fs::set_permissions(
-        f.pki.dir.join("ca.key"),
+        f.fleet.pki.dir.join("ca.key"),
         std::fs::Permissions::from_mode(0o640),
     )
     .expect("chmod");
     let out = std::process::Command::new(handover_tests::agents::bin("handover"))
         .args(["ca", "issue", "--dir"])
-        .arg(&f.pki.dir)
+        .arg(&f.fleet.pki.dir)
         .args(["--role", "agent", "--name", "web-3"])
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 600") && err.contains("ca.key"), "{err}");
-    assert!(!f.pki.dir.join("web-3.pem").exists());
+    assert!(!f.fleet.pki.dir.join("web-3.pem").exists());
 
     // The agent that was running throughout is untouched.
     assert_still_serves(&f);
