@@ -31,6 +31,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Give each host this long to answer, handshake retries included; a host
+        /// silent past it is reported unreachable (the others are not held back).
+        #[arg(long, default_value = "5s", value_parser = handover_common::duration::parse)]
+        timeout: std::time::Duration,
     },
     /// Attach app hosts to every load balancer (or those named) and wait until each reports them UP after a fresh health check.
     Attach {
@@ -323,7 +327,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::ca::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
+        Command::Status {
+            hosts,
+            json,
+            timeout,
+        } => cmd::status::run(&load()?, &hosts, json, timeout).await,
         Command::Deploy {
             hosts,
             repo,
