@@ -191,8 +191,8 @@ pub struct Fleet {
     pacer: std::sync::Mutex<dial::Pacer>,
     /// How long a host has to complete a handshake, retries included.
     connect_timeout: Duration,
-    /// How long a host has for a whole call, handshake included, when a command
-    /// bounds it (`status --timeout`).
+    /// The longest silence a host is allowed on a call, when a command bounds
+    /// it below the call's own deadline (`status --timeout`).
     host_deadline: Option<Duration>,
     /// How many agents to talk to at once.
     pub concurrency: usize,
@@ -254,8 +254,9 @@ impl Fleet {
         .context(cannot)
     }
 
-    /// Gives each host `limit` for each whole call, handshake and retries
-    /// included: a host silent past it is unreachable ([`FleetError::Deadline`]).
+    /// Gives each host `limit` to complete its handshake (retries included) and
+    /// `limit` to answer each call; time spent waiting behind other hosts is not
+    /// the host's, so it does not count.
     pub fn set_host_deadline(&mut self, limit: Duration) {
         self.connect_timeout = limit;
         self.host_deadline = Some(limit);
@@ -315,35 +316,59 @@ impl Fleet {
     }
 
     /// Handshakes with `host` at `addr`: paced, bounded in number, and tried
-    /// again after a loss (see [`dial`]) within the host's connect timeout.
+    /// again after a loss (see [`dial`]) within the host's connect timeout. The
+    /// host is charged for its handshakes and the pauses between them, never for
+    /// the time its handshake waited behind other hosts' (issue 14: at
+    /// concurrency 1,000 that queue alone made healthy agents "unreachable").
     async fn dial(
         &self,
         host: &HostEntry,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, FleetError> {
-        let began = Instant::now();
+        let mut spent = Duration::ZERO;
         let mut attempt = 0;
         loop {
-            let remaining = self.connect_timeout.saturating_sub(began.elapsed());
-            let limit = dial::attempt_limit(remaining, attempt);
+            let limit = dial::attempt_limit(self.connect_timeout.saturating_sub(spent), attempt);
             attempt += 1;
-            let (failure, error) = match self.handshake(host, addr, limit).await {
+            let permit = self.handshake_slot().await?;
+            let began = Instant::now();
+            let result = self.handshake(host, addr, limit).await;
+            drop(permit);
+            spent += began.elapsed();
+            let (failure, error) = match result {
                 Ok(conn) => return Ok(conn),
                 Err(failed) => failed,
             };
             match dial::retry_after(attempt, failure) {
-                Some(pause) if began.elapsed() + pause < self.connect_timeout => {
+                Some(pause) if spent + pause < self.connect_timeout => {
                     tokio::time::sleep(pause).await;
+                    spent += pause;
                 }
                 _ => {
                     return Err(error.unwrap_or(FleetError::Timeout {
                         address: addr,
-                        waited: began.elapsed(),
+                        waited: spent,
                         attempts: attempt,
                     }));
                 }
             }
         }
+    }
+
+    /// Waits for room among the handshakes in progress and for the pace.
+    async fn handshake_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, FleetError> {
+        let permit = self
+            .handshakes
+            .acquire()
+            .await
+            .map_err(|_| FleetError::Connection("the fleet is closing".into()))?;
+        let start = self
+            .pacer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .slot(Instant::now());
+        tokio::time::sleep_until(start.into()).await;
+        Ok(permit)
     }
 
     /// One handshake within `limit`; a failure says whether it is worth another
@@ -355,23 +380,6 @@ impl Fleet {
         limit: Duration,
     ) -> Result<quinn::Connection, (dial::DialFailure, Option<FleetError>)> {
         use dial::DialFailure::{Busy, Final, TimedOut};
-        let began = Instant::now();
-        let closing = || {
-            (
-                Final,
-                Some(FleetError::Connection("the fleet is closing".into())),
-            )
-        };
-        let _permit = tokio::time::timeout(limit, self.handshakes.acquire())
-            .await
-            .map_err(|_| (TimedOut, None))?
-            .map_err(|_| closing())?;
-        let start = self
-            .pacer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .slot(Instant::now());
-        tokio::time::sleep_until(start.into()).await;
         let connecting = self
             .endpoint
             .connect(addr, host.name.as_str())
@@ -379,8 +387,7 @@ impl Fleet {
                 let why = format!("cannot dial {}: {e}", host.name);
                 (Final, Some(FleetError::Connection(why)))
             })?;
-        let left = limit.saturating_sub(began.elapsed());
-        match tokio::time::timeout(left, connecting).await {
+        match tokio::time::timeout(limit, connecting).await {
             Err(_) => Err((TimedOut, None)),
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => {
@@ -403,19 +410,7 @@ impl Fleet {
             what,
             answer,
         } = call;
-        let reply = match self.host_deadline {
-            None => self.call(host, request, on_progress).await?,
-            Some(limit) => {
-                let doing = deadline::deadline(&request).doing;
-                tokio::time::timeout(limit, self.call(host, request, on_progress))
-                    .await
-                    .map_err(|_| FleetError::Deadline {
-                        host: host.name.clone(),
-                        doing,
-                        limit,
-                    })??
-            }
-        };
+        let reply = self.call(host, request, on_progress).await?;
         answer(reply).map_err(|other| FleetError::UnexpectedAnswer {
             host: host.name.clone(),
             what,
@@ -432,6 +427,7 @@ impl Fleet {
     ) -> Result<Reply, FleetError> {
         let conn = self.connection(host).await?;
         let deadline::Deadline { limit, doing } = deadline::deadline(&request);
+        let limit = self.host_deadline.map_or(limit, |bound| limit.min(bound));
         let late = || FleetError::Deadline {
             host: host.name.clone(),
             doing: doing.clone(),
@@ -524,22 +520,29 @@ impl Fleet {
     /// (so agents free the connection at once), not for QUIC's drain period
     /// (~3 round trips plus ack delays: 95 ms on loopback, issue 14).
     pub async fn close(&self) {
-        self.endpoint.close(0u32.into(), b"done");
-        let open: Vec<quinn::Connection> = {
+        let open: Vec<(quinn::Connection, u64)> = {
             let map = self
                 .connections
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             map.values()
                 .filter_map(|slot| slot.try_lock().ok()?.clone())
+                .filter(|c| c.close_reason().is_none())
+                .map(|c| {
+                    let sent = c.stats().udp_tx.datagrams;
+                    (c, sent)
+                })
                 .collect()
         };
-        let sent = || {
+        self.endpoint.close(0u32.into(), b"done");
+        // A closed connection sends nothing but its CONNECTION_CLOSE, so one more
+        // datagram sent means the agent has been told.
+        let told = || {
             open.iter()
-                .all(|c| c.stats().frame_tx.connection_close > 0 || is_gone(c))
+                .all(|(c, before)| c.stats().udp_tx.datagrams > *before)
         };
         let _ = tokio::time::timeout(CLOSE_SEND, async {
-            while !sent() {
+            while !told() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
@@ -550,14 +553,6 @@ impl Fleet {
 /// The longest wait for close frames to leave (a loaded runtime may take a few
 /// milliseconds to run every connection's driver once).
 const CLOSE_SEND: Duration = Duration::from_millis(200);
-
-/// Whether the peer closed `conn` first or it timed out (nothing to send then).
-fn is_gone(conn: &quinn::Connection) -> bool {
-    !matches!(
-        conn.close_reason(),
-        None | Some(quinn::ConnectionError::LocallyClosed)
-    )
-}
 
 /// Whether the agent refused the handshake for lack of room (it says so with
 /// QUIC's CONNECTION_REFUSED): worth trying again shortly.

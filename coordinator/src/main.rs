@@ -31,8 +31,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Give each host this long to answer, handshake retries included; a host
-        /// silent past it is reported unreachable (the others are not held back).
+        /// Give each host this long to complete its handshake (retries included) and
+        /// this long to answer; a host silent past it is reported unreachable, and
+        /// never holds back the others' rows.
         #[arg(long, default_value = "5s", value_parser = handover_common::duration::parse)]
         timeout: std::time::Duration,
     },

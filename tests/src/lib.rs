@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod apache;
+pub mod fanout;
 pub mod fleet;
 pub mod flood;
 pub mod git;
