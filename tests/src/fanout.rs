@@ -89,7 +89,7 @@ impl SwarmFiles {
         })
     }
 
-    /// A coordinator config in `dir` for these agents (and `extra` hosts) that
+    /// A coordinator config in `dir` for `extra` hosts then these agents, that
     /// talks to `concurrency` agents at once.
     pub fn coordinator(
         &self,
@@ -98,8 +98,8 @@ impl SwarmFiles {
         extra: &[HostSpec],
     ) -> anyhow::Result<Coordinator> {
         let (ca, cert, key) = &self.coordinator_creds;
-        let mut hosts = self.hosts.clone();
-        hosts.extend_from_slice(extra);
+        let mut hosts = extra.to_vec();
+        hosts.extend_from_slice(&self.hosts);
         let coordinator = Coordinator::write_with(dir, ca, cert, key, &hosts)?;
         // Top-level keys must come before the first [[hosts]] table.
         let text = std::fs::read_to_string(&coordinator.config)?;

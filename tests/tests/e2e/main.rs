@@ -4,6 +4,7 @@
 mod dayone;
 mod deploy;
 mod drain;
+mod fanout;
 mod faults;
 mod lb;
 mod lbdrain;
