@@ -82,7 +82,47 @@ fn main() -> anyhow::Result<()> {
             }
             print_row(count, config.concurrency.get(), &cold, &warm, &close);
         }
+        cli_runs(&coordinator.config, count, runs)?;
     }
+    Ok(())
+}
+
+/// `handover status --json` as a user runs it (a new process each time: cold),
+/// at concurrency = every agent; skipped when the binary is not built.
+fn cli_runs(config: &std::path::Path, count: usize, runs: usize) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let Some(handover) = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("handover"))
+        .filter(|p| p.exists())
+    else {
+        println!("(handover binary not built in this profile: `cargo build -p handover` to time the command too)");
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(config)?;
+    let all = config.with_file_name("handover-all.toml");
+    std::fs::write(&all, text.replacen("concurrency = 32", &format!("concurrency = {count}"), 1))?;
+    let (mut walls, mut unreachable) = (Vec::new(), 0);
+    for _ in 0..runs {
+        let began = Instant::now();
+        let out = std::process::Command::new(&handover)
+            .arg("--config")
+            .arg(&all)
+            .args(["status", "--json"])
+            .output()?;
+        walls.push(began.elapsed());
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let down = json
+            .as_array()
+            .map_or(count, |a| a.iter().filter(|h| h["reachable"] != true).count());
+        unreachable = unreachable.max(down);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "{count:>6} {count:>6} {runs:>5}  `handover status` (process, cold): {:.1} ms, {unreachable} unreachable",
+        median(walls.into_iter()).as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 
