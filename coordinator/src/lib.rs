@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub(crate) mod advice;
 pub mod cmd;
 pub mod config;
 pub mod drain_wait;

@@ -253,6 +253,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Print where its time went instead: per wave, each step's time split into
+        /// the waits the plan asked for, sessions ending and Handover's own time.
+        #[arg(long)]
+        timings: bool,
     },
 }
 
@@ -458,7 +462,12 @@ async fn run_rollout(
             break_lease,
         } => cmd::rollout::rollback(load()?, rollout.as_deref(), yes, json, break_lease).await,
         Command::History { json } => cmd::rollout::history(&load()?, json),
-        Command::Show { rollout, json } => cmd::rollout::show(&load()?, &rollout, json),
+        Command::Show {
+            rollout,
+            json,
+            timings: true,
+        } => cmd::rollout::show_timings(&load()?, &rollout, json),
+        Command::Show { rollout, json, .. } => cmd::rollout::show(&load()?, &rollout, json),
         // `run` routes every other command here.
         _ => anyhow::bail!("internal error: not a rollout command"),
     }

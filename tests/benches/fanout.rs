@@ -97,12 +97,17 @@ fn cli_runs(config: &std::path::Path, count: usize, runs: usize) -> anyhow::Resu
         .map(|dir| dir.join("handover"))
         .filter(|p| p.exists())
     else {
-        println!("(handover binary not built in this profile: `cargo build -p handover` to time the command too)");
+        println!(
+            "(handover binary not built in this profile: `cargo build -p handover` to time the command too)"
+        );
         return Ok(());
     };
     let text = std::fs::read_to_string(config)?;
     let all = config.with_file_name("handover-all.toml");
-    std::fs::write(&all, text.replacen("concurrency = 32", &format!("concurrency = {count}"), 1))?;
+    std::fs::write(
+        &all,
+        text.replacen("concurrency = 32", &format!("concurrency = {count}"), 1),
+    )?;
     let (mut walls, mut unreachable) = (Vec::new(), 0);
     for _ in 0..runs {
         let began = Instant::now();
@@ -113,9 +118,9 @@ fn cli_runs(config: &std::path::Path, count: usize, runs: usize) -> anyhow::Resu
             .output()?;
         walls.push(began.elapsed());
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let down = json
-            .as_array()
-            .map_or(count, |a| a.iter().filter(|h| h["reachable"] != true).count());
+        let down = json.as_array().map_or(count, |a| {
+            a.iter().filter(|h| h["reachable"] != true).count()
+        });
         unreachable = unreachable.max(down);
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -26,4 +26,5 @@ pub(crate) mod fake;
 pub mod lease;
 pub mod ops;
 pub mod steps;
+pub mod timings;
 pub mod ui;
