@@ -77,3 +77,49 @@ fn a_silent_host_is_reported_last_and_hides_none_of_the_others() {
     assert!(text.contains("error: silent: no answer from"), "{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
 }
+
+/// Issue 14: `handover rollout` ends with where its time went, one block per
+/// wave, and `handover show ID --timings` prints the same summary from the
+/// journal. Structure only: the figures themselves are never asserted.
+#[test]
+fn a_rollout_ends_with_its_timing_summary_and_show_prints_it_again() {
+    use handover_tests::scenario::{Scenario, ScenarioOptions};
+    let s = Scenario::start(ScenarioOptions::default()).expect("fleet starts");
+    let plan = s
+        .write_plan("plan.toml", &s.in_place_plan("v2", 1, 2))
+        .expect("plan");
+    let out = s
+        .coordinator
+        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let blocks = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("timings: ") || l.starts_with("wave "))
+            .map(|l| l.split(':').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let expected = ["timings", "wave 1", "wave 2", "wave 3"];
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Reported, not asserted.
+    let summary = stdout.find("timings: ").map_or("", |at| &stdout[at..]);
+    eprintln!("measured:\n{summary}");
+    assert_eq!(blocks(&stdout), expected, "{text}");
+    // Each wave lists its steps, the drain wait among them.
+    assert!(
+        stdout.lines().filter(|l| l.contains(" sessions ")).count() >= 3,
+        "{text}"
+    );
+
+    let history = s.coordinator.run(&["history", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history");
+    let id = history[0]["id"].as_str().expect("a rollout id");
+    let shown = s.coordinator.run(&["show", id, "--timings"]);
+    assert!(shown.status.success(), "{}", output_text(&shown));
+    assert_eq!(
+        blocks(&String::from_utf8_lossy(&shown.stdout)),
+        expected,
+        "{}",
+        output_text(&shown)
+    );
+}
