@@ -217,30 +217,9 @@ fn list(var: &str, default: &str) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-/// Cores, memory and CPU model, so a figure can be read against its machine.
+/// The machine, and how to read the columns.
 fn print_machine() {
-    let cores = std::thread::available_parallelism().map_or(0, NonZeroUsize::get);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "?".into());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "machine: {cores} cores ({model}), {} MiB memory, load {}",
-        mem_kib / 1024,
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    println!("{}", handover_tests::fanout::machine());
     println!(
         "per-agent CPU is the median run's CPU time divided by the agents asked; unrch = the most unreachable in any run"
     );
