@@ -168,7 +168,7 @@ pub fn render(timings: &[StepTiming]) -> String {
             secs(sum.sessions),
             secs(sum.own)
         ));
-        steps.sort_by(|a, b| b.split.took.cmp(&a.split.took));
+        steps.sort_by_key(|t| std::cmp::Reverse(t.split.took));
         for t in steps {
             let s = t.split;
             out.push_str(&format!(
