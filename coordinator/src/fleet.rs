@@ -179,7 +179,17 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
 
 /// One host's connection, behind its own lock so that two calls to the same host
 /// at once share one handshake instead of dialling twice.
-type Slot = Arc<Mutex<Option<quinn::Connection>>>;
+type Slot = Arc<Mutex<SlotState>>;
+
+/// What the last dial of one host gave.
+#[derive(Default)]
+struct SlotState {
+    /// The connection, while it lives.
+    conn: Option<quinn::Connection>,
+    /// When the last dial failed, and why: calls that waited for that dial share
+    /// its failure rather than each spending the connect timeout again in turn.
+    failed: Option<(Instant, String)>,
+}
 
 /// Connections to the agents of one inventory.
 pub struct Fleet {
@@ -303,16 +313,32 @@ impl Fleet {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(map.entry(host.name.clone()).or_default())
         };
+        let asked = Instant::now();
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref()
+        if let Some(conn) = slot.conn.as_ref()
             && conn.close_reason().is_none()
         {
             return Ok(conn.clone());
         }
+        if let Some((at, why)) = &slot.failed
+            && *at >= asked
+        {
+            return Err(FleetError::Connection(why.clone()));
+        }
         let addr = Self::resolve(host).await?;
-        let conn = self.dial(host, addr).await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        match self.dial(host, addr).await {
+            Ok(conn) => {
+                *slot = SlotState {
+                    conn: Some(conn.clone()),
+                    failed: None,
+                };
+                Ok(conn)
+            }
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     /// Handshakes with `host` at `addr`: paced, bounded in number, and tried
@@ -526,7 +552,7 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             map.values()
-                .filter_map(|slot| slot.try_lock().ok()?.clone())
+                .filter_map(|slot| slot.try_lock().ok()?.conn.clone())
                 .filter(|c| c.close_reason().is_none())
                 .map(|c| {
                     let sent = c.stats().udp_tx.datagrams;
