@@ -9,9 +9,12 @@
 //! Not a pass/fail test: it prints the figures. Run:
 //!
 //! ```sh
-//! cargo bench -p handover-tests --bench fanout --profile dev
-//! FANOUT_AGENTS=10000 FANOUT_RUNS=3 cargo bench -p handover-tests --bench fanout --profile dev
+//! cargo build --release -p handover   # to time the `handover status` process too
+//! cargo bench -p handover-tests --bench fanout
+//! FANOUT_AGENTS=10000 FANOUT_RUNS=1 FANOUT_CONCURRENCY=1000 cargo bench -p handover-tests --bench fanout
 //! ```
+//!
+//! (`--profile dev`, with `cargo build -p handover`, runs the debug build.)
 //!
 //! `FANOUT_AGENTS` (default `10,100,1000`), `FANOUT_CONCURRENCY` (default
 //! `32,all`: the config's default, then every agent at once) and `FANOUT_RUNS`
