@@ -3,25 +3,34 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::Stream;
 use futures::StreamExt;
 use handover_common::names::{HostName, Role};
 use handover_common::proto::{Failure, Progress, Reply, Request, RequestFrame, Response};
 use handover_common::tls::{self, CredentialFiles, Credentials};
 use handover_common::wire::{self, WireError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{CoordinatorConfig, HostEntry};
 
 pub mod calls;
 pub mod deadline;
+pub mod dial;
+pub mod socket;
 
 pub use calls::Call;
 
-/// How long to wait for an agent to complete the handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an agent has to complete the handshake, retries included, unless a
+/// command says otherwise (`status --timeout`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether this process has already said its receive buffer was capped.
+static CAPPED_SAID: AtomicBool = AtomicBool::new(false);
 
 /// Why a call to an agent failed. The text is what `status` shows as the reason.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +44,17 @@ pub enum FleetError {
         why: String,
     },
     /// Nothing answered.
-    #[error("no answer from {address} within {}s: is handover-agent running there and UDP reachable?", CONNECT_TIMEOUT.as_secs())]
+    #[error(
+        "no answer from {address} within {} ({attempts} handshakes tried): is handover-agent running there and UDP reachable?",
+        handover_common::duration::format(*waited)
+    )]
     Timeout {
         /// The address dialled.
         address: SocketAddr,
+        /// How long the attempts took together.
+        waited: Duration,
+        /// How many handshakes were started.
+        attempts: u32,
     },
     /// The handshake or the connection failed; the text says which side refused.
     #[error("{0}")]
@@ -161,10 +177,33 @@ fn describe(host: &HostName, err: &quinn::ConnectionError) -> String {
     }
 }
 
+/// One host's connection, behind its own lock so that two calls to the same host
+/// at once share one handshake instead of dialling twice.
+type Slot = Arc<Mutex<SlotState>>;
+
+/// What the last dial of one host gave.
+#[derive(Default)]
+struct SlotState {
+    /// The connection, while it lives.
+    conn: Option<quinn::Connection>,
+    /// When the last dial failed, and why: calls that waited for that dial share
+    /// its failure rather than each spending the connect timeout again in turn.
+    failed: Option<(Instant, String)>,
+}
+
 /// Connections to the agents of one inventory.
 pub struct Fleet {
     endpoint: quinn::Endpoint,
-    connections: Mutex<HashMap<HostName, quinn::Connection>>,
+    connections: std::sync::Mutex<HashMap<HostName, Slot>>,
+    /// Handshakes in progress at once ([`dial::MAX_HANDSHAKES`]).
+    handshakes: Semaphore,
+    /// When the next handshake may start.
+    pacer: std::sync::Mutex<dial::Pacer>,
+    /// How long a host has to complete a handshake, retries included.
+    connect_timeout: Duration,
+    /// The longest silence a host is allowed on a call, when a command bounds
+    /// it below the call's own deadline (`status --timeout`).
+    host_deadline: Option<Duration>,
     /// How many agents to talk to at once.
     pub concurrency: usize,
     /// Who this coordinator is (its certificate), for lease owners and logs.
@@ -190,16 +229,47 @@ impl Fleet {
         )?;
         let identity = creds.identity.clone();
         let client = tls::coordinator_client_config(creds)?;
-        let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
-            .context("cannot open a UDP socket for QUIC")?;
+        let mut endpoint = Self::endpoint()?;
         endpoint.set_default_client_config(client);
         Ok(Fleet {
             endpoint,
-            connections: Mutex::new(HashMap::new()),
+            connections: std::sync::Mutex::new(HashMap::new()),
+            handshakes: Semaphore::new(dial::MAX_HANDSHAKES),
+            pacer: std::sync::Mutex::new(dial::Pacer::new(dial::HANDSHAKE_SPACING)),
+            connect_timeout: CONNECT_TIMEOUT,
+            host_deadline: None,
             concurrency: config.concurrency.get(),
             identity,
             rollout: None,
         })
+    }
+
+    /// A client endpoint on a socket with a large receive buffer; says once per
+    /// process when the OS capped it.
+    fn endpoint() -> anyhow::Result<quinn::Endpoint> {
+        let cannot = "cannot open a UDP socket for QUIC";
+        let bound = socket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).context(cannot)?;
+        if let Some(warning) = bound.capped
+            && !CAPPED_SAID.swap(true, Ordering::Relaxed)
+        {
+            eprintln!("handover: warning: {warning}");
+        }
+        let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            bound.socket,
+            runtime,
+        )
+        .context(cannot)
+    }
+
+    /// Gives each host `limit` to complete its handshake (retries included) and
+    /// `limit` to answer each call; time spent waiting behind other hosts is not
+    /// the host's, so it does not count.
+    pub fn set_host_deadline(&mut self, limit: Duration) {
+        self.connect_timeout = limit;
+        self.host_deadline = Some(limit);
     }
 
     async fn resolve(host: &HostEntry) -> Result<SocketAddr, FleetError> {
@@ -233,28 +303,124 @@ impl Fleet {
         self.rollout = rollout;
     }
 
-    /// The connection to `host`, dialling it if there is none alive.
+    /// The connection to `host`, dialling it if there is none alive. Calls to
+    /// the same host wait for one handshake rather than each starting its own.
     pub async fn connection(&self, host: &HostEntry) -> Result<quinn::Connection, FleetError> {
-        if let Some(conn) = self.connections.lock().await.get(&host.name)
+        let slot = {
+            let mut map = self
+                .connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(host.name.clone()).or_default())
+        };
+        let asked = Instant::now();
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.conn.as_ref()
             && conn.close_reason().is_none()
         {
             return Ok(conn.clone());
         }
+        if let Some((at, why)) = &slot.failed
+            && *at >= asked
+        {
+            return Err(FleetError::Connection(why.clone()));
+        }
         let addr = Self::resolve(host).await?;
+        match self.dial(host, addr).await {
+            Ok(conn) => {
+                *slot = SlotState {
+                    conn: Some(conn.clone()),
+                    failed: None,
+                };
+                Ok(conn)
+            }
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Handshakes with `host` at `addr`: paced, bounded in number, and tried
+    /// again after a loss (see [`dial`]) within the host's connect timeout. The
+    /// host is charged for its handshakes and the pauses between them, never for
+    /// the time its handshake waited behind other hosts' (issue 14: at
+    /// concurrency 1,000 that queue alone made healthy agents "unreachable").
+    async fn dial(
+        &self,
+        host: &HostEntry,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, FleetError> {
+        let mut spent = Duration::ZERO;
+        let mut attempt = 0;
+        loop {
+            let limit = dial::attempt_limit(self.connect_timeout.saturating_sub(spent), attempt);
+            attempt += 1;
+            let permit = self.handshake_slot().await?;
+            let began = Instant::now();
+            let result = self.handshake(host, addr, limit).await;
+            drop(permit);
+            spent += began.elapsed();
+            let (failure, error) = match result {
+                Ok(conn) => return Ok(conn),
+                Err(failed) => failed,
+            };
+            match dial::retry_after(attempt, failure) {
+                Some(pause) if spent + pause < self.connect_timeout => {
+                    tokio::time::sleep(pause).await;
+                    spent += pause;
+                }
+                _ => {
+                    return Err(error.unwrap_or(FleetError::Timeout {
+                        address: addr,
+                        waited: spent,
+                        attempts: attempt,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Waits for room among the handshakes in progress and for the pace.
+    async fn handshake_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, FleetError> {
+        let permit = self
+            .handshakes
+            .acquire()
+            .await
+            .map_err(|_| FleetError::Connection("the fleet is closing".into()))?;
+        let start = self
+            .pacer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .slot(Instant::now());
+        tokio::time::sleep_until(start.into()).await;
+        Ok(permit)
+    }
+
+    /// One handshake within `limit`; a failure says whether it is worth another
+    /// try, and why (no error: it timed out).
+    async fn handshake(
+        &self,
+        host: &HostEntry,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Result<quinn::Connection, (dial::DialFailure, Option<FleetError>)> {
+        use dial::DialFailure::{Busy, Final, TimedOut};
         let connecting = self
             .endpoint
             .connect(addr, host.name.as_str())
-            .map_err(|e| FleetError::Connection(format!("cannot dial {}: {e}", host.name)))?;
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Err(_) => return Err(FleetError::Timeout { address: addr }),
-            Ok(Err(e)) => return Err(FleetError::Connection(describe(&host.name, &e))),
-            Ok(Ok(conn)) => conn,
-        };
-        self.connections
-            .lock()
-            .await
-            .insert(host.name.clone(), conn.clone());
-        Ok(conn)
+            .map_err(|e| {
+                let why = format!("cannot dial {}: {e}", host.name);
+                (Final, Some(FleetError::Connection(why)))
+            })?;
+        match tokio::time::timeout(limit, connecting).await {
+            Err(_) => Err((TimedOut, None)),
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => {
+                let why = Some(FleetError::Connection(describe(&host.name, &e)));
+                Err((if is_busy(&e) { Busy } else { Final }, why))
+            }
+        }
     }
 
     /// Sends `call` to `host`, passes progress to `on_progress`, returns the answer
@@ -287,6 +453,7 @@ impl Fleet {
     ) -> Result<Reply, FleetError> {
         let conn = self.connection(host).await?;
         let deadline::Deadline { limit, doing } = deadline::deadline(&request);
+        let limit = self.host_deadline.map_or(limit, |bound| limit.min(bound));
         let late = || FleetError::Deadline {
             host: host.name.clone(),
             doing: doing.clone(),
@@ -349,23 +516,75 @@ impl Fleet {
     where
         F: Fn(&HostEntry) -> Call<A>,
     {
-        let calls = hosts.iter().enumerate().map(|(i, host)| {
-            let call = make(host);
-            async move { (i, host.clone(), self.ask(host, call, |_| {}).await) }
-        });
-        let mut results: Vec<_> = futures::stream::iter(calls)
-            .buffer_unordered(self.concurrency)
+        let mut results: Vec<_> = self.ask_each_as_answered(hosts, make).collect().await;
+        results.sort_by_key(|(i, _)| *i);
+        results
+            .into_iter()
+            .map(|(i, r)| (hosts[i].clone(), r))
             .collect()
-            .await;
-        results.sort_by_key(|(i, _, _)| *i);
-        results.into_iter().map(|(_, h, r)| (h, r)).collect()
     }
 
-    /// Closes every connection politely.
-    pub async fn close(&self) {
-        self.endpoint.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    /// Like [`Fleet::ask_each`], but each result comes as soon as its host has
+    /// answered (with the host's index in `hosts`): a slow host never holds back
+    /// the others.
+    pub fn ask_each_as_answered<'a, A: 'a, F>(
+        &'a self,
+        hosts: &'a [HostEntry],
+        make: F,
+    ) -> impl Stream<Item = (usize, Result<A, FleetError>)> + 'a
+    where
+        F: Fn(&HostEntry) -> Call<A> + 'a,
+    {
+        let calls = hosts.iter().enumerate().map(move |(i, host)| {
+            let call = make(host);
+            async move { (i, self.ask(host, call, |_| {}).await) }
+        });
+        futures::stream::iter(calls).buffer_unordered(self.concurrency)
     }
+
+    /// Closes every connection, and waits only until each has sent its close
+    /// (so agents free the connection at once), not for QUIC's drain period
+    /// (~3 round trips plus ack delays: 95 ms on loopback, issue 14).
+    pub async fn close(&self) {
+        let open: Vec<(quinn::Connection, u64)> = {
+            let map = self
+                .connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.values()
+                .filter_map(|slot| slot.try_lock().ok()?.conn.clone())
+                .filter(|c| c.close_reason().is_none())
+                .map(|c| {
+                    let sent = c.stats().udp_tx.datagrams;
+                    (c, sent)
+                })
+                .collect()
+        };
+        self.endpoint.close(0u32.into(), b"done");
+        // A closed connection sends nothing but its CONNECTION_CLOSE, so one more
+        // datagram sent means the agent has been told.
+        let told = || {
+            open.iter()
+                .all(|(c, before)| c.stats().udp_tx.datagrams > *before)
+        };
+        let _ = tokio::time::timeout(CLOSE_SEND, async {
+            while !told() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The longest wait for close frames to leave (a loaded runtime may take a few
+/// milliseconds to run every connection's driver once).
+const CLOSE_SEND: Duration = Duration::from_millis(200);
+
+/// Whether the agent refused the handshake for lack of room (it says so with
+/// QUIC's CONNECTION_REFUSED): worth trying again shortly.
+fn is_busy(err: &quinn::ConnectionError) -> bool {
+    matches!(err, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
 }
 
 #[cfg(test)]

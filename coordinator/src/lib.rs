@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub(crate) mod advice;
 pub mod cmd;
 pub mod config;
 pub(crate) mod drain_wait;
-pub(crate) mod fleet;
+/// Public for the fan-out benchmark (tests/benches/fanout.rs), which dials agents as
+/// `handover status` does.
+pub mod fleet;
 pub(crate) mod gate;
 pub(crate) mod inputs;
 pub(crate) mod journal;

@@ -31,6 +31,11 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Give each host this long to complete its handshake (retries included) and
+        /// this long to answer; a host silent past it is reported unreachable, and
+        /// never holds back the others' rows.
+        #[arg(long, default_value = "5s", value_parser = handover_common::duration::parse)]
+        timeout: std::time::Duration,
     },
     /// Attach app hosts to every load balancer (or those named) and wait until each reports them UP after a fresh health check.
     Attach {
@@ -256,6 +261,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Print where its time went instead: per wave, each step's time split into
+        /// the waits the plan asked for, sessions ending and Handover's own time.
+        #[arg(long)]
+        timings: bool,
     },
     /// Deployment inputs, versioned: set, show, history, diff, export/import CSV, revert.
     #[command(subcommand)]
@@ -340,7 +349,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::ca::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
+        Command::Status {
+            hosts,
+            json,
+            timeout,
+        } => cmd::status::run(&load()?, &hosts, json, timeout).await,
         Command::Deploy {
             hosts,
             repo,
@@ -476,7 +489,12 @@ async fn run_rollout(
             break_lease,
         } => cmd::rollout::rollback(load()?, rollout.as_deref(), yes, json, break_lease).await,
         Command::History { json } => cmd::rollout::history(&load()?, json),
-        Command::Show { rollout, json } => cmd::rollout::show(&load()?, &rollout, json),
+        Command::Show {
+            rollout,
+            json,
+            timings: true,
+        } => cmd::rollout::show_timings(&load()?, &rollout, json),
+        Command::Show { rollout, json, .. } => cmd::rollout::show(&load()?, &rollout, json),
         // `run` routes every other command here.
         _ => anyhow::bail!("internal error: not a rollout command"),
     }

@@ -29,19 +29,28 @@ impl Table {
         }
         let mut out = String::new();
         for row in &self.rows {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                if i + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
+            out.push_str(&padded_line(row, &widths));
         }
         out
     }
+}
+
+/// One table line: each cell padded to its column's width (a longer cell pushes
+/// the rest right), two spaces apart, the last cell not padded. For tables
+/// printed a row at a time, whose widths are chosen before the rows exist.
+pub fn padded_line(row: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (i, cell) in row.iter().enumerate() {
+        if i + 1 == row.len() {
+            line.push_str(cell);
+        } else {
+            let w = widths.get(i).copied().unwrap_or(0);
+            line.push_str(&format!("{cell:<w$}  "));
+        }
+    }
+    let mut line = line.trim_end().to_string();
+    line.push('\n');
+    line
 }
 
 /// "3d 4h", "12m 5s" — coarse, for tables.

@@ -20,6 +20,7 @@ use handover_tests::fleet::hold_connection;
 const ROUNDS: usize = 7;
 
 fn main() -> anyhow::Result<()> {
+    println!("{}", handover_tests::fanout::machine());
     let host = OneHost::start(Ipv4Addr::new(127, 0, 1, 40))?;
     let (apache, coordinator) = (&host.apache, &host.coordinator);
 

@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod apache;
 pub mod config;
+pub mod fanout;
 pub mod fleet;
 pub mod flood;
 pub mod git;

@@ -28,6 +28,9 @@ pub async fn plan(
 ) -> anyhow::Result<ExitCode> {
     let config = &crate::provider::standby::current(config.clone())?;
     let plan = Plan::load(path, config)?;
+    for warning in crate::advice::plan_warnings(&plan) {
+        eprintln!("warning: {warning}");
+    }
     let resolved = if offline {
         None
     } else {
@@ -229,6 +232,7 @@ pub async fn rollout(
         }
     }
     let state_dir = config.state_dir.clone();
+    let for_timings = config.clone();
     let engine = Engine::new_rollout(config, path, text, plan, json)?;
     let lock = new_lock_in(&state_dir, engine.id())?;
     let takeover = if break_lease {
@@ -237,7 +241,12 @@ pub async fn rollout(
         Takeover::Refuse
     };
     let leased = take(engine, lock, takeover, json).await?;
-    Ok(exit_for(leased.run().await?))
+    let id = leased.id().to_owned();
+    let state = leased.run().await?;
+    if !json {
+        print_timings(&for_timings, &id)?;
+    }
+    Ok(exit_for(state))
 }
 
 /// `handover resume [ROLLOUT] [--takeover | --break-lease]`.
@@ -274,9 +283,15 @@ pub async fn resume(
     {
         resolve_plan_revision(&config, &plan).await?;
     }
+    let for_timings = config.clone();
     let engine = Engine::resume(config, record, json)?;
     let leased = take(engine, lock, takeover, json).await?;
-    Ok(exit_for(leased.run().await?))
+    let id = leased.id().to_owned();
+    let state = leased.run().await?;
+    if !json {
+        print_timings(&for_timings, &id)?;
+    }
+    Ok(exit_for(state))
 }
 
 /// `resume --migrated`: the operator checked that the surge rollout's migration,
@@ -516,6 +531,43 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
         ]);
     }
     print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The timing summary of rollout `id` (after `rollout` and `resume`).
+fn print_timings(config: &CoordinatorConfig, id: &str) -> anyhow::Result<()> {
+    let journal = Journal::new(&config.state_dir);
+    let record = journal.find(Some(id))?;
+    print!("{}", timings_of(config, &journal, &record)?);
+    Ok(())
+}
+
+fn timings_of(
+    config: &CoordinatorConfig,
+    journal: &Journal,
+    record: &RolloutRecord,
+) -> anyhow::Result<String> {
+    let steps = journal.steps(&record.id)?;
+    // The plan as journaled with the rollout (the file may have changed since).
+    let plan = Plan::parse(&record.plan_text, config).with_context(|| {
+        format!(
+            "the plan journaled with {} no longer fits this inventory, so its waves cannot be told apart",
+            record.id
+        )
+    })?;
+    let timings = crate::rollout::timings::timings(&plan, &steps);
+    Ok(crate::rollout::timings::render(&timings))
+}
+
+/// `handover show ROLLOUT --timings`: where the rollout's time went.
+pub fn show_timings(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !json,
+        "--timings prints text; for the raw times use `handover show {id} --json` (each step's started_ms and ended_ms)"
+    );
+    let journal = Journal::new(&config.state_dir);
+    let record = journal.find(Some(id))?;
+    print!("{}", timings_of(config, &journal, &record)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -30,4 +30,5 @@ pub mod surge;
 #[cfg(test)]
 pub(crate) mod surge_fake;
 pub mod surge_ops;
+pub mod timings;
 pub mod ui;
