@@ -15,6 +15,9 @@ packages=(
   ca-certificates
   dpkg-dev
   man-db
+  etcd-server
+  etcd-client
+  protobuf-compiler
 )
 missing=()
 for p in "${packages[@]}"; do

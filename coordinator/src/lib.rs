@@ -15,3 +15,4 @@ pub(crate) mod output;
 /// Public for the plan fuzz target (common/fuzz), which parses plans as `handover plan` does.
 pub mod plan;
 pub(crate) mod rollout;
+pub mod state;

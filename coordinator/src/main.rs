@@ -249,6 +249,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move the journal between stores: export it as JSON lines, import an export.
+    #[command(subcommand)]
+    Journal(cmd::journal::JournalCommand),
 }
 
 /// The README, whose config reference the section-5 man pages are made from.
@@ -324,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { hosts, json } => cmd::status::run(&load()?, &hosts, json).await,
+        Command::Journal(command) => cmd::journal::run(&load()?, command).await,
         Command::Deploy {
             hosts,
             repo,

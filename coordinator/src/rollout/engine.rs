@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::facts::Facts;
-use super::lease::{Leases, Process, RolloutLock, Takeover};
+use super::lease::{Leases, Process, Takeover};
 use super::ops::{self, Actions, Done, Live};
 use super::steps::{self, Action, Phase};
 use super::ui::{Event, Ui};
@@ -21,6 +21,7 @@ use crate::journal::{
     FORMAT, Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, now_ms,
 };
 use crate::plan::Plan;
+use crate::state::DeployLock;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
 pub struct Engine {
@@ -43,7 +44,7 @@ struct Runner {
 pub struct Leased {
     engine: Engine,
     leases: Leases,
-    _lock: RolloutLock,
+    lock: DeployLock,
 }
 
 impl Engine {
@@ -72,7 +73,7 @@ impl Engine {
             fleet,
             process,
             runner: Runner {
-                journal: Journal::new(&config.state_dir),
+                journal: Journal::open(&config)?,
                 plan,
                 record,
                 ui,
@@ -174,7 +175,7 @@ impl Engine {
     /// rollout leaves no trace. `notice` hears how another holder was dealt with.
     pub async fn take(
         self,
-        lock: RolloutLock,
+        lock: DeployLock,
         takeover: Takeover,
         notice: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<Leased> {
@@ -204,7 +205,7 @@ impl Engine {
         Ok(Leased {
             engine: self,
             leases,
-            _lock: lock,
+            lock,
         })
     }
 }
@@ -351,11 +352,13 @@ impl Leased {
         let Leased {
             mut engine,
             leases,
-            _lock,
+            lock,
         } = self;
         let runner = &mut engine.runner;
         let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
-        let result = runner.run_phases(interrupts, leases.lost()).await;
+        let (lost, _either) = crate::state::either_lost(leases.lost(), lock.lost());
+        let result = runner.run_phases(interrupts, lost).await;
+        drop(lock);
         leases.release().await;
         engine.fleet.close().await;
         result
@@ -408,10 +411,9 @@ impl Runner {
                     self.journal.save_rollout(&self.record)?;
                     return Ok(self.record.state);
                 }
-                PhaseEnd::LeaseLost(holders) => anyhow::bail!(
-                    "rollout {} stopped: another coordinator process took its lease over ({holders}); this one touches nothing more, the new holder carries on",
-                    self.record.id
-                ),
+                PhaseEnd::LeaseLost(why) => {
+                    anyhow::bail!("rollout {} stopped: {why}", self.record.id)
+                }
                 PhaseEnd::Failed(f) => f,
             };
             match after_failure(phase, &f, self.plan.file.rollout.auto_rollback) {
@@ -1051,7 +1053,10 @@ mod tests {
             let mut runner = bench.runner(false);
             let lose = async {
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                let _ = ltx.send(Some("web-1: held by pid 9".to_string()));
+                let _ = ltx.send(Some(
+                    "another coordinator process took its lease over (web-1: held by pid 9)"
+                        .to_string(),
+                ));
             };
             let (result, ()) = tokio::join!(runner.run_phases(irx, lrx), lose);
             let err = format!("{:#}", result.expect_err("stops"));
