@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod apache;
+pub mod etcd;
 pub mod fleet;
 pub mod flood;
 pub mod git;

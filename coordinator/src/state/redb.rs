@@ -145,7 +145,6 @@ impl Store for RedbStore {
 
     fn break_lock(&self, holder: &Holder) -> anyhow::Result<DeployLock> {
         // A local lock is the kernel's: only its process's exit frees it.
-        self.try_lock(holder)?
-            .map_err(|held| anyhow::Error::new(held))
+        self.try_lock(holder)?.map_err(anyhow::Error::new)
     }
 }

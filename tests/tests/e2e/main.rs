@@ -4,6 +4,7 @@
 mod dayone;
 mod deploy;
 mod drain;
+mod etcd;
 mod faults;
 mod lb;
 mod lbdrain;
