@@ -102,3 +102,109 @@ impl Etcd {
         self.process.stop();
     }
 }
+
+/// A three-member etcd cluster, each member on its own 127.0.2.N.
+pub struct Cluster {
+    /// The members, in order.
+    pub members: Vec<Etcd>,
+}
+
+impl Cluster {
+    /// Starts three members with their data and logs under `dir`, and waits until
+    /// each answers.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let ips: Vec<Ipv4Addr> = (1..=3).map(|n| Ipv4Addr::new(127, 0, 2, n)).collect();
+        let mut ports = Vec::new();
+        for ip in &ips {
+            ports.push((free_tcp_port(*ip)?, free_tcp_port(*ip)?));
+        }
+        let initial: Vec<String> = ips
+            .iter()
+            .zip(&ports)
+            .enumerate()
+            .map(|(i, (ip, (_, peer)))| format!("m{}=http://{ip}:{peer}", i + 1))
+            .collect();
+        let mut procs = Vec::new();
+        for (i, (ip, (client, peer))) in ips.iter().zip(&ports).enumerate() {
+            let member_dir = dir.join(format!("m{}", i + 1));
+            std::fs::create_dir_all(&member_dir)?;
+            let endpoint = format!("http://{ip}:{client}");
+            let peer_url = format!("http://{ip}:{peer}");
+            let args: Vec<String> = [
+                "--name",
+                &format!("m{}", i + 1),
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let process = Etcd::spawn(&member_dir, &args)?;
+            procs.push(Etcd {
+                endpoint,
+                dir: member_dir,
+                args,
+                client: *client,
+                process,
+            });
+        }
+        for (m, ip) in procs.iter().zip(&ips) {
+            m.wait_ready(*ip, m.client)?;
+        }
+        Ok(Cluster { members: procs })
+    }
+
+    /// The `[state]` section naming every member.
+    pub fn state_section(&self, prefix: &str) -> String {
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{:?}", m.endpoint))
+            .collect();
+        format!(
+            "\n[state]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\n",
+            endpoints.join(", ")
+        )
+    }
+
+    /// The index of the member that is the leader now, as etcd reports it.
+    pub fn leader(&self) -> anyhow::Result<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &m.endpoint,
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ])
+                .output()?;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("etcdctl endpoint status: {out:?}"))?;
+            let s = &status[0]["Status"];
+            if s["leader"].as_u64().is_some() && s["leader"] == s["header"]["member_id"] {
+                return Ok(i);
+            }
+        }
+        bail!("no member says it is the leader")
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.members[i]
+            .process
+            .signal(nix::sys::signal::Signal::SIGKILL);
+        self.members[i].process.stop();
+    }
+}

@@ -326,3 +326,64 @@ fn etcd_down_stops_the_rollout_and_resume_finishes_once_it_is_back() {
     assert_settled(&s, "v2");
     assert_one_new_release_each(&s, &before);
 }
+
+/// A three-member etcd cluster on 127.0.2.1-3: its leader is SIGKILLed while a
+/// rollout runs. The two others elect a new leader; the coordinator's requests
+/// and its lock's keep-alives are retried meanwhile, and the rollout carries on
+/// to the end: each host with exactly one new release, no request failed.
+#[test]
+fn the_etcd_leader_killed_mid_rollout_does_not_stop_it() {
+    use handover_tests::etcd::Cluster;
+    let s = scenario("");
+    let mut cluster = Cluster::start(&s.dir().join("etcd")).expect("cluster starts");
+    let a = bastion(
+        &s,
+        "bastion-a",
+        Some(&cluster.state_section("/handover/e2e")),
+    );
+    let load = traffic(&s);
+    let before: Vec<_> = s.apps.iter().map(releases_of).collect();
+    let plan = s
+        .write_plan("plan-v2.toml", &s.in_place_plan("v2", 1, 2))
+        .expect("plan");
+
+    let mut cmd = a.command(&["rollout", &plan.display().to_string(), "--yes", "--json"]);
+    cmd.stdin(Stdio::null());
+    let (mut child, lines) = spawn_lines(cmd, Stdio::piped()).expect("spawn handover");
+    let mut killed = None;
+    let mut seen = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if killed.is_none() && e["event"] == "step-started" && e["number"] == 2 {
+            let leader = cluster.leader().expect("a leader");
+            cluster.kill(leader);
+            killed = Some(leader);
+        }
+        seen.push(e);
+    }
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+    }
+    eprintln!(
+        "killed member m{} (the leader)",
+        killed.map_or(0, |i| i + 1)
+    );
+    assert!(killed.is_some(), "never reached step 2: {stderr}");
+    let finished = seen
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "finished")
+        .cloned();
+    assert!(
+        status.success() && finished.as_ref().is_some_and(|f| f["state"] == "succeeded"),
+        "the rollout carried on: {status:?} {finished:?}\n{stderr}"
+    );
+    let report = load.stop();
+    assert_no_failed_request(&report);
+    assert_settled(&s, "v2");
+    assert_one_new_release_each(&s, &before);
+}
