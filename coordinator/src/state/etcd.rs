@@ -536,10 +536,7 @@ impl Store for EtcdStore {
                 match self.take(holder, false)? {
                     Ok(lock) => return Ok(lock),
                     Err(held) if since.elapsed() < TAKEOVER_LIMIT => {
-                        eprintln!(
-                            "handover: waiting for the etcd deploy lock to lapse (held by {})",
-                            held.holder
-                        );
+                        tracing::debug!(holder = %held.holder, "waiting for the etcd deploy lock");
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Err(held) => bail!(
@@ -713,6 +710,36 @@ mod tests {
             b.try_lock(&holder("r-2", 2)).expect("asks").is_ok(),
             "released on drop"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn takeover_waits_for_a_live_holder_and_takes_a_dead_one_at_once() {
+        let etcd = Etcd::start();
+        let a = EtcdStore::connect(&etcd.config()).expect("connects");
+        let b = EtcdStore::connect(&etcd.config()).expect("connects");
+        // A holder of this bastion whose pid cannot run (above pid_max): gone.
+        let mut dead = holder("r-1", 4_194_305);
+        dead.host = crate::rollout::lease::this_host();
+        let stale = a.try_lock(&dead).expect("asks").expect("free");
+        let mut me = holder("r-1", std::process::id());
+        me.host = dead.host.clone();
+        let mine = b.try_lock(&me).expect("asks").expect("taken over at once");
+        drop(mine);
+        drop(stale);
+        // A live holder is waited for, and its lock taken once it lets go.
+        let live = a.try_lock(&holder("r-2", 1)).expect("asks").expect("free");
+        let waiter = tokio::spawn(async move {
+            let lock = b.wait_lock(&holder("r-2", 2)).await.map(drop);
+            (b, lock)
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!waiter.is_finished(), "it waits while the holder lives");
+        drop(live);
+        let (_b, lock) = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("taken once free")
+            .expect("task");
+        lock.expect("the lock");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
