@@ -358,8 +358,9 @@ impl Leased {
         let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
         let (lost, _either) = crate::state::either_lost(leases.lost(), lock.lost());
         let result = runner.run_phases(interrupts, lost).await;
-        drop(lock);
         leases.release().await;
+        // Last: while it is held no other bastion starts on these hosts.
+        drop(lock);
         engine.fleet.close().await;
         result
     }
