@@ -110,7 +110,7 @@ impl Holder {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct LockHeld {
-    /// Who, in a few words ("pid 123 on this bastion").
+    /// Who, in a few words ("pid 123" on this bastion; on etcd, the whole holder).
     pub holder: String,
     /// The whole refusal, with what to do.
     pub message: String,

@@ -82,7 +82,7 @@ impl RedbStore {
 
     fn lock_held(held: crate::rollout::lease::LockHeld) -> LockHeld {
         LockHeld {
-            holder: format!("pid {} on this bastion", held.pid),
+            holder: format!("pid {}", held.pid),
             message: held.to_string(),
         }
     }
