@@ -128,7 +128,13 @@ impl EtcdStore {
         T: Send + 'static,
         F: Future<Output = anyhow::Result<T>> + Send + 'static,
     {
-        run_on(&self.handle, f(self.client.clone()))
+        run_on(&self.handle, f(self.client.clone())).with_context(|| {
+            format!(
+                "etcd at {} did not answer or refused (check that it runs, [state] endpoints, and the role's permissions on {})",
+                endpoints(&self.config),
+                self.config.prefix
+            )
+        })
     }
 
     fn key(&self, collection: &str, key: &str) -> String {
@@ -161,11 +167,13 @@ impl EtcdStore {
         let key = self.lock_key();
         let value = serde_json::to_vec(holder)?;
         self.run(move |mut c| async move {
-            let lease = c
-                .lease_grant(ttl_secs(), None)
-                .await
-                .context("cannot create the deploy lock's lease in etcd")?
-                .id();
+            let lease = patiently(|| {
+                let mut c = c.clone();
+                async move { c.lease_grant(ttl_secs(), None).await }
+            })
+            .await
+            .context("cannot create the deploy lock's lease in etcd")?
+            .id();
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -174,14 +182,12 @@ impl EtcdStore {
                     Some(PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(key, None)]);
-            let resp = c
-                .txn(txn)
-                .await
-                .context("cannot take the deploy lock in etcd")?;
-            if resp.succeeded() {
-                return Ok(Ok(lease));
-            }
-            let _ = c.lease_revoke(lease).await;
+            let resp = patiently(|| {
+                let (mut c, txn) = (c.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .await
+            .context("cannot take the deploy lock in etcd")?;
             let held = resp.op_responses().into_iter().find_map(|r| match r {
                 TxnOpResponse::Get(g) => g
                     .kvs()
@@ -189,6 +195,11 @@ impl EtcdStore {
                     .map(|kv| (holder_of(kv.value()), kv.lease())),
                 _ => None,
             });
+            // A retry after a success whose answer was lost finds our own lease.
+            if resp.succeeded() || held.as_ref().is_some_and(|(_, l)| *l == lease) {
+                return Ok(Ok(lease));
+            }
+            let _ = c.lease_revoke(lease).await;
             // Freed between the compare and the get: try again.
             Ok(held.map_or(Err((unknown_holder(), 0)), Err))
         })
@@ -562,12 +573,16 @@ mod tests {
     use super::*;
     use std::process::{Child, Command, Stdio};
 
-    /// A single-member etcd, killed on drop.
+    /// A single-member etcd, killed on drop. One at a time: etcd fsyncs every
+    /// write, and several at once on a busy machine slow each past its timeouts.
     struct Etcd {
         child: Child,
         endpoint: String,
         _dir: tempfile::TempDir,
+        _one: std::sync::MutexGuard<'static, ()>,
     }
+
+    static ONE: Mutex<()> = Mutex::new(());
 
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -578,6 +593,9 @@ mod tests {
 
     impl Etcd {
         fn start() -> Self {
+            let one = ONE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let dir = tempfile::tempdir().expect("tempdir");
             let (client, peer) = (free_port(), free_port());
             let endpoint = format!("http://127.0.0.1:{client}");
@@ -598,12 +616,19 @@ mod tests {
                 child,
                 endpoint,
                 _dir: dir,
+                _one: one,
             };
+            // Ready once it answers a health check (it has a leader).
             for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                let healthy = Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", &etcd.endpoint, "endpoint", "health"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if healthy {
                     return etcd;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(200));
             }
             panic!("etcd did not listen on {}", etcd.endpoint);
         }
