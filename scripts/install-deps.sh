@@ -21,6 +21,9 @@ packages=(
   prometheus
   chromium
   chromium-driver
+  etcd-server
+  etcd-client
+  protobuf-compiler
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -38,6 +41,6 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian packages start their own services; the tests run their own instances.
-for s in haproxy apache2; do
+for s in haproxy apache2 etcd; do
   "${sudo[@]}" systemctl disable --now "$s" >/dev/null 2>&1 || "${sudo[@]}" service "$s" stop >/dev/null 2>&1 || true
 done

@@ -30,6 +30,9 @@ pub struct CoordinatorConfig {
     /// The inventory: each host once.
     #[serde(default)]
     pub hosts: Inventory,
+    /// Where the journal and the deploy lock live (`[state]`; default: state_dir).
+    #[serde(default)]
+    pub state: crate::state::Backend,
 }
 
 fn default_concurrency() -> NonZeroUsize {
@@ -204,6 +207,7 @@ impl CoordinatorConfig {
                 *p = base.join(&*p);
             }
         }
+        config.state.resolve_paths(base);
         Ok(config)
     }
 

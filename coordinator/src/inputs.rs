@@ -491,7 +491,7 @@ pub enum Saved {
 pub fn change(
     journal: &Journal,
     source: Source,
-    make: impl FnOnce(&Inputs) -> anyhow::Result<Inputs>,
+    make: impl Fn(&Inputs) -> anyhow::Result<Inputs>,
 ) -> anyhow::Result<Saved> {
     journal.append_input_record(|number, records| {
         let latest = match records.last() {
@@ -511,7 +511,7 @@ pub fn change(
             version: Version(number),
             time_ms: now_ms(),
             who: who(),
-            source,
+            source: source.clone(),
             inputs: after,
         };
         let bytes = serde_json::to_vec(&record)?;
@@ -522,7 +522,7 @@ pub fn change(
 /// `inputs revert N`: a new version whose map is version N's.
 pub fn revert(journal: &Journal, to: Version) -> anyhow::Result<Saved> {
     let target = version(journal, to)?.inputs;
-    change(journal, Source::Revert { to }, |_| Ok(target))
+    change(journal, Source::Revert { to }, |_| Ok(target.clone()))
 }
 
 /// Runbook steps 5–6 for a rollout, called before it starts: records the plan's
@@ -744,7 +744,7 @@ mod tests {
             Source::Import {
                 file: "x.csv".into(),
             },
-            |_| Ok(imported),
+            |_| Ok(imported.clone()),
         )
         .expect("import");
         assert_eq!(saved, Saved::Unchanged(Some(Version(2))));
@@ -757,7 +757,7 @@ mod tests {
     fn revert_makes_a_new_version_equal_to_the_old_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = Journal::new(dir.path());
-        let to = |m: Inputs| change(&journal, Source::Set, move |_| Ok(m)).expect("set");
+        let to = |m: Inputs| change(&journal, Source::Set, move |_| Ok(m.clone())).expect("set");
         to(map(&[("A", "1")]));
         to(map(&[("A", "2"), ("B", "x")]));
         let Saved::New(v3, differences) = revert(&journal, Version(1)).expect("revert") else {

@@ -1,29 +1,32 @@
 //! The journal: every rollout, its plan, and every step with start, end, outcome
-//! and outputs, in an embedded store (redb) under the coordinator's state_dir.
+//! and outputs, as records in the [`Store`] the config names: the embedded redb
+//! under the coordinator's state_dir by default, or etcd (`[state]`).
 //!
 //! A step is written when it starts and again when it ends, so after a crash the
 //! journal tells exactly which step was under way; steps are idempotent, so
 //! `handover resume` simply runs that one again and carries on.
-//!
-//! The database is opened for each transaction and closed after it, so `handover
-//! history` works while a rollout runs in another process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::CoordinatorConfig;
 use crate::rollout::facts::Facts;
 use crate::rollout::steps::Phase;
+use crate::state::{DeployLock, Holder, LockHeld, Store};
 
-const ROLLOUTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rollouts");
-const STEPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("steps");
-/// Deployment inputs versions (crate::inputs), keyed by version number.
-const INPUTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("inputs");
+/// The collection of rollout records, keyed by rollout id.
+pub const ROLLOUTS: &str = "rollouts";
+/// The collection of step records, keyed `ID/PHASE/NNNNNN`.
+pub const STEPS: &str = "steps";
+/// The collection of deployment inputs versions (crate::inputs), keyed by the
+/// version number, zero-padded so key order is number order.
+pub const INPUTS: &str = "inputs";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -189,9 +192,10 @@ struct Format {
     format: u32,
 }
 
-/// The journal under a state_dir.
+/// The journal, in the store the config names.
+#[derive(Clone)]
 pub struct Journal {
-    path: PathBuf,
+    store: Arc<dyn Store>,
 }
 
 fn step_key(id: &str, phase: Phase, index: usize) -> String {
@@ -199,90 +203,80 @@ fn step_key(id: &str, phase: Phase, index: usize) -> String {
 }
 
 impl Journal {
-    /// The journal in `state_dir` (created on first write).
+    /// The journal in `state_dir` (redb, created on first write).
     pub fn new(state_dir: &Path) -> Self {
         Journal {
-            path: state_dir.join("journal.redb"),
+            store: Arc::new(crate::state::redb::RedbStore::new(state_dir)),
         }
     }
 
-    fn open(&self) -> anyhow::Result<Database> {
-        if let Some(dir) = self.path.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create state_dir {}", dir.display()))?;
-        }
-        // Another handover process may hold it for a moment: retry briefly.
-        let mut last = None;
-        for _ in 0..200 {
-            match Database::create(&self.path) {
-                Ok(db) => return Ok(db),
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    last = Some(redb::DatabaseError::DatabaseAlreadyOpen);
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("cannot open the journal {}", self.path.display())
-                    });
-                }
-            }
-        }
-        Err(anyhow::anyhow!("{last:?}")).with_context(|| {
-            format!(
-                "the journal {} stays locked by another handover process",
-                self.path.display()
-            )
+    /// The journal where `config`'s `[state]` says (its state_dir by default).
+    pub fn open(config: &CoordinatorConfig) -> anyhow::Result<Self> {
+        Ok(Journal {
+            store: crate::state::open(&config.state, &config.state_dir)?,
         })
+    }
+
+    /// The journal in `store`.
+    pub fn with_store(store: Arc<dyn Store>) -> Self {
+        Journal { store }
+    }
+
+    /// The store, for messages ("journal /var/lib/handover/journal.redb").
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Takes the deploy lock for `holder`'s rollout, or says who holds it.
+    pub fn try_lock(&self, holder: &Holder) -> anyhow::Result<Result<DeployLock, LockHeld>> {
+        self.store.try_lock(holder)
+    }
+
+    /// Waits until the deploy lock's holder is gone, then takes it (`--takeover`).
+    pub async fn wait_lock(&self, holder: &Holder) -> anyhow::Result<DeployLock> {
+        self.store.wait_lock(holder).await
+    }
+
+    /// Takes the deploy lock from its holder now (`--break-lease`).
+    pub fn break_lock(&self, holder: &Holder) -> anyhow::Result<DeployLock> {
+        self.store.break_lock(holder)
     }
 
     /// Decodes a record of this version's format, or says whose it is.
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> anyhow::Result<T> {
         let format = serde_json::from_slice::<Format>(bytes)
-            .with_context(|| format!("journal record {key} in {} is damaged", self.path.display()))?
+            .with_context(|| format!("journal record {key} in {} is damaged", self.describe()))?
             .format;
         if format > FORMAT {
             bail!(
                 "journal record {key} in {} has format {format}, written by a newer handover version; this one reads formats up to {FORMAT}: use the version that wrote it, or move the journal away",
-                self.path.display()
+                self.describe()
             );
         }
-        serde_json::from_slice(bytes).with_context(|| {
+        serde_json::from_slice(bytes)
+            .with_context(|| format!("journal record {key} in {} cannot be read", self.describe()))
+    }
+
+    /// Writes record `key` of `collection`, as one transaction: when it fails (a
+    /// full disk, etcd gone), the journal still holds everything up to the last
+    /// step recorded, which is where `resume` carries on.
+    pub fn write(&self, collection: &str, key: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        self.store.put(collection, key, bytes).with_context(|| {
             format!(
-                "journal record {key} in {} cannot be read",
-                self.path.display()
+                "cannot write the {}: the rollout stopped here; fix what the error names (free space in state_dir, etcd's health), then run `handover resume`",
+                self.describe()
             )
         })
     }
 
-    fn write(
+    /// The records of `collection` whose key starts with `prefix`, raw, in key
+    /// order (`journal export`).
+    pub fn records(
         &self,
-        table: TableDefinition<'_, &str, &[u8]>,
-        key: &str,
-        bytes: &[u8],
-    ) -> anyhow::Result<()> {
-        let written = || -> anyhow::Result<()> {
-            let db = self.open()?;
-            let txn = db.begin_write()?;
-            {
-                let mut t = txn.open_table(table)?;
-                t.insert(key, bytes)?;
-            }
-            txn.commit()?;
-            Ok(())
-        };
-        // A write is one transaction: when it fails (a full disk), the journal
-        // still holds everything up to the last step recorded, which is where
-        // `resume` carries on.
-        written().with_context(|| {
-            format!(
-                "cannot write the journal {}: the rollout stopped here; free space in its state_dir (or fix what the error names), then run `handover resume`",
-                self.path.display()
-            )
-        })
+        collection: &str,
+        prefix: &str,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        self.store.scan(collection, prefix)
     }
 
     /// Saves (creates or replaces) a rollout record.
@@ -295,38 +289,17 @@ impl Journal {
 
     /// A rollout by id.
     pub fn rollout(&self, id: &str) -> anyhow::Result<Option<RolloutRecord>> {
-        if !self.path.exists() {
-            return Ok(None);
-        }
-        let db = self.open()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(ROLLOUTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match table.get(id)? {
-            Some(v) => Ok(Some(self.decode(id, v.value())?)),
+        match self.store.get(ROLLOUTS, id)? {
+            Some(v) => Ok(Some(self.decode(id, &v)?)),
             None => Ok(None),
         }
     }
 
     /// Every rollout, oldest first.
     pub fn rollouts(&self) -> anyhow::Result<Vec<RolloutRecord>> {
-        if !self.path.exists() {
-            return Ok(Vec::new());
-        }
-        let db = self.open()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(ROLLOUTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
         let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            out.push(self.decode::<RolloutRecord>(k.value(), v.value())?);
+        for (k, v) in self.store.scan(ROLLOUTS, "")? {
+            out.push(self.decode::<RolloutRecord>(&k, &v)?);
         }
         out.sort_by_key(|r| r.created_ms);
         Ok(out)
@@ -453,22 +426,9 @@ impl Journal {
 
     /// Every step of a rollout, in order.
     pub fn steps(&self, id: &str) -> anyhow::Result<Vec<StepRecord>> {
-        if !self.path.exists() {
-            return Ok(Vec::new());
-        }
-        let db = self.open()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(STEPS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let start = format!("{id}/");
-        let end = format!("{id}0");
         let mut out = Vec::new();
-        for entry in table.range(start.as_str()..end.as_str())? {
-            let (k, v) = entry?;
-            out.push(self.decode::<StepRecord>(k.value(), v.value())?);
+        for (k, v) in self.store.scan(STEPS, &format!("{id}/"))? {
+            out.push(self.decode::<StepRecord>(&k, &v)?);
         }
         Ok(out)
     }
@@ -486,53 +446,50 @@ impl Journal {
 impl Journal {
     /// Every inputs version record, oldest first, as (number, bytes).
     pub(crate) fn input_records(&self) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
-        if !self.path.exists() {
-            return Ok(Vec::new());
-        }
-        let db = self.open()?;
-        let txn = db.begin_read()?;
-        let table = match txn.open_table(INPUTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
         let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            out.push((k.value(), v.value().to_vec()));
+        for (key, bytes) in self.store.scan(INPUTS, "")? {
+            let number = key.parse::<u64>().with_context(|| {
+                format!("inputs record {key:?} in {} is damaged", self.describe())
+            })?;
+            out.push((number, bytes));
         }
         Ok(out)
     }
 
-    /// Appends the next inputs version in one transaction, so two processes can
+    /// Appends the next inputs version, so two processes (or two bastions) can
     /// never write the same number: `next` sees the number the new record would
     /// get and every record so far, and returns its answer plus the record's bytes
-    /// (or None to write nothing).
+    /// (or None to write nothing). The record is created only if its number is
+    /// still free; if another process took it meanwhile, `next` is asked again
+    /// with the records as they are now.
     pub(crate) fn append_input_record<T>(
         &self,
-        next: impl FnOnce(u64, &[(u64, Vec<u8>)]) -> anyhow::Result<(T, Option<Vec<u8>>)>,
+        mut next: impl FnMut(u64, &[(u64, Vec<u8>)]) -> anyhow::Result<(T, Option<Vec<u8>>)>,
     ) -> anyhow::Result<T> {
-        let db = self.open()?;
-        let txn = db.begin_write()?;
-        let answer = {
-            let mut table = txn.open_table(INPUTS)?;
-            let mut records = Vec::new();
-            for entry in table.iter()? {
-                let (k, v) = entry?;
-                records.push((k.value(), v.value().to_vec()));
-            }
+        for _ in 0..8 {
+            let records = self.input_records()?;
             let number = records.last().map_or(1, |(n, _)| n + 1);
             let (answer, bytes) = next(number, &records)?;
-            if let Some(bytes) = bytes {
-                table
-                    .insert(number, bytes.as_slice())
-                    .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
+            let Some(bytes) = bytes else {
+                return Ok(answer);
+            };
+            let written = self
+                .store
+                .create(INPUTS, &format!("{number:012}"), &bytes)
+                .with_context(|| {
+                    format!(
+                        "cannot write inputs version {number} to {}",
+                        self.describe()
+                    )
+                })?;
+            if written {
+                return Ok(answer);
             }
-            answer
-        };
-        txn.commit()
-            .with_context(|| format!("cannot write the journal {}", self.path.display()))?;
-        Ok(answer)
+        }
+        bail!(
+            "inputs version numbers in {} kept being taken by other writers: try again",
+            self.describe()
+        )
     }
 }
 

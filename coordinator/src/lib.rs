@@ -20,6 +20,7 @@ pub(crate) mod output;
 pub mod plan;
 pub(crate) mod provider;
 pub(crate) mod rollout;
+pub mod state;
 /// Public with [`plan`], whose surge sections it types.
 pub mod surge_plan;
 pub mod web;

@@ -275,6 +275,9 @@ enum Command {
         #[arg(long, default_value = handover::web::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
     },
+    /// Move the journal between stores: export it as JSON lines, import an export.
+    #[command(subcommand)]
+    Journal(cmd::journal::JournalCommand),
 }
 
 /// The README, whose config reference the section-5 man pages are made from.
@@ -354,6 +357,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
         } => cmd::status::run(&load()?, &hosts, json, timeout).await,
+        Command::Journal(command) => cmd::journal::run(&load()?, command).await,
         Command::Deploy {
             hosts,
             repo,

@@ -117,7 +117,7 @@ pub fn run(config: &CoordinatorConfig, command: InputsCommand) -> anyhow::Result
                     file.display().to_string()
                 },
             };
-            let saved = inputs::change(&journal, source, |_| Ok(imported))?;
+            let saved = inputs::change(&journal, source, |_| Ok(imported.clone()))?;
             print_saved(&saved, json)
         }
         InputsCommand::Revert { version, json } => {

@@ -4,6 +4,7 @@ pub mod ca;
 pub mod deploy;
 pub mod drain;
 pub mod inputs;
+pub mod journal;
 pub mod lb;
 pub mod rollout;
 pub mod status;

@@ -14,9 +14,9 @@ use crate::journal::{Journal, RolloutKind, RolloutRecord, RolloutState, StepOutc
 use crate::output::Table;
 use crate::plan::Plan;
 use crate::rollout::engine::{Engine, Leased};
-use crate::rollout::lease::RolloutLock;
 pub use crate::rollout::lease::Takeover;
 use crate::rollout::steps;
+use crate::state::{DeployLock, Holder};
 
 /// `handover plan PLAN`: validate, resolve the revision on every target host
 /// (unless `offline`), and print the numbered steps with capacity.
@@ -116,7 +116,7 @@ fn revision_still_to_apply(
     if record.kind != RolloutKind::Rollout || !forward_runs {
         return Ok(false);
     }
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(config)?;
     let journaled = journal.steps(&record.id)?;
     let forward = steps::for_phase(plan, steps::Phase::Forward);
     Ok(forward.iter().enumerate().any(|(i, step)| {
@@ -192,7 +192,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 /// hint appear only for a rollout that `history` will list.
 async fn take(
     engine: Engine,
-    lock: RolloutLock,
+    lock: DeployLock,
     takeover: Takeover,
     json: bool,
 ) -> anyhow::Result<Leased> {
@@ -231,15 +231,15 @@ pub async fn rollout(
             return Ok(ExitCode::from(1));
         }
     }
-    let state_dir = config.state_dir.clone();
     let for_timings = config.clone();
+    let journal = Journal::open(&config)?;
     let engine = Engine::new_rollout(config, path, text, plan, json)?;
-    let lock = new_lock_in(&state_dir, engine.id())?;
     let takeover = if break_lease {
         Takeover::Break
     } else {
         Takeover::Refuse
     };
+    let lock = lock(&journal, engine.id(), takeover).await?;
     let leased = take(engine, lock, takeover, json).await?;
     let id = leased.id().to_owned();
     let state = leased.run().await?;
@@ -257,21 +257,9 @@ pub async fn resume(
     takeover: Takeover,
     migrated: bool,
 ) -> anyhow::Result<ExitCode> {
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(&config)?;
     let record = journal.find(id)?;
-    let lock = match RolloutLock::try_take(&config.state_dir, &record.id)? {
-        Ok(lock) => lock,
-        Err(held) if takeover == Takeover::Wait => {
-            eprintln!(
-                "handover: waiting for pid {} on this bastion to exit (it runs {})",
-                held.pid, record.id
-            );
-            let lock = RolloutLock::wait(&config.state_dir, &record.id).await?;
-            eprintln!("handover: pid {} is gone: its lock is free", held.pid);
-            lock
-        }
-        Err(held) => return Err(held.into()),
-    };
+    let lock = lock(&journal, &record.id, takeover).await?;
     // Read again under the lock: a process that just exited changed it.
     let record = journal.find(Some(&record.id))?;
     if migrated {
@@ -338,7 +326,7 @@ pub async fn rollback(
     json: bool,
     break_lease: bool,
 ) -> anyhow::Result<ExitCode> {
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(&config)?;
     let original = match id {
         Some(id) => journal.find(Some(id))?,
         None => journal
@@ -354,7 +342,6 @@ pub async fn rollback(
             original.id
         );
     }
-    let state_dir = config.state_dir.clone();
     let engine = Engine::rollback_of(config, &original, json)?;
     if !yes {
         match engine.surge_rollback_summary() {
@@ -369,12 +356,12 @@ pub async fn rollback(
             return Ok(ExitCode::from(1));
         }
     }
-    let lock = new_lock_in(&state_dir, engine.id())?;
     let takeover = if break_lease {
         Takeover::Break
     } else {
         Takeover::Refuse
     };
+    let lock = lock(&journal, engine.id(), takeover).await?;
     let leased = take(engine, lock, takeover, json).await?;
     let state = leased.run().await?;
     Ok(if state == RolloutState::RolledBack {
@@ -384,9 +371,34 @@ pub async fn rollback(
     })
 }
 
-/// The local lock of a rollout this process just made up: free by construction.
-fn new_lock_in(state_dir: &Path, id: &str) -> anyhow::Result<RolloutLock> {
-    RolloutLock::try_take(state_dir, id)?.map_err(anyhow::Error::from)
+/// Takes the deploy lock for `rollout` (on this bastion for redb, fleet-wide on
+/// etcd), waiting for a gone holder (`--takeover`) or breaking it (`--break-lease`).
+async fn lock(journal: &Journal, rollout: &str, takeover: Takeover) -> anyhow::Result<DeployLock> {
+    let holder = Holder::this(rollout, &local_user());
+    if takeover == Takeover::Break {
+        return journal.break_lock(&holder);
+    }
+    match journal.try_lock(&holder)? {
+        Ok(lock) => Ok(lock),
+        Err(held) if takeover == Takeover::Wait => {
+            eprintln!(
+                "handover: waiting for {} to let go of {rollout}",
+                held.holder
+            );
+            let lock = journal.wait_lock(&holder).await?;
+            eprintln!("handover: {} is gone: its lock is free", held.holder);
+            Ok(lock)
+        }
+        Err(held) => Err(held.into()),
+    }
+}
+
+/// "alice@bastion-1": who holds a deploy lock, as others see it.
+fn local_user() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "?".into());
+    format!("{user}@{}", crate::rollout::lease::this_host())
 }
 
 /// What `rollback` will do, as `rollout` shows its plan: the hosts, newest wave
@@ -427,7 +439,7 @@ struct HistoryLine<'a> {
 
 /// `handover history`.
 pub fn history(config: &CoordinatorConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let records = Journal::new(&config.state_dir).rollouts()?;
+    let records = Journal::open(config)?.rollouts()?;
     if json {
         let lines: Vec<HistoryLine<'_>> = records
             .iter()
@@ -486,7 +498,7 @@ fn back_to(record: &RolloutRecord) -> String {
 
 /// `handover show ROLLOUT`.
 pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(config)?;
     let record = journal.find(Some(id))?;
     let steps = journal.steps(id)?;
     if json {
@@ -536,7 +548,7 @@ pub fn show(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow::Result<
 
 /// The timing summary of rollout `id` (after `rollout` and `resume`).
 fn print_timings(config: &CoordinatorConfig, id: &str) -> anyhow::Result<()> {
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(config)?;
     let record = journal.find(Some(id))?;
     print!("{}", timings_of(config, &journal, &record)?);
     Ok(())
@@ -565,7 +577,7 @@ pub fn show_timings(config: &CoordinatorConfig, id: &str, json: bool) -> anyhow:
         !json,
         "--timings prints text; for the raw times use `handover show {id} --json` (each step's started_ms and ended_ms)"
     );
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(config)?;
     let record = journal.find(Some(id))?;
     print!("{}", timings_of(config, &journal, &record)?);
     Ok(ExitCode::SUCCESS)

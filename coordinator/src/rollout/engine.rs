@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::facts::Facts;
-use super::lease::{Leases, Process, RolloutLock, Takeover};
+use super::lease::{Leases, Process, Takeover};
 use super::ops::{self, Actions, Done, Live};
 use super::steps::{self, Action, Phase};
 use super::surge;
@@ -22,6 +22,7 @@ use crate::journal::{
     FORMAT, Journal, RolloutKind, RolloutRecord, RolloutState, StepOutcome, now_ms,
 };
 use crate::plan::Plan;
+use crate::state::DeployLock;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
 pub struct Engine {
@@ -44,7 +45,7 @@ struct Runner {
 pub struct Leased {
     engine: Engine,
     leases: Leases,
-    _lock: RolloutLock,
+    lock: DeployLock,
 }
 
 impl Engine {
@@ -73,7 +74,7 @@ impl Engine {
             fleet,
             process,
             runner: Runner {
-                journal: Journal::new(&config.state_dir),
+                journal: Journal::open(&config)?,
                 plan,
                 record,
                 ui,
@@ -254,7 +255,7 @@ impl Engine {
     /// rollout leaves no trace. `notice` hears how another holder was dealt with.
     pub async fn take(
         mut self,
-        lock: RolloutLock,
+        lock: DeployLock,
         takeover: Takeover,
         notice: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<Leased> {
@@ -291,7 +292,7 @@ impl Engine {
         Ok(Leased {
             engine: self,
             leases,
-            _lock: lock,
+            lock,
         })
     }
 }
@@ -452,12 +453,15 @@ impl Leased {
         let Leased {
             mut engine,
             leases,
-            _lock,
+            lock,
         } = self;
         let runner = &mut engine.runner;
         let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
-        let result = runner.run_phases(interrupts, leases.lost()).await;
+        let (lost, _either) = crate::state::either_lost(leases.lost(), lock.lost());
+        let result = runner.run_phases(interrupts, lost).await;
         leases.release().await;
+        // Last: while it is held no other bastion starts on these hosts.
+        drop(lock);
         engine.fleet.close().await;
         result
     }
@@ -528,10 +532,9 @@ impl Runner {
                     self.journal.save_rollout(&self.record)?;
                     return Ok(self.record.state);
                 }
-                PhaseEnd::LeaseLost(holders) => anyhow::bail!(
-                    "rollout {} stopped: another coordinator process took its lease over ({holders}); this one touches nothing more, the new holder carries on",
-                    self.record.id
-                ),
+                PhaseEnd::LeaseLost(why) => {
+                    anyhow::bail!("rollout {} stopped: {why}", self.record.id)
+                }
                 PhaseEnd::Failed(f) => f,
             };
             match self.decide(phase, &f, &steps) {
@@ -1261,7 +1264,10 @@ mod tests {
             let mut runner = bench.runner(false);
             let lose = async {
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                let _ = ltx.send(Some("web-1: held by pid 9".to_string()));
+                let _ = ltx.send(Some(
+                    "another coordinator process took its lease over (web-1: held by pid 9)"
+                        .to_string(),
+                ));
             };
             let (result, ()) = tokio::join!(runner.run_phases(irx, lrx), lose);
             let err = format!("{:#}", result.expect_err("stops"));

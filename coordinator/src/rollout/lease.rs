@@ -348,7 +348,9 @@ impl Leases {
                 loop {
                     tokio::time::sleep(RENEW_EVERY).await;
                     if let Some(holders) = renew(&fleet, &hosts, &rollout, &process).await {
-                        let _ = lost_tx.send(Some(holders));
+                        let _ = lost_tx.send(Some(format!(
+                            "another coordinator process took its lease over ({holders}); this one touches nothing more, the new holder carries on"
+                        )));
                         return;
                     }
                 }
@@ -364,7 +366,7 @@ impl Leases {
         }
     }
 
-    /// Resolves with the holders' names if another process takes a lease over.
+    /// Resolves with why (naming the new holders) if another process takes a lease over.
     pub fn lost(&self) -> watch::Receiver<Option<String>> {
         self.lost.clone()
     }
