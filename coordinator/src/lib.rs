@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod config;
 pub mod drain_wait;
+pub mod enroll;
 pub mod fleet;
 pub mod gate;
 pub(crate) mod journal;

@@ -3,6 +3,8 @@
 pub mod ca;
 pub mod deploy;
 pub mod drain;
+pub mod enroll;
 pub mod lb;
 pub mod rollout;
 pub mod status;
+pub mod token;
