@@ -40,17 +40,36 @@ pub async fn join(config: &AgentConfig, token: &JoinToken, pin: CaHash) -> anyho
         config.name
     );
     while let Some(incoming) = endpoint.accept().await {
-        match enroll_once(config, token, pin, &spki, incoming).await {
+        // One coordinator at a time, each with a deadline: a peer that connects
+        // and says nothing must not keep the host from being enrolled.
+        let attempt = enroll_once(config, token, pin, &spki, incoming);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(30), attempt)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the coordinator went quiet for 30 s")));
+        match result {
             Ok(()) => {
                 tracing::info!(cert = %config.cert.display(), "enrolled");
                 endpoint.close(0u32.into(), b"enrolled");
                 endpoint.wait_idle().await;
+                drop(endpoint);
+                wait_for_port(config.listen).await;
                 return Ok(());
             }
             Err(why) => tracing::warn!("enrollment attempt refused: {why:#}"),
         }
     }
     anyhow::bail!("the join endpoint closed before a coordinator enrolled this host")
+}
+
+/// Waits (up to 5 s) until quinn's driver has let go of the join socket, so the
+/// daemon can bind the same address next.
+async fn wait_for_port(listen: std::net::SocketAddr) {
+    for _ in 0..100 {
+        if std::net::UdpSocket::bind(listen).is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The key in `path`, made now (0600) if there is none yet.

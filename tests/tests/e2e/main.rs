@@ -5,6 +5,7 @@ mod dayone;
 mod deploy;
 mod drain;
 mod faults;
+mod join;
 mod lb;
 mod lbdrain;
 mod regression;
