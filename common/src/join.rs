@@ -445,6 +445,50 @@ mod tests {
         assert!(!p.windows(16).any(|w| w == b"0123456789abcdef"));
     }
 
+    /// The host accepts only a certificate of the pinned CA, for its own key and
+    /// name; the CA directory records it and refuses the name a second time.
+    #[test]
+    fn an_issued_certificate_is_checked_against_pin_key_and_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki::init_ca(dir.path(), false, 30).expect("init");
+        let pin = CaHash::of_ca_dir(dir.path()).expect("hash");
+        let name = HostName::new("web-3").expect("name");
+        let own = rcgen::PublicKeyData::subject_public_key_info(
+            &rcgen::KeyPair::generate().expect("key"),
+        );
+        let other = rcgen::PublicKeyData::subject_public_key_info(
+            &rcgen::KeyPair::generate().expect("key"),
+        );
+        let spec = pki::LeafSpec::new(Role::Agent, name.clone(), 30);
+        let cert = pki::issue_for_public_key(dir.path(), &spec, &own).expect("issue");
+        let ca = std::fs::read_to_string(dir.path().join("ca.pem")).expect("ca");
+        check_issued(&cert, &ca, pin, &own, &name).expect("accepted");
+        let err = check_issued(&cert, &ca, pin, &other, &name).expect_err("other key");
+        assert!(err.contains("another key"), "{err}");
+        let err = check_issued(
+            &cert,
+            &ca,
+            pin,
+            &own,
+            &HostName::new("web-4").expect("name"),
+        )
+        .expect_err("other name");
+        assert!(err.contains("web-4"), "{err}");
+        let other_ca = tempfile::tempdir().expect("tempdir");
+        pki::init_ca(other_ca.path(), false, 30).expect("init");
+        let wrong_pin = CaHash::of_ca_dir(other_ca.path()).expect("hash");
+        let err = check_issued(&cert, &ca, wrong_pin, &own, &name).expect_err("pin");
+        assert!(err.contains("not the pinned"), "{err}");
+        assert!(
+            !dir.path().join("web-3.key").exists(),
+            "the CA never holds the key"
+        );
+        let ledger = std::fs::read_to_string(dir.path().join("issued.tsv")).expect("ledger");
+        assert!(ledger.contains("\tagent\tweb-3"), "{ledger}");
+        let again = pki::issue_for_public_key(dir.path(), &spec, &own).expect_err("again");
+        assert!(matches!(again, PkiError::LeafExists(_)), "{again}");
+    }
+
     #[test]
     fn ca_hashes_round_trip_and_refuse_garbage() {
         let dir = tempfile::tempdir().expect("tempdir");
