@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod haproxy;
 pub mod hoststats;
 pub mod http;
+pub mod join;
 pub mod lease;
 pub mod metrics;
 pub mod probe;

@@ -97,6 +97,18 @@ enum Command {
         /// The hook's name.
         name: handover_common::names::HookName,
     },
+    /// Enroll with a join token, then run the daemon: make this host's key, wait
+    /// for a coordinator of the pinned CA to issue its certificate (`handover
+    /// enroll`), write it, serve. On a host already enrolled, just run.
+    Join {
+        /// The join token, ID.SECRET, from `handover ca token create` (or the
+        /// HANDOVER_JOIN_TOKEN environment variable, which `ps` does not show).
+        #[arg(long, env = "HANDOVER_JOIN_TOKEN", hide_env_values = true)]
+        token: handover_common::pki::tokens::JoinToken,
+        /// The CA's hash, sha256:..., from `handover ca token create`.
+        #[arg(long)]
+        ca_hash: handover_common::join::CaHash,
+    },
 }
 
 /// The README and the HAProxy guide, whose config reference and haproxy.cfg the
@@ -236,6 +248,21 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hook { name } => {
             let config = AgentConfig::load(&cli.config)?;
             deploy::cli::hook(&config.control_socket, name).await
+        }
+        Command::Join { token, ca_hash } => {
+            init_logging();
+            handover_common::tls::install_crypto_provider();
+            let config = AgentConfig::load(&cli.config)?;
+            if handover_agent::join::enrolled(&config) {
+                tracing::info!(
+                    "already enrolled ({} exists): serving",
+                    config.cert.display()
+                );
+            } else {
+                handover_agent::join::join(&config, &token, ca_hash).await?;
+            }
+            run_daemon(&cli.config).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod duration;
+pub mod join;
 pub mod names;
 pub mod pki;
 pub mod proto;

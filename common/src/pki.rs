@@ -27,6 +27,7 @@ use time::{Duration, OffsetDateTime};
 use crate::names::{DnsName, HostName, Role};
 
 pub mod revocation;
+pub mod tokens;
 
 /// Prefix of the URI SAN that carries role and name.
 const IDENTITY_URI_PREFIX: &str = "urn:handover:";
@@ -262,6 +263,37 @@ pub fn new_leaf(
     ca_key_pem: &str,
     spec: &LeafSpec,
 ) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(rcgen_err("generating a key"))?;
+    let cert = sign_leaf(ca_cert_pem, ca_key_pem, spec, &key)?;
+    Ok((cert, key.serialize_pem()))
+}
+
+/// A new private key (ECDSA P-256) as PEM, for a host that makes its own.
+pub fn new_private_key_pem() -> Result<String, PkiError> {
+    let key = KeyPair::generate().map_err(rcgen_err("generating a key"))?;
+    Ok(key.serialize_pem())
+}
+
+/// A new leaf certificate for a public key the holder generated itself (join
+/// tokens: the private key never leaves the new host), signed by the CA given as
+/// PEM text. `spki_der` is the holder's SubjectPublicKeyInfo.
+pub fn new_leaf_for_key(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    spec: &LeafSpec,
+    spki_der: &[u8],
+) -> Result<String, PkiError> {
+    let key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(rcgen_err("reading the holder's public key"))?;
+    sign_leaf(ca_cert_pem, ca_key_pem, spec, &key)
+}
+
+fn sign_leaf(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    spec: &LeafSpec,
+    key: &impl rcgen::PublicKeyData,
+) -> Result<String, PkiError> {
     if spec.not_after <= spec.not_before {
         return Err(PkiError::Invalid(
             "the certificate would expire before it starts: give a positive --days".into(),
@@ -270,8 +302,14 @@ pub fn new_leaf(
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(rcgen_err("reading the CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)
         .map_err(rcgen_err("reading the CA certificate"))?;
+    let params = leaf_params(spec)?;
+    let cert = params
+        .signed_by(key, &issuer)
+        .map_err(rcgen_err("signing the certificate"))?;
+    Ok(cert.pem())
+}
 
-    let key = KeyPair::generate().map_err(rcgen_err("generating a key"))?;
+fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, spec.name.as_str());
@@ -299,10 +337,7 @@ pub fn new_leaf(
             .map_err(rcgen_err("encoding the identity URI"))?,
     ));
     params.subject_alt_names = sans;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(rcgen_err("signing the certificate"))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(params)
 }
 
 fn dns_san(name: &str) -> Result<SanType, PkiError> {
@@ -371,6 +406,35 @@ pub enum Existing {
 /// `DIR/NAME.pem` and `DIR/NAME.key` (0600), and records its serial in the CA's
 /// ledger so `ca revoke NAME` can find every certificate the name was given.
 pub fn issue(dir: &Path, spec: &LeafSpec, existing: Existing) -> Result<PemFiles, PkiError> {
+    let files = check_leaf(dir, spec, existing)?;
+    let (ca_cert, ca_key, spec) = read_ca_for(dir, spec)?;
+    let (cert, key) = new_leaf(&ca_cert, &ca_key, &spec)?;
+    revocation::record_issued(dir, &cert)?;
+    write_private(&files.key, key.as_bytes())?;
+    write_public(&files.cert, cert.as_bytes())?;
+    Ok(files)
+}
+
+/// Join tokens: signs a leaf for the public key a new host made itself, records it
+/// in the CA's ledger (so `ca revoke NAME` finds it) and writes `DIR/NAME.pem`
+/// (no key file: the CA never sees the key). Refused like [`issue`] when `NAME`
+/// has a certificate already. Returns the certificate as PEM.
+pub fn issue_for_public_key(
+    dir: &Path,
+    spec: &LeafSpec,
+    spki_der: &[u8],
+) -> Result<String, PkiError> {
+    let files = check_leaf(dir, spec, Existing::Refuse)?;
+    let (ca_cert, ca_key, spec) = read_ca_for(dir, spec)?;
+    let cert = new_leaf_for_key(&ca_cert, &ca_key, &spec, spki_der)?;
+    revocation::record_issued(dir, &cert)?;
+    write_public(&files.cert, cert.as_bytes())?;
+    Ok(cert)
+}
+
+/// What [`issue`] refuses before it reads the CA: a reserved name, a validity
+/// longer than the role allows, an existing certificate (unless replacing).
+pub fn check_leaf(dir: &Path, spec: &LeafSpec, existing: Existing) -> Result<PemFiles, PkiError> {
     if RESERVED_NAMES
         .iter()
         .any(|r| r.eq_ignore_ascii_case(spec.name.as_str()))
@@ -393,17 +457,18 @@ pub fn issue(dir: &Path, spec: &LeafSpec, existing: Existing) -> Result<PemFiles
             }
         }
     }
+    Ok(files)
+}
+
+/// The CA's certificate and key as PEM, and `spec` cut to end with the CA.
+fn read_ca_for(dir: &Path, spec: &LeafSpec) -> Result<(String, String, LeafSpec), PkiError> {
     let ca = ca_files(dir);
     check_private_key_mode(&ca.key)?;
     let ca_cert = fs::read_to_string(&ca.cert).map_err(io_err(&ca.cert))?;
     let ca_key = fs::read_to_string(&ca.key).map_err(io_err(&ca.key))?;
     let mut spec = spec.clone();
     spec.not_after = within_ca(&ca, &ca_cert, &spec)?;
-    let (cert, key) = new_leaf(&ca_cert, &ca_key, &spec)?;
-    revocation::record_issued(dir, &cert)?;
-    write_private(&files.key, key.as_bytes())?;
-    write_public(&files.cert, cert.as_bytes())?;
-    Ok(files)
+    Ok((ca_cert, ca_key, spec))
 }
 
 /// `handover ca issue --renew`: a new key and certificate for `name`, with the
@@ -518,7 +583,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     write_atomically(path, bytes, 0o600)
 }
 
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+/// Writes `bytes` to a new file anyone may read, replacing any old one by rename.
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     write_atomically(path, bytes, 0o644)
 }
 

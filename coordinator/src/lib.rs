@@ -8,6 +8,8 @@ pub(crate) mod advice;
 pub mod cmd;
 pub mod config;
 pub(crate) mod drain_wait;
+/// Public: `handover enroll` as a library call, for whatever launches hosts (a provider integration).
+pub mod enroll;
 /// Public for the fan-out benchmark (tests/benches/fanout.rs), which dials agents as
 /// `handover status` does.
 pub mod fleet;

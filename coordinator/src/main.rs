@@ -24,6 +24,20 @@ enum Command {
     /// Manage the private CA and issue certificates.
     #[command(subcommand)]
     Ca(cmd::ca::CaCommand),
+    /// Give a host waiting with a join token (`handover-agent join`) its certificate.
+    Enroll {
+        /// The host's inventory name (its certificate's name).
+        host: handover_common::names::HostName,
+        /// Where its agent listens: IP or IP:PORT (default port 7443).
+        #[arg(long, value_parser = parse_agent_address)]
+        address: std::net::SocketAddr,
+        /// The CA directory holding the token store.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long to keep dialling a host that is still booting.
+        #[arg(long, default_value = "2m", value_parser = handover_common::duration::parse)]
+        wait: std::time::Duration,
+    },
     /// Show every host (or those named): reachable, version, uptime, load, memory.
     Status {
         /// Hosts to ask (default: the whole inventory).
@@ -336,6 +350,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `IP` or `IP:PORT` (the agent's default port when none is given).
+fn parse_agent_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, handover_common::DEFAULT_PORT))
+        .map_err(|_| format!("{text:?} is not an address: give IP or IP:PORT"))
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -358,6 +382,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => cmd::status::run(&load()?, &hosts, json, timeout).await,
         Command::Journal(command) => cmd::journal::run(&load()?, command).await,
+        Command::Enroll {
+            host,
+            address,
+            dir,
+            wait,
+        } => cmd::enroll::run(&load()?, host, address, dir, wait).await,
         Command::Deploy {
             hosts,
             repo,

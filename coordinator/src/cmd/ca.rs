@@ -67,6 +67,9 @@ pub enum CaCommand {
         #[arg(long)]
         name: HostName,
     },
+    /// Join tokens for new hosts: create, list, revoke.
+    #[command(subcommand)]
+    Token(super::token::TokenCommand),
 }
 
 /// Runs a `ca` subcommand.
@@ -121,6 +124,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
             print!("{}", crl_hint(&revoked.crl));
             Ok(())
         }
+        CaCommand::Token(command) => super::token::run(command),
     }
 }
 

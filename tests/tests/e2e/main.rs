@@ -8,6 +8,7 @@ mod drain;
 mod etcd;
 mod fanout;
 mod faults;
+mod join;
 mod lb;
 mod lbdrain;
 mod regression;
