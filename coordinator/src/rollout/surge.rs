@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use handover_common::names::HostName;
+use handover_common::names::{HookName, HostName};
 use serde::{Deserialize, Serialize};
 
 use super::steps::{Action, Phase, Step};
@@ -340,115 +340,160 @@ pub fn old_servers_gone(steps: &[Step], done: impl Fn(usize) -> bool) -> bool {
 
 /// A step's title.
 pub fn title(plan: &Plan, action: &SurgeAction, hosts: &[HostName]) -> String {
-    use SurgeAction::*;
-    let list = |hosts: &[HostName]| {
-        hosts
-            .iter()
-            .map(HostName::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let s = plan.surge.as_ref();
-    let command = s.is_some_and(|s| s.provider == ProviderKind::Command);
-    let new = |batch: Option<usize>| {
-        if command || hosts.is_empty() {
-            let n = match (batch, s) {
-                (Some(b), Some(s)) => s.batches().get(b).copied().unwrap_or(0),
-                (None, Some(s)) => s.count,
-                _ => 0,
-            };
-            format!("{n} new server(s)")
-        } else {
-            list(hosts)
+    let words = Words::new(plan, hosts);
+    new_server_title(&words, action).unwrap_or_else(|| handover_title(&words, action))
+}
+
+/// What a step title is made of: the plan, the step's hosts and the provider.
+struct Words<'a> {
+    plan: &'a Plan,
+    hosts: &'a [HostName],
+    /// A command provider launches and terminates; the standby pool lends and
+    /// takes back.
+    command: bool,
+}
+
+impl<'a> Words<'a> {
+    fn new(plan: &'a Plan, hosts: &'a [HostName]) -> Self {
+        let command = plan
+            .surge
+            .as_ref()
+            .is_some_and(|s| s.provider == ProviderKind::Command);
+        Words {
+            plan,
+            hosts,
+            command,
         }
-    };
-    let hook = |h: &Option<handover_common::names::HookName>, what: &str| match h {
-        Some(h) => format!("{what}: hook {h} on {}", list(hosts)),
-        None => format!("{what}: no hook in [db], skipped"),
-    };
-    let db = &plan.file.db;
-    let array = plan.file.provider.as_ref().and_then(|p| p.array.as_ref());
-    let array = |verb: &str| match array {
-        Some(exe) => format!("{verb} the server array ({exe} {verb})"),
-        None => format!("{verb} the server array: no [provider] array, skipped"),
-    };
-    let bake = plan.file.bake.clone().unwrap_or_default();
-    match action {
-        BackupDatabase => hook(
-            &db.as_ref().and_then(|d| d.backup.clone()),
-            "back up the database",
-        ),
-        MigrateDatabase => hook(
-            &db.as_ref().and_then(|d| d.migrate.clone()),
+    }
+
+    fn list(&self) -> String {
+        let names: Vec<&str> = self.hosts.iter().map(HostName::as_str).collect();
+        names.join(", ")
+    }
+
+    /// The new servers of `batch` (all when None): their names once known, else
+    /// how many (a command provider names them only when it launches them).
+    fn new_servers(&self, batch: Option<usize>) -> String {
+        if !self.command && !self.hosts.is_empty() {
+            return self.list();
+        }
+        let n = match (batch, self.plan.surge.as_ref()) {
+            (Some(b), Some(s)) => s.batches().get(b).copied().unwrap_or(0),
+            (None, Some(s)) => s.count,
+            _ => 0,
+        };
+        format!("{n} new server(s)")
+    }
+
+    fn hook(&self, hook: Option<&HookName>, what: &str) -> String {
+        match hook {
+            Some(h) => format!("{what}: hook {h} on {}", self.list()),
+            None => format!("{what}: no hook in [db], skipped"),
+        }
+    }
+
+    fn array(&self, verb: &str) -> String {
+        match self
+            .plan
+            .file
+            .provider
+            .as_ref()
+            .and_then(|p| p.array.as_ref())
+        {
+            Some(exe) => format!("{verb} the server array ({exe} {verb})"),
+            None => format!("{verb} the server array: no [provider] array, skipped"),
+        }
+    }
+
+    fn retire(&self, whom: String) -> String {
+        let verb = if self.command {
+            "terminate"
+        } else {
+            "hand back to the standby pool"
+        };
+        format!("{verb} {whom}")
+    }
+}
+
+/// Titles of runbook steps 1–9: the database and the new servers.
+fn new_server_title(w: &Words<'_>, action: &SurgeAction) -> Option<String> {
+    use SurgeAction::*;
+    let file = &w.plan.file;
+    let db = file.db.as_ref();
+    Some(match action {
+        BackupDatabase => w.hook(db.and_then(|d| d.backup.as_ref()), "back up the database"),
+        MigrateDatabase => w.hook(
+            db.and_then(|d| d.migrate.as_ref()),
             "migrate the database (once)",
         ),
         LaunchNewServers { batch } => format!(
             "launch {} ({}), wait for their agents",
-            new(Some(*batch)),
-            if command {
+            w.new_servers(Some(*batch)),
+            if w.command {
                 "provider launch"
             } else {
                 "standby pool"
             }
         ),
-        RunSystemHooks { batch } => format!("system hooks on {}", new(Some(*batch))),
+        RunSystemHooks { batch } => format!("system hooks on {}", w.new_servers(Some(*batch))),
         SaveInputs => format!(
             "save the deployment inputs ({} key(s))",
-            plan.file.inputs.as_ref().map_or(0, |i| i.len())
+            file.inputs.as_ref().map_or(0, |i| i.len())
         ),
         DeployRevision { batch } => format!(
             "deploy {} @ {} on {}",
-            plan.file.revision.repo,
-            plan.file.revision.reference,
-            new(Some(*batch))
+            file.revision.repo,
+            file.revision.reference,
+            w.new_servers(Some(*batch))
         ),
         VerifyNewServers { batch } => format!(
             "verify {}: GET {} → {}{}",
-            new(Some(*batch)),
-            plan.file.health.path,
-            plan.file.health.expect,
-            match db.as_ref().and_then(|d| d.check.as_ref()) {
+            w.new_servers(Some(*batch)),
+            file.health.path,
+            file.health.expect,
+            match db.and_then(|d| d.check.as_ref()) {
                 Some(h) => format!(", db check hook {h}"),
                 None => String::new(),
             }
         ),
-        DisableArray => array("disable"),
-        AttachNewServers => format!("attach {} to every LB, wait for UP", new(None)),
-        RemoveHealthCheckFileOnOld => format!("remove the health-check file on {}", list(hosts)),
+        _ => return None,
+    })
+}
+
+/// Titles of runbook steps 10–18 and of the ways back.
+fn handover_title(w: &Words<'_>, action: &SurgeAction) -> String {
+    use SurgeAction::*;
+    let file = &w.plan.file;
+    let bake = file.bake.clone().unwrap_or_default();
+    match action {
+        DisableArray => w.array("disable"),
+        AttachNewServers => format!("attach {} to every LB, wait for UP", w.new_servers(None)),
+        RemoveHealthCheckFileOnOld => format!("remove the health-check file on {}", w.list()),
         WaitForSessionsToEndOnOld => format!(
             "wait for sessions to end on {} (timeout {})",
-            list(hosts),
-            handover_common::duration::format(plan.file.rollout.drain_timeout)
+            w.list(),
+            handover_common::duration::format(file.rollout.drain_timeout)
         ),
-        DetachOldServers => format!("detach {} from every LB (point of no return)", list(hosts)),
-        UpdateArray => array("update"),
-        EnableArray => array("enable"),
+        DetachOldServers => format!("detach {} from every LB (point of no return)", w.list()),
+        UpdateArray => w.array("update"),
+        EnableArray => w.array("enable"),
         SmokeCheckAndBake => format!(
             "smoke check through every LB, bake {} (5xx ratio ≤ {})",
             handover_common::duration::format(bake.duration.unwrap_or(Duration::ZERO)),
             bake.max_5xx_ratio
         ),
-        TerminateOldServers => format!(
-            "{} {}",
-            if command {
-                "terminate"
-            } else {
-                "hand back to the standby pool"
-            },
-            list(hosts)
-        ),
-        ReattachOldServers => format!("put {} back in service on every LB", list(hosts)),
-        DrainNewServers => format!("drain {} and wait for their sessions", new(None)),
-        DetachNewServers => format!("detach {} from every LB", new(None)),
-        TerminateNewServers => format!(
-            "{} {}",
-            if command {
-                "terminate"
-            } else {
-                "hand back to the standby pool"
-            },
-            new(None)
-        ),
+        TerminateOldServers => w.retire(w.list()),
+        ReattachOldServers => format!("put {} back in service on every LB", w.list()),
+        DrainNewServers => format!("drain {} and wait for their sessions", w.new_servers(None)),
+        DetachNewServers => format!("detach {} from every LB", w.new_servers(None)),
+        TerminateNewServers => w.retire(w.new_servers(None)),
+        BackupDatabase
+        | MigrateDatabase
+        | LaunchNewServers { .. }
+        | RunSystemHooks { .. }
+        | SaveInputs
+        | DeployRevision { .. }
+        | VerifyNewServers { .. } => new_server_title(w, action).unwrap_or_default(),
     }
 }
 
