@@ -726,6 +726,21 @@ mod tests {
         );
     }
 
+    /// Inputs versions are appended from any bastion without the deploy lock; two
+    /// writers of one number must not both succeed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_numbered_record_is_created_once_without_the_lock() {
+        let etcd = Etcd::start();
+        let a = EtcdStore::connect(&etcd.config()).expect("a connects");
+        let b = EtcdStore::connect(&etcd.config()).expect("b connects");
+        assert!(a.create("inputs", "000000000001", b"a").expect("a creates"));
+        assert!(!b.create("inputs", "000000000001", b"b").expect("b asks"));
+        assert_eq!(
+            b.get("inputs", "000000000001").expect("reads").as_deref(),
+            Some(&b"a"[..])
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_scan_by_prefix_in_key_order_and_the_lock_frees_on_drop() {
         let etcd = Etcd::start();

@@ -164,3 +164,27 @@ impl Store for RedbStore {
         self.try_lock(holder)?.map_err(anyhow::Error::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_numbered_record_is_created_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::new(dir.path());
+        assert!(
+            store
+                .create("inputs", "000000000001", b"a")
+                .expect("creates")
+        );
+        assert!(!store.create("inputs", "000000000001", b"b").expect("asks"));
+        assert_eq!(
+            store
+                .get("inputs", "000000000001")
+                .expect("reads")
+                .as_deref(),
+            Some(&b"a"[..])
+        );
+    }
+}
