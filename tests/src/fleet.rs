@@ -136,6 +136,17 @@ struct Owner {
 }
 
 static OWNER: Mutex<Option<Owner>> = Mutex::new(None);
+
+/// Set in a helper process that a fleet test starts while it holds the lock (the
+/// test provider, which the coordinator runs to launch hosts): that process works
+/// for the holder, so taking the flock again would wait for itself forever.
+static HELD_BY_PARENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Declares this process a helper of a test that already holds the fleet lock
+/// (see [`HELD_BY_PARENT`]): [`serial`] then returns at once.
+pub fn lock_held_by_parent() {
+    HELD_BY_PARENT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
 static RELEASED: Condvar = Condvar::new();
 
 /// Held while a fleet test runs; the lock is free again once every clone of it
@@ -152,6 +163,11 @@ pub struct SerialGuard {
 /// drops during unwinding, which released the lock. If the lock file cannot be used
 /// (read-only /tmp), only the in-process lock is taken.
 pub fn serial() -> SerialGuard {
+    if HELD_BY_PARENT.load(std::sync::atomic::Ordering::SeqCst) {
+        return SerialGuard {
+            held: Arc::new(Held { flock: None }),
+        };
+    }
     let me = std::thread::current().id();
     let mut owner = lock_owner();
     // No `Arc<Held>` may be dropped in this loop: dropping the last one takes

@@ -44,6 +44,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    // The coordinator runs this for a fleet test that holds the fleet lock.
+    handover_tests::fleet::lock_held_by_parent();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (state, rest) = match args.as_slice() {
         [flag, dir, rest @ ..] if flag == "--state" => (PathBuf::from(dir), rest),
