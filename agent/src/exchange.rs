@@ -33,16 +33,31 @@ where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
+    let Some(frame) = read_request(agent, caller, recv, send).await? else {
+        return Ok(());
+    };
+    let answers = spawn_action(agent, caller, frame);
+    relay_answers(caller, answers, send, gone).await
+}
+
+/// Reads the one request frame of a stream. None: the stream ended without one,
+/// or none came in time (the caller was told); a malformed frame is answered
+/// `BadRequest` and returned as the error.
+async fn read_request<R, W>(
+    agent: &Agent,
+    caller: &Caller,
+    recv: &mut R,
+    send: &mut W,
+) -> Result<Option<RequestFrame>, handover_common::wire::WireError>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
     use handover_common::wire;
 
-    let frame = match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        wire::read_frame::<_, RequestFrame>(recv),
-    )
-    .await
-    {
-        Ok(Ok(Some(frame))) => frame,
-        Ok(Ok(None)) => return Ok(()),
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_frame::<_, RequestFrame>(recv));
+    match read.await {
+        Ok(Ok(frame)) => Ok(frame),
         Ok(Err(e)) => {
             tracing::warn!(%caller, error = %e, "refused a malformed request");
             let failure = Failure::new(
@@ -55,7 +70,7 @@ where
                 .metrics
                 .request(caller, kind, &response, Default::default());
             let _ = wire::write_frame(send, &response).await;
-            return Err(e);
+            Err(e)
         }
         Err(_) => {
             let failure = Failure::new(
@@ -63,28 +78,51 @@ where
                 format!("no request within {}s", REQUEST_TIMEOUT.as_secs()),
             );
             let _ = wire::write_frame(send, &Response::Failed(failure)).await;
-            return Ok(());
+            Ok(None)
         }
-    };
+    }
+}
 
-    let (tx, mut rx) = mpsc::channel(32);
+/// Runs the request in its own task: a caller that disconnects mid-deploy must not
+/// cancel it half-way. Long waits watch `Reporter::is_closed` to stop early. The
+/// receiver yields progress, then the final response.
+fn spawn_action(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    frame: RequestFrame,
+) -> mpsc::Receiver<Response> {
+    let (tx, rx) = mpsc::channel(32);
     let reporter = Reporter::new(tx.clone());
-    let task_agent = agent.clone();
-    let task_caller = caller.clone();
-    // The action runs in its own task: a caller that disconnects mid-deploy must not
-    // cancel it half-way. Long waits watch `Reporter::is_closed` to stop early.
+    let (agent, caller) = (agent.clone(), caller.clone());
     tokio::spawn(async move {
         let kind = crate::metrics::RequestKind::of(&frame.request);
         let started = std::time::Instant::now();
-        let response = handle(&task_agent, &task_caller, frame, &reporter).await;
-        let (took, caller) = (started.elapsed(), &task_caller);
-        task_agent.metrics.request(caller, kind, &response, took);
+        let response = handle(&agent, &caller, frame, &reporter).await;
+        agent
+            .metrics
+            .request(&caller, kind, &response, started.elapsed());
         let _ = tx.send(response).await;
     });
+    rx
+}
+
+/// Writes the action's progress and its final response to the caller, until the
+/// final one or until `gone` (the caller's connection closed).
+async fn relay_answers<W>(
+    caller: &Caller,
+    mut answers: mpsc::Receiver<Response>,
+    send: &mut W,
+    gone: impl std::future::Future<Output = ()>,
+) -> Result<(), handover_common::wire::WireError>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use handover_common::wire;
+
     tokio::pin!(gone);
     loop {
         let response = tokio::select! {
-            response = rx.recv() => response,
+            response = answers.recv() => response,
             () = &mut gone => {
                 tracing::info!(%caller, "caller went away; its waits stop");
                 return Ok(());
