@@ -849,6 +849,10 @@ fn watch_signals(id: String) -> (watch::Receiver<u32>, tokio::task::JoinHandle<(
 }
 
 #[cfg(test)]
+#[path = "engine_bench.rs"]
+mod bench;
+
+#[cfg(test)]
 #[path = "surge_engine_tests.rs"]
 mod surge_tests;
 
@@ -944,79 +948,20 @@ mod tests {
         //! process, no socket, no waiting.
 
         use std::mem::discriminant;
-        use std::sync::Arc;
         use std::time::Duration;
 
         use tokio::sync::watch;
 
         use super::super::*;
-        use crate::rollout::fake::{self, Fake, Fault, NEW, OLD, Trigger, host};
+        use crate::rollout::fake::{self, Fault, NEW, OLD, Trigger, host};
 
         const THREE: &str = "batch = 1\nmin_healthy = 2";
 
-        struct Bench {
-            dir: tempfile::TempDir,
-            plan: Plan,
-            fake: Arc<Fake>,
-            id: String,
-        }
+        use crate::rollout::engine::bench::Bench;
 
         impl Bench {
-            fn new(rollout: &str) -> Self {
-                let plan = fake::plan(3, rollout);
-                let fake = Arc::new(Fake::new(&plan));
-                // The journal syncs every write: in memory when the host offers it.
-                let shm = std::path::Path::new("/dev/shm");
-                let dir = if shm.is_dir() {
-                    tempfile::tempdir_in(shm)
-                } else {
-                    tempfile::tempdir()
-                }
-                .expect("tempdir");
-                let record = new_record(std::path::Path::new("plan.toml"), String::new());
-                let id = record.id.clone();
-                Journal::new(dir.path())
-                    .save_rollout(&record)
-                    .expect("journal");
-                Bench {
-                    dir,
-                    plan,
-                    fake,
-                    id,
-                }
-            }
-
-            fn journal(&self) -> Journal {
-                Journal::new(self.dir.path())
-            }
-
-            /// A runner for the journaled record, as `rollout` or `resume` makes it.
-            fn runner(&self, resume: bool) -> Runner {
-                let mut record = self
-                    .journal()
-                    .rollout(&self.id)
-                    .expect("read")
-                    .expect("record");
-                if resume {
-                    record = to_resume(record).expect("resumable");
-                }
-                Runner {
-                    journal: self.journal(),
-                    plan: self.plan.clone(),
-                    record,
-                    ui: Arc::new(Ui::new(true)),
-                    actions: self.fake.clone(),
-                }
-            }
-
-            /// Runs until the end, or until a scripted crash (then `None`).
-            async fn run(&self, resume: bool) -> Option<anyhow::Result<RolloutState>> {
-                let (_itx, irx) = watch::channel(0u32);
-                let (_ltx, lrx) = watch::channel(None);
-                let mut runner = self.runner(resume);
-                tokio::time::timeout(Duration::from_secs(24 * 3600), runner.run_phases(irx, lrx))
-                    .await
-                    .ok()
+            fn in_place(rollout: &str) -> Self {
+                Bench::with_plan(fake::plan(3, rollout))
             }
 
             fn assert_all_on(&self, release: &str) {
@@ -1034,7 +979,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn waves_run_in_order_and_capacity_never_falls_below_min_healthy() {
-            let bench = Bench::new(THREE);
+            let bench = Bench::in_place(THREE);
             let state = bench.run(false).await.expect("ends").expect("runs");
             assert_eq!(state, RolloutState::Succeeded);
             bench.assert_all_on(NEW);
@@ -1062,7 +1007,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn a_wave_without_capacity_changes_nothing_and_resume_starts_it_again() {
-            let bench = Bench::new(THREE);
+            let bench = Bench::in_place(THREE);
             bench.fake.world().drained.insert(host("web-3"));
             let state = bench.run(false).await.expect("ends").expect("runs");
             assert_eq!(state, RolloutState::Aborted);
@@ -1079,7 +1024,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn the_canary_pause_waits_and_an_interrupt_there_puts_the_canary_back() {
-            let bench = Bench::new("batch = 2\nmin_healthy = 1\ncanary = 1\npause = \"60s\"");
+            let bench = Bench::in_place("batch = 2\nmin_healthy = 1\ncanary = 1\npause = \"60s\"");
             let (itx, irx) = watch::channel(0u32);
             let (_ltx, lrx) = watch::channel(None);
             let mut runner = bench.runner(false);
@@ -1135,7 +1080,7 @@ mod tests {
         async fn a_failure_at_any_step_of_a_wave_rolls_every_host_back_with_capacity_kept() {
             let actions = steps::wave_steps(1, &[host("web-2")], Action::ApplyRevision);
             for step in actions.iter().skip(1) {
-                let bench = Bench::new(&format!("{THREE}\nauto_rollback = true"));
+                let bench = Bench::in_place(&format!("{THREE}\nauto_rollback = true"));
                 let at = Trigger::Step(discriminant(&step.action), host("web-2"));
                 bench.fake.inject(at, Fault::Fail);
                 let state = bench.run(false).await.expect("ends").expect("runs");
@@ -1160,7 +1105,7 @@ mod tests {
             let total = steps::in_place(&fake::plan(3, THREE)).len();
             for crash in [Fault::CrashBefore, Fault::CrashAfter] {
                 for at in 0..total {
-                    let bench = Bench::new(THREE);
+                    let bench = Bench::in_place(THREE);
                     bench.fake.inject(Trigger::Call(at), crash);
                     assert!(bench.run(false).await.is_none(), "crashed at step {at}");
                     let state = bench.run(true).await.expect("ends").expect("runs");
@@ -1180,7 +1125,7 @@ mod tests {
         /// fail at once; a host back within the retries now finishes the step.
         #[tokio::test(start_paused = true)]
         async fn a_host_that_answers_again_within_the_retries_finishes_the_rollout() {
-            let bench = Bench::new(THREE);
+            let bench = Bench::in_place(THREE);
             let at = Trigger::Step(discriminant(&Action::WaitForSessionsToEnd), host("web-2"));
             for _ in 0..UNREACHABLE_RETRIES {
                 bench.fake.inject(at.clone(), Fault::Unreachable);
@@ -1199,7 +1144,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn an_unreachable_host_halts_and_a_plain_resume_carries_on() {
-            let bench = Bench::new(THREE);
+            let bench = Bench::in_place(THREE);
             let at = Trigger::Step(discriminant(&Action::RemoveHealthCheckFile), host("web-2"));
             for _ in 0..=UNREACHABLE_RETRIES {
                 bench.fake.inject(at.clone(), Fault::Unreachable);
@@ -1227,7 +1172,7 @@ mod tests {
                 Action::DetachFromLoadBalancers,
                 Action::AttachToLoadBalancers,
             ] {
-                let bench = Bench::new(THREE);
+                let bench = Bench::in_place(THREE);
                 let at = Trigger::Step(discriminant(&action), host("web-2"));
                 for _ in 0..=UNREACHABLE_RETRIES {
                     bench.fake.inject(at.clone(), Fault::Unreachable);
@@ -1257,7 +1202,7 @@ mod tests {
 
         #[tokio::test(start_paused = true)]
         async fn a_lost_lease_stops_the_rollout_without_touching_anything_more() {
-            let bench = Bench::new(THREE);
+            let bench = Bench::in_place(THREE);
             bench.fake.inject(Trigger::Call(2), Fault::CrashBefore);
             let (_itx, irx) = watch::channel(0u32);
             let (ltx, lrx) = watch::channel(None);

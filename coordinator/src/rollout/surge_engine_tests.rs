@@ -2,76 +2,18 @@
 //! paused clock: every decision of the 18 steps and their ways back.
 
 use std::mem::discriminant;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::watch;
 
 use super::*;
-use crate::rollout::fake::{self, Fake, Fault, NEW, OLD, Trigger, host};
+use crate::rollout::fake::{self, Fault, NEW, OLD, Trigger, host};
 use crate::rollout::surge::SurgeAction;
 
 const SURGE: &str = "[surge]\nprovider = \"standby\"\nbatch = 2\n[db]\nbackup = \"backup\"\nmigrate = \"migrate\"\ncheck = \"dbcheck\"\n[bake]\nduration = \"10s\"\n[inputs]\nAPP_ENV = \"production\"\n";
 
-struct Bench {
-    dir: tempfile::TempDir,
-    plan: Plan,
-    fake: Arc<Fake>,
-    id: String,
-}
+use super::bench::Bench;
 
 impl Bench {
-    fn new() -> Self {
-        let plan = fake::surge_plan(3, SURGE);
-        let fake = Arc::new(Fake::new(&plan));
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("tempdir");
-        let record = new_record(std::path::Path::new("plan.toml"), String::new());
-        let id = record.id.clone();
-        Journal::new(dir.path())
-            .save_rollout(&record)
-            .expect("journal");
-        Bench {
-            dir,
-            plan,
-            fake,
-            id,
-        }
-    }
-
-    fn journal(&self) -> Journal {
-        Journal::new(self.dir.path())
-    }
-
-    fn record(&self) -> RolloutRecord {
-        self.journal()
-            .rollout(&self.id)
-            .expect("read")
-            .expect("record")
-    }
-
-    async fn run(&self, resume: bool) -> Option<anyhow::Result<RolloutState>> {
-        let mut record = self.record();
-        if resume {
-            record = to_resume(record).expect("resumable");
-        }
-        let mut runner = Runner {
-            journal: self.journal(),
-            plan: self.plan.clone(),
-            record,
-            ui: Arc::new(Ui::new(true)),
-            actions: self.fake.clone(),
-        };
-        let (_itx, irx) = watch::channel(0u32);
-        let (_ltx, lrx) = watch::channel(None);
-        tokio::time::timeout(Duration::from_secs(24 * 3600), runner.run_phases(irx, lrx))
-            .await
-            .ok()
+    fn surge() -> Self {
+        Bench::with_plan(fake::surge_plan(3, SURGE))
     }
 
     /// What `handover resume --migrated` does: the migration step journaled done.
@@ -142,7 +84,7 @@ impl Bench {
 
 #[tokio::test(start_paused = true)]
 async fn a_surge_runs_the_runbook_in_order_and_migrates_once() {
-    let bench = Bench::new();
+    let bench = Bench::surge();
     let state = bench.run(false).await.expect("ends").expect("runs");
     assert_eq!(state, RolloutState::Succeeded);
     bench.assert_handed_over();
@@ -166,7 +108,7 @@ async fn resume_after_a_crash_at_any_step_boundary_finishes_and_never_migrates_t
     let total = surge::forward(&fake::surge_plan(3, SURGE)).len();
     for crash in [Fault::CrashBefore, Fault::CrashAfter] {
         for at in 0..total {
-            let bench = Bench::new();
+            let bench = Bench::surge();
             bench.fake.inject(Trigger::Call(at), crash);
             assert!(bench.run(false).await.is_none(), "crashed at step {at}");
             let mut state = bench.run(true).await.expect("ends").expect("runs");
@@ -201,7 +143,7 @@ async fn resume_after_a_crash_at_any_step_boundary_finishes_and_never_migrates_t
 
 #[tokio::test(start_paused = true)]
 async fn a_new_server_failing_the_db_check_is_retired_before_any_traffic_moves() {
-    let bench = Bench::new();
+    let bench = Bench::surge();
     bench.fake.world().db_check_fails.insert(host("web-6"));
     let state = bench.run(false).await.expect("ends").expect("runs");
     assert_eq!(state, RolloutState::Aborted);
@@ -226,7 +168,7 @@ async fn a_new_server_failing_the_db_check_is_retired_before_any_traffic_moves()
 
 #[tokio::test(start_paused = true)]
 async fn a_failure_once_the_array_is_disabled_enables_it_again() {
-    let bench = Bench::new();
+    let bench = Bench::surge();
     let at = Trigger::Surge(discriminant(&SurgeAction::AttachNewServers));
     bench.fake.inject(at, Fault::Fail);
     let state = bench.run(false).await.expect("ends").expect("runs");
@@ -236,7 +178,7 @@ async fn a_failure_once_the_array_is_disabled_enables_it_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_5xx_burst_in_the_bake_puts_the_old_servers_back() {
-    let bench = Bench::new();
+    let bench = Bench::surge();
     bench.fake.world().burst = true;
     let state = bench.run(false).await.expect("ends").expect("runs");
     assert_eq!(state, RolloutState::RolledBack);
@@ -264,7 +206,7 @@ async fn a_failure_at_every_step_before_the_handover_leaves_the_old_servers_serv
         ) {
             continue;
         }
-        let bench = Bench::new();
+        let bench = Bench::surge();
         bench.fake.inject(Trigger::Call(i), Fault::Fail);
         let state = bench.run(false).await.expect("ends").expect("runs");
         assert!(
@@ -277,7 +219,7 @@ async fn a_failure_at_every_step_before_the_handover_leaves_the_old_servers_serv
 
 #[tokio::test(start_paused = true)]
 async fn after_step_18_there_is_no_way_back_to_the_old_servers() {
-    let bench = Bench::new();
+    let bench = Bench::surge();
     let at = Trigger::Surge(discriminant(&SurgeAction::TerminateOldServers));
     bench.fake.inject(at, Fault::Fail);
     let state = bench.run(false).await.expect("ends").expect("runs");
