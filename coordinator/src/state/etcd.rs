@@ -356,9 +356,11 @@ async fn revoke(mut client: Client, lease: i64) -> anyhow::Result<()> {
 /// Whether an error may go away by itself (no leader yet, a member restarting).
 fn transient(e: &etcd_client::Error) -> bool {
     match e {
-        // gRPC's status codes (fixed by its spec): UNKNOWN 2, DEADLINE_EXCEEDED 4,
-        // UNAVAILABLE 14 (etcd's "no leader", "leader changed", a member down).
-        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 2 | 4 | 14),
+        // gRPC's status codes (fixed by its spec): CANCELLED 1 (tonic's own request
+        // timeout, "Timeout expired", while the cluster elects a leader: seen when the
+        // e2e test killed the leader), UNKNOWN 2, DEADLINE_EXCEEDED 4, UNAVAILABLE 14
+        // (etcd's "no leader", "leader changed", a member down).
+        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 14),
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
