@@ -248,7 +248,7 @@ async fn run_recorded(
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     // Ends the group however this function is left, cancellation included.
-    let group = child
+    let mut group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(|id| GroupGuard::new(Pid::from_raw(id), groups));
@@ -261,18 +261,23 @@ async fn run_recorded(
         Ok(status) => Some(status?),
         Err(_) => {
             let _ = child.kill().await;
+            drop(group.take());
             None
         }
     };
-    // Whatever the command left running in its group (`daemon &`) ends with it.
+    // Output first, then the group. A daemon started by the hook (`apache2 -k
+    // start`, daemon(3)) leaves the group with setsid and only then lets go of
+    // our pipes, so their end says it is safe; ending the group the instant the
+    // hook returned killed such a daemon before its setsid. A grandchild still
+    // holding the pipes (`sleep 300 &`) is waited for no longer than
+    // OUTPUT_GRACE, then ends with the group.
+    let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
+    let (stdout, last_stdout_line) = match tokio::time::timeout_at(deadline, out_task).await {
+        Ok(Ok(collected)) => collected,
+        _ => (Vec::new(), None),
+    };
+    let _ = tokio::time::timeout_at(deadline, err_task).await;
     drop(group);
-    // A grandchild still holding the pipes must not keep us here past the limit.
-    let (stdout, last_stdout_line) =
-        match tokio::time::timeout(Duration::from_secs(2), out_task).await {
-            Ok(Ok(collected)) => collected,
-            _ => (Vec::new(), None),
-        };
-    let _ = tokio::time::timeout(Duration::from_secs(2), err_task).await;
     let tail = tail
         .lock()
         .map(|t| t.iter().cloned().collect())
@@ -284,6 +289,10 @@ async fn run_recorded(
         last_stdout_line,
     })
 }
+
+/// How long a finished command's leftover children may hold its output pipes
+/// before its process group is ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// A running command's process group: killed, and its record removed, on drop.
 struct GroupGuard {

@@ -1464,3 +1464,84 @@ mod engine2 {
         drop(held);
     }
 }
+
+// --- hooks ---
+
+mod hooks {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use handover_tests::agents::{HostSpec, output_text};
+    use handover_tests::config::{AgentSections, Deploy};
+    use handover_tests::fleet::Fleet;
+    use handover_tests::git::{Revision, bare_repo};
+    use handover_tests::ports::host_ip;
+
+    /// A daemon the way Apache's `-k start` and glibc's daemon(3) make one: fork,
+    /// the parent exits at once, the child calls setsid only a moment later (a busy
+    /// machine), then points stdio at /dev/null and writes its pid file.
+    fn slow_daemon(pidfile: &Path) -> String {
+        format!(
+            "perl -MPOSIX -e 'exit 0 if fork; select(undef, undef, undef, 0.5); \
+             POSIX::setsid(); open STDIN, \"</dev/null\"; open STDOUT, \">/dev/null\"; \
+             open STDERR, \">/dev/null\"; open my $f, \">\", \"{}\"; print $f $$; close $f; sleep 120'",
+            pidfile.display()
+        )
+    }
+
+    /// CI, the README walk-through: the first deploy's reload hook
+    /// (`apache2 -k graceful`) starts Apache, and the agent ended the hook's
+    /// process group the instant the hook returned, killing Apache's daemon child
+    /// before it had left the group (its setsid came a moment later under load):
+    /// nothing listened afterwards. A daemon that detaches as daemon(3) does must
+    /// outlive the hook that started it.
+    #[test]
+    fn a_daemon_started_by_a_reload_hook_survives_a_slow_setsid() {
+        let dir = Fleet::new().expect("fleet directory and CA");
+        let repo = bare_repo(
+            dir.path(),
+            &[Revision {
+                tag: "v1",
+                files: vec![("VERSION", "v1\n".into())],
+            }],
+        )
+        .expect("repository");
+        let pidfile = dir.path().join("daemon.pid");
+        let sections = AgentSections {
+            deploy: Some(Deploy {
+                reload: Some(slow_daemon(&pidfile)),
+                ..Deploy::new(dir.path().join("web-1").join("www"), &repo)
+            }),
+            ..Default::default()
+        };
+        let agent = dir
+            .agent("web-1", host_ip(92), &sections)
+            .expect("agent starts");
+        let coordinator = dir
+            .coordinator(&[HostSpec::of(&agent, &["app"])])
+            .expect("config");
+        let out = coordinator.run(&["deploy", "web-1", "--repo", &repo, "--ref", "v1"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                break Some(pid);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let pid = pid.expect("the daemon wrote its pid file: it was killed before setsid");
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(alive, "the daemon the reload hook started was killed");
+    }
+}
