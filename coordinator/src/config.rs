@@ -33,6 +33,10 @@ pub struct CoordinatorConfig {
     /// Where the journal and the deploy lock live (`[state]`; default: state_dir).
     #[serde(default)]
     pub state: crate::state::Backend,
+    /// `[enroll]`: the CA directory that enrolls launched servers with join
+    /// tokens (`[surge] enroll = true`).
+    #[serde(default)]
+    pub enroll: Option<crate::enroll::EnrollConfig>,
 }
 
 fn default_concurrency() -> NonZeroUsize {
@@ -208,6 +212,14 @@ impl CoordinatorConfig {
             }
         }
         config.state.resolve_paths(base);
+        if let Some(enroll) = config.enroll.as_mut() {
+            if enroll.ca_dir.is_relative() {
+                enroll.ca_dir = base.join(&enroll.ca_dir);
+            }
+            enroll
+                .check(&config.ca)
+                .with_context(|| format!("invalid coordinator config {}", path.display()))?;
+        }
         Ok(config)
     }
 

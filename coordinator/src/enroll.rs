@@ -15,6 +15,46 @@ use handover_common::names::{HostName, Role};
 use handover_common::pki::tokens::{self, TokenError};
 use handover_common::pki::{self, Existing, LeafSpec};
 use handover_common::tls::CredentialFiles;
+use serde::Deserialize;
+
+/// `[enroll]` in handover.toml: the CA directory this bastion holds, so that the
+/// servers a surge rollout launches (`[surge] enroll = true`) get their agent
+/// certificates with single-use join tokens (see `rollout::surge_enroll`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// The CA directory (`handover ca init`): ca.pem, ca.key and the token store.
+    pub ca_dir: PathBuf,
+    /// How long a launched server may take to boot and answer as a joining
+    /// agent before the rollout gives up on it.
+    #[serde(
+        default = "default_enroll_wait",
+        with = "handover_common::duration::serde_human_positive"
+    )]
+    pub wait: Duration,
+}
+
+fn default_enroll_wait() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl EnrollConfig {
+    /// Checks, once at load, that `ca_dir` holds a CA with its key, and that it
+    /// is the CA of this coordinator's certificate (`ca` in handover.toml).
+    pub fn check(&self, config_ca: &Path) -> Result<CaHash, EnrollError> {
+        let key = pki::ca_files(&self.ca_dir).key;
+        if !key.exists() {
+            return Err(pki::PkiError::Invalid(format!(
+                "[enroll] ca_dir = {:?} holds no CA ({} is missing): give the directory of `handover ca init`, on this bastion",
+                self.ca_dir.display(),
+                key.display()
+            ))
+            .into());
+        }
+        same_ca(config_ca, &self.ca_dir)?;
+        Ok(CaHash::of_ca_dir(&self.ca_dir)?)
+    }
+}
 
 /// What to enroll.
 #[derive(Debug, Clone)]
@@ -27,6 +67,9 @@ pub struct EnrollRequest {
     pub address: SocketAddr,
     /// How long to keep dialling a host that is not listening yet (booting).
     pub wait: Duration,
+    /// The only tokens this host may prove (the ones made for its launch);
+    /// empty: any token of the CA directory.
+    pub only: Vec<tokens::TokenId>,
 }
 
 /// Why a host was not enrolled. Nothing was issued in any of these cases except
@@ -228,6 +271,21 @@ async fn exchange_on(
         Answer::Proof { id, proof } => (id, proof),
         Answer::Refused(why) => return Err(exchange(request, why)),
     };
+    if !request.only.is_empty() && !request.only.contains(&id) {
+        let why = format!(
+            "the host holds join token {id}, which was not made for its launch (expected one of {}): nothing was issued",
+            request
+                .only
+                .iter()
+                .map(tokens::TokenId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Ok((mut send, _)) = conn.open_bi().await {
+            let _ = join::send(&mut send, &Outcome::Refused(why.clone())).await;
+        }
+        return Err(exchange(request, why));
+    }
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| exchange(request, e))?;
     let issued = tokens::redeem(&request.ca_dir, &id, SystemTime::now(), |key| {
         join::verify_proof(key, &id, &spki, &proof)

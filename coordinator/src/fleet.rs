@@ -272,7 +272,8 @@ impl Fleet {
         self.host_deadline = Some(limit);
     }
 
-    async fn resolve(host: &HostEntry) -> Result<SocketAddr, FleetError> {
+    /// The address to dial for `host` (a name is looked up; the port defaults).
+    pub(crate) async fn resolve(host: &HostEntry) -> Result<SocketAddr, FleetError> {
         if let Ok(addr) = host.address.parse::<SocketAddr>() {
             return Ok(addr);
         }
@@ -295,6 +296,11 @@ impl Fleet {
             address: host.address.clone(),
             why: "no IPv4 address".into(),
         })
+    }
+
+    /// The rollout every call carries, if any.
+    pub fn rollout(&self) -> Option<&str> {
+        self.rollout.as_deref()
     }
 
     /// Makes every later call carry `rollout`, so the

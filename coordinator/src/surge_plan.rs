@@ -51,6 +51,12 @@ pub struct SurgeSpec {
     /// (systems-level changes).
     #[serde(default)]
     pub system: Vec<HookName>,
+    /// The launched servers get their agent certificates with single-use join
+    /// tokens: the launch call carries one per server (`join` on its stdin), and
+    /// the coordinator enrolls each before it waits for its agent. Needs a
+    /// launching provider and `[enroll] ca_dir` in handover.toml.
+    #[serde(default)]
+    pub enroll: bool,
 }
 
 fn default_provider() -> ProviderKind {
@@ -91,6 +97,7 @@ impl Default for SurgeSpec {
             batch: one(),
             terminate_after: None,
             system: Vec::new(),
+            enroll: false,
         }
     }
 }
@@ -224,6 +231,9 @@ pub struct SurgePlan {
     /// Servers a command provider launched (filled in while the rollout runs,
     /// from the journal's facts; empty when the plan is read).
     pub launched: Vec<HostEntry>,
+    /// `[surge] enroll = true`: the CA directory (handover.toml `[enroll]`) the
+    /// launched servers enroll with.
+    pub enroll: Option<crate::enroll::EnrollConfig>,
 }
 
 impl SurgePlan {
@@ -305,6 +315,7 @@ pub fn resolve(
         }
     };
     let db = resolve_db(db, config)?;
+    let enroll = resolve_enroll(surge, config)?;
     Ok(SurgePlan {
         provider: surge.provider,
         count,
@@ -312,7 +323,32 @@ pub fn resolve(
         standby,
         db,
         launched: Vec::new(),
+        enroll,
     })
+}
+
+/// `[surge] enroll = true`: servers a provider launches, and a CA directory on
+/// this bastion to enroll them with.
+fn resolve_enroll(
+    surge: &SurgeSpec,
+    config: &CoordinatorConfig,
+) -> Result<Option<crate::enroll::EnrollConfig>, Refusal> {
+    if !surge.enroll {
+        return Ok(None);
+    }
+    if surge.provider == ProviderKind::Standby {
+        return Err((
+            vec!["surge", "enroll"],
+            "[surge] enroll is for servers a provider launches: standby hosts are in the inventory and hold their certificates already; remove enroll, or set provider = \"command\"".into(),
+        ));
+    }
+    match &config.enroll {
+        Some(e) => Ok(Some(e.clone())),
+        None => Err((
+            vec!["surge", "enroll"],
+            "[surge] enroll = true needs the CA directory in handover.toml: add [enroll] ca_dir = \"/path/to/pki\" (the directory of `handover ca init`, on this bastion)".into(),
+        )),
+    }
 }
 
 /// The db host: `[db] host`, or the inventory's only `db` host; needed only when
@@ -500,6 +536,27 @@ APP_ENV = "production"
                 config.clone(),
                 "surprise",
                 "unknown field",
+            ),
+            (
+                PLAN.replace("batch = 1", "batch = 1\nenroll = true"),
+                config.clone(),
+                "[surge] enroll",
+                "provider = \"command\"",
+            ),
+            (
+                format!(
+                    "{}[provider]\nlaunch = \"/l\"\nterminate = \"/t\"\n",
+                    PLAN.replace("\"standby\"", "\"command\"\nenroll = true")
+                ),
+                config.clone(),
+                "[surge] enroll",
+                "[enroll] ca_dir",
+            ),
+            (
+                PLAN.replace("batch = 1", "batch = 1\nenroll = \"yes\""),
+                config.clone(),
+                "[surge] enroll",
+                "a boolean",
             ),
         ];
         for (text, config, key, fix) in cases {

@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod apache;
 pub mod config;
+pub mod enroll;
 pub mod etcd;
 pub mod fanout;
 pub mod fleet;

@@ -98,32 +98,19 @@ pub fn start_app_host(
     name: &str,
     ip: Ipv4Addr,
 ) -> anyhow::Result<AppHost> {
-    let home = parent.join(name);
-    std::fs::create_dir_all(&home)?;
-    let root = home.join("www");
-    let health = home.join("health").join("health.html");
-    std::fs::create_dir_all(health.parent().context("health dir")?)?;
-    write_public(&health, &format!("OK {name}\n"))?;
-    let port = free_tcp_port(ip)?;
-    // A link to Apache's own log, made once Apache runs (it picks its directory).
-    let error_log = home.join("apache-error.log");
-    let dbcheck = format!(
-        "sh {} {name} {} {}",
-        kit.hooks.join("dbcheck.sh").display(),
-        kit.db.display(),
-        kit.dbcheck_fail.display()
-    );
-    let extra = format!(
-        "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nstatus_url = \"http://{ip}:{port}/server-status?auto\"\nquiet_period = \"300ms\"\nerror_log = {error_log:?}\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\nverify = \"! grep -q broken VERSION\"\n\n[hooks]\n{DBCHECK_HOOK} = {dbcheck:?}\n",
-        health = health.display().to_string(),
-        error_log = error_log.display().to_string(),
-        root = root.display().to_string(),
-        repo = kit.repo,
-    );
+    let host = AppHostFiles::prepare(kit, parent, name, ip)?;
     let pki = Pki {
         dir: kit.pki.clone(),
     };
-    let agent = AgentProcess::start(parent, &pki, AgentSpec { name, ip, extra })?;
+    let agent = AgentProcess::start(
+        parent,
+        &pki,
+        AgentSpec {
+            name,
+            ip,
+            extra: host.agent_sections.clone(),
+        },
+    )?;
     let out = agent.cli(&["deploy", "--repo", &kit.repo, "--ref", START_REVISION]);
     if !out.status.success() {
         bail!(
@@ -131,25 +118,96 @@ pub fn start_app_host(
             output_text(&out)
         );
     }
-    let apache = Apache::start_with(
-        ip,
-        ApacheOptions {
-            name: Some(name.to_owned()),
-            docroot: Some(root.join("current")),
-            health_file: Some(health),
-            parent: Some(home.clone()),
-            port: Some(port),
-        },
-    )?;
-    std::os::unix::fs::symlink(apache.error_log(), &error_log)
-        .with_context(|| format!("link {}", error_log.display()))?;
-    allow_htaccess(&apache)?;
+    let apache = host.start_apache()?;
     Ok(AppHost {
         name: name.to_owned(),
         apache,
         agent,
-        root,
+        root: host.root,
     })
+}
+
+/// What an app host is made of before anything runs on it: its directory, the
+/// agent's feature sections and where Apache will serve from.
+pub struct AppHostFiles {
+    /// Inventory name.
+    pub name: String,
+    /// `parent/<name>`.
+    pub home: PathBuf,
+    /// The `[deploy] root` (Apache serves `root/current`).
+    pub root: PathBuf,
+    /// The health file.
+    pub health: PathBuf,
+    /// Apache's port.
+    pub port: u16,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// A link to Apache's error log (the agent's `[app] error_log`).
+    pub error_log: PathBuf,
+    /// The agent config's feature sections.
+    pub agent_sections: String,
+}
+
+impl AppHostFiles {
+    /// Makes the directory, the health file and the agent's sections.
+    pub fn prepare(
+        kit: &HostKit,
+        parent: &Path,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        let home = parent.join(name);
+        std::fs::create_dir_all(&home)?;
+        let root = home.join("www");
+        let health = home.join("health").join("health.html");
+        std::fs::create_dir_all(health.parent().context("health dir")?)?;
+        write_public(&health, &format!("OK {name}\n"))?;
+        let port = free_tcp_port(ip)?;
+        // A link to Apache's own log, made once Apache runs (it picks its directory).
+        let error_log = home.join("apache-error.log");
+        let dbcheck = format!(
+            "sh {} {name} {} {}",
+            kit.hooks.join("dbcheck.sh").display(),
+            kit.db.display(),
+            kit.dbcheck_fail.display()
+        );
+        let agent_sections = format!(
+            "\n[health]\nfile = {health:?}\n\n[app]\nlisten = \"{ip}:{port}\"\nstatus_url = \"http://{ip}:{port}/server-status?auto\"\nquiet_period = \"300ms\"\nerror_log = {error_log:?}\n\n[deploy]\nroot = {root:?}\nallowed_repos = [{repo:?}]\nverify = \"! grep -q broken VERSION\"\n\n[hooks]\n{DBCHECK_HOOK} = {dbcheck:?}\n",
+            health = health.display().to_string(),
+            error_log = error_log.display().to_string(),
+            root = root.display().to_string(),
+            repo = kit.repo,
+        );
+        Ok(AppHostFiles {
+            name: name.to_owned(),
+            home,
+            root,
+            health,
+            port,
+            ip,
+            error_log,
+            agent_sections,
+        })
+    }
+
+    /// Starts Apache serving `root/current` (which may not exist yet: it
+    /// serves once a release is deployed), with `.htaccess` allowed.
+    pub fn start_apache(&self) -> anyhow::Result<Apache> {
+        let apache = Apache::start_with(
+            self.ip,
+            ApacheOptions {
+                name: Some(self.name.clone()),
+                docroot: Some(self.root.join("current")),
+                health_file: Some(self.health.clone()),
+                parent: Some(self.home.clone()),
+                port: Some(self.port),
+            },
+        )?;
+        std::os::unix::fs::symlink(apache.error_log(), &self.error_log)
+            .with_context(|| format!("link {}", self.error_log.display()))?;
+        allow_htaccess(&apache)?;
+        Ok(apache)
+    }
 }
 
 /// Lets `.htaccess` in the docroot change the site (see [`SurgeFleet::break_app`]).

@@ -217,6 +217,10 @@ pub struct StoredToken {
     /// Revoked by `ca token revoke`.
     #[serde(default)]
     pub revoked: bool,
+    /// What it was made for, when a coordinator made it for a launch (`rollout
+    /// ID batch N`): a rollout that stopped part-way finds and revokes its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl StoredToken {
@@ -306,6 +310,19 @@ pub fn create(
     role: Role,
     now: SystemTime,
 ) -> Result<(JoinToken, StoredToken), TokenError> {
+    create_noted(dir, ttl, uses, role, now, None)
+}
+
+/// [`create`], with a note saying what the token is for (kept with it, listed,
+/// and matched by [`revoke_usable`]).
+pub fn create_noted(
+    dir: &Path,
+    ttl: Duration,
+    uses: u32,
+    role: Role,
+    now: SystemTime,
+    note: Option<String>,
+) -> Result<(JoinToken, StoredToken), TokenError> {
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(TokenError::Invalid(format!(
             "--ttl {}: a join token may live from 1s to 24h",
@@ -338,6 +355,7 @@ pub fn create(
             uses,
             used: 0,
             revoked: false,
+            note,
         };
         store.tokens.push(stored.clone());
         Ok(((token, stored), true))
@@ -359,6 +377,27 @@ pub fn revoke(dir: &Path, id: &TokenId) -> Result<StoredToken, TokenError> {
             .ok_or_else(|| TokenError::Unknown(id.to_string()))?;
         token.revoked = true;
         Ok((token.clone(), true))
+    })
+}
+
+/// Revokes every token `pick` chooses that could still enroll a host (not
+/// revoked, not used up, not expired) and returns their IDs: a launch's tokens
+/// that no host redeemed must not stay usable once the launch is over.
+pub fn revoke_usable(
+    dir: &Path,
+    now: SystemTime,
+    pick: impl Fn(&StoredToken) -> bool,
+) -> Result<Vec<TokenId>, TokenError> {
+    with_store(dir, |store| {
+        let mut revoked = Vec::new();
+        for token in store.tokens.iter_mut() {
+            if token.state(now) == "usable" && pick(token) {
+                token.revoked = true;
+                revoked.push(token.id.clone());
+            }
+        }
+        let changed = !revoked.is_empty();
+        Ok((revoked, changed))
     })
 }
 
@@ -522,6 +561,36 @@ mod tests {
         let err = redeem(dir.path(), &token.id, at(T0 + 1), |_| true).expect_err("revoked");
         assert!(matches!(err, TokenError::Revoked(_)), "{err}");
         assert_eq!(list(dir.path()).expect("list")[0].state(at(T0)), "revoked");
+    }
+
+    #[test]
+    fn revoke_usable_revokes_only_the_picked_tokens_that_could_still_enroll() {
+        let dir = ca();
+        let noted = |n: &str| Some(n.to_owned());
+        let ttl = Duration::from_secs(60);
+        let (a, _) = create_noted(dir.path(), ttl, 1, Role::Agent, at(T0), noted("r1 batch 1"))
+            .expect("a");
+        let (b, _) = create_noted(dir.path(), ttl, 1, Role::Agent, at(T0), noted("r1 batch 1"))
+            .expect("b");
+        let (other, _) = create(dir.path(), ttl, 1, Role::Agent, at(T0)).expect("other");
+        let key = a.proof_key();
+        redeem(dir.path(), &a.id, at(T0 + 1), |k| k == &key).expect("a used");
+        let revoked = revoke_usable(dir.path(), at(T0 + 2), |t| {
+            t.note.as_deref() == Some("r1 batch 1")
+        })
+        .expect("revoke");
+        assert_eq!(revoked, [b.id.clone()], "only the unused one of the batch");
+        let states: Vec<(TokenId, &str)> = list(dir.path())
+            .expect("list")
+            .iter()
+            .map(|t| (t.id.clone(), t.state(at(T0 + 2))))
+            .collect();
+        assert_eq!(
+            states,
+            [(a.id, "used"), (b.id, "revoked"), (other.id, "usable")]
+        );
+        let none = revoke_usable(dir.path(), at(T0 + 3), |_| false).expect("nothing");
+        assert!(none.is_empty());
     }
 
     #[test]

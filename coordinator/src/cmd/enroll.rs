@@ -30,6 +30,7 @@ pub async fn run(
         name: name.clone(),
         address,
         wait,
+        only: Vec::new(),
     };
     let enrolled = enroll(&files, &request).await?;
     println!(

@@ -131,8 +131,14 @@ fn revision_still_to_apply(
 fn describe(plan: &Plan) -> String {
     let f = &plan.file;
     if let Some(s) = &plan.surge {
+        let enroll = s.enroll.as_ref().map_or_else(String::new, |e| {
+            format!(
+                "; launched servers enroll with single-use join tokens (CA {})",
+                e.ca_dir.display()
+            )
+        });
         return format!(
-            "surge rollout of {} @ {}: {} new server(s) ({}) replace {} in batches of {}; load balancers: {}\n",
+            "surge rollout of {} @ {}: {} new server(s) ({}) replace {} in batches of {}; load balancers: {}{enroll}\n",
             f.revision.repo,
             f.revision.reference,
             s.count,

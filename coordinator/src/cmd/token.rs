@@ -99,6 +99,7 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
                             "expires": t.expires_at(),
                             "uses": t.uses,
                             "used": t.used,
+                            "note": t.note,
                         })
                     })
                     .collect();
@@ -111,12 +112,13 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
                 for t in &list {
                     let used = format!("{}/{}", t.used, t.uses);
                     println!(
-                        "{:<8} {:<8} {:<6} {:<10} {}",
+                        "{:<8} {:<8} {:<6} {:<10} {}{}",
                         t.id.as_str(),
                         t.state(now),
                         t.role.as_str(),
                         used,
-                        t.expires_at()
+                        t.expires_at(),
+                        t.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
                     );
                 }
             }

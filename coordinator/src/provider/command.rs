@@ -1,8 +1,11 @@
 //! `[surge] provider = "command"`: executables with a JSON contract, run
 //! directly (never through a shell), with a timeout.
 //!
-//! - `launch`: stdin `{"like": HOST, "count": N, "inputs": {KEY: VALUE}}`;
-//!   stdout a JSON list of `{"name", "address", "app"}`, one per server.
+//! - `launch`: stdin `{"like": HOST, "count": N, "inputs": {KEY: VALUE}}`, plus
+//!   `"join": {"ca_hash": "sha256:...", "tokens": ["ID.SECRET", ...]}` (one
+//!   single-use token per server) when the coordinator enrolls the servers it
+//!   launches (`[surge] enroll = true`); stdout a JSON list of `{"name",
+//!   "address", "app"}`, one per server.
 //! - `terminate NAME...`: the names as arguments, and as a JSON list on stdin.
 //! - `array disable|enable|update`.
 //!
@@ -160,6 +163,31 @@ struct LaunchRequest<'a> {
     like: &'a HostName,
     count: usize,
     inputs: &'a Inputs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    join: Option<&'a LaunchJoin>,
+}
+
+/// `launch`'s `join`: how each new server enrolls (`handover-agent join
+/// --ca-hash CA_HASH` with `HANDOVER_JOIN_TOKEN` set to one of `tokens`, in its
+/// user data). The secrets exist only here and on the provider's stdin; Debug
+/// does not show them.
+#[derive(Clone, Serialize)]
+pub struct LaunchJoin {
+    /// The CA's hash, `sha256:...`, the new servers pin.
+    pub ca_hash: String,
+    /// One single-use token per server, `ID.SECRET`.
+    pub tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for LaunchJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LaunchJoin {{ ca_hash: {}, tokens: {} (secrets hidden) }}",
+            self.ca_hash,
+            self.tokens.len()
+        )
+    }
 }
 
 /// Runbook step 3: `count` servers like `like`. The answer must list exactly
@@ -169,12 +197,14 @@ pub async fn launch(
     like: &HostName,
     count: usize,
     inputs: &Inputs,
+    join: Option<&LaunchJoin>,
     timeout: Duration,
 ) -> Result<Vec<Launched>, ProviderError> {
     let request = LaunchRequest {
         like,
         count,
         inputs,
+        join,
     };
     let stdin = serde_json::to_vec(&request).unwrap_or_default();
     let stdout = run(Call {
@@ -299,7 +329,7 @@ mod tests {
             r#"read req; printf '%s' "$HANDOVER_INPUT_APP_ENV" > "$(dirname "$0")/env"; printf '%s' "$req" > "$(dirname "$0")/req"
 echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
         );
-        let got = launch(&exe, &web1(), 1, &inputs(), Duration::from_secs(10))
+        let got = launch(&exe, &web1(), 1, &inputs(), None, Duration::from_secs(10))
             .await
             .expect("launched");
         assert_eq!(got[0].name.as_str(), "web-9");
@@ -311,13 +341,27 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
         assert_eq!(req["like"], "web-1");
         assert_eq!(req["count"], 1);
         assert_eq!(req["inputs"]["APP_ENV"], "prod; rm -rf /");
+        assert!(req.get("join").is_none(), "no join unless enrolling: {req}");
+        let join = LaunchJoin {
+            ca_hash: format!("sha256:{}", "ab".repeat(32)),
+            tokens: vec!["abc123.0123456789abcdef".into()],
+        };
+        launch(&exe, &web1(), 1, &inputs(), Some(&join), Duration::from_secs(10))
+            .await
+            .expect("launched");
+        let req: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("req")).expect("req"))
+                .expect("json");
+        assert_eq!(req["join"]["ca_hash"], join.ca_hash.as_str());
+        assert_eq!(req["join"]["tokens"][0], "abc123.0123456789abcdef");
+        assert!(!format!("{join:?}").contains("0123456789abcdef"));
     }
 
     #[tokio::test]
     async fn a_failing_hanging_or_garbled_provider_is_a_clear_error_naming_it_and_the_step() {
         let dir = tempfile::tempdir().expect("dir");
         let failing = script(&dir, "fail", "echo 'quota exceeded in zone b' >&2; exit 3");
-        let err = launch(&failing, &web1(), 1, &inputs(), Duration::from_secs(10))
+        let err = launch(&failing, &web1(), 1, &inputs(), None, Duration::from_secs(10))
             .await
             .expect_err("fails")
             .to_string();
@@ -342,7 +386,7 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
             "{err}"
         );
         let garbled = script(&dir, "garbled", "echo 'launched ok!'");
-        let err = launch(&garbled, &web1(), 1, &inputs(), Duration::from_secs(10))
+        let err = launch(&garbled, &web1(), 1, &inputs(), None, Duration::from_secs(10))
             .await
             .expect_err("malformed")
             .to_string();
@@ -353,7 +397,7 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
             "{err}"
         );
         let short = script(&dir, "short", "echo '[]'");
-        let err = launch(&short, &web1(), 2, &inputs(), Duration::from_secs(10))
+        let err = launch(&short, &web1(), 2, &inputs(), None, Duration::from_secs(10))
             .await
             .expect_err("too few")
             .to_string();

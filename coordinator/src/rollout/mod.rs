@@ -27,6 +27,7 @@ pub mod lease;
 pub mod ops;
 pub mod steps;
 pub mod surge;
+pub mod surge_enroll;
 #[cfg(test)]
 pub(crate) mod surge_fake;
 pub mod surge_ops;

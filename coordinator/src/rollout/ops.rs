@@ -104,7 +104,7 @@ impl Ctx<'_> {
         });
     }
 
-    fn entries(&self, hosts: &[HostName]) -> anyhow::Result<Vec<HostEntry>> {
+    pub(super) fn entries(&self, hosts: &[HostName]) -> anyhow::Result<Vec<HostEntry>> {
         hosts.iter().map(|h| self.plan.host(h).cloned()).collect()
     }
 }

@@ -74,6 +74,12 @@ pub enum SurgeAction {
     DetachNewServers,
     /// Way back: new servers terminated (standby: back in the pool).
     TerminateNewServers,
+    /// 3 (8): each launched server enrolled with its join token (`[surge]
+    /// enroll = true`), before its agent is waited for.
+    EnrollNewServers {
+        /// Batch, from 0.
+        batch: usize,
+    },
 }
 
 impl SurgeAction {
@@ -84,7 +90,7 @@ impl SurgeAction {
         Some(match self {
             BackupDatabase => "1",
             MigrateDatabase => "2",
-            LaunchNewServers { batch } => later(batch, "3"),
+            LaunchNewServers { batch } | EnrollNewServers { batch } => later(batch, "3"),
             RunSystemHooks { batch } => later(batch, "4"),
             SaveInputs => "5",
             DeployRevision { batch } => later(batch, "6"),
@@ -142,6 +148,10 @@ pub struct SurgeFacts {
     /// That version's inputs: what hooks and providers get.
     #[serde(default)]
     pub inputs: Option<crate::surge_plan::Inputs>,
+    /// The join tokens each batch's launch carried (IDs only: the secrets went
+    /// to the provider and nowhere else), so that enrolling accepts only them.
+    #[serde(default)]
+    pub join_tokens: BTreeMap<usize, Vec<handover_common::pki::tokens::TokenId>>,
 }
 
 impl SurgeFacts {
@@ -149,6 +159,7 @@ impl SurgeFacts {
     pub fn learn(&mut self, learned: SurgeFacts) {
         if learned.forget_launched {
             self.launched.clear();
+            self.join_tokens.clear();
         }
         self.standby_at_start = self.standby_at_start.take().or(learned.standby_at_start);
         for (batch, servers) in learned.launched {
@@ -159,6 +170,9 @@ impl SurgeFacts {
         self.detached_ms = self.detached_ms.or(learned.detached_ms);
         self.inputs_version = self.inputs_version.or(learned.inputs_version);
         self.inputs = self.inputs.take().or(learned.inputs);
+        for (batch, ids) in learned.join_tokens {
+            self.join_tokens.entry(batch).or_insert(ids);
+        }
     }
 }
 
@@ -207,9 +221,13 @@ pub fn forward(plan: &Plan) -> Vec<Step> {
         step(0, MigrateDatabase, db),
     ];
     let batches = plan.surge.as_ref().map(|s| s.batches()).unwrap_or_default();
+    let enroll = plan.surge.as_ref().is_some_and(|s| s.enroll.is_some());
     for batch in 0..batches.len() {
         let new = new_names(plan, Some(batch));
         steps.push(step(w, LaunchNewServers { batch }, new.clone()));
+        if enroll {
+            steps.push(step(w, EnrollNewServers { batch }, new.clone()));
+        }
         steps.push(step(w, RunSystemHooks { batch }, new.clone()));
         if batch == 0 {
             steps.push(step(w, SaveInputs, Vec::new()));
@@ -312,6 +330,7 @@ pub fn after_failure(
     match a {
         BackupDatabase | MigrateDatabase => SurgeNext::Stop(RolloutState::Aborted),
         LaunchNewServers { .. }
+        | EnrollNewServers { .. }
         | RunSystemHooks { .. }
         | SaveInputs
         | DeployRevision { .. }
@@ -364,6 +383,11 @@ impl<'a> Words<'a> {
             hosts,
             command,
         }
+    }
+
+    /// `[surge] enroll = true`: the CA directory and the boot wait.
+    fn enroll(&self) -> Option<&'a crate::enroll::EnrollConfig> {
+        self.plan.surge.as_ref().and_then(|s| s.enroll.as_ref())
     }
 
     fn list(&self) -> String {
@@ -429,12 +453,21 @@ fn new_server_title(w: &Words<'_>, action: &SurgeAction) -> Option<String> {
         LaunchNewServers { batch } => format!(
             "launch {} ({}), wait for their agents",
             w.new_servers(Some(*batch)),
-            if w.command {
-                "provider launch"
-            } else {
-                "standby pool"
+            match (w.command, w.enroll()) {
+                (true, Some(_)) => "provider launch, one single-use join token each",
+                (true, None) => "provider launch",
+                _ => "standby pool",
             }
         ),
+        EnrollNewServers { batch } => match w.enroll() {
+            Some(e) => format!(
+                "enroll {} with their join tokens (CA {}), waiting up to {} for each to boot",
+                w.new_servers(Some(*batch)),
+                e.ca_dir.display(),
+                handover_common::duration::format(e.wait)
+            ),
+            None => format!("enroll {}: not asked for", w.new_servers(Some(*batch))),
+        },
         RunSystemHooks { batch } => format!("system hooks on {}", w.new_servers(Some(*batch))),
         SaveInputs => format!(
             "save the deployment inputs ({} key(s))",
@@ -490,6 +523,7 @@ fn handover_title(w: &Words<'_>, action: &SurgeAction) -> String {
         BackupDatabase
         | MigrateDatabase
         | LaunchNewServers { .. }
+        | EnrollNewServers { .. }
         | RunSystemHooks { .. }
         | SaveInputs
         | DeployRevision { .. }

@@ -240,3 +240,76 @@ async fn after_step_18_there_is_no_way_back_to_the_old_servers() {
         i
     )));
 }
+
+/// A command-provider plan whose launched servers enroll with join tokens
+/// (`[surge] enroll = true`, `[enroll] ca_dir` in the inventory).
+fn enroll_plan() -> Plan {
+    let mut inv =
+        String::from("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nstate_dir = \"d\"\n[enroll]\nca_dir = \"/pki\"\n");
+    for i in 1..=3 {
+        inv.push_str(&format!(
+            "[[hosts]]\nname = \"web-{i}\"\naddress = \"127.0.1.{i}:7443\"\nroles = [\"app\"]\napp = \"127.0.1.{i}:80\"\n"
+        ));
+    }
+    inv.push_str("[[hosts]]\nname = \"lb-1\"\naddress = \"127.0.1.99:7443\"\nroles = [\"lb\"]\n");
+    inv.push_str("[[hosts]]\nname = \"db-1\"\naddress = \"127.0.1.98:7443\"\nroles = [\"db\"]\n");
+    let config = toml::from_str(&inv).expect("inventory");
+    let text = "strategy = \"surge\"\nroles = [\"app\"]\n[revision]\nrepo = \"file:///r.git\"\nref = \"v2\"\n[surge]\nprovider = \"command\"\nenroll = true\nbatch = 2\n[provider]\nlaunch = \"/l\"\nterminate = \"/t\"\narray = \"/a\"\n[db]\nmigrate = \"migrate\"\n";
+    Plan::parse(text, &config).expect("plan")
+}
+
+#[tokio::test(start_paused = true)]
+async fn launched_servers_are_enrolled_right_after_each_launch_and_a_failed_enroll_aborts() {
+    let plan = enroll_plan();
+    let steps = surge::forward(&plan);
+    let actions: Vec<&Action> = steps.iter().map(|s| &s.action).collect();
+    for batch in [0, 1] {
+        let launch = actions
+            .iter()
+            .position(|a| **a == Action::Surge(SurgeAction::LaunchNewServers { batch }))
+            .expect("launch");
+        assert_eq!(
+            actions[launch + 1],
+            &Action::Surge(SurgeAction::EnrollNewServers { batch }),
+            "enroll right after launch {batch}"
+        );
+        assert_eq!(
+            actions[launch + 2],
+            &Action::Surge(SurgeAction::RunSystemHooks { batch }),
+            "then the agents are waited for"
+        );
+    }
+    let title = steps
+        .iter()
+        .find(|s| s.action == Action::Surge(SurgeAction::EnrollNewServers { batch: 0 }))
+        .expect("enroll step")
+        .title(&plan);
+    assert!(
+        title.starts_with("runbook 3: enroll 2 new server(s) with their join tokens (CA /pki)"),
+        "{title}"
+    );
+
+    // The second batch's servers never enroll: the way back runs, nothing of
+    // the handover happened, and the migration is not undone.
+    let bench = Bench::with_plan(plan);
+    let at = Trigger::Surge(discriminant(&SurgeAction::EnrollNewServers { batch: 0 }));
+    bench.fake.inject(at, Fault::Fail);
+    let state = bench.run(false).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::Aborted);
+    let w = bench.fake.world();
+    let order: Vec<Action> = w.log.iter().map(|(a, _)| a.clone()).collect();
+    use SurgeAction::*;
+    assert_eq!(
+        order,
+        [
+            BackupDatabase,
+            MigrateDatabase,
+            LaunchNewServers { batch: 0 },
+            EnrollNewServers { batch: 0 },
+            TerminateNewServers,
+            EnableArray,
+        ]
+        .map(Action::Surge)
+    );
+    assert_eq!(w.migrations, 1);
+}

@@ -28,7 +28,11 @@ pub fn act(
             done.learned.surge.backup = Some(format!("{{\"path\": \"/b/{}\"}}", w.backups));
         }
         MigrateDatabase => w.migrations += 1,
-        LaunchNewServers { .. } | RunSystemHooks { .. } | SaveInputs | UpdateArray => {}
+        LaunchNewServers { .. }
+        | EnrollNewServers { .. }
+        | RunSystemHooks { .. }
+        | SaveInputs
+        | UpdateArray => {}
         DeployRevision { .. } => {
             for h in hosts {
                 if w.release[h] != NEW {

@@ -16,6 +16,7 @@ use super::facts::Facts;
 use super::ops::{self, Ctx, Done, Outputs};
 use super::steps::Step;
 use super::surge::{SurgeAction, SurgeFacts, new_names};
+use super::surge_enroll;
 use crate::config::{CoordinatorConfig, HostEntry};
 use crate::fleet::calls;
 use crate::plan::Plan;
@@ -87,6 +88,16 @@ async fn run(
         BackupDatabase => return backup_database(ctx).await,
         MigrateDatabase => db_hook(ctx, |d| d.migrate.clone()).await,
         LaunchNewServers { batch } => return launch_new_servers(ctx, *batch, facts).await,
+        EnrollNewServers { batch } => {
+            let servers = ctx.entries(&new_hosts(ctx, facts, Some(*batch)))?;
+            let ids = facts
+                .surge
+                .join_tokens
+                .get(batch)
+                .cloned()
+                .unwrap_or_default();
+            surge_enroll::enroll_new_servers(ctx, *batch, &servers, &ids).await
+        }
         RunSystemHooks { batch } => {
             run_system_hooks(ctx, &new_hosts(ctx, facts, Some(*batch))).await
         }
@@ -261,7 +272,28 @@ async fn launch_new_servers(ctx: &Ctx<'_>, batch: usize, facts: &Facts) -> anyho
         .first()
         .map(|h| h.name.clone())
         .context("no old server to clone")?;
-    let servers = command::launch(launch, &like, count, inputs(ctx), p.timeout).await?;
+    let tokens = match &surge.enroll {
+        Some(e) => {
+            let rollout = surge_enroll::rollout_id(ctx.fleet)?;
+            Some(surge_enroll::tokens_for_launch(
+                e, rollout, batch, count, p.timeout,
+            )?)
+        }
+        None => None,
+    };
+    let join = tokens.as_ref().map(|t| &t.join);
+    let launched = command::launch(launch, &like, count, inputs(ctx), join, p.timeout).await;
+    let servers = match launched {
+        Ok(servers) => servers,
+        Err(err) => {
+            // Nothing was launched that could use them.
+            if let Some(e) = &surge.enroll {
+                let rollout = surge_enroll::rollout_id(ctx.fleet)?;
+                surge_enroll::revoke_unused(e, rollout, Some(batch))?;
+            }
+            return Err(err.into());
+        }
+    };
     let mut done = Done::from(Outputs::from([(
         format!("batch/{}", batch + 1),
         servers
@@ -271,6 +303,13 @@ async fn launch_new_servers(ctx: &Ctx<'_>, batch: usize, facts: &Facts) -> anyho
             .join(", "),
     )]));
     done.learned.surge.launched.insert(batch, servers);
+    if let Some(t) = tokens {
+        done.outputs.insert(
+            format!("join-tokens/{}", batch + 1),
+            t.ids.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", "),
+        );
+        done.learned.surge.join_tokens.insert(batch, t.ids);
+    }
     Ok(done)
 }
 
@@ -642,6 +681,17 @@ async fn terminate_new_servers(ctx: &Ctx<'_>, facts: &Facts) -> anyhow::Result<D
             }
             done.outputs.insert("terminated".into(), names(&new));
             done.learned.surge.forget_launched = true;
+            // Tokens of a launch that never got as far as enrolling.
+            if let Some(e) = ctx.plan.surge.as_ref().and_then(|s| s.enroll.as_ref()) {
+                let rollout = surge_enroll::rollout_id(ctx.fleet)?;
+                let revoked = surge_enroll::revoke_unused(e, rollout, None)?;
+                if !revoked.is_empty() {
+                    done.outputs.insert(
+                        "tokens/revoked-unused".into(),
+                        revoked.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", "),
+                    );
+                }
+            }
         }
         _ => {
             done.outputs = ops::remove_health_check_file(ctx, &new).await?;

@@ -5,7 +5,11 @@
 //!   hosts (Apache + agent with a certificate from the test CA, v1 deployed) on
 //!   free 127.0.1.N addresses, like the fixture's own ([`start_app_host`]); stdout
 //!   a JSON list of `{"name", "address", "app"}`. The hosts keep running after
-//!   this process exits.
+//!   this process exits. With `"join": {"ca_hash", "tokens"}` on stdin, each host
+//!   boots as a cloud boots one with join user data instead: Apache and
+//!   `handover-agent join` with one of the tokens, no certificate, no release
+//!   ([`start_joining_app_host`]); `misbehave/join` holding `wrong-ca-hash`
+//!   makes them pin a CA hash that is not the CA's.
 //! * `terminate NAME...`: stops those hosts (names also accepted as a JSON list on
 //!   stdin when no argument is given); terminating one twice is fine.
 //! * `array disable|enable|update`: records the call, nothing else.
@@ -23,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use handover_tests::enroll::{pinned_hash, start_joining_app_host};
 use handover_tests::ports::host_ip;
 use handover_tests::surge::{
     HostKit, LaunchedHost, PROVIDER_FIRST_IP, PROVIDER_LAST_IP, start_app_host,
@@ -60,19 +65,34 @@ fn run() -> anyhow::Result<()> {
             std::io::stdin().read_to_string(&mut stdin)?;
             let request: LaunchRequest = serde_json::from_str(&stdin)
                 .with_context(|| format!("launch: stdin is not the launch request: {stdin:?}"))?;
+            // The tokens are secrets: the log says only how many came.
+            let join = request
+                .join
+                .as_ref()
+                .map(|j| format!(" join={}", j.tokens.len()))
+                .unwrap_or_default();
             record(
                 &state,
                 &format!(
-                    "launch like={} count={} inputs={}",
+                    "launch like={} count={} inputs={}{join}",
                     request.like,
                     request.count,
                     request.inputs.keys().cloned().collect::<Vec<_>>().join(",")
                 ),
             )?;
             misbehave(&state, "launch")?;
+            if let Some(j) = &request.join
+                && j.tokens.len() != request.count
+            {
+                bail!(
+                    "launch: {} join token(s) for {} server(s): one per server is the contract",
+                    j.tokens.len(),
+                    request.count
+                );
+            }
             // One at a time: launched.json and the addresses are shared.
             let _lock = lock(&state)?;
-            let launched = launch(&state, request.count)?;
+            let launched = launch(&state, request.count, request.join.as_ref())?;
             println!("{}", serde_json::to_string(&launched)?);
         }
         "terminate" => {
@@ -114,6 +134,16 @@ struct LaunchRequest {
     count: usize,
     #[serde(default)]
     inputs: BTreeMap<String, String>,
+    /// Present when the coordinator enrolls the servers it launches.
+    #[serde(default)]
+    join: Option<Join>,
+}
+
+/// `launch`'s `join`: the CA hash to pin and one single-use token per server.
+#[derive(Deserialize)]
+struct Join {
+    ca_hash: String,
+    tokens: Vec<String>,
 }
 
 /// One entry of `launch`'s stdout.
@@ -124,29 +154,45 @@ struct Launched {
     app: std::net::SocketAddr,
 }
 
-fn launch(state: &Path, count: usize) -> anyhow::Result<Vec<Launched>> {
+fn launch(state: &Path, count: usize, join: Option<&Join>) -> anyhow::Result<Vec<Launched>> {
     let kit = HostKit::load(state)?;
     let mut all = LaunchedHost::load_all(state)?;
     let parent = state.join("hosts");
     std::fs::create_dir_all(&parent)?;
     let mut out = Vec::new();
-    for _ in 0..count {
+    for i in 0..count {
         let used: Vec<String> = all.iter().map(|h| h.name.clone()).collect();
         let n = (PROVIDER_FIRST_IP..=PROVIDER_LAST_IP)
             .find(|n| !used.contains(&format!("web-{n}")))
             .context("no free 127.0.1.N left for a new host")?;
         let name = format!("web-{n}");
-        let host = start_app_host(&kit, &parent, &name, host_ip(n))?;
+        let (address, app) = match join {
+            Some(j) => {
+                let hash = pinned_hash(state, &j.ca_hash);
+                let host =
+                    start_joining_app_host(&kit, &parent, &name, host_ip(n), &j.tokens[i], &hash)?;
+                let out = (host.agent.addr.to_string(), host.apache.addr());
+                // Outlives this process, as below.
+                host.agent.detach();
+                std::mem::forget(host.apache);
+                out
+            }
+            None => {
+                let host = start_app_host(&kit, &parent, &name, host_ip(n))?;
+                let out = (host.agent.addr.to_string(), host.apache.addr());
+                // The host outlives this process: its Apache and agent are not
+                // stopped here (terminate, or the fixture's drop, stops them).
+                std::mem::forget(host);
+                out
+            }
+        };
         let entry = LaunchedHost {
             name: name.clone(),
-            address: host.agent.addr.to_string(),
-            app: host.apache.addr(),
+            address,
+            app,
             dir: parent.join(&name),
             terminated: false,
         };
-        // The host outlives this process: its Apache and agent are not stopped
-        // here (terminate, or the fixture's drop, stops them).
-        std::mem::forget(host);
         out.push(Launched {
             name,
             address: entry.address.clone(),

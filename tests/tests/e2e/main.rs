@@ -5,6 +5,7 @@ mod adopt;
 mod dayone;
 mod deploy;
 mod drain;
+mod enroll;
 mod etcd;
 mod fanout;
 mod faults;
