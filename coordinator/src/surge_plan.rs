@@ -456,6 +456,35 @@ APP_ENV = "production"
         assert_eq!(plan.surge.as_ref().map(|s| s.count), Some(2));
     }
 
+    #[test]
+    fn enroll_takes_the_ca_directory_from_handover_toml() {
+        let mut config = inventory(0, 1);
+        config.enroll = Some(crate::enroll::EnrollConfig {
+            ca_dir: "/etc/handover/pki".into(),
+            wait: std::time::Duration::from_secs(120),
+        });
+        let text = format!(
+            "{}[provider]\nlaunch = \"/l\"\nterminate = \"/t\"\n",
+            PLAN.replace("\"standby\"", "\"command\"\nenroll = true")
+        );
+        let plan = Plan::parse(&text, &config).expect("valid");
+        let enroll = plan.surge.as_ref().and_then(|s| s.enroll.as_ref());
+        assert_eq!(
+            enroll.map(|e| e.ca_dir.display().to_string()),
+            Some("/etc/handover/pki".to_string())
+        );
+        let without = PLAN.replace("\"standby\"", "\"command\"");
+        let plan = Plan::parse(
+            &format!("{without}[provider]\nlaunch = \"/l\"\nterminate = \"/t\"\n"),
+            &config,
+        )
+        .expect("valid");
+        assert!(
+            plan.surge.as_ref().is_some_and(|s| s.enroll.is_none()),
+            "[enroll] in handover.toml alone enrolls nothing: the plan asks"
+        );
+    }
+
     /// Each surge value `handover plan` must refuse, with its key and the fix.
     #[test]
     fn refuses_each_surge_value_that_cannot_work_naming_its_key_and_fix() {

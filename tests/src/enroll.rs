@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -115,19 +116,12 @@ impl Drop for JoinAgent {
     }
 }
 
-/// An app host booted with join user data.
-pub struct JoiningHost {
-    /// Its agent, waiting to be enrolled.
-    pub agent: JoinAgent,
-    /// Its Apache (serving `www/current` once a release is deployed).
-    pub apache: Apache,
-}
-
 /// Boots app host `name` under `parent` as a cloud would from an image with
-/// join user data: the same agent sections and Apache as the fixture's hosts,
-/// `handover-agent join` with `token` pinning `ca_hash`, no certificate and no
-/// release yet (the rollout deploys one). `<parent>/<name>/user-data` keeps the
-/// token, as a cloud keeps an instance's user data.
+/// join user data: the same agent sections as the fixture's hosts, and
+/// `handover-agent join` with `token` pinning `ca_hash` — no certificate and no
+/// release yet (the rollout deploys one; [`serve_once_deployed`] starts its
+/// Apache then). `<parent>/<name>/user-data` keeps the token, as a cloud keeps an
+/// instance's user data.
 pub fn start_joining_app_host(
     kit: &HostKit,
     parent: &Path,
@@ -135,7 +129,7 @@ pub fn start_joining_app_host(
     ip: Ipv4Addr,
     token: &str,
     ca_hash: &str,
-) -> anyhow::Result<JoiningHost> {
+) -> anyhow::Result<(JoinAgent, AppHostFiles)> {
     let files = AppHostFiles::prepare(kit, parent, name, ip)?;
     let user_data = files.home.join(USER_DATA);
     write_public(
@@ -144,16 +138,26 @@ pub fn start_joining_app_host(
     )?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&user_data, std::fs::Permissions::from_mode(0o600))?;
-    let agent = JoinAgent::start(
-        &files.home,
-        name,
-        ip,
-        token,
-        ca_hash,
-        &files.agent_sections,
-    )?;
-    let apache = files.start_apache()?;
-    Ok(JoiningHost { agent, apache })
+    let agent = JoinAgent::start(&files.home, name, ip, token, ca_hash, &files.agent_sections)?;
+    Ok((agent, files))
+}
+
+/// Waits (up to `within`) until a release is deployed on the host (`www/current`
+/// exists: Apache refuses a missing DocumentRoot), then starts its Apache — as
+/// the image's web server would come up serving the deployed app.
+pub fn serve_once_deployed(files: &AppHostFiles, within: Duration) -> anyhow::Result<Apache> {
+    let deadline = Instant::now() + within;
+    while !files.root.join("current").is_dir() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{}: no release deployed in {} within {within:?}",
+                files.name,
+                files.root.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    files.start_apache()
 }
 
 /// The CA hash the provider pins: `ca_hash`, or one no CA has when the switch

@@ -68,6 +68,10 @@ pub struct HostKit {
     pub hooks: PathBuf,
     /// A file here named like a host makes `dbcheck` fail there.
     pub dbcheck_fail: PathBuf,
+    /// Where the fixture's own app hosts live: servers of the same cloud, so the
+    /// test provider terminates them too (runbook 18 after a handover).
+    #[serde(default)]
+    pub fleet_hosts: Option<PathBuf>,
 }
 
 impl HostKit {
@@ -129,6 +133,7 @@ pub fn start_app_host(
 
 /// What an app host is made of before anything runs on it: its directory, the
 /// agent's feature sections and where Apache will serve from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppHostFiles {
     /// Inventory name.
     pub name: String,
@@ -150,12 +155,7 @@ pub struct AppHostFiles {
 
 impl AppHostFiles {
     /// Makes the directory, the health file and the agent's sections.
-    pub fn prepare(
-        kit: &HostKit,
-        parent: &Path,
-        name: &str,
-        ip: Ipv4Addr,
-    ) -> anyhow::Result<Self> {
+    pub fn prepare(kit: &HostKit, parent: &Path, name: &str, ip: Ipv4Addr) -> anyhow::Result<Self> {
         let home = parent.join(name);
         std::fs::create_dir_all(&home)?;
         let root = home.join("www");
@@ -383,6 +383,7 @@ impl SurgeFleet {
             db: db.db.clone(),
             hooks: hooks.clone(),
             dbcheck_fail: work.subdir("dbcheck-fail")?,
+            fleet_hosts: Some(hosts_dir.clone()),
         };
         kit.save(&provider_dir)?;
         write_provider_executables(&provider_dir)?;

@@ -568,10 +568,10 @@ mod tests {
         let dir = ca();
         let noted = |n: &str| Some(n.to_owned());
         let ttl = Duration::from_secs(60);
-        let (a, _) = create_noted(dir.path(), ttl, 1, Role::Agent, at(T0), noted("r1 batch 1"))
-            .expect("a");
-        let (b, _) = create_noted(dir.path(), ttl, 1, Role::Agent, at(T0), noted("r1 batch 1"))
-            .expect("b");
+        let (a, _) =
+            create_noted(dir.path(), ttl, 1, Role::Agent, at(T0), noted("r1 batch 1")).expect("a");
+        let (b, _) =
+            create_noted(dir.path(), ttl, 1, Role::Agent, at(T0), noted("r1 batch 1")).expect("b");
         let (other, _) = create(dir.path(), ttl, 1, Role::Agent, at(T0)).expect("other");
         let key = a.proof_key();
         redeem(dir.path(), &a.id, at(T0 + 1), |k| k == &key).expect("a used");

@@ -118,7 +118,10 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
                         t.role.as_str(),
                         used,
                         t.expires_at(),
-                        t.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
+                        t.note
+                            .as_ref()
+                            .map(|n| format!("  ({n})"))
+                            .unwrap_or_default()
                     );
                 }
             }

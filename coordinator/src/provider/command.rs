@@ -346,9 +346,16 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
             ca_hash: format!("sha256:{}", "ab".repeat(32)),
             tokens: vec!["abc123.0123456789abcdef".into()],
         };
-        launch(&exe, &web1(), 1, &inputs(), Some(&join), Duration::from_secs(10))
-            .await
-            .expect("launched");
+        launch(
+            &exe,
+            &web1(),
+            1,
+            &inputs(),
+            Some(&join),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("launched");
         let req: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("req")).expect("req"))
                 .expect("json");
@@ -361,10 +368,17 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
     async fn a_failing_hanging_or_garbled_provider_is_a_clear_error_naming_it_and_the_step() {
         let dir = tempfile::tempdir().expect("dir");
         let failing = script(&dir, "fail", "echo 'quota exceeded in zone b' >&2; exit 3");
-        let err = launch(&failing, &web1(), 1, &inputs(), None, Duration::from_secs(10))
-            .await
-            .expect_err("fails")
-            .to_string();
+        let err = launch(
+            &failing,
+            &web1(),
+            1,
+            &inputs(),
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("fails")
+        .to_string();
         assert!(
             err.contains("provider launch")
                 && err.contains("fail")
@@ -386,10 +400,17 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
             "{err}"
         );
         let garbled = script(&dir, "garbled", "echo 'launched ok!'");
-        let err = launch(&garbled, &web1(), 1, &inputs(), None, Duration::from_secs(10))
-            .await
-            .expect_err("malformed")
-            .to_string();
+        let err = launch(
+            &garbled,
+            &web1(),
+            1,
+            &inputs(),
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("malformed")
+        .to_string();
         assert!(
             err.contains("provider launch")
                 && err.contains("no JSON list")

@@ -150,7 +150,7 @@ pub struct SurgeFacts {
     pub inputs: Option<crate::surge_plan::Inputs>,
     /// The join tokens each batch's launch carried (IDs only: the secrets went
     /// to the provider and nowhere else), so that enrolling accepts only them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub join_tokens: BTreeMap<usize, Vec<handover_common::pki::tokens::TokenId>>,
 }
 

@@ -244,8 +244,9 @@ async fn after_step_18_there_is_no_way_back_to_the_old_servers() {
 /// A command-provider plan whose launched servers enroll with join tokens
 /// (`[surge] enroll = true`, `[enroll] ca_dir` in the inventory).
 fn enroll_plan() -> Plan {
-    let mut inv =
-        String::from("ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nstate_dir = \"d\"\n[enroll]\nca_dir = \"/pki\"\n");
+    let mut inv = String::from(
+        "ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nstate_dir = \"d\"\n[enroll]\nca_dir = \"/pki\"\n",
+    );
     for i in 1..=3 {
         inv.push_str(&format!(
             "[[hosts]]\nname = \"web-{i}\"\naddress = \"127.0.1.{i}:7443\"\nroles = [\"app\"]\napp = \"127.0.1.{i}:80\"\n"

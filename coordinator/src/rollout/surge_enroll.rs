@@ -87,9 +87,8 @@ pub fn tokens_for_launch(
             }
             Err(err) => {
                 let _ = revoke_unused(e, rollout, Some(batch));
-                return Err(err).with_context(|| {
-                    format!("cannot make join tokens in {}", e.ca_dir.display())
-                });
+                return Err(err)
+                    .with_context(|| format!("cannot make join tokens in {}", e.ca_dir.display()));
             }
         }
     }
@@ -308,7 +307,10 @@ mod tests {
             Duration::from_secs(960)
         );
         assert_eq!(
-            token_ttl(Duration::from_secs(20 * 3600), Duration::from_secs(10 * 3600)),
+            token_ttl(
+                Duration::from_secs(20 * 3600),
+                Duration::from_secs(10 * 3600)
+            ),
             tokens::MAX_TTL
         );
     }

@@ -306,7 +306,11 @@ async fn launch_new_servers(ctx: &Ctx<'_>, batch: usize, facts: &Facts) -> anyho
     if let Some(t) = tokens {
         done.outputs.insert(
             format!("join-tokens/{}", batch + 1),
-            t.ids.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", "),
+            t.ids
+                .iter()
+                .map(|id| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         done.learned.surge.join_tokens.insert(batch, t.ids);
     }
@@ -688,7 +692,11 @@ async fn terminate_new_servers(ctx: &Ctx<'_>, facts: &Facts) -> anyhow::Result<D
                 if !revoked.is_empty() {
                     done.outputs.insert(
                         "tokens/revoked-unused".into(),
-                        revoked.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", "),
+                        revoked
+                            .iter()
+                            .map(|id| id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     );
                 }
             }

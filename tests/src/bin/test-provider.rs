@@ -8,10 +8,12 @@
 //!   this process exits. With `"join": {"ca_hash", "tokens"}` on stdin, each host
 //!   boots as a cloud boots one with join user data instead: Apache and
 //!   `handover-agent join` with one of the tokens, no certificate, no release
-//!   ([`start_joining_app_host`]); `misbehave/join` holding `wrong-ca-hash`
-//!   makes them pin a CA hash that is not the CA's.
+//!   ([`start_joining_app_host`]), and Apache once a release is deployed (a
+//!   detached `serve-when-deployed HOST_DIR` of this program); `misbehave/join`
+//!   holding `wrong-ca-hash` makes them pin a CA hash that is not the CA's.
 //! * `terminate NAME...`: stops those hosts (names also accepted as a JSON list on
-//!   stdin when no argument is given); terminating one twice is fine.
+//!   stdin when no argument is given); terminating one twice is fine. The
+//!   fixture's own app hosts are this cloud's too: they can be terminated.
 //! * `array disable|enable|update`: records the call, nothing else.
 //!
 //! Every call is appended to `<state>/calls.log`, which the tests read. A file
@@ -27,16 +29,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use handover_tests::enroll::{pinned_hash, start_joining_app_host};
+use handover_tests::enroll::{pinned_hash, serve_once_deployed, start_joining_app_host};
 use handover_tests::ports::host_ip;
 use handover_tests::surge::{
-    HostKit, LaunchedHost, PROVIDER_FIRST_IP, PROVIDER_LAST_IP, start_app_host,
+    AppHostFiles, HostKit, LaunchedHost, PROVIDER_FIRST_IP, PROVIDER_LAST_IP, start_app_host,
     stop_processes_under,
 };
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-const USAGE: &str = "usage: handover-test-provider --state DIR (launch | terminate NAME... | array disable|enable|update)";
+const USAGE: &str = "usage: handover-test-provider --state DIR (launch | terminate NAME... | array disable|enable|update | serve-when-deployed HOST_DIR)";
 
 fn main() -> ExitCode {
     match run() {
@@ -122,6 +124,21 @@ fn run() -> anyhow::Result<()> {
             record(&state, &format!("array {command}"))?;
             misbehave(&state, "array")?;
         }
+        "serve-when-deployed" => {
+            let [dir] = names else {
+                bail!("{USAGE}");
+            };
+            let path = Path::new(dir).join("apache.json");
+            let files: AppHostFiles = serde_json::from_str(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("read {}", path.display()))?,
+            )?;
+            let _apache = serve_once_deployed(&files, std::time::Duration::from_secs(900))?;
+            // Serves until terminate (or the fixture) stops this process and Apache.
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
         other => bail!("unknown operation {other:?}; {USAGE}"),
     }
     Ok(())
@@ -169,12 +186,15 @@ fn launch(state: &Path, count: usize, join: Option<&Join>) -> anyhow::Result<Vec
         let (address, app) = match join {
             Some(j) => {
                 let hash = pinned_hash(state, &j.ca_hash);
-                let host =
+                let (agent, files) =
                     start_joining_app_host(&kit, &parent, &name, host_ip(n), &j.tokens[i], &hash)?;
-                let out = (host.agent.addr.to_string(), host.apache.addr());
+                serve_when_deployed(state, &files)?;
+                let out = (
+                    agent.addr.to_string(),
+                    std::net::SocketAddr::from((files.ip, files.port)),
+                );
                 // Outlives this process, as below.
-                host.agent.detach();
-                std::mem::forget(host.apache);
+                agent.detach();
                 out
             }
             None => {
@@ -204,9 +224,40 @@ fn launch(state: &Path, count: usize, join: Option<&Join>) -> anyhow::Result<Vec
     Ok(out)
 }
 
+/// Starts `serve-when-deployed` for a joining host, detached: its Apache comes
+/// up once the rollout deployed a release there.
+fn serve_when_deployed(state: &Path, files: &AppHostFiles) -> anyhow::Result<()> {
+    std::fs::write(
+        files.home.join("apache.json"),
+        serde_json::to_string_pretty(files)?,
+    )?;
+    let log = std::fs::File::create(files.home.join("serve-when-deployed.log"))?;
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("--state")
+        .arg(state)
+        .arg("serve-when-deployed")
+        .arg(&files.home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting serve-when-deployed")?;
+    Ok(())
+}
+
 fn terminate(state: &Path, names: &[String]) -> anyhow::Result<()> {
     let mut all = LaunchedHost::load_all(state)?;
+    let fleet_hosts = HostKit::load(state)?.fleet_hosts;
     for name in names {
+        // The fixture's own app servers (the old ones, after a handover).
+        if let Some(dir) = fleet_hosts.as_ref().map(|d| d.join(name))
+            && !all.iter().any(|h| &h.name == name)
+            && valid_host_dir(name)
+            && dir.is_dir()
+        {
+            stop_processes_under(&dir)?;
+            continue;
+        }
         let Some(host) = all.iter_mut().find(|h| &h.name == name) else {
             bail!("terminate: {name} was not launched by this provider");
         };
@@ -215,6 +266,11 @@ fn terminate(state: &Path, names: &[String]) -> anyhow::Result<()> {
         LaunchedHost::save_all(state, &all)?;
     }
     Ok(())
+}
+
+/// A name that is one directory (no `/`, not `.` or `..`).
+fn valid_host_dir(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
 }
 
 /// Appends one line to `calls.log`.

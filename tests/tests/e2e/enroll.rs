@@ -186,6 +186,11 @@ fn launched_servers_enroll_with_join_tokens_and_a_replayed_token_is_refused() {
     let launches: Vec<&String> = calls.iter().filter(|c| c.starts_with("launch")).collect();
     assert_eq!(launches.len(), 3, "{calls:?}");
     assert!(launches.iter().all(|c| c.ends_with(" join=1")), "{calls:?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("terminate web-1 web-2 web-3"),
+        "the old servers went last: {calls:?}"
+    );
     let specs: Vec<HostSpec> = launched
         .iter()
         .map(|h| HostSpec {
@@ -225,7 +230,10 @@ fn launched_servers_enroll_with_join_tokens_and_a_replayed_token_is_refused() {
     let secret = token.split_once('.').expect("ID.SECRET").1.to_owned();
     let state = bytes_under(&fleet.coordinator.config.with_file_name("state"));
     assert!(!state.is_empty(), "the journal is there");
-    assert!(!contains(&state, &secret), "a token secret is in the journal");
+    assert!(
+        !contains(&state, &secret),
+        "a token secret is in the journal"
+    );
     assert!(!progress.contains(&secret), "a token secret was printed");
 
     // The same token again, from a fresh host.
@@ -253,7 +261,11 @@ fn launched_servers_enroll_with_join_tokens_and_a_replayed_token_is_refused() {
         "--wait",
         "20s",
     ]);
-    assert!(!out.status.success(), "replay accepted: {}", output_text(&out));
+    assert!(
+        !out.status.success(),
+        "replay accepted: {}",
+        output_text(&out)
+    );
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("already used"), "{text}");
     assert_nothing_issued(&fleet.pki.dir, "web-77");
@@ -285,8 +297,7 @@ fn a_launched_server_pinning_a_wrong_ca_hash_stops_the_surge_before_traffic_move
     let names: Vec<&str> = launched.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["web-20"], "one batch launched, then it stopped");
     assert!(running(&launched).is_empty(), "{launched:?}");
-    let strays =
-        handover_tests::workdir::stray_processes(&launched[0].dir).expect("pgrep");
+    let strays = handover_tests::workdir::stray_processes(&launched[0].dir).expect("pgrep");
     assert!(strays.is_empty(), "left running: {strays:?}");
     let log = std::fs::read_to_string(launched[0].dir.join("agent.log")).unwrap_or_default();
     assert!(log.contains("not the pinned"), "the server says why: {log}");
@@ -301,7 +312,11 @@ fn a_launched_server_pinning_a_wrong_ca_hash_stops_the_surge_before_traffic_move
     let up = fleet.up_addresses().expect("stats");
     assert_eq!(up.len(), 3, "only the old servers serve: {up:?}");
     for h in &fleet.apps {
-        assert!(up.contains(&h.apache.addr().to_string()), "{} serves", h.name);
+        assert!(
+            up.contains(&h.apache.addr().to_string()),
+            "{} serves",
+            h.name
+        );
         assert!(h.health_file_present(), "{} untouched", h.name);
     }
     let list = tokens(&fleet);
