@@ -314,3 +314,26 @@ async fn launched_servers_are_enrolled_right_after_each_launch_and_a_failed_enro
     );
     assert_eq!(w.migrations, 1);
 }
+
+/// A coordinator killed while enrolling: `resume` runs the enroll step again
+/// (it finds enrolled servers serving and enrolls the rest) and never launches
+/// that batch again, so no second set of tokens or servers is made.
+#[tokio::test(start_paused = true)]
+async fn a_crash_while_enrolling_resumes_the_enroll_step_without_launching_again() {
+    let bench = Bench::with_plan(enroll_plan());
+    let at = Trigger::Surge(discriminant(&SurgeAction::EnrollNewServers { batch: 0 }));
+    bench.fake.inject(at, Fault::CrashAfter);
+    assert!(bench.run(false).await.is_none(), "crashed");
+    let state = bench.run(true).await.expect("ends").expect("runs");
+    assert_eq!(state, RolloutState::Succeeded);
+    let w = bench.fake.world();
+    let count = |a: SurgeAction| {
+        w.log
+            .iter()
+            .filter(|(x, _)| *x == Action::Surge(a.clone()))
+            .count()
+    };
+    assert_eq!(count(SurgeAction::LaunchNewServers { batch: 0 }), 1);
+    assert_eq!(count(SurgeAction::EnrollNewServers { batch: 0 }), 2);
+    assert_eq!(count(SurgeAction::EnrollNewServers { batch: 1 }), 1);
+}
