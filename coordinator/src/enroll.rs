@@ -328,3 +328,48 @@ fn peer_spki(conn: &quinn::Connection) -> Result<Vec<u8>, String> {
     let leaf = chain.first().ok_or("the host presented no certificate")?;
     join::spki_of(leaf).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ca_dir: &Path) -> EnrollConfig {
+        EnrollConfig {
+            ca_dir: ca_dir.to_owned(),
+            wait: default_enroll_wait(),
+        }
+    }
+
+    /// `[enroll] ca_dir` is checked at load: a directory without a CA key, or
+    /// the CA of another coordinator, is refused naming the fix.
+    #[test]
+    fn the_enroll_ca_directory_must_hold_this_coordinators_ca_with_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ours = dir.path().join("pki");
+        let other = dir.path().join("other");
+        let ca = pki::init_ca(&ours, false, 30).expect("ca").cert;
+        pki::init_ca(&other, false, 30).expect("other ca");
+
+        let hash = settings(&ours).check(&ca).expect("our CA");
+        assert_eq!(hash, CaHash::of_ca_dir(&ours).expect("hash"));
+
+        let err = settings(&other).check(&ca).expect_err("another CA");
+        assert!(
+            err.to_string()
+                .contains("the CA directory that issued this coordinator's certificate"),
+            "{err}"
+        );
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).expect("dir");
+        let err = settings(&empty).check(&ca).expect_err("no CA");
+        assert!(
+            err.to_string().contains("[enroll] ca_dir") && err.to_string().contains("ca init"),
+            "{err}"
+        );
+        let parsed: EnrollConfig = toml::from_str("ca_dir = \"/pki\"").expect("defaults");
+        assert_eq!(parsed.wait, Duration::from_secs(600));
+        let err = toml::from_str::<EnrollConfig>("ca_dir = \"/pki\"\nwait = \"0s\"")
+            .expect_err("zero wait");
+        assert!(err.to_string().contains("wait"), "{err}");
+    }
+}

@@ -160,22 +160,57 @@ pub fn serve_once_deployed(files: &AppHostFiles, within: Duration) -> anyhow::Re
     files.start_apache()
 }
 
+/// `<provider dir>/misbehave/join` holding this makes the test provider give
+/// its join agents a token of the CA that the coordinator did not make for the
+/// launch (made with `handover ca token create`, as an operator would).
+pub const FOREIGN_TOKEN: &str = "foreign-token";
+
+/// What `<provider dir>/misbehave/join` says (empty: behave).
+fn join_switch(provider_dir: &Path) -> String {
+    std::fs::read_to_string(provider_dir.join("misbehave/join"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// The CA hash the provider pins: `ca_hash`, or one no CA has when the switch
-/// `<provider dir>/misbehave/join` says [`WRONG_CA_HASH`].
+/// says [`WRONG_CA_HASH`].
 pub fn pinned_hash(provider_dir: &Path, ca_hash: &str) -> String {
-    let switch = std::fs::read_to_string(provider_dir.join("misbehave/join")).unwrap_or_default();
-    if switch.trim() == WRONG_CA_HASH {
+    if join_switch(provider_dir) == WRONG_CA_HASH {
         NOBODYS_CA_HASH.to_owned()
     } else {
         ca_hash.to_owned()
     }
 }
 
-/// Makes the test provider pin a wrong CA hash from now on.
-pub fn pin_a_wrong_ca_hash(provider_dir: &Path) -> anyhow::Result<()> {
+/// The token the provider hands a server: `token`, or a fresh one of the CA in
+/// `pki_dir` that the launch did not carry when the switch says
+/// [`FOREIGN_TOKEN`].
+pub fn handed_token(provider_dir: &Path, pki_dir: &Path, token: &str) -> anyhow::Result<String> {
+    if join_switch(provider_dir) != FOREIGN_TOKEN {
+        return Ok(token.to_owned());
+    }
+    let out = crate::agents::handover(&[
+        "ca",
+        "token",
+        "create",
+        "--dir",
+        &pki_dir.to_string_lossy(),
+        "--json",
+    ])?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    json["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("`handover ca token create --json` printed no token")
+}
+
+/// Makes the test provider misbehave with its join agents from now on:
+/// [`WRONG_CA_HASH`] or [`FOREIGN_TOKEN`].
+pub fn join_misbehaves(provider_dir: &Path, how: &str) -> anyhow::Result<()> {
     let dir = provider_dir.join("misbehave");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("join"), WRONG_CA_HASH)?;
+    std::fs::write(dir.join("join"), how)?;
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //!   `handover-agent join` with one of the tokens, no certificate, no release
 //!   ([`start_joining_app_host`]), and Apache once a release is deployed (a
 //!   detached `serve-when-deployed HOST_DIR` of this program); `misbehave/join`
-//!   holding `wrong-ca-hash` makes them pin a CA hash that is not the CA's.
+//!   holding `wrong-ca-hash` makes them pin a CA hash that is not the CA's,
+//!   `foreign-token` gives them a token of the CA that the launch did not carry.
 //! * `terminate NAME...`: stops those hosts (names also accepted as a JSON list on
 //!   stdin when no argument is given); terminating one twice is fine. The
 //!   fixture's own app hosts are this cloud's too: they can be terminated.
@@ -29,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use handover_tests::enroll::{pinned_hash, serve_once_deployed, start_joining_app_host};
+use handover_tests::enroll::{
+    handed_token, pinned_hash, serve_once_deployed, start_joining_app_host,
+};
 use handover_tests::ports::host_ip;
 use handover_tests::surge::{
     AppHostFiles, HostKit, LaunchedHost, PROVIDER_FIRST_IP, PROVIDER_LAST_IP, start_app_host,
@@ -186,8 +189,9 @@ fn launch(state: &Path, count: usize, join: Option<&Join>) -> anyhow::Result<Vec
         let (address, app) = match join {
             Some(j) => {
                 let hash = pinned_hash(state, &j.ca_hash);
+                let token = handed_token(state, &kit.pki, &j.tokens[i])?;
                 let (agent, files) =
-                    start_joining_app_host(&kit, &parent, &name, host_ip(n), &j.tokens[i], &hash)?;
+                    start_joining_app_host(&kit, &parent, &name, host_ip(n), &token, &hash)?;
                 serve_when_deployed(state, &files)?;
                 let out = (
                     agent.addr.to_string(),

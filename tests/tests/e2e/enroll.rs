@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use handover_tests::agents::{Coordinator, HostSpec, output_text};
-use handover_tests::enroll::{JoinAgent, enable_enroll, pin_a_wrong_ca_hash, user_data_token};
+use handover_tests::enroll::{
+    FOREIGN_TOKEN, JoinAgent, WRONG_CA_HASH, enable_enroll, join_misbehaves, user_data_token,
+};
 use handover_tests::ports::host_ip;
 use handover_tests::scenario::BACKEND;
 use handover_tests::sessions::{PinnedSessions, SessionOptions, SessionReport};
@@ -279,7 +281,7 @@ fn launched_servers_enroll_with_join_tokens_and_a_replayed_token_is_refused() {
 #[test]
 fn a_launched_server_pinning_a_wrong_ca_hash_stops_the_surge_before_traffic_moves() {
     let fleet = fleet_with_enroll();
-    pin_a_wrong_ca_hash(&fleet.provider_dir).expect("switch");
+    join_misbehaves(&fleet.provider_dir, WRONG_CA_HASH).expect("switch");
     let plan = enroll_plan(&fleet);
     let load = Load::start(&fleet);
     let out = fleet.coordinator.run(&["rollout", &plan, "--yes"]);
@@ -323,4 +325,38 @@ fn a_launched_server_pinning_a_wrong_ca_hash_stops_the_surge_before_traffic_move
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["state"], "revoked", "{list:?}");
     assert_eq!(list[0]["used"], 0, "{list:?}");
+}
+
+/// A launched server holding a valid token of the CA that its launch did not
+/// carry (one an operator made by hand): the coordinator refuses it before
+/// redeeming it, nothing is issued, that token stays unspent, the launch's own
+/// token is revoked, and the launched server is terminated.
+#[test]
+fn a_launched_server_with_a_token_its_launch_did_not_carry_is_refused() {
+    let fleet = fleet_with_enroll();
+    join_misbehaves(&fleet.provider_dir, FOREIGN_TOKEN).expect("switch");
+    let plan = enroll_plan(&fleet);
+    let out = fleet.coordinator.run(&["rollout", &plan, "--yes"]);
+    let all = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "aborted: {all}");
+    assert!(all.contains("was not made for its launch"), "{all}");
+    assert_nothing_issued(&fleet.pki.dir, "web-20");
+    let launched = fleet.launched().expect("launched");
+    assert!(running(&launched).is_empty(), "{launched:?}");
+    let list = tokens(&fleet);
+    let state = |launch: bool| -> Vec<(String, u64)> {
+        list.iter()
+            .filter(|t| t["note"].is_string() == launch)
+            .map(|t| {
+                (
+                    t["state"].as_str().unwrap_or("").to_owned(),
+                    t["used"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(state(true), [("revoked".to_owned(), 0)], "{list:?}");
+    assert_eq!(state(false), [("usable".to_owned(), 0)], "{list:?}");
+    let up = fleet.up_addresses().expect("stats");
+    assert_eq!(up.len(), 3, "only the old servers serve: {up:?}");
 }
