@@ -207,6 +207,7 @@ pub async fn launch(
         join,
     };
     let stdin = serde_json::to_vec(&request).unwrap_or_default();
+    let secrets = join.map(|j| j.tokens.as_slice()).unwrap_or_default();
     let stdout = run(Call {
         step: "launch",
         exe,
@@ -215,8 +216,34 @@ pub async fn launch(
         inputs,
         timeout,
     })
-    .await?;
-    parse_launched(exe, &stdout, count)
+    .await
+    .map_err(|e| redact(e, secrets))?;
+    parse_launched(exe, &stdout, count).map_err(|e| redact(e, secrets))
+}
+
+/// A provider that echoes its stdin into an error must not get a join token
+/// into the journal or onto the screen: each token's secret is blanked out of
+/// what the error quotes.
+fn redact(mut error: ProviderError, tokens: &[String]) -> ProviderError {
+    let blank = |text: &mut String| {
+        for token in tokens {
+            if let Some((id, secret)) = token.split_once('.')
+                && !secret.is_empty()
+            {
+                *text = text
+                    .replace(token.as_str(), &format!("{id}.<secret>"))
+                    .replace(secret, "<secret>");
+            }
+        }
+    };
+    match &mut error {
+        ProviderError::Timeout { stderr, .. } | ProviderError::Failed { stderr, .. } => {
+            blank(stderr)
+        }
+        ProviderError::Malformed { stdout, .. } => blank(stdout),
+        ProviderError::Spawn { .. } => {}
+    }
+    error
 }
 
 /// `launch`'s stdout, checked against the contract.
@@ -423,6 +450,42 @@ echo '[{"name":"web-9","address":"127.0.1.9:7443","app":"127.0.1.9:80"}]'"#,
             .expect_err("too few")
             .to_string();
         assert!(err.contains("0 server(s) where 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_provider_echoing_its_stdin_does_not_put_a_join_token_in_the_error() {
+        let dir = tempfile::tempdir().expect("dir");
+        let join = LaunchJoin {
+            ca_hash: format!("sha256:{}", "ab".repeat(32)),
+            tokens: vec!["abc123.0123456789abcdef".into()],
+        };
+        let failing = script(&dir, "echo-fail", "cat >&2; exit 1");
+        let err = launch(
+            &failing,
+            &web1(),
+            1,
+            &inputs(),
+            Some(&join),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("fails")
+        .to_string();
+        assert!(err.contains("abc123.<secret>"), "{err}");
+        assert!(!err.contains("0123456789abcdef"), "{err}");
+        let garbled = script(&dir, "echo-out", "cat");
+        let err = launch(
+            &garbled,
+            &web1(),
+            1,
+            &inputs(),
+            Some(&join),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("malformed")
+        .to_string();
+        assert!(!err.contains("0123456789abcdef"), "{err}");
     }
 
     #[tokio::test]

@@ -68,8 +68,9 @@ fn run() -> anyhow::Result<()> {
         "launch" => {
             let mut stdin = String::new();
             std::io::stdin().read_to_string(&mut stdin)?;
-            let request: LaunchRequest = serde_json::from_str(&stdin)
-                .with_context(|| format!("launch: stdin is not the launch request: {stdin:?}"))?;
+            // Not quoted back: it may carry join tokens.
+            let request: LaunchRequest =
+                serde_json::from_str(&stdin).context("launch: stdin is not the launch request")?;
             // The tokens are secrets: the log says only how many came.
             let join = request
                 .join
