@@ -647,16 +647,16 @@ impl SurgeFleet {
 
 impl Drop for SurgeFleet {
     fn drop(&mut self) {
-        // Hosts the provider launched are nobody's children: stop them here.
-        let _ = stop_processes_under(&self.provider_dir);
-        if self.monitor.is_none() {
-            return;
-        }
-        let verdict = self.check_capacity();
+        // The verdict first: stopping the launched hosts below takes servers
+        // that may serve by now (after a command-provider handover) out of
+        // HAProxy, which is the teardown, not the rollout.
+        let verdict = self.monitor.as_ref().map(|_| self.check_capacity());
         if let Some(m) = self.monitor.take() {
             drop(m.stop());
         }
-        if let Err(e) = verdict
+        // Hosts the provider launched are nobody's children: stop them here.
+        let _ = stop_processes_under(&self.provider_dir);
+        if let Some(Err(e)) = verdict
             && !std::thread::panicking()
         {
             panic!("capacity invariant broken: {e:#}");
