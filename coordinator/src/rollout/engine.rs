@@ -26,6 +26,7 @@ use crate::state::DeployLock;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
 pub struct Engine {
+    board: Arc<super::samples::Board>,
     fleet: Arc<Fleet>,
     process: Process,
     runner: Runner,
@@ -64,13 +65,16 @@ impl Engine {
         }
         let fleet = Arc::new(fleet);
         let ui = Arc::new(Ui::new(json));
+        let board = Arc::new(super::samples::Board::default());
         let actions = Arc::new(Live {
             config: config.clone(),
             fleet: fleet.clone(),
             plan: plan.clone(),
             ui: ui.clone(),
+            board: board.clone(),
         });
         Ok(Engine {
+            board,
             fleet,
             process,
             runner: Runner {
@@ -458,7 +462,20 @@ impl Leased {
         let runner = &mut engine.runner;
         let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
         let (lost, _either) = crate::state::either_lost(leases.lost(), lock.lost());
-        let result = runner.run_phases(interrupts, lost).await;
+        // Beside the steps, for `handover web`: samples of the rollout in the
+        // journal (the sampler never ends; the rollout's end stops it).
+        let lbs = runner.plan.lbs.clone();
+        let sampler = super::samples::record(
+            &engine.fleet,
+            &lbs,
+            runner.journal.clone(),
+            runner.record.id.clone(),
+            &engine.board,
+        );
+        let result = tokio::select! {
+            result = runner.run_phases(interrupts, lost) => result,
+            never = sampler => match never {},
+        };
         leases.release().await;
         // Last: while it is held no other bastion starts on these hosts.
         drop(lock);

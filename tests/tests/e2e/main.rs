@@ -17,3 +17,4 @@ mod spine;
 mod surge;
 mod surgeagent;
 mod web;
+mod web2;
