@@ -464,18 +464,19 @@ impl Leased {
         let (lost, _either) = crate::state::either_lost(leases.lost(), lock.lost());
         // Beside the steps, for `handover web`: samples of the rollout in the
         // journal (the sampler never ends; the rollout's end stops it).
-        let lbs = runner.plan.lbs.clone();
-        let sampler = super::samples::record(
-            &engine.fleet,
-            &lbs,
+        let (lbs, journal, id) = (
+            runner.plan.lbs.clone(),
             runner.journal.clone(),
             runner.record.id.clone(),
-            &engine.board,
         );
+        let sampler = super::samples::record(&engine.fleet, &lbs, &journal, &id, &engine.board);
         let result = tokio::select! {
             result = runner.run_phases(interrupts, lost) => result,
             never = sampler => match never {},
         };
+        // One more, where the rollout left the fleet (not waiting on a dead LB).
+        let last = super::samples::sample_once(&engine.fleet, &lbs, &journal, &id, &engine.board);
+        let _ = tokio::time::timeout(super::samples::EVERY * 2, last).await;
         leases.release().await;
         // Last: while it is held no other bastion starts on these hosts.
         drop(lock);

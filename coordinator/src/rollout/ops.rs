@@ -349,8 +349,14 @@ pub(super) async fn wait_for_sessions_to_end(
         },
     )
     .await;
-    ctx.board.ended(hosts);
-    let outcome = outcome?;
+    let outcome = outcome.inspect_err(|_| {
+        for h in hosts {
+            ctx.board.ended(h.as_str(), false);
+        }
+    })?;
+    for h in &outcome.hosts {
+        ctx.board.ended(h.host.name.as_str(), h.is_idle());
+    }
     let ends = outcome
         .hosts
         .iter()

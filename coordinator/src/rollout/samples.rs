@@ -57,6 +57,9 @@ pub struct DrainFacts {
     pub idle_in_ms: Option<u64>,
     /// Since the wait began.
     pub elapsed_ms: u64,
+    /// The wait found it idle (the last sample of this host's wait).
+    #[serde(default)]
+    pub idle: bool,
 }
 
 impl DrainFacts {
@@ -92,6 +95,7 @@ impl DrainFacts {
             holds: p.holds.iter().map(ToString::to_string).collect(),
             idle_in_ms: idle_in.map(millis),
             elapsed_ms: millis(p.elapsed),
+            idle: false,
         }
     }
 }
@@ -101,35 +105,45 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// The drain facts of the hosts being waited on now: the drain wait writes,
-/// the sampler reads.
+/// the sampler reads. A host whose wait ended is in the next sample once more
+/// (idle, or as it was when the wait gave up), then gone.
 #[derive(Debug, Default)]
 pub struct Board {
-    drains: Mutex<BTreeMap<String, DrainFacts>>,
+    drains: Mutex<BTreeMap<String, (DrainFacts, bool)>>,
 }
 
 impl Board {
     /// The latest facts of a host being waited on.
     pub fn waiting(&self, facts: DrainFacts) {
         if let Ok(mut d) = self.drains.lock() {
-            d.insert(facts.host.clone(), facts);
+            d.insert(facts.host.clone(), (facts, false));
         }
     }
 
-    /// The wait for these hosts is over.
-    pub fn ended(&self, hosts: &[impl AsRef<str>]) {
-        if let Ok(mut d) = self.drains.lock() {
-            for h in hosts {
-                d.remove(h.as_ref());
+    /// The wait for `host` is over; `idle` when it found the host idle.
+    pub fn ended(&self, host: &str, idle: bool) {
+        if let Ok(mut d) = self.drains.lock()
+            && let Some((facts, ended)) = d.get_mut(host)
+        {
+            *ended = true;
+            if idle {
+                facts.idle = true;
+                facts.idle_in_ms = Some(0);
+                facts.sessions = Some(0);
+                facts.holders.clear();
+                facts.holds.clear();
             }
         }
     }
 
-    /// Every host being waited on.
-    pub fn drains(&self) -> Vec<DrainFacts> {
-        self.drains
-            .lock()
-            .map(|d| d.values().cloned().collect())
-            .unwrap_or_default()
+    /// Every host being waited on (and those whose wait just ended, once).
+    pub fn take(&self) -> Vec<DrainFacts> {
+        let Ok(mut d) = self.drains.lock() else {
+            return Vec::new();
+        };
+        let out = d.values().map(|(facts, _)| facts.clone()).collect();
+        d.retain(|_, (_, ended)| !*ended);
+        out
     }
 }
 
@@ -150,33 +164,45 @@ pub fn fewest_up(lbs: &[(String, Vec<ServerStats>)]) -> Option<usize> {
 pub async fn record(
     fleet: &Fleet,
     lbs: &[HostEntry],
-    journal: Journal,
-    rollout: String,
+    journal: &Journal,
+    rollout: &str,
     board: &Board,
 ) -> std::convert::Infallible {
     loop {
-        let up = if lbs.is_empty() {
-            None
-        } else {
-            fewest_up(&read_lbs(fleet, lbs).await)
-        };
-        let sample = Sample {
-            format: FORMAT,
-            t_ms: now_ms(),
-            up,
-            drains: board.drains(),
-        };
-        let journal = journal.clone();
-        let key = format!("{rollout}/{:016}", sample.t_ms);
-        let written = tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec(&sample)?;
-            journal.write(SAMPLES, &key, &bytes)
-        })
-        .await;
-        if let Ok(Err(e)) = written {
-            tracing::debug!("a sample for handover web was not journaled: {e:#}");
-        }
+        sample_once(fleet, lbs, journal, rollout, board).await;
         tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// Journals one sample now (also once more when the rollout ends, so its
+/// charts end where it left the fleet).
+pub async fn sample_once(
+    fleet: &Fleet,
+    lbs: &[HostEntry],
+    journal: &Journal,
+    rollout: &str,
+    board: &Board,
+) {
+    let up = if lbs.is_empty() {
+        None
+    } else {
+        fewest_up(&read_lbs(fleet, lbs).await)
+    };
+    let sample = Sample {
+        format: FORMAT,
+        t_ms: now_ms(),
+        up,
+        drains: board.take(),
+    };
+    let journal = journal.clone();
+    let key = format!("{rollout}/{:016}", sample.t_ms);
+    let written = tokio::task::spawn_blocking(move || {
+        let bytes = serde_json::to_vec(&sample)?;
+        journal.write(SAMPLES, &key, &bytes)
+    })
+    .await;
+    if let Ok(Err(e)) = written {
+        tracing::debug!("a sample for handover web was not journaled: {e:#}");
     }
 }
 
@@ -233,5 +259,33 @@ mod tests {
         ];
         assert_eq!(fewest_up(&lbs), Some(1));
         assert_eq!(fewest_up(&[]), None);
+    }
+
+    fn facts(host: &str) -> DrainFacts {
+        DrainFacts {
+            host: host.into(),
+            sessions: Some(2),
+            holders: vec!["127.0.0.1 (2 connections)".into()],
+            holds: vec!["2 direct connections".into()],
+            idle_in_ms: None,
+            elapsed_ms: 100,
+            idle: false,
+        }
+    }
+
+    /// A host whose wait ended is sampled once more, idle (nothing holds it,
+    /// nothing left to wait) or as it stood when the wait gave up; then gone.
+    #[test]
+    fn an_ended_wait_is_sampled_once_more() {
+        let board = Board::default();
+        board.waiting(facts("web-1"));
+        board.waiting(facts("web-2"));
+        assert_eq!(board.take().len(), 2);
+        board.ended("web-1", true);
+        board.ended("web-2", false);
+        let last = board.take();
+        assert!(last[0].idle && last[0].holders.is_empty() && last[0].idle_in_ms == Some(0));
+        assert!(!last[1].idle && last[1].holders.len() == 1);
+        assert!(board.take().is_empty());
     }
 }

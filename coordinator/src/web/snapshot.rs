@@ -128,6 +128,8 @@ pub struct Drain {
     pub idle_in_ms: Option<u64>,
     /// How long the wait has run, as of `t_ms`.
     pub elapsed_ms: u64,
+    /// The wait found it idle (it is detached next).
+    pub idle: bool,
 }
 
 /// A host's sessions as one load balancer counts them.
@@ -415,6 +417,7 @@ pub fn attach_drains(hosts: &mut [Host], latest: Option<&JournalSample>, now_ms:
                 holds: facts.holds.clone(),
                 idle_in_ms: facts.idle_in_ms.map(|ms| ms.saturating_sub(age)),
                 elapsed_ms: facts.elapsed_ms,
+                idle: facts.idle,
             });
         }
     }
@@ -588,6 +591,7 @@ mod tests {
                         holds: vec![],
                         idle_in_ms: Some(*idle_in),
                         elapsed_ms: 0,
+                        idle: false,
                     },
                 )
                 .collect(),

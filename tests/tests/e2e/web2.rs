@@ -209,3 +209,173 @@ fn over_https_without_a_token_a_viewer_certificate_is_required() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("--role web"), "{text}");
 }
+
+/// What the test reads off the page opened mid-rollout.
+const READ_DRAIN: &str = r#"
+  const row = document.querySelector('tr[data-host="web-1"]');
+  const facts = row ? row.querySelector(".drainfacts") : null;
+  const countdown = row ? row.querySelector(".countdown") : null;
+  return {
+    state: document.getElementById("rollout-state").textContent,
+    historyFirst: document.body.dataset.historyFirst || "",
+    historyFrom: document.getElementById("history-from").textContent,
+    holders: facts ? facts.dataset.holders : null,
+    text: facts ? facts.textContent : null,
+    seconds: countdown ? countdown.dataset.seconds || null : null,
+  };
+"#;
+
+/// What the page showed of web-1's drain.
+#[derive(Default, Debug)]
+struct DrainSeen {
+    holder: Option<String>,
+    countdown: Vec<String>,
+    zero: bool,
+    first_point_ms: Option<u64>,
+    history_from: String,
+    final_state: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The page's server started while a rollout is under way: its charts start
+/// where the rollout started (points from before the server existed, read
+/// from the journal), and while the wave waits for web-1's sessions it names
+/// the holder the coordinator's drain wait sees and counts down to when web-1
+/// should be idle, reaching zero once the held client is let go. Screenshots
+/// at desktop and phone width go to target/web-screenshots/.
+#[test]
+fn a_page_opened_mid_rollout_shows_its_history_and_the_drain_waits_facts() {
+    use handover_tests::fleet::hold_connection;
+    use handover_tests::scenario::{Scenario, ScenarioOptions};
+    use handover_tests::web::{Browser, WebPage};
+    use std::time::Duration;
+
+    let s = Scenario::start(ScenarioOptions::default()).expect("fleet starts");
+    let web1 = s.app("web-1").apache.addr();
+    let mut held =
+        Some(hold_connection(web1, "/VERSION", None, Duration::from_secs(120)).expect("hold"));
+    let plan = s
+        .write_plan(
+            "plan.toml",
+            &s.in_place_plan("v2", 1, 2)
+                .replace("quiet = \"500ms\"", "quiet = \"3s\""),
+        )
+        .expect("plan");
+    let mut rollout = s
+        .coordinator
+        .command(&["rollout", &plan.display().to_string(), "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the rollout");
+    // The page's server starts only once the rollout is journaled and has
+    // been sampled a few times.
+    for _ in 0..200 {
+        let out = s.coordinator.run(&["history"]);
+        if output_text(&out).contains("running") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let opened_ms = now_ms();
+    let page = WebPage::start(&s.coordinator, host_ip(175), s.dir()).expect("handover web starts");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let seen = runtime.block_on(async {
+        let browser = Browser::start(s.dir(), 1400, 1000)
+            .await
+            .expect("chromium starts");
+        let url = format!("http://{}/", page.addr);
+        browser.client.goto(&url).await.expect("open the page");
+        let mut seen = DrainSeen::default();
+        let mut ended_reads = 0;
+        for _ in 0..1200 {
+            let v = browser.eval(READ_DRAIN).await.expect("read the page");
+            if seen.first_point_ms.is_none() {
+                seen.first_point_ms = v["historyFirst"].as_str().and_then(|t| t.parse().ok());
+                seen.history_from = v["historyFrom"].as_str().unwrap_or("").to_owned();
+            }
+            if let Some(holders) = v["holders"].as_str().filter(|h| !h.is_empty())
+                && held.is_some()
+            {
+                seen.holder = Some(holders.to_owned());
+                browser
+                    .screenshot("drain-facts-desktop-held")
+                    .await
+                    .expect("screenshot");
+                held = None;
+            }
+            if let Some(secs) = v["seconds"].as_str()
+                && held.is_none()
+            {
+                if seen.countdown.last().map(String::as_str) != Some(secs) {
+                    seen.countdown.push(secs.to_owned());
+                }
+                if secs == "0" && !seen.zero {
+                    seen.zero = true;
+                    browser
+                        .screenshot("drain-facts-desktop-idle")
+                        .await
+                        .expect("screenshot");
+                }
+            }
+            seen.final_state = v["state"].as_str().unwrap_or("").to_owned();
+            if rollout.try_wait().expect("wait").is_some() {
+                ended_reads += 1;
+                if ended_reads > 8 && seen.final_state != "running" {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let points = browser
+            .eval(
+                "document.getElementById('chart-up').scrollIntoView(); \
+                 return document.querySelectorAll('#chart-up path').length;",
+            )
+            .await
+            .expect("read the chart");
+        assert!(
+            points.as_u64().is_some_and(|n| n >= 1),
+            "the UP chart is drawn"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser
+            .screenshot("drain-facts-desktop-charts")
+            .await
+            .expect("screenshot");
+        browser
+            .client
+            .set_window_size(390, 844)
+            .await
+            .expect("phone width");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        browser
+            .screenshot("drain-facts-phone-done")
+            .await
+            .expect("screenshot");
+        browser.close().await.expect("close");
+        seen
+    });
+    let _ = rollout.kill();
+    drop(held);
+    let first = seen.first_point_ms.unwrap_or(u64::MAX);
+    assert!(
+        first < opened_ms,
+        "the charts start before the page's server did ({first} vs {opened_ms}): {seen:?}"
+    );
+    assert!(seen.history_from.contains("journal"), "{seen:?}");
+    let holder = seen.holder.clone().unwrap_or_default();
+    assert!(
+        holder.contains("(1 connection)"),
+        "the drain wait's holder of web-1 is named: {seen:?}"
+    );
+    assert!(seen.zero, "the countdown reached zero: {seen:?}");
+    assert_eq!(seen.final_state, "succeeded", "{}", page.log_text());
+}
