@@ -328,7 +328,8 @@ struct JournalRead {
 async fn gather_journal(config: &Arc<CoordinatorConfig>) -> Option<JournalRead> {
     let config = config.clone();
     let read = tokio::task::spawn_blocking(move || -> anyhow::Result<JournalRead> {
-        let journal = Journal::new(&config.state_dir);
+        // Where the config keeps it: state_dir, or etcd (`[state]`).
+        let journal = Journal::open(&config)?;
         let mut snapshot = Snapshot {
             version: snapshot::VERSION,
             ..Snapshot::default()
