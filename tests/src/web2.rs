@@ -114,3 +114,20 @@ pub fn with_cert<'a>(cert: &'a Path, key: &'a Path) -> Vec<String> {
         key.display().to_string(),
     ]
 }
+
+/// The base64 SHA-256 of a certificate's public key (SPKI), as Chromium's
+/// `--ignore-certificate-errors-spki-list` takes it: the browser then trusts
+/// that one server key, as if the operator had imported the CA.
+pub fn spki_sha256(cert: &Path) -> anyhow::Result<String> {
+    let script = format!(
+        "openssl x509 -in {:?} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        cert.display().to_string()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}

@@ -379,3 +379,67 @@ fn a_page_opened_mid_rollout_shows_its_history_and_the_drain_waits_facts() {
     assert!(seen.zero, "the countdown reached zero: {seen:?}");
     assert_eq!(seen.final_state, "succeeded", "{}", page.log_text());
 }
+
+/// A browser over HTTPS with the token: opened once as `/?token=T`, the page
+/// is reached at `/` (the token gone from the address), keeps an HttpOnly
+/// cookie that scripts cannot read, and its event stream is live. The browser
+/// trusts exactly the page's `web` key (as after importing the CA).
+#[test]
+fn a_browser_opens_the_https_page_with_the_token_once() {
+    use handover_tests::web::Browser;
+    use handover_tests::web2::spki_sha256;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::init(&dir.path().join("pki")).expect("CA");
+    let ip = host_ip(177);
+    let coordinator = quiet_coordinator(dir.path(), &pki, 178);
+    let (web_cert, web_key) = pki.issue("web", "bastion", &[ip.into()]).expect("web cert");
+    let token_file = dir.path().join("web.token");
+    let page = SecurePage::start(
+        &coordinator,
+        ip,
+        dir.path(),
+        (&web_cert, &web_key),
+        &["--token-file", &token_file.display().to_string()],
+    )
+    .expect("handover web starts over HTTPS");
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    let spki = spki_sha256(&web_cert).expect("spki");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let browser = Browser::start_with(
+            dir.path(),
+            1200,
+            800,
+            &[format!("--ignore-certificate-errors-spki-list={spki}")],
+        )
+        .await
+        .expect("chromium starts");
+        browser
+            .client
+            .goto(&page.url(&format!("/?token={}", token.trim())))
+            .await
+            .expect("open the page");
+        let mut last = serde_json::Value::Null;
+        for _ in 0..80 {
+            last = browser
+                .eval(
+                    "return { url: location.href, live: document.getElementById('live').className, \
+                     hosts: document.querySelectorAll('tr[data-host]').length, cookie: document.cookie };",
+                )
+                .await
+                .unwrap_or(serde_json::Value::Null);
+            if last["live"] == "on" && last["hosts"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(last["live"], "on", "the event stream is live: {last}\n{}", page.log_text());
+        assert_eq!(last["hosts"], 1, "{last}");
+        assert_eq!(last["url"], page.url("/"), "the token left the address");
+        assert_eq!(last["cookie"], "", "the cookie is HttpOnly");
+        browser.screenshot("https-token-desktop").await.expect("screenshot");
+        browser.close().await.expect("close");
+    });
+}
