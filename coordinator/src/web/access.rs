@@ -267,16 +267,22 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
 }
 
 /// The server's TLS settings: its `web` certificate and key, the CA that
-/// issued viewer certificates, and whether a token may stand in for one.
+/// issued viewer certificates, the revocation list that withdraws some, and
+/// whether a token may stand in for one.
 pub fn server_config(
     ca: &Path,
-    cert: &Path,
-    key: &Path,
+    (cert, key): (&Path, &Path),
+    crl: Option<&Path>,
     token: bool,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     tls::install_crypto_provider();
-    let creds = Credentials::load(&CredentialFiles { ca, cert, key }, Role::Web)
+    let mut creds = Credentials::load(&CredentialFiles { ca, cert, key }, Role::Web)
         .context("cannot serve the page over HTTPS")?;
+    if let Some(crl) = crl {
+        creds = creds
+            .with_crl(crl)
+            .context("cannot serve the page over HTTPS")?;
+    }
     let config =
         tls::web_server_config(creds, token).context("cannot serve the page over HTTPS")?;
     Ok(Arc::new(config))

@@ -65,6 +65,10 @@ pub struct WebArgs {
     /// once in a browser, which then keeps a cookie.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Refuse the viewer certificates this revocation list revokes (the
+    /// crl.pem `handover ca revoke` writes; read at start).
+    #[arg(long, requires = "tls_cert")]
+    pub crl: Option<PathBuf>,
 }
 
 /// Refuses flags the page may not be served with, naming the fix; checked
@@ -92,8 +96,8 @@ pub async fn run(config: CoordinatorConfig, args: WebArgs) -> anyhow::Result<()>
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(access::server_config(
             &config.ca,
-            cert,
-            key,
+            (cert, key),
+            args.crl.as_deref(),
             token.is_some(),
         )?),
         _ => None,

@@ -171,8 +171,8 @@ fn over_https_only_viewers_and_the_token_get_in() {
 }
 
 /// Over HTTPS without a token the viewer certificate is the only way in: a
-/// client without one is refused in the handshake; the page will not start on
-/// an agent's certificate.
+/// client without one is refused in the handshake, and with `--crl` one that
+/// `ca revoke` revoked; the page will not start on an agent's certificate.
 #[test]
 fn over_https_without_a_token_a_viewer_certificate_is_required() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -193,6 +193,44 @@ fn over_https_without_a_token_a_viewer_certificate_is_required() {
         "/api/state",
     );
     assert_eq!(viewer.status, Some(200), "{viewer:?}");
+
+    // Revoked, and the page started with the CA's list: bob is refused.
+    let out = std::process::Command::new(bin("handover"))
+        .args([
+            "ca",
+            "revoke",
+            "--dir",
+            &pki.dir.display().to_string(),
+            "--name",
+            "bob",
+        ])
+        .output()
+        .expect("run handover ca revoke");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let crl = pki.dir.join("crl.pem").display().to_string();
+    let strict = SecurePage::start(
+        &coordinator,
+        ip,
+        dir.path(),
+        (&web_cert, &web_key),
+        &["--crl", &crl],
+    )
+    .expect("handover web starts with the CRL");
+    let revoked = get(
+        &strict,
+        &ca,
+        &with_cert(&viewer_cert, &viewer_key),
+        "/api/state",
+    );
+    assert_eq!(
+        revoked.status, None,
+        "a revoked viewer is refused: {revoked:?}"
+    );
+    assert!(
+        strict.log_text().contains("Revoked"),
+        "{}",
+        strict.log_text()
+    );
 
     let (agent_cert, agent_key) = pki.issue("agent", "web-8", &[ip.into()]).expect("agent");
     let port = free_tcp_port(ip).expect("port");
