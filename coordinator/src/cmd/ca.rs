@@ -345,6 +345,30 @@ mod tests {
         assert_eq!(names, ["name = \"web-1.dc-2\""]);
     }
 
+    /// Issue 16: a viewer's hint bundles it for a browser and a web one says how
+    /// to serve with it; neither ever names the CA key.
+    #[test]
+    fn web_and_viewer_hints_say_how_to_use_them() {
+        let dir = Path::new("/srv/pki");
+        let ca = pki::ca_files(dir).cert;
+        let alice = HostName::new("alice".to_string()).expect("name");
+        let hint = install_hint(Role::Viewer, &alice, &ca, &pki::leaf_files(dir, &alice));
+        assert!(
+            hint.contains("openssl pkcs12 -export -in /srv/pki/alice.pem -inkey /srv/pki/alice.key -certfile /srv/pki/ca.pem"),
+            "{hint}"
+        );
+        let bastion = HostName::new("bastion".to_string()).expect("name");
+        let hint = install_hint(Role::Web, &bastion, &ca, &pki::leaf_files(dir, &bastion));
+        assert!(
+            hint.contains("--tls-cert /srv/pki/bastion.pem --tls-key /srv/pki/bastion.key"),
+            "{hint}"
+        );
+        for role in [Role::Web, Role::Viewer] {
+            let hint = install_hint(role, &alice, &ca, &pki::leaf_files(dir, &alice));
+            assert!(!hint.contains("ca.key"), "{hint}");
+        }
+    }
+
     #[test]
     fn packaged_agent_config_names_the_paths_the_hint_installs() {
         let packaged = include_str!("../../../packaging/agent/agent.toml");

@@ -115,6 +115,29 @@ fn over_https_only_viewers_and_the_token_get_in() {
         "the event stream works over HTTPS for a viewer: {stream:?}"
     );
 
+    // The bundle a browser imports (as `ca issue --role viewer` says) works too.
+    let p12 = dir.path().join("alice.p12");
+    let out = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:pw", "-name", "alice"])
+        .arg("-in")
+        .arg(&viewer_cert)
+        .arg("-inkey")
+        .arg(&viewer_key)
+        .arg("-certfile")
+        .arg(&ca)
+        .arg("-out")
+        .arg(&p12)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let bundle = vec![
+        "--cert-type".to_owned(),
+        "P12".into(),
+        "--cert".into(),
+        format!("{}:pw", p12.display()),
+    ];
+    assert_eq!(get(&page, &ca, &bundle, "/api/state").status, Some(200));
+
     let bearer = vec!["-H".to_owned(), format!("Authorization: Bearer {token}")];
     assert_eq!(get(&page, &ca, &bearer, "/api/state").status, Some(200));
     let wrong = vec!["-H".to_owned(), format!("Authorization: Bearer {token}x")];
