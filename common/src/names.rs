@@ -303,6 +303,12 @@ pub enum Role {
     Agent,
     /// An operator's coordinator: dials agents.
     Coordinator,
+    /// `handover web` on a bastion: serves the read-only page over HTTPS. A TLS
+    /// server certificate that neither agents nor coordinators accept.
+    Web,
+    /// A person's browser (or script) reading `handover web`: a TLS client
+    /// certificate that `handover web` accepts and agents refuse.
+    Viewer,
 }
 
 impl Role {
@@ -311,6 +317,8 @@ impl Role {
         match self {
             Role::Agent => "agent",
             Role::Coordinator => "coordinator",
+            Role::Web => "web",
+            Role::Viewer => "viewer",
         }
     }
 }
@@ -327,7 +335,13 @@ impl std::str::FromStr for Role {
         match s {
             "agent" => Ok(Role::Agent),
             "coordinator" => Ok(Role::Coordinator),
-            _ => Err(invalid("role", s, "use \"agent\" or \"coordinator\"")),
+            "web" => Ok(Role::Web),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(invalid(
+                "role",
+                s,
+                "use \"agent\", \"coordinator\", \"web\" (the page's server) or \"viewer\" (a browser)",
+            )),
         }
     }
 }

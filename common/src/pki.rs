@@ -45,6 +45,18 @@ pub const MAX_COORDINATOR_DAYS: u32 = 365;
 pub const DEFAULT_AGENT_DAYS: u32 = 365;
 /// The longest an agent certificate may be valid: ten years.
 pub const MAX_AGENT_DAYS: u32 = 3650;
+/// Default validity of a `web` certificate (the page's HTTPS server): a year, as
+/// an agent's: it only lets its holder serve the read-only page.
+pub const DEFAULT_WEB_DAYS: u32 = 365;
+/// The longest a `web` certificate may be valid: about 27 months, the most
+/// browsers accept for a server certificate (a private CA's too, in Safari).
+pub const MAX_WEB_DAYS: u32 = 825;
+/// Default validity of a `viewer` certificate (a browser reading the page): 90
+/// days. It reads the fleet's state and nothing else, but it sits in a browser
+/// profile, so it should lapse on its own.
+pub const DEFAULT_VIEWER_DAYS: u32 = 90;
+/// The longest a `viewer` certificate may be valid: a year.
+pub const MAX_VIEWER_DAYS: u32 = 365;
 /// Default validity of the CA: ten years.
 pub const DEFAULT_CA_DAYS: u32 = 3650;
 /// The longest the CA may be valid: thirty years.
@@ -137,6 +149,8 @@ pub fn max_days(role: Role) -> u32 {
     match role {
         Role::Agent => MAX_AGENT_DAYS,
         Role::Coordinator => MAX_COORDINATOR_DAYS,
+        Role::Web => MAX_WEB_DAYS,
+        Role::Viewer => MAX_VIEWER_DAYS,
     }
 }
 
@@ -145,6 +159,8 @@ pub fn default_days(role: Role) -> u32 {
     match role {
         Role::Agent => DEFAULT_AGENT_DAYS,
         Role::Coordinator => DEFAULT_COORDINATOR_DAYS,
+        Role::Web => DEFAULT_WEB_DAYS,
+        Role::Viewer => DEFAULT_VIEWER_DAYS,
     }
 }
 
@@ -319,9 +335,11 @@ fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, PkiError> {
     params.not_before = spec.not_before;
     params.not_after = spec.not_after;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Servers (agents, the page) are servers only and clients (coordinators,
+    // browsers) clients only; the identity URI then tells the two of each apart.
     params.extended_key_usages = vec![match spec.role {
-        Role::Agent => ExtendedKeyUsagePurpose::ServerAuth,
-        Role::Coordinator => ExtendedKeyUsagePurpose::ClientAuth,
+        Role::Agent | Role::Web => ExtendedKeyUsagePurpose::ServerAuth,
+        Role::Coordinator | Role::Viewer => ExtendedKeyUsagePurpose::ClientAuth,
     }];
     let mut sans = vec![dns_san(spec.name.as_str())?];
     for dns in &spec.dns {

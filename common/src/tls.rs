@@ -307,6 +307,45 @@ pub fn agent_server_config(creds: Credentials) -> Result<quinn::ServerConfig, Tl
     Ok(config)
 }
 
+/// `handover web` over HTTPS (HTTP/1.1): its `web` certificate, and a client
+/// verifier that accepts only `viewer` certificates of our CA. With
+/// `viewer_optional` (the page also takes a bearer token) a client may come
+/// without a certificate and must then show the token; a client that does
+/// present one still has it checked in the handshake, so an agent's or a
+/// coordinator's certificate is refused either way.
+pub fn web_server_config(
+    creds: Credentials,
+    viewer_optional: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = WebPkiClientVerifier::builder(creds.roots.clone())
+        .with_crls(creds.crls.clone())
+        .only_check_end_entity_revocation();
+    let builder = if viewer_optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let inner = builder.build().map_err(|e| TlsError::BadCa {
+        path: "CA".into(),
+        why: e.to_string(),
+    })?;
+    let verifier = Arc::new(RequireRole {
+        inner,
+        role: Role::Viewer,
+    });
+    let mut tls = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain, creds.key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Who a verified client certificate says its holder is (`handover web` reads
+/// the viewer's name from it).
+pub fn identity_of_chain(chain: &[CertificateDer<'_>]) -> Option<Identity> {
+    pki::identity_of(chain.first()?).ok()
+}
+
 /// The coordinator side: accepts only an agent certificate named as the host dialled.
 pub fn coordinator_client_config(creds: Credentials) -> Result<quinn::ClientConfig, TlsError> {
     let inner = WebPkiServerVerifier::builder(creds.roots.clone())
@@ -381,6 +420,14 @@ struct RequireRole {
 impl ClientCertVerifier for RequireRole {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
+    }
+
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
     }
 
     fn verify_client_cert(
@@ -480,5 +527,107 @@ impl ServerCertVerifier for RequireAgentNamed {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::HostName;
+    use crate::pki::{Existing, LeafSpec};
+
+    /// A CA with one certificate of each role, named after it.
+    fn ca_with_every_role() -> tempfile::TempDir {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki::init_ca(dir.path(), false, 30).expect("init");
+        for role in [Role::Agent, Role::Coordinator, Role::Web, Role::Viewer] {
+            let name = HostName::new(role.as_str()).expect("name");
+            pki::issue(dir.path(), &LeafSpec::new(role, name, 10), Existing::Refuse)
+                .expect("issue");
+        }
+        dir
+    }
+
+    fn leaf(dir: &Path, role: Role) -> CertificateDer<'static> {
+        pki::read_cert_chain(&dir.join(format!("{role}.pem"))).expect("read")[0].clone()
+    }
+
+    fn roots(dir: &Path) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        for c in pki::read_cert_chain(&dir.join("ca.pem")).expect("ca") {
+            roots.add(c).expect("root");
+        }
+        Arc::new(roots)
+    }
+
+    fn client_verifier(dir: &Path, role: Role, optional: bool) -> RequireRole {
+        let builder = WebPkiClientVerifier::builder(roots(dir));
+        let builder = if optional {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        RequireRole {
+            inner: builder.build().expect("verifier"),
+            role,
+        }
+    }
+
+    /// Issue 16: the page takes only viewer certificates, agents only
+    /// coordinator ones, so a browser's certificate commands nothing and an
+    /// operator's or a host's certificate does not open the page. (Agent and web
+    /// certificates are server-only: webpki refuses them as clients already.)
+    #[test]
+    fn each_side_accepts_only_its_client_role() {
+        let dir = ca_with_every_role();
+        let now = UnixTime::now();
+        let page = client_verifier(dir.path(), Role::Viewer, true);
+        let agent = client_verifier(dir.path(), Role::Coordinator, false);
+        for role in [Role::Agent, Role::Coordinator, Role::Web, Role::Viewer] {
+            let cert = leaf(dir.path(), role);
+            let by_page = page.verify_client_cert(&cert, &[], now).is_ok();
+            let by_agent = agent.verify_client_cert(&cert, &[], now).is_ok();
+            assert_eq!(by_page, role == Role::Viewer, "the page and a {role}");
+            assert_eq!(by_agent, role == Role::Coordinator, "an agent and a {role}");
+        }
+        assert!(
+            !page.client_auth_mandatory(),
+            "the token path lets clients in without one"
+        );
+        assert!(agent.client_auth_mandatory());
+    }
+
+    /// A web certificate cannot stand in for an agent: the coordinator wants the
+    /// agent role even when the name matches.
+    #[test]
+    fn a_web_certificate_is_not_an_agent() {
+        let dir = ca_with_every_role();
+        let verifier = RequireAgentNamed {
+            inner: WebPkiServerVerifier::builder(roots(dir.path()))
+                .build()
+                .expect("verifier"),
+        };
+        let name = ServerName::try_from("web").expect("name");
+        let err = verifier
+            .verify_server_cert(
+                &leaf(dir.path(), Role::Web),
+                &[],
+                &name,
+                &[],
+                UnixTime::now(),
+            )
+            .expect_err("refused");
+        assert!(err.to_string().contains("certificate for web web"), "{err}");
+        let creds = Credentials::load(
+            &CredentialFiles {
+                ca: &dir.path().join("ca.pem"),
+                cert: &dir.path().join("agent.pem"),
+                key: &dir.path().join("agent.key"),
+            },
+            Role::Web,
+        )
+        .expect_err("an agent certificate does not serve the page");
+        assert!(creds.to_string().contains("--role web"), "{creds}");
     }
 }

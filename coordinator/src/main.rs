@@ -284,11 +284,7 @@ enum Command {
     #[command(subcommand)]
     Inputs(cmd::inputs::InputsCommand),
     /// Serve a read-only live page of the fleet and the current or last rollout.
-    Web {
-        /// Address to serve on (loopback only: the page is plain HTTP).
-        #[arg(long, default_value = handover::web::DEFAULT_LISTEN)]
-        listen: std::net::SocketAddr,
-    },
+    Web(handover::web::WebArgs),
     /// Move the journal between stores: export it as JSON lines, import an export.
     #[command(subcommand)]
     Journal(cmd::journal::JournalCommand),
@@ -437,10 +433,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Undrain { hosts, json } => cmd::drain::undrain(&load()?, &hosts, json).await,
         Command::Inputs(command) => cmd::inputs::run(&load()?, command),
-        Command::Web { listen } => {
-            // Refused before the config is read: the address alone decides.
-            handover::web::check_listen(listen)?;
-            handover::web::run(load()?, listen).await?;
+        Command::Web(args) => {
+            // Refused before the config is read: the flags alone decide.
+            handover::web::check_args(&args)?;
+            handover::web::run(load()?, args).await?;
             Ok(ExitCode::SUCCESS)
         }
         command => run_rollout(command, load).await,

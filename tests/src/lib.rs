@@ -29,4 +29,5 @@ pub mod sessions;
 pub mod surge;
 pub mod traffic;
 pub mod web;
+pub mod web2;
 pub mod workdir;

@@ -266,6 +266,16 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a fresh headless Chromium of `width`×`height`.
     pub async fn start(dir: &Path, width: u32, height: u32) -> anyhow::Result<Self> {
+        Self::start_with(dir, width, height, &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags.
+    pub async fn start_with(
+        dir: &Path,
+        width: u32,
+        height: u32,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let ip = Ipv4Addr::LOCALHOST;
         let port = free_tcp_port(ip)?;
         let mut cmd = Command::new(CHROMEDRIVER);
@@ -289,6 +299,7 @@ impl Browser {
             format!("--user-data-dir={}", profile.path().display()),
             format!("--window-size={width},{height}"),
         ])
+        .chain(extra.iter().cloned())
         .collect::<Vec<_>>();
         let mut caps = serde_json::Map::new();
         caps.insert(

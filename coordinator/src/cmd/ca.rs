@@ -23,13 +23,14 @@ pub enum CaCommand {
         #[arg(long, default_value_t = pki::DEFAULT_CA_DAYS)]
         days: u32,
     },
-    /// Issue a certificate for an agent or a coordinator: DIR/NAME.pem, DIR/NAME.key.
+    /// Issue a certificate for an agent, a coordinator, the page or a viewer: DIR/NAME.pem, DIR/NAME.key.
     Issue {
         /// The directory holding the CA (ca.pem, ca.key); the new files go there too.
         #[arg(long)]
         dir: PathBuf,
-        /// `agent` (a host) or `coordinator` (an operator); with --renew, taken from
-        /// the current certificate.
+        /// `agent` (a host), `coordinator` (an operator), `web` (the HTTPS server of
+        /// `handover web`: give it the bastion's --dns/--ip) or `viewer` (a browser
+        /// reading that page); with --renew, taken from the current certificate.
         #[arg(long, required_unless_present = "renew")]
         role: Option<Role>,
         /// The host's inventory name (agents) or the operator's name (coordinators).
@@ -42,7 +43,7 @@ pub enum CaCommand {
         #[arg(long = "ip", conflicts_with = "renew")]
         ips: Vec<IpAddr>,
         /// Validity in days [default: 30 for a coordinator (at most 365), 365 for an
-        /// agent (at most 3650)].
+        /// agent (at most 3650) and for web (at most 825), 90 for a viewer (at most 365)].
         #[arg(long)]
         days: Option<u32>,
         /// Replace an existing certificate for NAME with this one.
@@ -168,7 +169,7 @@ fn issue(dir: &Path, request: IssueRequest, print_install: bool) -> anyhow::Resu
         }
         (files, spec)
     } else {
-        let role = role.context("--role is required (agent or coordinator)")?;
+        let role = role.context("--role is required (agent, coordinator, web or viewer)")?;
         let days = days.unwrap_or_else(|| pki::default_days(role));
         pki::validity(&format!("{role} certificate"), days, pki::max_days(role))
             .with_context(context)?;
@@ -256,6 +257,20 @@ pub(crate) fn install_hint(
              \x20 cert = \"{cert}\"\n\
              \x20 key = \"{key}\"\n"
         ),
+        Role::Web => format!(
+            "Serve the page over HTTPS with it, on the bastion (browsers must reach it by one of its names):\n\
+             \x20 chmod 0600 {key}\n\
+             \x20 handover web --listen 0.0.0.0:8443 --tls-cert {cert} --tls-key {key}\n\
+             Browsers trust it once {ca} is imported as an authority. Readers need a viewer certificate\n\
+             (`handover ca issue --role viewer --name NAME`) or the token of --token-file.\n"
+        ),
+        Role::Viewer => format!(
+            "For a browser, bundle it with its key (openssl asks for an export password):\n\
+             \x20 openssl pkcs12 -export -in {cert} -inkey {key} -certfile {ca} -name {name} -out {name}.p12\n\
+             Import {name}.p12 in the browser (Settings, Privacy and security, Certificates: Your certificates)\n\
+             and {ca} as a trusted authority. For curl:\n\
+             \x20 curl --cacert {ca} --cert {cert} --key {key} https://BASTION:8443/api/state\n"
+        ),
     }
 }
 
@@ -328,6 +343,30 @@ mod tests {
         let edited = std::fs::read_to_string(&config).expect("read edited config");
         let names: Vec<&str> = edited.lines().filter(|l| l.starts_with("name =")).collect();
         assert_eq!(names, ["name = \"web-1.dc-2\""]);
+    }
+
+    /// Issue 16: a viewer's hint bundles it for a browser and a web one says how
+    /// to serve with it; neither ever names the CA key.
+    #[test]
+    fn web_and_viewer_hints_say_how_to_use_them() {
+        let dir = Path::new("/srv/pki");
+        let ca = pki::ca_files(dir).cert;
+        let alice = HostName::new("alice".to_string()).expect("name");
+        let hint = install_hint(Role::Viewer, &alice, &ca, &pki::leaf_files(dir, &alice));
+        assert!(
+            hint.contains("openssl pkcs12 -export -in /srv/pki/alice.pem -inkey /srv/pki/alice.key -certfile /srv/pki/ca.pem"),
+            "{hint}"
+        );
+        let bastion = HostName::new("bastion".to_string()).expect("name");
+        let hint = install_hint(Role::Web, &bastion, &ca, &pki::leaf_files(dir, &bastion));
+        assert!(
+            hint.contains("--tls-cert /srv/pki/bastion.pem --tls-key /srv/pki/bastion.key"),
+            "{hint}"
+        );
+        for role in [Role::Web, Role::Viewer] {
+            let hint = install_hint(role, &alice, &ca, &pki::leaf_files(dir, &alice));
+            assert!(!hint.contains("ca.key"), "{hint}");
+        }
     }
 
     #[test]

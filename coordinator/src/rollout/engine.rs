@@ -26,6 +26,7 @@ use crate::state::DeployLock;
 
 /// A rollout ready to run (new, resumed, or a rollback of an earlier one).
 pub struct Engine {
+    board: Arc<super::samples::Board>,
     fleet: Arc<Fleet>,
     process: Process,
     runner: Runner,
@@ -64,13 +65,16 @@ impl Engine {
         }
         let fleet = Arc::new(fleet);
         let ui = Arc::new(Ui::new(json));
+        let board = Arc::new(super::samples::Board::default());
         let actions = Arc::new(Live {
             config: config.clone(),
             fleet: fleet.clone(),
             plan: plan.clone(),
             ui: ui.clone(),
+            board: board.clone(),
         });
         Ok(Engine {
+            board,
             fleet,
             process,
             runner: Runner {
@@ -458,7 +462,21 @@ impl Leased {
         let runner = &mut engine.runner;
         let (interrupts, _watcher) = watch_signals(runner.record.id.clone());
         let (lost, _either) = crate::state::either_lost(leases.lost(), lock.lost());
-        let result = runner.run_phases(interrupts, lost).await;
+        // Beside the steps, for `handover web`: samples of the rollout in the
+        // journal (the sampler never ends; the rollout's end stops it).
+        let (lbs, journal, id) = (
+            runner.plan.lbs.clone(),
+            runner.journal.clone(),
+            runner.record.id.clone(),
+        );
+        let sampler = super::samples::record(&engine.fleet, &lbs, &journal, &id, &engine.board);
+        let result = tokio::select! {
+            result = runner.run_phases(interrupts, lost) => result,
+            never = sampler => match never {},
+        };
+        // One more, where the rollout left the fleet (not waiting on a dead LB).
+        let last = super::samples::sample_once(&engine.fleet, &lbs, &journal, &id, &engine.board);
+        let _ = tokio::time::timeout(super::samples::EVERY * 2, last).await;
         leases.release().await;
         // Last: while it is held no other bastion starts on these hosts.
         drop(lock);

@@ -25,6 +25,7 @@ pub mod facts;
 pub(crate) mod fake;
 pub mod lease;
 pub mod ops;
+pub mod samples;
 pub mod steps;
 pub mod surge;
 pub mod surge_enroll;

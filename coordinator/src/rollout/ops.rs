@@ -64,6 +64,8 @@ pub struct Live {
     pub plan: Plan,
     /// Progress display.
     pub ui: Arc<Ui>,
+    /// What the drain wait knows, for the samples `handover web` reads.
+    pub board: Arc<super::samples::Board>,
 }
 
 impl Actions for Live {
@@ -78,6 +80,7 @@ impl Actions for Live {
                 fleet: &self.fleet,
                 plan: &self.plan,
                 ui: &self.ui,
+                board: &self.board,
             };
             execute(&ctx, step, facts).await
         })
@@ -94,6 +97,8 @@ pub struct Ctx<'a> {
     pub plan: &'a Plan,
     /// Progress display.
     pub ui: &'a Ui,
+    /// What the drain wait knows, for the samples `handover web` reads.
+    pub board: &'a super::samples::Board,
 }
 
 impl Ctx<'_> {
@@ -337,12 +342,21 @@ pub(super) async fn wait_for_sessions_to_end(
             quiet: Some(r.quiet),
         },
         &mut |p| {
+            ctx.board.waiting(super::samples::DrainFacts::of(p));
             if let Some(text) = wait_line(p) {
                 ctx.progress(p.host, text);
             }
         },
     )
-    .await?;
+    .await;
+    let outcome = outcome.inspect_err(|_| {
+        for h in hosts {
+            ctx.board.ended(h.as_str(), false);
+        }
+    })?;
+    for h in &outcome.hosts {
+        ctx.board.ended(h.host.name.as_str(), h.is_idle());
+    }
     let ends = outcome
         .hosts
         .iter()

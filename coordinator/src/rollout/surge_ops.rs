@@ -38,6 +38,7 @@ pub async fn execute(
         fleet: ctx.fleet,
         plan: &plan,
         ui: ctx.ui,
+        board: ctx.board,
     };
     run(&ctx, step, action, facts).await
 }

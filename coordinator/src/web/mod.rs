@@ -6,19 +6,23 @@
 //! whose snapshot every browser shares; none of it from HAProxy's own page. The
 //! page never changes the fleet: only GET and HEAD are served, anything else is
 //! answered 405. Without TLS it binds only to loopback (reach it from elsewhere
-//! through an SSH tunnel).
+//! through an SSH tunnel); see [`access`] for HTTPS and who may read it.
 
+pub mod access;
 pub mod snapshot;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use access::{Access, Admit, Peer, Shown};
+use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -41,20 +45,64 @@ const EVENTS: usize = 30;
 
 const PAGE: &str = include_str!("page.html");
 
-/// Refuses an address the page may not be served on without TLS, naming the fix.
-pub fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
-    if !addr.ip().is_loopback() {
-        bail!(
-            "handover web serves plain HTTP, so it binds only to loopback, not {addr}: use --listen 127.0.0.1:{port} and reach it from your desk through an SSH tunnel (ssh -L {port}:127.0.0.1:{port} BASTION)",
-            port = addr.port()
-        );
-    }
-    Ok(())
+/// `handover web`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebArgs {
+    /// Address to serve on. Loopback (127.0.0.0/8, ::1) may be plain HTTP; any
+    /// other address needs --tls-cert and --tls-key.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate (`handover ca issue --role web`, with
+    /// the names browsers use for the bastion as --dns/--ip). Readers then need a
+    /// viewer certificate of the fleet's CA (handover.toml's `ca`) or the token.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (mode 0600).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also admit readers who show the token in this file (mode 0600; made,
+    /// random, when missing): `Authorization: Bearer TOKEN`, or `/?token=TOKEN`
+    /// once in a browser, which then keeps a cookie.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Refuse the viewer certificates this revocation list revokes (the
+    /// crl.pem `handover ca revoke` writes; read at start).
+    #[arg(long, requires = "tls_cert")]
+    pub crl: Option<PathBuf>,
 }
 
-/// Serves the page on `listen` until interrupted.
-pub async fn run(config: CoordinatorConfig, listen: SocketAddr) -> anyhow::Result<()> {
-    check_listen(listen)?;
+/// Refuses flags the page may not be served with, naming the fix; checked
+/// before the config is read or anything bound.
+pub fn check_args(args: &WebArgs) -> anyhow::Result<()> {
+    access::check_listen(args.listen, args.tls_cert.is_some())
+}
+
+/// Serves the page as `args` say until interrupted.
+pub async fn run(config: CoordinatorConfig, args: WebArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
+    let token = match &args.token_file {
+        Some(path) => {
+            let (token, made) = access::load_or_make_token(path)?;
+            if made {
+                eprintln!(
+                    "handover web: made a new token in {} (readable by you only); readers show it as `Authorization: Bearer TOKEN` or open /?token=TOKEN once",
+                    path.display()
+                );
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(access::server_config(
+            &config.ca,
+            (cert, key),
+            args.crl.as_deref(),
+            token.is_some(),
+        )?),
+        _ => None,
+    };
+    let listen = args.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}: pick a free port with --listen"))?;
@@ -65,26 +113,93 @@ pub async fn run(config: CoordinatorConfig, listen: SocketAddr) -> anyhow::Resul
     };
     let (tx, rx) = watch::channel(Arc::new(empty));
     let config = Arc::new(config);
-    eprintln!("handover web: serving http://{addr}/ (read-only; Ctrl-C stops)");
-    let serve = axum::serve(listener, router(rx)).with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
+    let access = Arc::new(Access {
+        tls: tls.is_some(),
+        token,
     });
+    let app = router(rx, access).into_make_service_with_connect_info::<Peer>();
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
     // The poller runs beside the server in this task (the fleet's fan-out is
     // not `Send`-friendly enough for a spawned task), and ends with it.
-    tokio::select! {
-        served = serve => served.context("serving the page"),
-        () = poll(config, tx) => Ok(()),
+    match tls {
+        Some(tls) => {
+            eprintln!(
+                "handover web: serving https://{addr}/ (read-only; viewer certificates{}; Ctrl-C stops)",
+                if args.token_file.is_some() {
+                    " or the token"
+                } else {
+                    " only"
+                }
+            );
+            let listener = access::TlsListener::new(listener, tls).context("serving HTTPS")?;
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
+            tokio::select! {
+                served = serve => served.context("serving the page"),
+                () = poll(config, tx) => Ok(()),
+            }
+        }
+        None => {
+            eprintln!("handover web: serving http://{addr}/ (read-only; Ctrl-C stops)");
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop);
+            tokio::select! {
+                served = serve => served.context("serving the page"),
+                () = poll(config, tx) => Ok(()),
+            }
+        }
     }
 }
 
 /// The routes: the page, its data, its live stream; 405 for anything mutating.
-pub fn router(rx: watch::Receiver<Arc<Snapshot>>) -> Router {
+pub fn router(rx: watch::Receiver<Arc<Snapshot>>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/state", get(state))
         .route("/events", get(events))
         .fallback(fallback)
         .with_state(rx)
+        .layer(axum::middleware::from_fn_with_state(access, guard))
+}
+
+/// Before any route: a mutating method is refused (405) whoever asks, then
+/// the reader must be admitted ([`Access::admit`]).
+async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return read_only(method);
+    }
+    // Decided before the await: the request's borrows must not be held across it.
+    match admit(&access, &request) {
+        Admit::Yes => next.run(request).await,
+        Admit::SetCookie { location, cookie } => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, location), (header::SET_COOKIE, cookie)],
+        )
+            .into_response(),
+        Admit::No(why) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"handover web\"")],
+            format!("handover web: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// What the request shows of its reader, judged by `access`.
+fn admit(access: &Access, request: &Request) -> Admit {
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let viewer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .and_then(|c| c.0.viewer.as_deref());
+    access.admit(&Shown {
+        viewer,
+        authorization: header(header::AUTHORIZATION),
+        cookie: header(header::COOKIE),
+        path: request.uri().path(),
+        query: request.uri().query(),
+    })
 }
 
 async fn fallback(method: Method) -> Response {
@@ -138,9 +253,12 @@ async fn poll(config: Arc<CoordinatorConfig>, tx: watch::Sender<Arc<Snapshot>>) 
     };
     let hosts = config.select(&[]).unwrap_or_default();
     let mut history = std::collections::VecDeque::new();
-    let mut journal = Snapshot {
-        version: snapshot::VERSION,
-        ..Snapshot::default()
+    let mut journal = JournalRead {
+        snapshot: Snapshot {
+            version: snapshot::VERSION,
+            ..Snapshot::default()
+        },
+        samples: Vec::new(),
     };
     loop {
         // A journal that cannot be read this time (held by a writer for long)
@@ -148,7 +266,7 @@ async fn poll(config: Arc<CoordinatorConfig>, tx: watch::Sender<Arc<Snapshot>>) 
         if let Some(read) = gather_journal(&config).await {
             journal = read;
         }
-        let mut snapshot = journal.clone();
+        let mut snapshot = journal.snapshot.clone();
         if let Some(fleet) = &fleet {
             let answers = ask_agents(fleet, &hosts).await;
             (snapshot.hosts, snapshot.lb_servers) = snapshot::fleet(&answers);
@@ -162,7 +280,23 @@ async fn poll(config: Arc<CoordinatorConfig>, tx: watch::Sender<Arc<Snapshot>>) 
         if history.len() > HISTORY {
             history.pop_front();
         }
-        snapshot.history = history.iter().copied().collect();
+        // The rollout's own samples, since it started, when it journaled
+        // them; what this page saw otherwise (a rollout of an older version).
+        if journal.samples.is_empty() {
+            snapshot.history = history.iter().copied().collect();
+            snapshot.history_from = "page";
+        } else {
+            snapshot.history = snapshot::history(&journal.samples, HISTORY);
+            snapshot.history_from = "journal";
+            let running = snapshot
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.state == "running" || r.state == "rolling-back");
+            if running {
+                let latest = journal.samples.last();
+                snapshot::attach_drains(&mut snapshot.hosts, latest, snapshot.generated_ms);
+            }
+        }
         if tx.send(Arc::new(snapshot)).is_err() {
             return;
         }
@@ -185,18 +319,30 @@ async fn ask_agents(
         .collect()
 }
 
-/// The latest rollout, its steps and events (the journal is read off the async
-/// threads: it may wait for the rollout's own writes).
-async fn gather_journal(config: &Arc<CoordinatorConfig>) -> Option<Snapshot> {
+/// What the journal says of the latest rollout.
+struct JournalRead {
+    /// Its record, steps and events.
+    snapshot: Snapshot,
+    /// The samples it journaled for this page, oldest first.
+    samples: Vec<crate::rollout::samples::Sample>,
+}
+
+/// The latest rollout, its steps, events and samples (the journal is read off
+/// the async threads: it may wait for the rollout's own writes).
+async fn gather_journal(config: &Arc<CoordinatorConfig>) -> Option<JournalRead> {
     let config = config.clone();
-    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<Snapshot> {
-        let journal = Journal::new(&config.state_dir);
+    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<JournalRead> {
+        // Where the config keeps it: state_dir, or etcd (`[state]`).
+        let journal = Journal::open(&config)?;
         let mut snapshot = Snapshot {
             version: snapshot::VERSION,
             ..Snapshot::default()
         };
         let Some(record) = journal.rollouts()?.into_iter().max_by_key(|r| r.created_ms) else {
-            return Ok(snapshot);
+            return Ok(JournalRead {
+                snapshot,
+                samples: Vec::new(),
+            });
         };
         let plan = crate::plan::Plan::parse(&record.plan_text, &config).ok();
         let planned: Vec<String> = plan
@@ -213,7 +359,8 @@ async fn gather_journal(config: &Arc<CoordinatorConfig>) -> Option<Snapshot> {
         snapshot.steps = snapshot::steps(&planned, &journaled, running);
         snapshot.events = snapshot::events(&journaled, EVENTS);
         snapshot.rollout = Some(snapshot::rollout(&record, plan.as_ref()));
-        Ok(snapshot)
+        let samples = crate::rollout::samples::read(&journal, &record.id)?;
+        Ok(JournalRead { snapshot, samples })
     });
     match read.await {
         Ok(Ok(s)) => Some(s),
@@ -224,26 +371,6 @@ async fn gather_journal(config: &Arc<CoordinatorConfig>) -> Option<Snapshot> {
         Err(e) => {
             tracing::error!("journal reader failed: {e}");
             None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Plain HTTP only on loopback; the refusal names the fix (issue 16).
-    #[test]
-    fn a_non_loopback_address_is_refused_with_the_fix() {
-        for ok in ["127.0.0.1:8080", "[::1]:8080", "127.0.1.5:0"] {
-            check_listen(ok.parse().expect("addr")).expect(ok);
-        }
-        for bad in ["0.0.0.0:8080", "10.1.2.3:8080", "[::]:8080"] {
-            let err = check_listen(bad.parse().expect("addr")).expect_err(bad);
-            assert!(
-                err.to_string().contains("ssh -L 8080:127.0.0.1:8080"),
-                "{err}"
-            );
         }
     }
 }

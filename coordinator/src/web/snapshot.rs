@@ -7,6 +7,7 @@ use handover_common::proto::status::StatusReport;
 use serde::Serialize;
 
 use crate::journal::{RolloutRecord, StepOutcome, StepRecord};
+use crate::rollout::samples::Sample as JournalSample;
 
 /// The schema's version: bumped when a field changes meaning or goes away
 /// (fields may be added without a bump).
@@ -27,8 +28,11 @@ pub struct Snapshot {
     pub hosts: Vec<Host>,
     /// One per server per backend per load balancer.
     pub lb_servers: Vec<LbServer>,
-    /// Servers UP and sessions over time, sampled while `handover web` ran.
+    /// Servers UP and sessions over time: since the rollout started, from the
+    /// samples it journaled; else as sampled while `handover web` ran.
     pub history: Vec<Sample>,
+    /// Where `history` comes from: `journal` or `page`.
+    pub history_from: &'static str,
     /// The journal's latest events, newest first.
     pub events: Vec<Event>,
 }
@@ -102,6 +106,30 @@ pub struct Host {
     pub lb_status: Vec<String>,
     /// Apache workers busy / idle.
     pub apache: Option<(u32, u32)>,
+    /// While the running rollout waits for its sessions to end: what the
+    /// coordinator's drain wait knows (from the journal).
+    pub drain: Option<Drain>,
+}
+
+/// What the rollout's drain wait knows of a host, as of `t_ms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drain {
+    /// When the coordinator knew it (ms since epoch).
+    pub t_ms: u64,
+    /// Sessions that hold it, as its agent counts them.
+    pub sessions: Option<u32>,
+    /// Who holds it: "ADDR (N connections)", "LB BACKEND/SERVER".
+    pub holders: Vec<String>,
+    /// What holds it, in words.
+    pub holds: Vec<String>,
+    /// When it should be idle, counted from `generated_ms` (the quiet period
+    /// left once nothing holds it; plus its sessions' time at the rate they
+    /// fell); null while that cannot be told.
+    pub idle_in_ms: Option<u64>,
+    /// How long the wait has run, as of `t_ms`.
+    pub elapsed_ms: u64,
+    /// The wait found it idle (it is detached next).
+    pub idle: bool,
 }
 
 /// A host's sessions as one load balancer counts them.
@@ -318,6 +346,7 @@ fn host(name: &str, roles: &[String], answer: &Answer, servers: &[LbServer]) -> 
             .map(|s| format!("{} {}", s.lb, s.status))
             .collect(),
         apache: None,
+        drain: None,
     };
     let Ok(report) = answer else { return host };
     host.release = report
@@ -340,6 +369,58 @@ fn host(name: &str, roles: &[String], answer: &Answer, servers: &[LbServer]) -> 
         }
     }
     host
+}
+
+/// Samples older than this are not shown as the drain wait's current facts.
+const FRESH_MS: u64 = 5_000;
+
+/// The chart from the rollout's journaled samples, at most `max` points
+/// (evenly thinned, the newest always kept).
+pub fn history(samples: &[JournalSample], max: usize) -> Vec<Sample> {
+    let points: Vec<Sample> = samples
+        .iter()
+        .filter_map(|s| {
+            Some(Sample {
+                t_ms: s.t_ms,
+                up: s.up?,
+                draining_sessions: s
+                    .drains
+                    .iter()
+                    .map(|d| u64::from(d.sessions.unwrap_or(0)))
+                    .sum(),
+            })
+        })
+        .collect();
+    let step = points.len().div_ceil(max.max(1)).max(1);
+    let last = points.len().saturating_sub(1);
+    points
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| (last - i).is_multiple_of(step))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Lays the drain wait's facts of the newest sample over the hosts, when it is
+/// fresh (the rollout is waiting now), its countdown moved on to `now_ms`.
+pub fn attach_drains(hosts: &mut [Host], latest: Option<&JournalSample>, now_ms: u64) {
+    let Some(sample) = latest.filter(|s| now_ms.saturating_sub(s.t_ms) <= FRESH_MS) else {
+        return;
+    };
+    let age = now_ms.saturating_sub(sample.t_ms);
+    for facts in &sample.drains {
+        if let Some(host) = hosts.iter_mut().find(|h| h.name == facts.host) {
+            host.drain = Some(Drain {
+                t_ms: sample.t_ms,
+                sessions: facts.sessions,
+                holders: facts.holders.clone(),
+                holds: facts.holds.clone(),
+                idle_in_ms: facts.idle_in_ms.map(|ms| ms.saturating_sub(age)),
+                elapsed_ms: facts.elapsed_ms,
+                idle: facts.idle,
+            });
+        }
+    }
 }
 
 /// The charts' point for this moment: the fewest servers UP in any backend of
@@ -481,6 +562,7 @@ mod tests {
             lb_sessions: vec![],
             lb_status: vec![],
             apache: None,
+            drain: None,
         };
         let hosts = [host("web-1", false, 9), host("web-2", true, 3)];
         let s = sample(7, &hosts, &servers);
@@ -492,5 +574,91 @@ mod tests {
                 draining_sessions: 3
             }
         );
+    }
+
+    fn journaled(t_ms: u64, up: Option<usize>, drains: &[(&str, u32, u64)]) -> JournalSample {
+        JournalSample {
+            format: crate::journal::FORMAT,
+            t_ms,
+            up,
+            drains: drains
+                .iter()
+                .map(
+                    |(host, sessions, idle_in)| crate::rollout::samples::DrainFacts {
+                        host: (*host).into(),
+                        sessions: Some(*sessions),
+                        holders: vec!["127.0.0.1 (1 connection)".into()],
+                        holds: vec![],
+                        idle_in_ms: Some(*idle_in),
+                        elapsed_ms: 0,
+                        idle: false,
+                    },
+                )
+                .collect(),
+        }
+    }
+
+    /// The chart is the rollout's own samples (a sample without an LB reading
+    /// is left out), thinned evenly to the limit with the newest kept.
+    #[test]
+    fn the_chart_comes_from_the_journaled_samples() {
+        let samples: Vec<JournalSample> = (0..10)
+            .map(|t| {
+                journaled(
+                    t,
+                    (t != 3).then_some(2),
+                    &[("web-1", 4, 0), ("web-2", 1, 0)],
+                )
+            })
+            .collect();
+        let all = history(&samples, 100);
+        assert_eq!(all.len(), 9);
+        assert_eq!(
+            all[0],
+            Sample {
+                t_ms: 0,
+                up: 2,
+                draining_sessions: 5
+            }
+        );
+        let thin = history(&samples, 3);
+        let times: Vec<u64> = thin.iter().map(|p| p.t_ms).collect();
+        assert_eq!(times, [2, 6, 9]);
+    }
+
+    /// A fresh sample's drain facts go on their host, the countdown moved on by
+    /// the sample's age; a stale one (the wait is over) shows nothing.
+    #[test]
+    fn fresh_drain_facts_go_on_their_host_with_the_countdown_moved_on() {
+        let host = |name: &str| Host {
+            name: name.into(),
+            roles: vec![],
+            reachable: true,
+            error: None,
+            release: None,
+            drained: Some(true),
+            sessions: None,
+            holders: vec![],
+            lb_sessions: vec![],
+            lb_status: vec![],
+            apache: None,
+            drain: None,
+        };
+        let mut hosts = vec![host("web-1"), host("web-2")];
+        let sample = journaled(10_000, Some(1), &[("web-1", 1, 3_000)]);
+        attach_drains(&mut hosts, Some(&sample), 11_000);
+        let drain = hosts[0].drain.as_ref().expect("web-1 drains");
+        assert_eq!(drain.idle_in_ms, Some(2_000));
+        assert_eq!(drain.holders, ["127.0.0.1 (1 connection)"]);
+        assert!(hosts[1].drain.is_none());
+        let mut hosts = vec![host("web-1")];
+        attach_drains(&mut hosts, Some(&sample), 10_000 + FRESH_MS + 1);
+        assert!(
+            hosts[0].drain.is_none(),
+            "a stale sample is not the wait's news"
+        );
+        let sample = journaled(10_000, Some(1), &[("web-1", 1, 500)]);
+        attach_drains(&mut hosts, Some(&sample), 12_000);
+        assert_eq!(hosts[0].drain.as_ref().and_then(|d| d.idle_in_ms), Some(0));
     }
 }

@@ -18,3 +18,4 @@ mod spine;
 mod surge;
 mod surgeagent;
 mod web;
+mod web2;

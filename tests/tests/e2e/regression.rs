@@ -1545,3 +1545,59 @@ mod hooks {
         assert!(alive, "the daemon the reload hook started was killed");
     }
 }
+
+// --- web2 ---
+mod web2 {
+    use std::net::SocketAddr;
+
+    use handover_tests::agents::{Coordinator, HostSpec, Pki, output_text};
+    use handover_tests::etcd::Etcd;
+    use handover_tests::ports::host_ip;
+    use handover_tests::web::WebPage;
+
+    /// Issue 16: `handover web` read the journal in state_dir only, so with
+    /// `[state] backend = "etcd"` (the journal every bastion shares) the page
+    /// showed no rollout at all, nor the samples the rollout journals there.
+    #[test]
+    fn the_page_reads_the_journal_where_the_config_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etcd = Etcd::start(&dir.path().join("etcd")).expect("etcd starts");
+        let pki = Pki::init(&dir.path().join("pki")).expect("CA");
+        let host = HostSpec {
+            name: "web-1".into(),
+            address: SocketAddr::from((host_ip(176), 9)),
+            roles: vec!["app".into()],
+            app: None,
+            extra: String::new(),
+        };
+        let coordinator =
+            Coordinator::write(&dir.path().join("ops"), &pki, "ops", &[host]).expect("config");
+        let mut text = std::fs::read_to_string(&coordinator.config).expect("config");
+        text.push_str(&etcd.state_section("/handover/web2"));
+        std::fs::write(&coordinator.config, text).expect("write config");
+        let id = "r-20261203-000000-abcd";
+        let record = serde_json::json!({
+            "format": 2, "id": id, "kind": "rollout", "owner": "ops (test)",
+            "plan_path": "plan.toml", "plan_text": "", "state": "succeeded",
+            "phase": "forward", "created_ms": 1_000, "updated_ms": 2_000,
+            "error": null, "facts": {}
+        });
+        let export = dir.path().join("journal.jsonl");
+        let line = serde_json::json!({ "collection": "rollouts", "key": id, "record": record });
+        std::fs::write(&export, format!("{{\"handover_journal\":1}}\n{line}\n"))
+            .expect("write export");
+        let out = coordinator.run(&["journal", "import", &export.display().to_string()]);
+        assert!(out.status.success(), "import: {}", output_text(&out));
+
+        let page = WebPage::start(&coordinator, host_ip(176), dir.path()).expect("page starts");
+        let mut seen = serde_json::Value::Null;
+        for _ in 0..50 {
+            seen = page.state().expect("state");
+            if !seen["rollout"].is_null() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert_eq!(seen["rollout"]["id"], id, "{seen}\n{}", page.log_text());
+    }
+}
