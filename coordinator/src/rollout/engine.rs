@@ -415,6 +415,10 @@ fn after_failure(phase: Phase, f: &StepFailure, auto_rollback: bool) -> Next {
         // Nothing of the wave has changed yet: there is nothing to put back, and
         // without capacity nothing could be rolled back safely either.
         Action::EnsureCapacity => Next::Stop(RolloutState::Aborted),
+        // Staging happens beside `current`, before any host left service: a host
+        // that could not stage stops the rollout before any drain (`resume`
+        // stages again; what is staged already is reused).
+        Action::StageRelease => Next::Stop(RolloutState::Aborted),
         // Stopped at the canary pause: the canary serves the new release and goes
         // back to its previous one, as every interrupted wave does.
         Action::Pause(_) => Next::Switch {
@@ -554,10 +558,11 @@ impl Runner {
                     undo_wave,
                 } => {
                     if undo_wave {
+                        // Staging stays done: it changed nothing a wave undoes.
                         let undone: Vec<usize> = steps
                             .iter()
                             .enumerate()
-                            .filter(|(_, s)| s.wave == f.wave)
+                            .filter(|(_, s)| s.wave == f.wave && s.action != Action::StageRelease)
                             .map(|(i, _)| i)
                             .collect();
                         self.journal.mark_undone(&self.record.id, phase, &undone)?;
@@ -1005,6 +1010,44 @@ mod tests {
             );
         }
 
+        /// Issue 14: a host that cannot stage stops the rollout before any host
+        /// leaves service; `resume` stages again and carries on.
+        #[tokio::test(start_paused = true)]
+        async fn a_staging_failure_stops_before_any_drain_and_resume_carries_on() {
+            let bench = Bench::in_place(&format!("{THREE}\nauto_rollback = true"));
+            let at = Trigger::Step(discriminant(&Action::StageRelease), host("web-2"));
+            bench.fake.inject(at, Fault::Fail);
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Aborted, "nothing to roll back");
+            {
+                let w = bench.fake.world();
+                let actions: Vec<&Action> = w.log.iter().map(|(a, _)| a).collect();
+                assert_eq!(
+                    actions,
+                    [&Action::StageRelease],
+                    "no drain, no capacity check"
+                );
+                assert!(w.drained.is_empty() && w.attached.len() == 3);
+            }
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            let w = bench.fake.world();
+            let first_drain = w
+                .log
+                .iter()
+                .position(|(a, _)| *a == Action::RemoveHealthCheckFile)
+                .expect("a drain");
+            let last_stage = w
+                .log
+                .iter()
+                .rposition(|(a, _)| *a == Action::StageRelease)
+                .expect("staged");
+            assert!(last_stage < first_drain, "{:?}", w.log);
+            assert_eq!(w.staged.len(), 3);
+            drop(w);
+            bench.assert_all_on(NEW);
+        }
+
         #[tokio::test(start_paused = true)]
         async fn a_wave_without_capacity_changes_nothing_and_resume_starts_it_again() {
             let bench = Bench::in_place(THREE);
@@ -1013,8 +1056,8 @@ mod tests {
             assert_eq!(state, RolloutState::Aborted);
             assert_eq!(
                 bench.fake.world().log.len(),
-                1,
-                "only the capacity check ran"
+                2,
+                "only staging (beside current) and the capacity check ran"
             );
             bench.fake.world().drained.remove(&host("web-3"));
             let state = bench.run(true).await.expect("ends").expect("runs");

@@ -126,6 +126,7 @@ async fn execute(ctx: &Ctx<'_>, step: &Step, facts: &Facts) -> anyhow::Result<Do
         Action::AttachToLoadBalancers => attach_to_load_balancers(ctx, hosts).await,
         Action::Pause(d) => pause(ctx, hosts, *d).await,
         Action::Surge(a) => return super::surge_ops::execute(ctx, step, a, facts).await,
+        Action::StageRelease => stage_release(ctx, hosts).await,
     };
     outputs.map(Done::from)
 }
@@ -152,7 +153,32 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Outputs>>,
 {
     let f = &f;
-    let results = join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await;
+    gather(join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await)
+}
+
+/// Runs `f` on every host, at most `limit` at a time; fails naming every host
+/// that failed (after all were tried).
+pub(super) async fn on_each_bounded<'h, F, Fut>(
+    hosts: &'h [HostName],
+    limit: usize,
+    f: F,
+) -> anyhow::Result<Outputs>
+where
+    F: Fn(&'h HostName) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Outputs>>,
+{
+    use futures::StreamExt;
+    let f = &f;
+    let results = futures::stream::iter(hosts.iter().map(|h| async move { (h, f(h).await) }))
+        .buffer_unordered(limit.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    gather(results)
+}
+
+/// Each host's outputs together, or an error naming every host that failed
+/// ([`Unreachable`] when one of them did not answer).
+fn gather(results: Vec<(&HostName, anyhow::Result<Outputs>)>) -> anyhow::Result<Outputs> {
     let mut outputs = Outputs::new();
     let mut failures = Vec::new();
     let mut unreachable = false;
@@ -165,6 +191,7 @@ where
             }
         }
     }
+    failures.sort();
     match (failures.is_empty(), unreachable) {
         (true, _) => Ok(outputs),
         (false, true) => Err(Unreachable(failures.join("; ")).into()),
@@ -519,6 +546,31 @@ async fn record_current_release(
         done.learned.before.insert(host.clone(), current);
     }
     Ok(done)
+}
+
+/// How many hosts fetch and export a staged release at once: bounded so that a
+/// large fleet does not hit the repository (and the bastion's connections) all
+/// at once, wide enough that staging ten hosts takes about as long as one.
+pub const STAGE_CONCURRENCY: usize = 8;
+
+/// Stages the plan's revision on every host (beside `current`, which does not
+/// change), [`STAGE_CONCURRENCY`] at a time. Idempotent: a host that has it
+/// staged already answers at once.
+async fn stage_release(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    let (repo, rev) = ctx.plan.revision();
+    on_each_bounded(hosts, STAGE_CONCURRENCY, |h| {
+        let (repo, rev) = (repo.clone(), rev.clone());
+        async move {
+            let record = ask(ctx, h, calls::stage(repo, rev, Vec::new()))
+                .await
+                .context("could not stage the release (no host has left service)")?;
+            Ok(Outputs::from([
+                (format!("staged/{h}"), record.name.to_string()),
+                (format!("sha/{h}"), record.sha),
+            ]))
+        }
+    })
+    .await
 }
 
 async fn apply_revision(
