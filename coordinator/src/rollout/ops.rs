@@ -702,7 +702,29 @@ pub(super) async fn attach_to_load_balancers(
         &|lb, p| report_progress(ctx, lb, p),
     )
     .await?;
-    lb_outcomes("attached", outcomes)
+    let checks = fresh_checks(&outcomes);
+    let mut outputs = lb_outcomes("attached", outcomes)?;
+    outputs.extend(checks);
+    Ok(outputs)
+}
+
+/// `checks/LB` = the longest wait for HAProxy's fresh checks that LB reported
+/// for this wave (a wait its config asks for; the timing summary counts it so).
+fn fresh_checks(outcomes: &[crate::lb::LbOutcome]) -> Outputs {
+    let mut longest: BTreeMap<String, Duration> = BTreeMap::new();
+    for o in outcomes {
+        let Ok(handover_common::proto::lb::LbReply::Servers(servers)) = &o.result else {
+            continue;
+        };
+        for wait in servers.iter().filter_map(|s| s.fresh_check) {
+            let entry = longest.entry(format!("checks/{}", o.lb)).or_default();
+            *entry = (*entry).max(wait);
+        }
+    }
+    longest
+        .into_iter()
+        .map(|(k, d)| (k, handover_common::duration::format(d)))
+        .collect()
 }
 
 async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result<Outputs> {

@@ -13,6 +13,7 @@ mod lb;
 mod lbdrain;
 mod regression;
 mod rollout;
+mod speed;
 mod spine;
 mod surge;
 mod surgeagent;
