@@ -98,8 +98,11 @@ fn one_run(
     );
     let history = s.coordinator.run(&["history", "--json"]);
     let history: serde_json::Value = serde_json::from_slice(&history.stdout)?;
-    let id = history[0]["id"]
-        .as_str()
+    // Oldest first: this run's rollout is the last.
+    let id = history
+        .as_array()
+        .and_then(|all| all.last())
+        .and_then(|r| r["id"].as_str())
         .ok_or_else(|| anyhow::anyhow!("no rollout in history"))?;
     let shown = s.coordinator.run(&["show", id, "--timings"]);
     anyhow::ensure!(
