@@ -690,7 +690,7 @@ impl Runner {
             if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
-            self.journal.step_started(&id, phase, i, &title)?;
+            let record = self.journal.step_started(&id, phase, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
                 of: steps.len(),
@@ -708,7 +708,7 @@ impl Runner {
                 }
                 holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
-            let mark = (phase, i, title, started);
+            let mark = (record, title, started);
             if let Some(failure) = self.journal_end(mark, step, result, interrupted)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
@@ -720,12 +720,13 @@ impl Runner {
     /// never lost to a crash), shows it, and returns the failure if it failed.
     fn journal_end(
         &mut self,
-        (phase, i, title, started): (Phase, usize, String, Instant),
+        (record, title, started): (crate::journal::StepRecord, String, Instant),
         step: &steps::Step,
         result: anyhow::Result<Done>,
         interrupted: bool,
     ) -> anyhow::Result<Option<StepFailure>> {
         let id = self.record.id.clone();
+        let i = record.index;
         match result {
             Ok(Done { outputs, learned }) => {
                 if learned != Facts::default() {
@@ -733,7 +734,7 @@ impl Runner {
                     self.journal.save_rollout(&self.record)?;
                 }
                 self.journal
-                    .step_ended(&id, phase, i, StepOutcome::Ok, outputs.clone())?;
+                    .step_finished(&id, record, StepOutcome::Ok, outputs.clone())?;
                 self.ui.show(Event::StepDone {
                     number: i + 1,
                     title,
@@ -746,7 +747,7 @@ impl Runner {
                 let error = format!("{e:#}");
                 let outcome = StepOutcome::Failed(error.clone());
                 self.journal
-                    .step_ended(&id, phase, i, outcome, BTreeMap::new())?;
+                    .step_finished(&id, record, outcome, BTreeMap::new())?;
                 self.ui.show(Event::StepFailed {
                     number: i + 1,
                     title,
