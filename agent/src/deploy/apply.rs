@@ -289,7 +289,11 @@ impl<'a> Deployer<'a> {
         let mut state = self.load_state()?;
         let outcome = match &result {
             Ok(previous) => {
-                state.previous = previous.clone();
+                // An apply redone after a crash that had already switched finds
+                // its own release current: the previous one stays as it was.
+                if previous.as_ref() != Some(&record.name) {
+                    state.previous = previous.clone();
+                }
                 ReleaseOutcome::Activated
             }
             Err(f) => ReleaseOutcome::Failed(f.message.clone()),
