@@ -45,8 +45,10 @@ pub fn format_ms(ms: u64) -> String {
 /// existed are format 1 (eight steps a wave, facts as `before/HOST` strings): they
 /// read fine for `history` and `rollback`, but `resume` refuses them, since their
 /// step numbers mean other steps now. A record of a newer format is refused with a
-/// clear error rather than misread.
-pub const FORMAT: u32 = 2;
+/// clear error rather than misread. Format 2 had no staging step before the
+/// first wave (issue 14), so its in-place step numbers are one lower: `resume`
+/// refuses it too.
+pub const FORMAT: u32 = 3;
 
 fn format_1() -> u32 {
     1
