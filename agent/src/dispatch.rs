@@ -53,9 +53,11 @@ pub async fn handle(
         Request::Lb(req) => crate::haproxy::handle(agent, caller, req, reporter)
             .await
             .map(Reply::Lb),
-        Request::Deploy(req) => crate::deploy::handle(agent, caller, req, reporter)
-            .await
-            .map(Reply::Deploy),
+        Request::Deploy(req) => {
+            crate::deploy::handle_in(agent, caller, frame.rollout.as_deref(), req, reporter)
+                .await
+                .map(Reply::Deploy)
+        }
         Request::AppLog(req) => crate::applog::handle(agent, req).await.map(Reply::AppLog),
     };
     match result {

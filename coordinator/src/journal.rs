@@ -45,8 +45,10 @@ pub fn format_ms(ms: u64) -> String {
 /// existed are format 1 (eight steps a wave, facts as `before/HOST` strings): they
 /// read fine for `history` and `rollback`, but `resume` refuses them, since their
 /// step numbers mean other steps now. A record of a newer format is refused with a
-/// clear error rather than misread.
-pub const FORMAT: u32 = 2;
+/// clear error rather than misread. Format 2 had no staging step before the
+/// first wave (issue 14), so its in-place step numbers are one lower: `resume`
+/// refuses it too.
+pub const FORMAT: u32 = 3;
 
 fn format_1() -> u32 {
     1
@@ -356,14 +358,15 @@ impl Journal {
         })
     }
 
-    /// Records a step as started (or restarted).
+    /// Records a step as started (or restarted); returns the record, for
+    /// [`Journal::step_finished`].
     pub fn step_started(
         &self,
         id: &str,
         phase: Phase,
         index: usize,
         title: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<StepRecord> {
         let record = StepRecord {
             format: FORMAT,
             phase,
@@ -378,7 +381,26 @@ impl Journal {
             STEPS,
             &step_key(id, phase, index),
             &serde_json::to_vec(&record)?,
-        )
+        )?;
+        Ok(record)
+    }
+
+    /// Records how the step `started` (as [`Journal::step_started`] returned it)
+    /// ended. Unlike [`Journal::step_ended`] it reads nothing back: every read
+    /// opens the journal again (~12 ms each in a dev build), and a rollout ends
+    /// nine steps per wave (issue 14).
+    pub fn step_finished(
+        &self,
+        id: &str,
+        mut started: StepRecord,
+        outcome: StepOutcome,
+        outputs: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        started.ended_ms = Some(now_ms());
+        started.outcome = Some(outcome);
+        started.outputs = outputs;
+        let key = step_key(id, started.phase, started.index);
+        self.write(STEPS, &key, &serde_json::to_vec(&started)?)
     }
 
     /// Records how a step ended.

@@ -11,12 +11,17 @@ use anyhow::{Context, bail};
 use crate::ports::free_udp_port;
 
 /// Path of a workspace binary (`handover`, `handover-agent`), next to the test
-/// executable's `deps/` directory. `cargo test --workspace` builds them.
+/// executable's `deps/` directory (`cargo test --workspace` builds them), or in
+/// `HANDOVER_BIN_DIR` when set (a benchmark of the release binaries run from a
+/// dev-profile harness).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") {
         dir.pop();
+    }
+    if let Some(over) = std::env::var_os("HANDOVER_BIN_DIR") {
+        dir = PathBuf::from(over);
     }
     let path = dir.join(name);
     assert!(

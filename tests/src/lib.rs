@@ -26,6 +26,7 @@ pub mod rawquic;
 pub mod run;
 pub mod scenario;
 pub mod sessions;
+pub mod speed;
 pub mod surge;
 pub mod traffic;
 pub mod web;

@@ -149,7 +149,11 @@ impl Scenario {
 
         let haproxy = Haproxy::start(HaproxyOptions {
             ip: host_ip(100),
-            backends: vec![BackendSpec::slots(BACKEND, 8)],
+            // A slot for every app host (the rollout bench runs 10).
+            backends: vec![BackendSpec::slots(
+                BACKEND,
+                usize::from(options.apps).max(8),
+            )],
             parent: Some(work.path().to_owned()),
             // HAProxy reaches the app servers from the LB host's own address, as on
             // a real network: the drain wait tells its pooled connections apart.

@@ -22,9 +22,11 @@ use super::config::DeployConfig;
 use super::git::{GitError, Mirror};
 use super::hooks;
 use super::releases::{Layout, new_release_name};
-use super::state::{DeployState, StateFile};
+use super::state::{DeployState, StateFile, Wanted};
 use crate::Agent;
 use crate::caller::Reporter;
+
+mod stage;
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(FailureKind::Internal, format!("{what}: {e}"))
@@ -188,57 +190,117 @@ impl<'a> Deployer<'a> {
         Ok(record)
     }
 
-    /// Applies `rev` of `repo`: see the module documentation for the steps.
+    /// Applies `rev` of `repo`: see the module documentation for the steps. A
+    /// release staged for the same commit and hooks is switched to instead of
+    /// built again (see [`DeployRequest::Stage`]); `rollout` is the caller's.
+    ///
+    /// [`DeployRequest::Stage`]: handover_common::proto::deploy::DeployRequest::Stage
     pub async fn apply(
         &self,
         repo: &RepoUrl,
         rev: &Revision,
         hook_names: &[HookName],
+        rollout: Option<&str>,
     ) -> Result<ReleaseRecord, Failure> {
         self.check_apply(repo, hook_names)?;
         self.layout
             .ensure()
             .map_err(|e| internal("cannot create the release tree", e))?;
+        let hooks = hook_strings(hook_names);
+        let mut want = Wanted {
+            repo: repo.as_str(),
+            rev: rev.as_str(),
+            sha: None,
+            hooks: &hooks,
+            rollout,
+        };
+        if let Some(record) = self.staged_record(&want)? {
+            return self.switch_to_staged(record).await;
+        }
+        let mirror = self.mirror(repo);
+        let sha = self.fetch_and_resolve(&mirror, repo, rev).await?;
+        want.sha = Some(&sha);
+        if let Some(record) = self.staged_record(&want)? {
+            return self.switch_to_staged(record).await;
+        }
+        let record = self.new_pending(repo, rev, &sha)?;
+        let result = self.build_and_activate(&mirror, &record, hook_names).await;
+        self.finish_apply(record, result).await
+    }
 
-        let mirror = Mirror::new(
+    /// The cached mirror of `repo`.
+    fn mirror(&self, repo: &RepoUrl) -> Mirror {
+        Mirror::new(
             &deploy_state_dir(self.agent).join("mirrors"),
             repo,
             self.config.git_timeout,
-        );
+        )
+    }
+
+    /// Brings the mirror up to date and says which commit `rev` is.
+    async fn fetch_and_resolve(
+        &self,
+        mirror: &Mirror,
+        repo: &RepoUrl,
+        rev: &Revision,
+    ) -> Result<String, Failure> {
         let fetched = mirror.fetch().await.map_err(git_failure)?;
         self.step(DeployStep::Fetch, repo.to_string(), fetched.tail)
             .await;
         let sha = mirror.resolve(rev).await.map_err(git_failure)?;
         self.step(DeployStep::Resolve, format!("{rev} = {sha}"), Vec::new())
             .await;
+        Ok(sha)
+    }
 
-        let name = new_release_name(SystemTime::now(), &sha, |n| {
+    /// Names a new release of `sha` and records it as pending before its
+    /// directory exists (so a crash leaves nothing [`Self::recover`] misses).
+    fn new_pending(
+        &self,
+        repo: &RepoUrl,
+        rev: &Revision,
+        sha: &str,
+    ) -> Result<ReleaseRecord, Failure> {
+        let name = new_release_name(SystemTime::now(), sha, |n| {
             self.layout.release_dir(n).exists() || self.layout.partial_dir(n).exists()
         })
         .map_err(|e| internal("cannot name the release", e))?;
         let record = ReleaseRecord {
-            name: name.clone(),
+            name,
             repo: repo.to_string(),
             rev: rev.to_string(),
-            sha: sha.clone(),
+            sha: sha.to_string(),
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             outcome: ReleaseOutcome::Pending,
         };
         let mut state = self.load_state()?;
         state.releases.push(record.clone());
         self.save_state(&state)?;
+        Ok(record)
+    }
 
-        let result = self.build_and_activate(&mirror, &record, hook_names).await;
+    /// Records how an apply of `record` ended (a staged release is no longer
+    /// staged either way) and prunes old releases after a success.
+    async fn finish_apply(
+        &self,
+        record: ReleaseRecord,
+        result: Result<Option<ReleaseName>, Failure>,
+    ) -> Result<ReleaseRecord, Failure> {
         let mut state = self.load_state()?;
         let outcome = match &result {
             Ok(previous) => {
-                state.previous = previous.clone();
+                // An apply redone after a crash that had already switched finds
+                // its own release current: the previous one stays as it was.
+                if previous.as_ref() != Some(&record.name) {
+                    state.previous = previous.clone();
+                }
                 ReleaseOutcome::Activated
             }
             Err(f) => ReleaseOutcome::Failed(f.message.clone()),
         };
+        state.unstage(&record.name);
         let on_disk = self.layout.on_disk().unwrap_or_default();
-        record_outcome(&mut state, &name, outcome.clone(), &on_disk);
+        record_outcome(&mut state, &record.name, outcome.clone(), &on_disk);
         self.save_state(&state)?;
         result?;
         self.prune(&mut state).await?;
@@ -575,7 +637,8 @@ impl<'a> Deployer<'a> {
     }
 
     /// Removes the oldest releases beyond `keep_releases`, never the current or
-    /// the previous one (nor the one `--previous` would choose instead).
+    /// the previous one (nor the one `--previous` would choose instead), nor a
+    /// staged one (a rollout staged it for a wave still to come).
     async fn prune(&self, state: &mut DeployState) -> Result<(), Failure> {
         let current = self.current()?;
         let on_disk = self.on_disk_oldest_first(state)?;
@@ -590,6 +653,7 @@ impl<'a> Deployer<'a> {
             if Some(name) == current.as_ref()
                 || Some(name) == state.previous.as_ref()
                 || Some(name) == fallback.as_ref()
+                || state.is_staged(name)
             {
                 continue;
             }
@@ -716,6 +780,11 @@ fn record_outcome(
         r.outcome = outcome;
     }
     state.trim(on_disk);
+}
+
+/// Hook names as the staged record keeps them.
+fn hook_strings(hooks: &[HookName]) -> Vec<String> {
+    hooks.iter().map(ToString::to_string).collect()
 }
 
 fn with_suffix(failure: Failure, suffix: &str) -> Failure {

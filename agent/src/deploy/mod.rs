@@ -51,10 +51,22 @@ fn deploy_config(agent: &Agent) -> Result<&DeployConfig, Failure> {
     })
 }
 
-/// Runs a deploy request.
+/// Runs a deploy request outside any rollout.
 pub async fn handle(
     agent: &Arc<Agent>,
     caller: &Caller,
+    req: DeployRequest,
+    reporter: &Reporter,
+) -> Result<DeployReply, Failure> {
+    handle_in(agent, caller, None, req, reporter).await
+}
+
+/// Runs a deploy request of `rollout` (the frame's): a release it staged is
+/// applied without fetching again.
+pub async fn handle_in(
+    agent: &Arc<Agent>,
+    caller: &Caller,
+    rollout: Option<&str>,
     req: DeployRequest,
     reporter: &Reporter,
 ) -> Result<DeployReply, Failure> {
@@ -73,9 +85,20 @@ pub async fn handle(
             let _guard = agent.deploy_lock.lock().await;
             tracing::info!(%caller, %repo, %rev, "applying a revision");
             deployer
-                .apply(&repo, &rev, &hooks)
+                .apply(&repo, &rev, &hooks, rollout)
                 .await
                 .map(DeployReply::Applied)
+        }
+        DeployRequest::Stage { repo, rev, hooks } => {
+            let config = deploy_config(agent)?;
+            let deployer = Deployer::new(agent, config, Some(reporter));
+            deployer.check_apply(&repo, &hooks)?;
+            let _guard = agent.deploy_lock.lock().await;
+            tracing::info!(%caller, %repo, %rev, "staging a revision");
+            deployer
+                .stage(&repo, &rev, &hooks, rollout)
+                .await
+                .map(DeployReply::Staged)
         }
         DeployRequest::Activate { target, force } => {
             let config = deploy_config(agent)?;

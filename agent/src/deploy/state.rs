@@ -25,6 +25,63 @@ pub struct DeployState {
     pub releases: Vec<ReleaseRecord>,
     /// The release that was current before the last switch.
     pub previous: Option<ReleaseName>,
+    /// Releases built by a `stage` and not made current yet (see [`Staged`]).
+    #[serde(default)]
+    pub staged: Vec<Staged>,
+}
+
+/// A release a `stage` built and checked: the next apply of its commit with the
+/// same hooks switches to it instead of building again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// Its directory under `releases/`.
+    pub name: ReleaseName,
+    /// The repository, as asked for.
+    pub repo: String,
+    /// The revision asked for (branch, tag or commit id).
+    pub rev: String,
+    /// The commit it resolved to.
+    pub sha: String,
+    /// The agent hooks that ran in it, in order.
+    pub hooks: Vec<String>,
+    /// The rollout that staged it, if any.
+    pub rollout: Option<String>,
+}
+
+/// What an apply (or another stage) asks for, to find a staged release that fits.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The repository.
+    pub repo: &'a str,
+    /// The revision asked for.
+    pub rev: &'a str,
+    /// The commit it resolves to now, once fetched; `None` before fetching.
+    pub sha: Option<&'a str>,
+    /// The agent hooks to run.
+    pub hooks: &'a [String],
+    /// The rollout asking, if any.
+    pub rollout: Option<&'a str>,
+}
+
+impl Staged {
+    /// Whether this staged release is what `want` asks for. Same repository and
+    /// hooks, and the same commit: known once fetched; before fetching, only the
+    /// rollout that staged it may take it on its word (the same revision, which
+    /// it resolved when it staged: a branch that moved since is not fetched
+    /// again in the middle of a rollout, so every host gets the same commit).
+    pub fn fits(&self, want: &Wanted<'_>) -> bool {
+        if self.repo != want.repo || self.hooks != want.hooks {
+            return false;
+        }
+        match want.sha {
+            Some(sha) => self.sha == sha,
+            None => {
+                want.rollout.is_some()
+                    && self.rollout.as_deref() == want.rollout
+                    && self.rev == want.rev
+            }
+        }
+    }
 }
 
 impl DeployState {
@@ -85,6 +142,27 @@ impl DeployState {
             }
         }
         choice
+    }
+
+    /// The staged release that fits `want`, if its record still says it is
+    /// staged (a record that says otherwise was used, or failed, since).
+    pub fn staged_fitting(&self, want: &Wanted<'_>) -> Option<&Staged> {
+        self.staged.iter().rev().find(|s| {
+            s.fits(want)
+                && self
+                    .record(&s.name)
+                    .is_some_and(|r| r.outcome == ReleaseOutcome::Staged)
+        })
+    }
+
+    /// Whether `name` is a staged release (pruning keeps it).
+    pub fn is_staged(&self, name: &ReleaseName) -> bool {
+        self.staged.iter().any(|s| &s.name == name)
+    }
+
+    /// Forgets `name` as staged (it was made current, or failed, or is gone).
+    pub fn unstage(&mut self, name: &ReleaseName) {
+        self.staged.retain(|s| &s.name != name);
     }
 
     /// Drops the oldest records beyond [`MAX_RECORDS`] whose release is gone.
@@ -210,6 +288,7 @@ mod tests {
                 record(V3, ReleaseOutcome::Activated),
             ],
             previous: Some(name(V3)),
+            staged: Vec::new(),
         };
         state.mark_unhealthy(&name(V3), "GET /health answered 500");
         state
@@ -238,6 +317,7 @@ mod tests {
             ],
             // The operator went back from v3 to v1: v3 is previous, not v2.
             previous: Some(name(V3)),
+            staged: Vec::new(),
         };
         let on_disk = [name(V1), name(V2), name(V3)];
         let choice = state.choose_previous(Some(&name(V1)), &on_disk);
@@ -273,5 +353,71 @@ mod tests {
                 .mark_unhealthy(&name("20990101T000000Z-fffffff"), "x")
                 .is_none()
         );
+    }
+
+    fn staged(rollout: Option<&str>) -> Staged {
+        Staged {
+            name: name(V3),
+            repo: "file:///srv/app.git".into(),
+            rev: "main".into(),
+            sha: "c".repeat(40),
+            hooks: vec!["assets".into()],
+            rollout: rollout.map(str::to_owned),
+        }
+    }
+
+    fn want<'a>(sha: Option<&'a str>, hooks: &'a [String], rollout: Option<&'a str>) -> Wanted<'a> {
+        Wanted {
+            repo: "file:///srv/app.git",
+            rev: "main",
+            sha,
+            hooks,
+            rollout,
+        }
+    }
+
+    /// Issue 14: a staged release is reused only for the same commit and hooks;
+    /// before fetching, only by the rollout that staged it.
+    #[test]
+    fn a_staged_release_fits_the_same_commit_and_hooks_and_before_a_fetch_only_its_rollout() {
+        let hooks = vec!["assets".to_string()];
+        let sha = "c".repeat(40);
+        let other = "d".repeat(40);
+        let s = staged(Some("r-1"));
+        assert!(s.fits(&want(None, &hooks, Some("r-1"))));
+        assert!(
+            !s.fits(&want(None, &hooks, Some("r-2"))),
+            "another rollout fetches first"
+        );
+        assert!(
+            !s.fits(&want(None, &hooks, None)),
+            "a plain apply fetches first"
+        );
+        assert!(s.fits(&want(Some(&sha), &hooks, None)));
+        assert!(
+            !s.fits(&want(Some(&other), &hooks, Some("r-1"))),
+            "the branch moved"
+        );
+        assert!(!s.fits(&want(Some(&sha), &[], Some("r-1"))), "other hooks");
+        assert!(!staged(None).fits(&want(None, &hooks, None)));
+    }
+
+    /// A staged release whose record says it was used (or failed) since is not
+    /// reused: only a complete, unused staging is.
+    #[test]
+    fn only_a_release_still_recorded_as_staged_is_reused() {
+        let hooks = vec!["assets".to_string()];
+        let mut state = DeployState {
+            releases: vec![record(V3, ReleaseOutcome::Staged)],
+            previous: None,
+            staged: vec![staged(Some("r-1"))],
+        };
+        let w = want(None, &hooks, Some("r-1"));
+        assert_eq!(state.staged_fitting(&w).map(|s| &s.name), Some(&name(V3)));
+        assert!(state.is_staged(&name(V3)));
+        state.releases[0].outcome = ReleaseOutcome::Interrupted;
+        assert!(state.staged_fitting(&w).is_none());
+        state.unstage(&name(V3));
+        assert!(!state.is_staged(&name(V3)));
     }
 }

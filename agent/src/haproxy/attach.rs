@@ -60,10 +60,29 @@ pub async fn attach(
     let backends = lb.target_backends(backend)?;
     let targets = put_in_rotation(lb, server, app, &backends).await?;
     let timeout = timeout.unwrap_or(lb.config.attach_timeout);
+    let fresh: Vec<String> = targets.iter().map(|t| t.backend.clone()).collect();
+    let started = std::time::Instant::now();
     UpWait::new(server.clone(), targets, timeout)
         .run(lb, reporter)
         .await?;
-    Ok(LbReply::Servers(lb.stats_of_host(server).await?))
+    let waited = checks_wait(lb.config, started.elapsed());
+    let mut servers = lb.stats_of_host(server).await?;
+    for s in servers.iter_mut().filter(|s| fresh.contains(&s.backend)) {
+        s.fresh_check = Some(waited);
+    }
+    Ok(LbReply::Servers(servers))
+}
+
+/// The part of the wait for UP that HAProxy's own config asked for: `rise`
+/// fresh checks `inter` apart. The agent reads HAProxy every [`super::balancer::POLL`],
+/// so it sees UP up to that much late; when its `[haproxy]` names both `rise`
+/// and `inter`, the wait is capped at `rise` × `inter` and the rest stays
+/// Handover's own time.
+pub fn checks_wait(config: &HaproxyConfig, waited: Duration) -> Duration {
+    match (config.check_rise, config.check_inter) {
+        (Some(rise), Some(inter)) => waited.min(inter.saturating_mul(rise)),
+        _ => waited,
+    }
 }
 
 /// Places, records and applies `server` in every backend, holding the membership
@@ -226,6 +245,23 @@ fn check_backend_exists(stat: &Stat, backend: &str) -> Result<(), Failure> {
 mod tests {
     use super::*;
     use crate::haproxy::show::parse_stat;
+
+    /// Issue 14: the wait for a fresh UP is reported as HAProxy's checks, but
+    /// never more than `rise` × `inter` when the agent knows both (the agent's
+    /// own polling delay beyond that is not the LB config's wait).
+    #[test]
+    fn the_checks_wait_is_capped_at_rise_times_inter_when_known() {
+        let mut c = config();
+        let waited = Duration::from_millis(480);
+        assert_eq!(checks_wait(&c, waited), waited, "unknown: as measured");
+        c.check_rise = Some(2);
+        c.check_inter = Some(Duration::from_millis(200));
+        assert_eq!(checks_wait(&c, waited), Duration::from_millis(400));
+        assert_eq!(
+            checks_wait(&c, Duration::from_millis(350)),
+            Duration::from_millis(350)
+        );
+    }
 
     const HEADER: &str = "# pxname,svname,qcur,scur,stot,status,check_status,hrsp_5xx,addr\n";
 

@@ -86,6 +86,7 @@ mod tests {
             stot: 9,
             check_status: "L7OK".into(),
             hrsp_5xx: 0,
+            fresh_check: None,
         }
     }
 

@@ -44,6 +44,7 @@ impl ServerRow {
             stot: self.stot,
             check_status: self.check_status.clone(),
             hrsp_5xx: self.hrsp_5xx,
+            fresh_check: None,
         }
     }
 }

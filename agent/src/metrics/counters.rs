@@ -45,7 +45,9 @@ impl RequestKind {
             Request::CheckHealth(_) => RequestKind::check_health,
             Request::AppLog(_) => RequestKind::app_log,
             Request::Deploy(d) => match d {
-                DeployRequest::Apply { .. } => RequestKind::deploy_apply,
+                DeployRequest::Apply { .. } | DeployRequest::Stage { .. } => {
+                    RequestKind::deploy_apply
+                }
                 DeployRequest::Activate { .. } => RequestKind::deploy_activate,
                 DeployRequest::MarkUnhealthy { .. } => RequestKind::deploy_mark_unhealthy,
                 DeployRequest::RunHook(_) | DeployRequest::RunHookWith { .. } => RequestKind::hook,

@@ -239,6 +239,7 @@ mod tests {
             stot: 42,
             check_status: "L7OK".into(),
             hrsp_5xx: 3,
+            fresh_check: None,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod fixture;
 mod process;
+mod stage;
 
 use std::path::PathBuf;
 use std::sync::Arc;

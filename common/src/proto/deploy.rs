@@ -80,6 +80,21 @@ pub enum DeployRequest {
         /// The inputs, by key.
         inputs: BTreeMap<InputKey, String>,
     },
+    /// Make `rev` of `repo` ready as a release without touching `current`: fetch,
+    /// resolve, export, link shared paths, run `hooks` and the release's own
+    /// `before_activate` (everything an [`DeployRequest::Apply`] does before its
+    /// switch). A later `Apply` of the same commit with the same hooks reuses it
+    /// and only switches; one from the rollout that staged it does not even fetch
+    /// again. Idempotent: staging what is already staged answers at once. A rollout
+    /// stages every host before its first wave, so a wave only switches.
+    Stage {
+        /// Must equal one of the agent's `allowed_repos` exactly.
+        repo: RepoUrl,
+        /// Branch, tag or commit id.
+        rev: Revision,
+        /// Agent hooks to run in the new release before it is activated.
+        hooks: Vec<HookName>,
+    },
 }
 
 /// What [`DeployRequest::Activate`] switches to.
@@ -118,6 +133,8 @@ pub enum DeployStep {
     Prune,
     /// `activate --previous` chose its release (and which failed ones it skipped).
     ChoosePrevious,
+    /// A staged release was made ready, or found ready and reused.
+    Stage,
 }
 
 impl std::fmt::Display for DeployStep {
@@ -134,6 +151,7 @@ impl std::fmt::Display for DeployStep {
             DeployStep::SwitchBack => f.write_str("switch back"),
             DeployStep::Prune => f.write_str("prune"),
             DeployStep::ChoosePrevious => f.write_str("previous"),
+            DeployStep::Stage => f.write_str("stage"),
         }
     }
 }
@@ -167,6 +185,9 @@ pub enum DeployReply {
     Resolved(ResolvedRevision),
     /// The release is now recorded as unhealthy.
     Marked(ReleaseRecord),
+    /// The release is staged (built and checked, not current): the answer to
+    /// [`DeployRequest::Stage`].
+    Staged(ReleaseRecord),
 }
 
 /// Answer to [`DeployRequest::Resolve`].
@@ -195,6 +216,9 @@ pub enum ReleaseOutcome {
     /// agent's `verify` after an `activate`. `activate --previous` skips it; it can
     /// still be activated by name.
     Unhealthy(String),
+    /// Built and checked by a [`DeployRequest::Stage`], never made current yet:
+    /// the next `Apply` of its commit switches to it. Kept by pruning.
+    Staged,
 }
 
 impl ReleaseOutcome {
@@ -209,6 +233,7 @@ impl ReleaseOutcome {
             ReleaseOutcome::Activated => None,
             ReleaseOutcome::Pending => Some("pending"),
             ReleaseOutcome::Interrupted => Some("interrupted"),
+            ReleaseOutcome::Staged => Some("staged, not yet current"),
             ReleaseOutcome::Failed(why) | ReleaseOutcome::Unhealthy(why) => Some(why),
         }
     }

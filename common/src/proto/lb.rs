@@ -170,6 +170,11 @@ pub struct ServerStats {
     pub check_status: String,
     /// HTTP 5xx answers so far.
     pub hrsp_5xx: u64,
+    /// In the answer to an attach: how long the LB agent waited for HAProxy's
+    /// fresh checks to pass (`rise` checks `inter` apart, a wait the LB's own
+    /// config asks for; capped at `rise` × `inter` when the agent's `[haproxy]`
+    /// says both). `None` elsewhere.
+    pub fresh_check: Option<Duration>,
 }
 
 impl ServerStats {

@@ -20,8 +20,9 @@ pub mod lb;
 pub mod lease;
 pub mod status;
 
-/// Bumped whenever the encoding of these types changes.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Bumped whenever the encoding of these types changes. 3: `lb::ServerStats`
+/// gained `fresh_check`, `deploy::DeployRequest::Stage` and its answer (issue 14).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What the caller sends first on a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

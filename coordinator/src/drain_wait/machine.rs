@@ -608,6 +608,7 @@ mod tests {
             stot,
             check_status: "L7STS".into(),
             hrsp_5xx: 0,
+            fresh_check: None,
         };
         Observation::Lbs {
             at,

@@ -126,6 +126,18 @@ pub fn apply(
     }
 }
 
+/// Build `rev` of `repo` as a release beside `current`, for a later apply.
+pub fn stage(repo: RepoUrl, rev: Revision, hooks: Vec<HookName>) -> Call<ReleaseRecord> {
+    Call {
+        request: Request::Deploy(DeployRequest::Stage { repo, rev, hooks }),
+        what: "stage",
+        answer: |r| match r {
+            Reply::Deploy(DeployReply::Staged(record)) => Ok(record),
+            other => Err(Box::new(other)),
+        },
+    }
+}
+
 /// Make a release on disk current again.
 pub fn activate(target: ActivateTarget, force: bool) -> Call<ReleaseRecord> {
     Call {

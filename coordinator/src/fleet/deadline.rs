@@ -71,6 +71,9 @@ pub fn deadline(request: &Request) -> Deadline {
         Request::Deploy(DeployRequest::Apply { rev, .. }) => {
             (DEPLOY_STEP, format!("deploying {rev}"))
         }
+        Request::Deploy(DeployRequest::Stage { rev, .. }) => {
+            (DEPLOY_STEP, format!("staging {rev}"))
+        }
         Request::Deploy(DeployRequest::Activate { .. }) => {
             (DEPLOY_STEP, "switching releases".to_string())
         }

@@ -419,6 +419,10 @@ fn after_failure(phase: Phase, f: &StepFailure, auto_rollback: bool) -> Next {
         // Nothing of the wave has changed yet: there is nothing to put back, and
         // without capacity nothing could be rolled back safely either.
         Action::EnsureCapacity => Next::Stop(RolloutState::Aborted),
+        // Staging happens beside `current`, before any host left service: a host
+        // that could not stage stops the rollout before any drain (`resume`
+        // stages again; what is staged already is reused).
+        Action::StageRelease => Next::Stop(RolloutState::Aborted),
         // Stopped at the canary pause: the canary serves the new release and goes
         // back to its previous one, as every interrupted wave does.
         Action::Pause(_) => Next::Switch {
@@ -572,10 +576,11 @@ impl Runner {
                     undo_wave,
                 } => {
                     if undo_wave {
+                        // Staging stays done: it changed nothing a wave undoes.
                         let undone: Vec<usize> = steps
                             .iter()
                             .enumerate()
-                            .filter(|(_, s)| s.wave == f.wave)
+                            .filter(|(_, s)| s.wave == f.wave && s.action != Action::StageRelease)
                             .map(|(i, _)| i)
                             .collect();
                         self.journal.mark_undone(&self.record.id, phase, &undone)?;
@@ -703,7 +708,7 @@ impl Runner {
             if let Some(failure) = self.refuse_to_run_twice(journaled, phase, i, step)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
-            self.journal.step_started(&id, phase, i, &title)?;
+            let record = self.journal.step_started(&id, phase, i, &title)?;
             self.ui.show(Event::StepStarted {
                 number: i + 1,
                 of: steps.len(),
@@ -721,7 +726,7 @@ impl Runner {
                 }
                 holders = lease_lost(&mut lost) => return Ok(PhaseEnd::LeaseLost(holders)),
             };
-            let mark = (phase, i, title, started);
+            let mark = (record, title, started);
             if let Some(failure) = self.journal_end(mark, step, result, interrupted)? {
                 return Ok(PhaseEnd::Failed(failure));
             }
@@ -733,12 +738,13 @@ impl Runner {
     /// never lost to a crash), shows it, and returns the failure if it failed.
     fn journal_end(
         &mut self,
-        (phase, i, title, started): (Phase, usize, String, Instant),
+        (record, title, started): (crate::journal::StepRecord, String, Instant),
         step: &steps::Step,
         result: anyhow::Result<Done>,
         interrupted: bool,
     ) -> anyhow::Result<Option<StepFailure>> {
         let id = self.record.id.clone();
+        let i = record.index;
         match result {
             Ok(Done { outputs, learned }) => {
                 if learned != Facts::default() {
@@ -746,7 +752,7 @@ impl Runner {
                     self.journal.save_rollout(&self.record)?;
                 }
                 self.journal
-                    .step_ended(&id, phase, i, StepOutcome::Ok, outputs.clone())?;
+                    .step_finished(&id, record, StepOutcome::Ok, outputs.clone())?;
                 self.ui.show(Event::StepDone {
                     number: i + 1,
                     title,
@@ -759,7 +765,7 @@ impl Runner {
                 let error = format!("{e:#}");
                 let outcome = StepOutcome::Failed(error.clone());
                 self.journal
-                    .step_ended(&id, phase, i, outcome, BTreeMap::new())?;
+                    .step_finished(&id, record, outcome, BTreeMap::new())?;
                 self.ui.show(Event::StepFailed {
                     number: i + 1,
                     title,
@@ -1023,6 +1029,44 @@ mod tests {
             );
         }
 
+        /// Issue 14: a host that cannot stage stops the rollout before any host
+        /// leaves service; `resume` stages again and carries on.
+        #[tokio::test(start_paused = true)]
+        async fn a_staging_failure_stops_before_any_drain_and_resume_carries_on() {
+            let bench = Bench::in_place(&format!("{THREE}\nauto_rollback = true"));
+            let at = Trigger::Step(discriminant(&Action::StageRelease), host("web-2"));
+            bench.fake.inject(at, Fault::Fail);
+            let state = bench.run(false).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Aborted, "nothing to roll back");
+            {
+                let w = bench.fake.world();
+                let actions: Vec<&Action> = w.log.iter().map(|(a, _)| a).collect();
+                assert_eq!(
+                    actions,
+                    [&Action::StageRelease],
+                    "no drain, no capacity check"
+                );
+                assert!(w.drained.is_empty() && w.attached.len() == 3);
+            }
+            let state = bench.run(true).await.expect("ends").expect("runs");
+            assert_eq!(state, RolloutState::Succeeded);
+            let w = bench.fake.world();
+            let first_drain = w
+                .log
+                .iter()
+                .position(|(a, _)| *a == Action::RemoveHealthCheckFile)
+                .expect("a drain");
+            let last_stage = w
+                .log
+                .iter()
+                .rposition(|(a, _)| *a == Action::StageRelease)
+                .expect("staged");
+            assert!(last_stage < first_drain, "{:?}", w.log);
+            assert_eq!(w.staged.len(), 3);
+            drop(w);
+            bench.assert_all_on(NEW);
+        }
+
         #[tokio::test(start_paused = true)]
         async fn a_wave_without_capacity_changes_nothing_and_resume_starts_it_again() {
             let bench = Bench::in_place(THREE);
@@ -1031,8 +1075,8 @@ mod tests {
             assert_eq!(state, RolloutState::Aborted);
             assert_eq!(
                 bench.fake.world().log.len(),
-                1,
-                "only the capacity check ran"
+                2,
+                "only staging (beside current) and the capacity check ran"
             );
             bench.fake.world().drained.remove(&host("web-3"));
             let state = bench.run(true).await.expect("ends").expect("runs");

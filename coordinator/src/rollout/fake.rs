@@ -44,6 +44,8 @@ pub struct World {
     pub attached: BTreeSet<HostName>,
     /// New releases built per host.
     pub builds: BTreeMap<HostName, usize>,
+    /// Hosts with the plan's release staged.
+    pub staged: BTreeSet<HostName>,
     /// Every step run: its action and first host.
     pub log: Vec<(Action, HostName)>,
     /// The fewest servers UP seen after any action.
@@ -228,6 +230,9 @@ impl Fake {
                 }
                 Action::AttachToLoadBalancers => {
                     w.attached.insert(h.clone());
+                }
+                Action::StageRelease => {
+                    w.staged.insert(h.clone());
                 }
                 Action::Surge(_) => {}
             }

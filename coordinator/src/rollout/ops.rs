@@ -131,6 +131,7 @@ async fn execute(ctx: &Ctx<'_>, step: &Step, facts: &Facts) -> anyhow::Result<Do
         Action::AttachToLoadBalancers => attach_to_load_balancers(ctx, hosts).await,
         Action::Pause(d) => pause(ctx, hosts, *d).await,
         Action::Surge(a) => return super::surge_ops::execute(ctx, step, a, facts).await,
+        Action::StageRelease => stage_release(ctx, hosts).await,
     };
     outputs.map(Done::from)
 }
@@ -157,7 +158,32 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Outputs>>,
 {
     let f = &f;
-    let results = join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await;
+    gather(join_all(hosts.iter().map(|h| async move { (h, f(h).await) })).await)
+}
+
+/// Runs `f` on every host, at most `limit` at a time; fails naming every host
+/// that failed (after all were tried).
+pub(super) async fn on_each_bounded<'h, F, Fut>(
+    hosts: &'h [HostName],
+    limit: usize,
+    f: F,
+) -> anyhow::Result<Outputs>
+where
+    F: Fn(&'h HostName) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Outputs>>,
+{
+    use futures::StreamExt;
+    let f = &f;
+    let results = futures::stream::iter(hosts.iter().map(|h| async move { (h, f(h).await) }))
+        .buffer_unordered(limit.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    gather(results)
+}
+
+/// Each host's outputs together, or an error naming every host that failed
+/// ([`Unreachable`] when one of them did not answer).
+fn gather(results: Vec<(&HostName, anyhow::Result<Outputs>)>) -> anyhow::Result<Outputs> {
     let mut outputs = Outputs::new();
     let mut failures = Vec::new();
     let mut unreachable = false;
@@ -170,6 +196,7 @@ where
             }
         }
     }
+    failures.sort();
     match (failures.is_empty(), unreachable) {
         (true, _) => Ok(outputs),
         (false, true) => Err(Unreachable(failures.join("; ")).into()),
@@ -535,6 +562,31 @@ async fn record_current_release(
     Ok(done)
 }
 
+/// How many hosts fetch and export a staged release at once: bounded so that a
+/// large fleet does not hit the repository (and the bastion's connections) all
+/// at once, wide enough that staging ten hosts takes about as long as one.
+pub const STAGE_CONCURRENCY: usize = 8;
+
+/// Stages the plan's revision on every host (beside `current`, which does not
+/// change), [`STAGE_CONCURRENCY`] at a time. Idempotent: a host that has it
+/// staged already answers at once.
+async fn stage_release(ctx: &Ctx<'_>, hosts: &[HostName]) -> anyhow::Result<Outputs> {
+    let (repo, rev) = ctx.plan.revision();
+    on_each_bounded(hosts, STAGE_CONCURRENCY, |h| {
+        let (repo, rev) = (repo.clone(), rev.clone());
+        async move {
+            let record = ask(ctx, h, calls::stage(repo, rev, Vec::new()))
+                .await
+                .context("could not stage the release (no host has left service)")?;
+            Ok(Outputs::from([
+                (format!("staged/{h}"), record.name.to_string()),
+                (format!("sha/{h}"), record.sha),
+            ]))
+        }
+    })
+    .await
+}
+
 async fn apply_revision(
     ctx: &Ctx<'_>,
     hosts: &[HostName],
@@ -664,7 +716,29 @@ pub(super) async fn attach_to_load_balancers(
         &|lb, p| report_progress(ctx, lb, p),
     )
     .await?;
-    lb_outcomes("attached", outcomes)
+    let checks = fresh_checks(&outcomes);
+    let mut outputs = lb_outcomes("attached", outcomes)?;
+    outputs.extend(checks);
+    Ok(outputs)
+}
+
+/// `checks/LB` = the longest wait for HAProxy's fresh checks that LB reported
+/// for this wave (a wait its config asks for; the timing summary counts it so).
+fn fresh_checks(outcomes: &[crate::lb::LbOutcome]) -> Outputs {
+    let mut longest: BTreeMap<String, Duration> = BTreeMap::new();
+    for o in outcomes {
+        let Ok(handover_common::proto::lb::LbReply::Servers(servers)) = &o.result else {
+            continue;
+        };
+        for wait in servers.iter().filter_map(|s| s.fresh_check) {
+            let entry = longest.entry(format!("checks/{}", o.lb)).or_default();
+            *entry = (*entry).max(wait);
+        }
+    }
+    longest
+        .into_iter()
+        .map(|(k, d)| (k, handover_common::duration::format(d)))
+        .collect()
 }
 
 async fn pause(ctx: &Ctx<'_>, hosts: &[HostName], d: Duration) -> anyhow::Result<Outputs> {

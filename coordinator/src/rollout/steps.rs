@@ -38,6 +38,11 @@ pub enum Action {
     Pause(#[serde(with = "handover_common::duration::serde_human")] Duration),
     /// A step of the surge strategy (see [`super::surge`]).
     Surge(super::surge::SurgeAction),
+    /// Before the first wave, on every host of the rollout: build and check the
+    /// plan's revision as a release beside `current` (fetch, export, hooks), a
+    /// bounded number of hosts at a time, so that each wave's apply only switches.
+    /// Nothing serves from it yet: no host leaves service for it.
+    StageRelease,
 }
 
 /// One step: an action on the hosts of one wave.
@@ -98,6 +103,12 @@ impl Step {
                 format!("attach {hosts} to every LB and wait for a fresh passing check")
             }
             Action::Pause(d) => format!("pause {} (canary)", handover_common::duration::format(*d)),
+            Action::StageRelease => format!(
+                "stage {} @ {} on {hosts} (fetch and export beside current, {} hosts at a time)",
+                plan.file.revision.repo,
+                plan.file.revision.reference,
+                super::ops::STAGE_CONCURRENCY
+            ),
             Action::Surge(a) => {
                 let title = super::surge::title(plan, a, &self.hosts);
                 match a.runbook() {
@@ -258,10 +269,15 @@ impl TryFrom<String> for Phase {
     }
 }
 
-/// The in-place strategy: every wave's mechanics with `ApplyRevision`, and the
-/// canary pause after the first wave.
+/// The in-place strategy: the release staged on every host first, then every
+/// wave's mechanics with `ApplyRevision` (which switches to the staged release),
+/// and the canary pause after the first wave.
 pub fn in_place(plan: &Plan) -> Vec<Step> {
-    let mut steps = Vec::new();
+    let mut steps = vec![Step {
+        wave: 0,
+        action: Action::StageRelease,
+        hosts: plan.waves.iter().flatten().cloned().collect(),
+    }];
     for (i, wave) in plan.waves.iter().enumerate() {
         steps.extend(wave_steps(i, wave, Action::ApplyRevision));
         if plan.is_canary(i)
@@ -406,8 +422,8 @@ mod tests {
     fn every_wave_drains_before_detaching_and_verifies_before_attaching() {
         let plan = plan(PLAN, 3);
         let steps = in_place(&plan);
-        assert_eq!(steps.len(), 3 * 9);
-        for wave in steps.chunks(9) {
+        assert_eq!(steps.len(), 1 + 3 * 9);
+        for wave in steps[1..].chunks(9) {
             let order: Vec<&Action> = wave.iter().map(|s| &s.action).collect();
             assert_eq!(order[1], &Action::RemoveHealthCheckFile);
             assert_eq!(order[3], &Action::DetachFromLoadBalancers);
@@ -415,6 +431,36 @@ mod tests {
             assert_eq!(order[5], &Action::ApplyRevision);
             assert_eq!(order[7], &Action::VerifyHealth);
             assert_eq!(order[8], &Action::AttachToLoadBalancers);
+        }
+    }
+
+    /// Issue 14: every host is staged in one step before the first wave takes
+    /// any host out, so a wave's apply only switches.
+    #[test]
+    fn the_release_is_staged_on_every_host_before_the_first_drain() {
+        let plan = plan(PLAN, 3);
+        let steps = in_place(&plan);
+        assert_eq!(steps[0].action, Action::StageRelease);
+        assert_eq!(steps[0].hosts.len(), 3);
+        let first_drain = steps
+            .iter()
+            .position(|s| s.action == Action::RemoveHealthCheckFile)
+            .expect("a drain");
+        assert!(first_drain > 0);
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| s.action == Action::StageRelease)
+                .count(),
+            1
+        );
+        // No way back stages anything.
+        for phase in [Phase::RollbackFrom { wave: 1 }, Phase::Repair { wave: 0 }] {
+            assert!(
+                for_phase(&plan, phase)
+                    .iter()
+                    .all(|s| s.action != Action::StageRelease)
+            );
         }
     }
 

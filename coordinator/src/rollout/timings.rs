@@ -35,16 +35,19 @@ impl Asked {
     }
 }
 
-/// One step's time, split. `took = plan + sessions + own`.
+/// One step's time, split. `took = plan + lb + sessions + own`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Split {
     /// From start to end.
     pub took: Duration,
     /// Waits the plan asked for (quiet period, health rise × interval, a pause).
     pub plan: Duration,
+    /// HAProxy's fresh checks after an attach (`rise` × `inter`, as each LB
+    /// agent reported it): a wait the LBs' own config asks for.
+    pub lb: Duration,
     /// Clients still holding sessions on a draining host.
     pub sessions: Duration,
-    /// Handover's own time: calls, checks, HAProxy's fresh checks on attach.
+    /// Handover's own time: calls, checks, switching.
     pub own: Duration,
 }
 
@@ -62,38 +65,55 @@ pub fn split(
         _ => Duration::ZERO,
     }
     .min(took);
+    let lb = match action {
+        // The LBs check at once, each on its own: the slowest one's checks.
+        Action::AttachToLoadBalancers => longest(outputs, "checks/", "").min(took - plan),
+        _ => Duration::ZERO,
+    };
     let sessions = match action {
         // The agent's own wait until idle, quiet period included, for the host
         // that waited longest: beyond the quiet period, clients were still there.
-        Action::WaitForSessionsToEnd => longest_idle_wait(outputs)
+        Action::WaitForSessionsToEnd => longest(outputs, "sessions/", "idle after ")
             .saturating_sub(asked.quiet)
-            .min(took - plan),
+            .min(took - plan - lb),
         _ => Duration::ZERO,
     };
     Split {
         took,
         plan,
+        lb,
         sessions,
-        own: took - plan - sessions,
+        own: took - plan - lb - sessions,
     }
 }
 
-/// The longest "idle after X" among a wait step's `sessions/HOST` outputs.
-fn longest_idle_wait(outputs: &BTreeMap<String, String>) -> Duration {
+/// The longest duration among outputs whose key starts with `key` and whose
+/// value is `prefix` then a duration ("idle after 2s 100ms", "400ms").
+fn longest(outputs: &BTreeMap<String, String>, key: &str, prefix: &str) -> Duration {
     outputs
         .iter()
-        .filter(|(k, _)| k.starts_with("sessions/"))
-        .filter_map(|(_, v)| duration::parse(v.strip_prefix("idle after ")?).ok())
+        .filter(|(k, _)| k.starts_with(key))
+        .filter_map(|(_, v)| duration::parse(v.strip_prefix(prefix)?).ok())
         .max()
         .unwrap_or_default()
+}
+
+/// Where a step's time is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Group {
+    /// Staging the release on every host, before the first wave.
+    Staging,
+    /// A wave (from 0) of the plan's forward steps.
+    Wave(usize),
+    /// The steps of a rollback or a repair.
+    Other,
 }
 
 /// One journaled step's timing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepTiming {
-    /// Its wave (from 0) in the plan's forward steps; `None` for the steps of a
-    /// rollback or a repair, shown apart.
-    pub wave: Option<usize>,
+    /// Where it is shown.
+    pub group: Group,
     /// What it did, as journaled.
     pub title: String,
     /// Its time, split.
@@ -120,8 +140,13 @@ pub fn timings(plan: &Plan, records: &[StepRecord]) -> Vec<StepTiming> {
                     ..Split::default()
                 },
             };
+            let group = match step {
+                Some(s) if s.action == Action::StageRelease => Group::Staging,
+                Some(s) => Group::Wave(s.wave),
+                None => Group::Other,
+            };
             Some(StepTiming {
-                wave: step.map(|s| s.wave),
+                group,
                 title: r.title.clone(),
                 split,
             })
@@ -133,6 +158,7 @@ fn add(a: Split, b: Split) -> Split {
     Split {
         took: a.took + b.took,
         plan: a.plan + b.plan,
+        lb: a.lb + b.lb,
         sessions: a.sessions + b.sessions,
         own: a.own + b.own,
     }
@@ -144,27 +170,23 @@ fn secs(d: Duration) -> String {
 
 /// The summary: per wave its total, then its steps longest first.
 pub fn render(timings: &[StepTiming]) -> String {
-    let mut waves: BTreeMap<Option<usize>, Vec<&StepTiming>> = BTreeMap::new();
+    let mut groups: BTreeMap<Group, Vec<&StepTiming>> = BTreeMap::new();
     for t in timings {
-        waves.entry(t.wave).or_default().push(t);
+        groups.entry(t.group).or_default().push(t);
     }
-    let total = timings.iter().map(|t| t.split).fold(Split::default(), add);
-    let forward_waves = waves.keys().filter(|w| w.is_some()).count().max(1);
-    let mut out = format!(
-        "timings: {} in all = {} waits the plan asked for + {} sessions ending + {} Handover's own ({} own per wave)\n",
-        secs(total.took),
-        secs(total.plan),
-        secs(total.sessions),
-        secs(total.own),
-        secs(total.own / u32::try_from(forward_waves).unwrap_or(u32::MAX)),
-    );
-    for (wave, mut steps) in waves {
+    let mut out = headline(timings, &groups);
+    for (group, mut steps) in groups {
         let sum = steps.iter().map(|t| t.split).fold(Split::default(), add);
-        let name = wave.map_or("other phases".to_string(), |w| format!("wave {}", w + 1));
+        let name = match group {
+            Group::Staging => "staging (before wave 1)".to_string(),
+            Group::Wave(w) => format!("wave {}", w + 1),
+            Group::Other => "other phases".to_string(),
+        };
         out.push_str(&format!(
-            "{name}: {} (plan {}, sessions {}, own {})\n",
+            "{name}: {} (plan {}, lb checks {}, sessions {}, own {})\n",
             secs(sum.took),
             secs(sum.plan),
+            secs(sum.lb),
             secs(sum.sessions),
             secs(sum.own)
         ));
@@ -172,9 +194,10 @@ pub fn render(timings: &[StepTiming]) -> String {
         for t in steps {
             let s = t.split;
             out.push_str(&format!(
-                "  {:>8}  plan {:>7}  sessions {:>7}  own {:>7}  {}\n",
+                "  {:>8}  plan {:>7}  lb {:>7}  sessions {:>7}  own {:>7}  {}\n",
                 secs(s.took),
                 secs(s.plan),
+                secs(s.lb),
                 secs(s.sessions),
                 secs(s.own),
                 t.title
@@ -182,6 +205,28 @@ pub fn render(timings: &[StepTiming]) -> String {
         }
     }
     out
+}
+
+/// The first line: the whole time split, and Handover's own time per wave (the
+/// waves' own time only: staging and ways back are shown apart).
+fn headline(timings: &[StepTiming], groups: &BTreeMap<Group, Vec<&StepTiming>>) -> String {
+    let total = timings.iter().map(|t| t.split).fold(Split::default(), add);
+    let in_waves: Vec<Duration> = groups
+        .iter()
+        .filter(|(g, _)| matches!(g, Group::Wave(_)))
+        .map(|(_, steps)| steps.iter().map(|t| t.split.own).sum())
+        .collect();
+    let waves = u32::try_from(in_waves.len().max(1)).unwrap_or(u32::MAX);
+    let per_wave = in_waves.iter().sum::<Duration>() / waves;
+    format!(
+        "timings: {} in all = {} waits the plan asked for + {} HAProxy's fresh checks (the LBs' rise × inter) + {} sessions ending + {} Handover's own ({} own per wave)\n",
+        secs(total.took),
+        secs(total.plan),
+        secs(total.lb),
+        secs(total.sessions),
+        secs(total.own),
+        secs(per_wave),
+    )
 }
 
 #[cfg(test)]
@@ -215,6 +260,7 @@ mod tests {
             Split {
                 took: ms(3_700),
                 plan: ms(2_000),
+                lb: ms(0),
                 sessions: ms(1_500),
                 own: ms(200)
             }
@@ -234,6 +280,7 @@ mod tests {
             Split {
                 took: ms(1_000),
                 plan: ms(1_000),
+                lb: ms(0),
                 sessions: ms(0),
                 own: ms(0)
             }
@@ -257,12 +304,13 @@ mod tests {
 
     #[test]
     fn the_summary_gives_each_wave_its_total_and_its_steps_longest_first() {
-        let step = |wave, title: &str, took, plan| StepTiming {
-            wave,
+        let step = |wave: Option<usize>, title: &str, took, plan| StepTiming {
+            group: wave.map_or(Group::Staging, Group::Wave),
             title: title.into(),
             split: Split {
                 took: ms(took),
                 plan: ms(plan),
+                lb: ms(0),
                 sessions: ms(0),
                 own: ms(took - plan),
             },
@@ -280,7 +328,7 @@ mod tests {
         assert!(lines[0].contains("(0.30s own per wave)"), "{text}");
         assert_eq!(
             lines[1],
-            "wave 1: 2.40s (plan 2.00s, sessions 0.00s, own 0.40s)"
+            "wave 1: 2.40s (plan 2.00s, lb checks 0.00s, sessions 0.00s, own 0.40s)"
         );
         assert!(
             lines[2].ends_with("wait") && lines[3].ends_with("apply"),
@@ -288,7 +336,63 @@ mod tests {
         );
         assert_eq!(
             lines[4],
-            "wave 2: 0.20s (plan 0.00s, sessions 0.00s, own 0.20s)"
+            "wave 2: 0.20s (plan 0.00s, lb checks 0.00s, sessions 0.00s, own 0.20s)"
         );
+    }
+
+    /// Issue 14: HAProxy's fresh checks after an attach (rise × inter, as the LB
+    /// agents reported them) are a wait the LBs' config asks for, not our own;
+    /// the slowest LB counts, and never more than the step took.
+    #[test]
+    fn an_attach_splits_into_the_lbs_fresh_checks_and_our_own_time() {
+        let outputs = BTreeMap::from([
+            ("attached/lb-1".to_string(), "web-1".to_string()),
+            ("checks/lb-1".to_string(), "400ms".to_string()),
+            ("checks/lb-2".to_string(), "600ms".to_string()),
+        ]);
+        let s = split(&Action::AttachToLoadBalancers, ms(750), &outputs, ASKED);
+        assert_eq!(
+            (s.plan, s.lb, s.sessions, s.own),
+            (ms(0), ms(600), ms(0), ms(150))
+        );
+        let s = split(&Action::AttachToLoadBalancers, ms(500), &outputs, ASKED);
+        assert_eq!((s.lb, s.own), (ms(500), ms(0)));
+        // An LB agent that did not report its checks: all of it is ours, as before.
+        let s = split(
+            &Action::AttachToLoadBalancers,
+            ms(500),
+            &BTreeMap::new(),
+            ASKED,
+        );
+        assert_eq!((s.lb, s.own), (ms(0), ms(500)));
+        // Only an attach has LB checks.
+        let s = split(&Action::ApplyRevision, ms(700), &outputs, ASKED);
+        assert_eq!((s.lb, s.own), (ms(0), ms(700)));
+    }
+
+    /// Staging is shown before the waves and kept out of the own time per wave.
+    #[test]
+    fn staging_is_shown_apart_and_not_counted_per_wave() {
+        let step = |group, took| StepTiming {
+            group,
+            title: "x".into(),
+            split: Split {
+                took: ms(took),
+                own: ms(took),
+                ..Split::default()
+            },
+        };
+        let text = render(&[
+            step(Group::Wave(0), 100),
+            step(Group::Staging, 900),
+            step(Group::Wave(1), 300),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("(0.20s own per wave)"), "{text}");
+        assert!(
+            lines[1].starts_with("staging (before wave 1): 0.90s"),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("wave 1: 0.10s"), "{text}");
     }
 }

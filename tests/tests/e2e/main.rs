@@ -14,6 +14,7 @@ mod lb;
 mod lbdrain;
 mod regression;
 mod rollout;
+mod speed;
 mod spine;
 mod surge;
 mod surgeagent;
