@@ -95,16 +95,15 @@ pub fn clones(plan: &Plan, how_many: &str) -> Option<String> {
     let like = plan.hosts.first()?;
     let found = match aws.instances.get(&like.name) {
         Some(id) => format!("instance {id}"),
-        None => format!("tagged Name={}", like.name),
+        None => format!("Name={}", like.name),
     };
     let image = match &aws.ami {
         Some(ami) => format!("AMI {ami} (plan)"),
         None => "its AMI".to_string(),
     };
     Some(format!(
-        "launch {how_many} as EC2 clones of {} ({found}; {image}, type, subnet, security groups, tags + handover:fleet={}){}, wait for their agents",
+        "launch {how_many}: EC2 clones of {} ({found}, {image}){}, wait for their agents",
         like.name,
-        aws.fleet,
         aws.region
             .as_ref()
             .map_or(String::new(), |r| format!(" in {r}")),
@@ -178,8 +177,7 @@ ami = "ami-0123456789abcdef0"
         let steps = crate::rollout::surge::forward(&plan);
         let text = crate::rollout::surge::render(&plan, &steps);
         assert!(
-            text.contains("launch 1 new server(s) as EC2 clones of web-1 (tagged Name=web-1; AMI ami-0123456789abcdef0 (plan)")
-                && text.contains("handover:fleet=shop) in eu-west-1"),
+            text.contains("launch 1 new server(s): EC2 clones of web-1 (Name=web-1, AMI ami-0123456789abcdef0 (plan)) in eu-west-1, wait for their agents"),
             "{text}"
         );
         assert!(
