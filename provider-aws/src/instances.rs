@@ -35,7 +35,7 @@ impl std::fmt::Display for Lookup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Lookup::Id(id) => write!(f, "instance {id}"),
-            Lookup::NameTag(n) => write!(f, "the instance tagged Name={n}"),
+            Lookup::NameTag(n) => write!(f, "instance tagged Name={n}"),
         }
     }
 }

@@ -237,7 +237,7 @@ async fn find_like(aws: &Aws, like: &HostName) -> anyhow::Result<Instance> {
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => bail!(
-            "cannot clone {like}: no {lookup} (not terminated) in this region; tag the server Name={like}, or map it in [aws] instances = {{ {like} = \"i-...\" }}"
+            "cannot clone {like}: found no {lookup} (not terminated) in this region; tag the server Name={like}, or map it in [aws] instances = {{ {like} = \"i-...\" }}"
         ),
         many => bail!(
             "cannot clone {like}: {lookup} matches {} instances ({}); map it to one in [aws] instances = {{ {like} = \"i-...\" }}",

@@ -115,6 +115,36 @@ fn launch_clones_the_like_instance_with_its_ami_type_subnet_groups_and_tags() {
         .by_name(servers[0]["name"].as_str().expect("name"))
         .expect("describe");
     assert_eq!(found[0].image_id(), Some(seeded.other_ami.as_str()));
+
+    // A like server that is not there: a clear error, and nothing launched.
+    let count = || {
+        let out = moto
+            .block_on(moto.ec2.describe_instances().send())
+            .expect("describe");
+        out.reservations()
+            .iter()
+            .map(|r| r.instances().len())
+            .sum::<usize>()
+    };
+    let before = count();
+    let request = serde_json::json!({"like": "web-9", "count": 1, "inputs": {}});
+    let out = aws::provider(
+        &moto.settings(),
+        None,
+        &["launch"],
+        &request.to_string(),
+        &[],
+    )
+    .expect("runs");
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot clone web-9: found no instance tagged Name=web-9")
+            && stderr.contains("[aws] instances"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(count(), before, "nothing launched");
 }
 
 #[test]
