@@ -16,8 +16,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, LaunchTemplateSpecification, Tag as AsgTag};
 use aws_sdk_ec2::types::{
-    LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag,
+    LaunchTemplateTagSpecification, LaunchTemplateTagSpecificationRequest, LaunchTemplateVersion,
+    RequestLaunchTemplateData, ResourceType, Tag,
 };
+use handover_common::aws::AmiId;
 
 use crate::clients::Aws;
 use crate::errors::failed;
@@ -225,46 +227,17 @@ pub async fn enable(aws: &Aws) -> anyhow::Result<()> {
 /// Runbook step 15.
 pub async fn update(aws: &Aws, revision: Option<&str>) -> anyhow::Result<()> {
     let (name, g) = group(aws).await?;
-    let spec = g
-        .launch_template()
-        .or_else(|| {
-            g.mixed_instances_policy()
-                .and_then(|m| m.launch_template())
-                .and_then(|l| l.launch_template_specification())
-        })
-        .with_context(|| format!("group {name} has no launch template (a launch configuration?): move it to a launch template, which `array update` versions"))?;
-    let (id, version) = (
-        spec.launch_template_id().map(str::to_owned),
-        spec.version().unwrap_or("$Default").to_owned(),
-    );
-    let mut describe = aws
-        .ec2
-        .describe_launch_template_versions()
-        .versions(&version);
-    describe = match (&id, spec.launch_template_name()) {
-        (Some(id), _) => describe.launch_template_id(id),
-        (None, Some(n)) => describe.launch_template_name(n),
-        (None, None) => bail!("group {name}'s launch template has neither id nor name"),
-    };
-    let current = describe
-        .send()
-        .await
-        .map_err(|e| failed("ec2:DescribeLaunchTemplateVersions", e))?;
-    let current = current
-        .launch_template_versions()
-        .first()
-        .with_context(|| {
-            format!("group {name}'s launch template version {version} does not exist")
-        })?;
+    let current = current_version(aws, &name, &g).await?;
     let template_id = current
         .launch_template_id()
         .context("ec2:DescribeLaunchTemplateVersions answered without a template id")?
         .to_owned();
     let number = current.version_number().unwrap_or_default();
-    let data = current.launch_template_data();
-    let instance_tags: Vec<Pair> = data
+    let specs = current
+        .launch_template_data()
         .map(|d| d.tag_specifications())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let instance_tags: Vec<Pair> = specs
         .iter()
         .filter(|s| s.resource_type() == Some(&ResourceType::Instance))
         .flat_map(|s| s.tags())
@@ -282,41 +255,13 @@ pub async fn update(aws: &Aws, revision: Option<&str>) -> anyhow::Result<()> {
         &input_tags(std::env::vars()),
     );
     tags::check(&tags)?;
-    // TagSpecifications replace the source version's whole list: keep the other
-    // resource types' as they were.
-    let mut specs: Vec<LaunchTemplateTagSpecificationRequest> = data
-        .map(|d| d.tag_specifications())
-        .unwrap_or_default()
-        .iter()
-        .filter(|s| s.resource_type() != Some(&ResourceType::Instance))
-        .map(|s| {
-            LaunchTemplateTagSpecificationRequest::builder()
-                .set_resource_type(s.resource_type().cloned())
-                .set_tags(Some(s.tags().to_vec()))
-                .build()
-        })
-        .collect();
-    specs.push(
-        LaunchTemplateTagSpecificationRequest::builder()
-            .resource_type(ResourceType::Instance)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build(),
-    );
-    let new_data = RequestLaunchTemplateData::builder()
-        .set_tag_specifications(Some(specs))
-        .set_image_id(aws.settings.ami.as_ref().map(ToString::to_string))
-        .build();
     let created = aws
         .ec2
         .create_launch_template_version()
         .launch_template_id(&template_id)
         .source_version(number.to_string())
         .version_description(format!("handover: revision {}", revision.unwrap_or("-")))
-        .launch_template_data(new_data)
+        .launch_template_data(new_version_data(specs, &tags, aws.settings.ami.as_ref()))
         .send()
         .await
         .map_err(|e| failed("ec2:CreateLaunchTemplateVersion", e))?;
@@ -340,6 +285,75 @@ pub async fn update(aws: &Aws, revision: Option<&str>) -> anyhow::Result<()> {
         "{name}: launch template {template_id} version {new_version} (from {number}) is the group's"
     );
     Ok(())
+}
+
+/// The launch template version the group launches with now.
+async fn current_version(
+    aws: &Aws,
+    name: &str,
+    g: &AutoScalingGroup,
+) -> anyhow::Result<LaunchTemplateVersion> {
+    let spec = g
+        .launch_template()
+        .or_else(|| {
+            g.mixed_instances_policy()
+                .and_then(|m| m.launch_template())
+                .and_then(|l| l.launch_template_specification())
+        })
+        .with_context(|| format!("group {name} has no launch template (a launch configuration?): move it to a launch template, which `array update` versions"))?;
+    let version = spec.version().unwrap_or("$Default").to_owned();
+    let mut describe = aws
+        .ec2
+        .describe_launch_template_versions()
+        .versions(&version);
+    describe = match (spec.launch_template_id(), spec.launch_template_name()) {
+        (Some(id), _) => describe.launch_template_id(id),
+        (None, Some(n)) => describe.launch_template_name(n),
+        (None, None) => bail!("group {name}'s launch template has neither id nor name"),
+    };
+    let out = describe
+        .send()
+        .await
+        .map_err(|e| failed("ec2:DescribeLaunchTemplateVersions", e))?;
+    out.launch_template_versions()
+        .first()
+        .cloned()
+        .with_context(|| format!("group {name}'s launch template version {version} does not exist"))
+}
+
+/// The new version's data: the instance tags `tags`, the other resource types'
+/// tags as they were (TagSpecifications replace the source version's whole
+/// list), and the plan's AMI when it has one; the rest comes from the source
+/// version.
+fn new_version_data(
+    current: &[LaunchTemplateTagSpecification],
+    tags: &[Pair],
+    ami: Option<&AmiId>,
+) -> RequestLaunchTemplateData {
+    let mut specs: Vec<LaunchTemplateTagSpecificationRequest> = current
+        .iter()
+        .filter(|s| s.resource_type() != Some(&ResourceType::Instance))
+        .map(|s| {
+            LaunchTemplateTagSpecificationRequest::builder()
+                .set_resource_type(s.resource_type().cloned())
+                .set_tags(Some(s.tags().to_vec()))
+                .build()
+        })
+        .collect();
+    specs.push(
+        LaunchTemplateTagSpecificationRequest::builder()
+            .resource_type(ResourceType::Instance)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build(),
+    );
+    RequestLaunchTemplateData::builder()
+        .set_tag_specifications(Some(specs))
+        .set_image_id(ami.map(ToString::to_string))
+        .build()
 }
 
 #[cfg(test)]
