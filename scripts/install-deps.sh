@@ -25,6 +25,9 @@ packages=(
   etcd-client
   protobuf-compiler
 )
+# moto's server mode (PyPI), the AWS stand-in of the AWS provider's tests (issue 15).
+command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]' ||
+  echo "install-deps: could not pip install 'moto[server]': the AWS provider's tests need moto_server on PATH" >&2
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

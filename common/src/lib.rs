@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod aws;
 pub mod duration;
 pub mod join;
 pub mod names;

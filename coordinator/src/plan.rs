@@ -61,6 +61,9 @@ pub struct PlanFile {
     /// `[provider]`: the executables of `[surge] provider = "command"`.
     #[serde(default)]
     pub provider: Option<ProviderSpec>,
+    /// `[aws]`: the settings of `[surge] provider = "aws"`.
+    #[serde(default)]
+    pub aws: Option<handover_common::aws::AwsSettings>,
     /// `[db]`: backup, migrate and check hooks.
     #[serde(default)]
     pub db: Option<DbSpec>,
@@ -474,6 +477,7 @@ fn check_strategy(file: &PlanFile) -> Result<(), Fault> {
     for (section, present) in [
         ("surge", file.surge.is_some()),
         ("provider", file.provider.is_some()),
+        ("aws", file.aws.is_some()),
         ("db", file.db.is_some()),
         ("bake", file.bake.is_some()),
         ("inputs", file.inputs.is_some()),
@@ -508,6 +512,9 @@ fn check_surge(
         ));
     }
     let spec = file.surge.clone().unwrap_or_default();
+    let mut file = file;
+    file.provider = crate::provider::aws::command_spec(&file, spec.provider)
+        .map_err(|(key, message)| fault(&key, message))?;
     let surge = crate::surge_plan::resolve(
         &spec,
         file.provider.as_ref(),

@@ -28,6 +28,10 @@ pub enum ProviderKind {
     Standby,
     /// External executables with the JSON contract (`[provider]`).
     Command,
+    /// `handover-provider-aws` with the plan's `[aws]` section: resolved into a
+    /// command provider whose executables are its subcommands (see
+    /// [`crate::provider::aws`]), so the engine runs it as it runs any command.
+    Aws,
 }
 
 /// `[surge]`.
@@ -102,14 +106,48 @@ impl Default for SurgeSpec {
     }
 }
 
-/// An executable named in the plan: an absolute path, run without a shell.
+/// An executable named in the plan: an absolute path, run without a shell;
+/// with leading arguments and environment when the coordinator made it (the
+/// subcommands of `handover-provider-aws` and its settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Executable(PathBuf);
+pub struct Executable {
+    path: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
 
 impl Executable {
     /// The path.
     pub fn path(&self) -> &std::path::Path {
-        &self.0
+        &self.path
+    }
+
+    /// Arguments before the call's own.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Environment variables it is run with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// This executable with leading `args` and `env`.
+    pub fn with(&self, args: &[&str], env: Vec<(String, String)>) -> Self {
+        Executable {
+            path: self.path.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env,
+        }
+    }
+
+    /// An absolute path found by the coordinator (not from the plan).
+    pub fn found(path: PathBuf) -> Self {
+        Executable {
+            path,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 }
 
@@ -121,13 +159,14 @@ impl<'de> Deserialize<'de> for Executable {
                 "{text:?} is not an absolute path: give the executable's full path, e.g. \"/usr/local/lib/handover/launch\" (it is run directly, never through a shell)"
             )));
         }
-        Ok(Executable(PathBuf::from(text)))
+        Ok(Executable::found(PathBuf::from(text)))
     }
 }
 
 impl std::fmt::Display for Executable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.display())
+        write!(f, "{}", self.path.display())?;
+        self.args.iter().try_for_each(|a| write!(f, " {a}"))
     }
 }
 
@@ -142,12 +181,15 @@ pub struct ProviderSpec {
     pub terminate: Option<Executable>,
     /// The server array: called with `disable`, `enable` or `update`.
     pub array: Option<Executable>,
+    /// `provider = "aws"`: where `handover-provider-aws` is (default: on PATH).
+    #[serde(default)]
+    pub aws: Option<Executable>,
     /// How long one call may run before it is killed and the step fails.
     #[serde(default = "default_provider_timeout", with = "serde_human_positive")]
     pub timeout: Duration,
 }
 
-fn default_provider_timeout() -> Duration {
+pub(crate) fn default_provider_timeout() -> Duration {
     Duration::from_secs(300)
 }
 
@@ -218,7 +260,9 @@ pub type Inputs = BTreeMap<InputKey, String>;
 /// A surge plan's hosts, resolved against the inventory.
 #[derive(Debug, Clone)]
 pub struct SurgePlan {
-    /// Where new servers come from.
+    /// Where new servers come from: `Standby` or `Command` (also for `aws`,
+    /// whose subcommands are the command provider's executables; the plan's
+    /// `[surge] provider` still says `aws`).
     pub provider: ProviderKind,
     /// New servers to bring up.
     pub count: usize,
@@ -298,7 +342,14 @@ pub fn resolve(
             }
             standby.into_iter().take(count).collect()
         }
-        ProviderKind::Command => {
+        ProviderKind::Command | ProviderKind::Aws => {
+            if surge.provider == ProviderKind::Command && provider.is_some_and(|p| p.aws.is_some())
+            {
+                return Err((
+                    vec!["provider", "aws"],
+                    "[provider] aws is for provider = \"aws\": remove it, or set [surge] provider = \"aws\"".into(),
+                ));
+            }
             let p = provider.ok_or_else(|| {
                 (
                     vec!["surge", "provider"],
@@ -317,7 +368,12 @@ pub fn resolve(
     let db = resolve_db(db, config)?;
     let enroll = resolve_enroll(surge, config)?;
     Ok(SurgePlan {
-        provider: surge.provider,
+        // Resolved, `aws` is a command provider (its executables were made from
+        // [aws] before this).
+        provider: match surge.provider {
+            ProviderKind::Aws => ProviderKind::Command,
+            other => other,
+        },
         count,
         batch: surge.batch.get(),
         standby,

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod apache;
+pub mod aws;
 pub mod config;
 pub mod enroll;
 pub mod etcd;

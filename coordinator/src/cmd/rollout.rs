@@ -142,9 +142,10 @@ fn describe(plan: &Plan) -> String {
             f.revision.repo,
             f.revision.reference,
             s.count,
-            match s.provider {
-                crate::surge_plan::ProviderKind::Standby => "standby pool",
-                crate::surge_plan::ProviderKind::Command => "provider command",
+            match (s.provider, crate::provider::aws::settings(plan)) {
+                (_, Some(_)) => "EC2 clones, handover-provider-aws",
+                (crate::surge_plan::ProviderKind::Standby, _) => "standby pool",
+                _ => "provider command",
             },
             plan.hosts
                 .iter()

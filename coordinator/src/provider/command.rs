@@ -111,7 +111,9 @@ pub async fn run(call: Call<'_>) -> Result<String, ProviderError> {
     let step = call.step;
     let mut command = tokio::process::Command::new(call.exe.path());
     command
+        .args(call.exe.args())
         .args(&call.args)
+        .envs(call.exe.env().iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

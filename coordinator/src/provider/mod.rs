@@ -2,6 +2,7 @@
 //! external executables with a JSON contract ([`command`]), or the inventory's
 //! standby pool ([`standby`]).
 
+pub mod aws;
 pub mod command;
 pub mod standby;
 

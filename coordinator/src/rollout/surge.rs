@@ -450,6 +450,9 @@ fn new_server_title(w: &Words<'_>, action: &SurgeAction) -> Option<String> {
             db.and_then(|d| d.migrate.as_ref()),
             "migrate the database (once)",
         ),
+        LaunchNewServers { batch } if crate::provider::aws::settings(w.plan).is_some() => {
+            crate::provider::aws::clones(w.plan, &w.new_servers(Some(*batch))).unwrap_or_default()
+        }
         LaunchNewServers { batch } => format!(
             "launch {} ({}), wait for their agents",
             w.new_servers(Some(*batch)),

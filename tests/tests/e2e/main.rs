@@ -2,6 +2,7 @@
 //! at a time (every process the harness starts holds its fleet lock).
 
 mod adopt;
+mod aws;
 mod dayone;
 mod deploy;
 mod drain;
