@@ -26,7 +26,7 @@ packages=(
   protobuf-compiler
 )
 # moto's server mode (PyPI), the AWS stand-in of the AWS provider's tests (issue 15).
-command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]' ||
+command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]==5.2.1' ||
   echo "install-deps: could not pip install 'moto[server]': the AWS provider's tests need moto_server on PATH" >&2
 missing=()
 for p in "${packages[@]}"; do

@@ -202,18 +202,8 @@ impl<'a> Deployer<'a> {
         hook_names: &[HookName],
         rollout: Option<&str>,
     ) -> Result<ReleaseRecord, Failure> {
-        self.check_apply(repo, hook_names)?;
-        self.layout
-            .ensure()
-            .map_err(|e| internal("cannot create the release tree", e))?;
-        let hooks = hook_strings(hook_names);
-        let mut want = Wanted {
-            repo: repo.as_str(),
-            rev: rev.as_str(),
-            sha: None,
-            hooks: &hooks,
-            rollout,
-        };
+        let hooks = self.prepare_build(repo, hook_names)?;
+        let mut want = Wanted::before_fetch(repo.as_str(), rev.as_str(), &hooks, rollout);
         if let Some(record) = self.staged_record(&want)? {
             return self.switch_to_staged(record).await;
         }
@@ -783,6 +773,22 @@ fn record_outcome(
 }
 
 /// Hook names as the staged record keeps them.
+impl Deployer<'_> {
+    /// What every build (an apply or a stage) starts with: the request's checks
+    /// and the release tree; returns the agent hooks' names as the records keep them.
+    fn prepare_build(
+        &self,
+        repo: &RepoUrl,
+        hook_names: &[HookName],
+    ) -> Result<Vec<String>, Failure> {
+        self.check_apply(repo, hook_names)?;
+        self.layout
+            .ensure()
+            .map_err(|e| internal("cannot create the release tree", e))?;
+        Ok(hook_strings(hook_names))
+    }
+}
+
 fn hook_strings(hooks: &[HookName]) -> Vec<String> {
     hooks.iter().map(ToString::to_string).collect()
 }

@@ -63,6 +63,24 @@ pub struct Wanted<'a> {
     pub rollout: Option<&'a str>,
 }
 
+impl<'a> Wanted<'a> {
+    /// What a request asks for before anything is fetched (no commit known yet).
+    pub fn before_fetch(
+        repo: &'a str,
+        rev: &'a str,
+        hooks: &'a [String],
+        rollout: Option<&'a str>,
+    ) -> Self {
+        Wanted {
+            repo,
+            rev,
+            sha: None,
+            hooks,
+            rollout,
+        }
+    }
+}
+
 impl Staged {
     /// Whether this staged release is what `want` asks for. Same repository and
     /// hooks, and the same commit: known once fetched; before fetching, only the

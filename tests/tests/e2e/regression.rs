@@ -1231,8 +1231,17 @@ mod lease {
             "resume must finish the rollout"
         );
         assert_eq!(phase["phase"], "forward", "{phase}");
-        assert_eq!(phase["done"], 0, "the canary wave is redone: {phase}");
-        assert_eq!(first_step["number"], 1, "{first_step}");
+        // Only the staging step (issue 14: the release staged on every host
+        // before the first wave) stays done; the canary wave starts again.
+        assert_eq!(phase["done"], 1, "the canary wave is redone: {phase}");
+        assert_eq!(first_step["number"], 2, "{first_step}");
+        assert!(
+            !first_step["title"]
+                .as_str()
+                .unwrap_or("stage")
+                .starts_with("stage"),
+            "{first_step}"
+        );
         assert_all_on(&s, "v2");
         assert_eq!(history(&s)[0]["state"], "succeeded");
     }

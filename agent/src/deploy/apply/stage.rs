@@ -9,7 +9,7 @@ use handover_common::names::{HookName, RepoUrl, Revision};
 use handover_common::proto::Failure;
 use handover_common::proto::deploy::{DeployStep, ReleaseOutcome, ReleaseRecord};
 
-use super::{Deployer, Layout, Wanted, hook_strings, internal};
+use super::{Deployer, Layout, Wanted};
 use crate::deploy::state::Staged;
 
 impl Deployer<'_> {
@@ -22,18 +22,8 @@ impl Deployer<'_> {
         hook_names: &[HookName],
         rollout: Option<&str>,
     ) -> Result<ReleaseRecord, Failure> {
-        self.check_apply(repo, hook_names)?;
-        self.layout
-            .ensure()
-            .map_err(|e| internal("cannot create the release tree", e))?;
-        let hooks = hook_strings(hook_names);
-        let mut want = Wanted {
-            repo: repo.as_str(),
-            rev: rev.as_str(),
-            sha: None,
-            hooks: &hooks,
-            rollout,
-        };
+        let hooks = self.prepare_build(repo, hook_names)?;
+        let mut want = Wanted::before_fetch(repo.as_str(), rev.as_str(), &hooks, rollout);
         if let Some(record) = self.staged_record(&want)? {
             return self.already_staged(record, &want).await;
         }
