@@ -308,60 +308,10 @@ pub fn resolve(
     config: &CoordinatorConfig,
 ) -> Result<SurgePlan, Refusal> {
     let count = surge.count.map_or(old.len(), NonZeroUsize::get);
-    let standby: Vec<HostEntry> = config
-        .hosts
-        .iter()
-        .filter(|h| h.standby && h.roles.contains(&HostRole::App))
-        .cloned()
-        .collect();
     let standby = match surge.provider {
-        ProviderKind::Standby => {
-            if provider.is_some() {
-                return Err((
-                    vec!["provider"],
-                    "[provider] is for provider = \"command\": remove it, or set [surge] provider = \"command\"".into(),
-                ));
-            }
-            if standby.len() < count {
-                return Err((
-                    vec!["surge", "provider"],
-                    format!(
-                        "[surge] provider = \"standby\" needs {count} standby host(s), the inventory has {}: mark app hosts `standby = true` in [[hosts]], or lower [surge] count",
-                        standby.len()
-                    ),
-                ));
-            }
-            if let Some(h) = standby.iter().take(count).find(|h| h.app.is_none()) {
-                return Err((
-                    vec!["surge", "provider"],
-                    format!(
-                        "standby host {} has no `app = \"ADDR:PORT\"` in the inventory: the load balancers need it to attach the server",
-                        h.name
-                    ),
-                ));
-            }
-            standby.into_iter().take(count).collect()
-        }
+        ProviderKind::Standby => standby_hosts(provider, count, config)?,
         ProviderKind::Command | ProviderKind::Aws => {
-            if surge.provider == ProviderKind::Command && provider.is_some_and(|p| p.aws.is_some())
-            {
-                return Err((
-                    vec!["provider", "aws"],
-                    "[provider] aws is for provider = \"aws\": remove it, or set [surge] provider = \"aws\"".into(),
-                ));
-            }
-            let p = provider.ok_or_else(|| {
-                (
-                    vec!["surge", "provider"],
-                    "[surge] provider = \"command\" needs a [provider] section with launch and terminate executables".to_string(),
-                )
-            })?;
-            if p.launch.is_none() || p.terminate.is_none() {
-                return Err((
-                    vec!["provider"],
-                    "[provider] needs both launch = \"/path\" and terminate = \"/path\"".into(),
-                ));
-            }
+            check_command_provider(surge.provider, provider)?;
             Vec::new()
         }
     };
@@ -381,6 +331,72 @@ pub fn resolve(
         launched: Vec::new(),
         enroll,
     })
+}
+
+/// `provider = "standby"`: the first `count` standby app hosts of the inventory.
+fn standby_hosts(
+    provider: Option<&ProviderSpec>,
+    count: usize,
+    config: &CoordinatorConfig,
+) -> Result<Vec<HostEntry>, Refusal> {
+    let standby: Vec<HostEntry> = config
+        .hosts
+        .iter()
+        .filter(|h| h.standby && h.roles.contains(&HostRole::App))
+        .cloned()
+        .collect();
+    if provider.is_some() {
+        return Err((
+            vec!["provider"],
+            "[provider] is for provider = \"command\": remove it, or set [surge] provider = \"command\"".into(),
+        ));
+    }
+    if standby.len() < count {
+        return Err((
+            vec!["surge", "provider"],
+            format!(
+                "[surge] provider = \"standby\" needs {count} standby host(s), the inventory has {}: mark app hosts `standby = true` in [[hosts]], or lower [surge] count",
+                standby.len()
+            ),
+        ));
+    }
+    if let Some(h) = standby.iter().take(count).find(|h| h.app.is_none()) {
+        return Err((
+            vec!["surge", "provider"],
+            format!(
+                "standby host {} has no `app = \"ADDR:PORT\"` in the inventory: the load balancers need it to attach the server",
+                h.name
+            ),
+        ));
+    }
+    Ok(standby.into_iter().take(count).collect())
+}
+
+/// `provider = "command"` (or `"aws"`, made into one): a `[provider]` section
+/// with launch and terminate.
+fn check_command_provider(
+    kind: ProviderKind,
+    provider: Option<&ProviderSpec>,
+) -> Result<(), Refusal> {
+    if kind == ProviderKind::Command && provider.is_some_and(|p| p.aws.is_some()) {
+        return Err((
+            vec!["provider", "aws"],
+            "[provider] aws is for provider = \"aws\": remove it, or set [surge] provider = \"aws\"".into(),
+        ));
+    }
+    let p = provider.ok_or_else(|| {
+        (
+            vec!["surge", "provider"],
+            "[surge] provider = \"command\" needs a [provider] section with launch and terminate executables".to_string(),
+        )
+    })?;
+    if p.launch.is_none() || p.terminate.is_none() {
+        return Err((
+            vec!["provider"],
+            "[provider] needs both launch = \"/path\" and terminate = \"/path\"".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `[surge] enroll = true`: servers a provider launches, and a CA directory on
