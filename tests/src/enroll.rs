@@ -98,6 +98,22 @@ impl JoinAgent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (30 s at most) until it serves its control socket: enrolled and
+    /// running. An agent that exits first is an error carrying its log.
+    pub fn wait_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("agent exited with {status}: {}", self.log_text());
+            }
+            if std::os::unix::net::UnixStream::connect(self.home.join("control.sock")).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        anyhow::bail!("agent never served after enrolling: {}", self.log_text())
+    }
+
     /// Whether it holds a certificate.
     pub fn has_certificate(&self) -> bool {
         self.home.join("tls/agent.pem").exists()

@@ -833,3 +833,66 @@ fn wait_up(haproxy: &Haproxy, n: usize) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Load through HAProxy plus long-lived sessions pinned to the old servers: what
+/// a surge must hand over without anyone noticing.
+pub struct SurgeLoad {
+    traffic: crate::traffic::Traffic,
+    sessions: crate::sessions::PinnedSessions,
+}
+
+impl SurgeLoad {
+    /// Three clients through the frontend and three cookie-pinned sessions,
+    /// given half a second to settle.
+    pub fn start(fleet: &SurgeFleet) -> anyhow::Result<SurgeLoad> {
+        let traffic = crate::traffic::Traffic::start(
+            fleet.frontend(),
+            crate::traffic::TrafficOptions {
+                clients: 3,
+                pause: Duration::from_millis(25),
+                max_duration: Duration::from_secs(300),
+                ..crate::traffic::TrafficOptions::default()
+            },
+        )
+        .context("traffic starts")?;
+        let sessions = crate::sessions::PinnedSessions::start(
+            fleet.frontend(),
+            fleet.haproxy.admin_socket(),
+            crate::sessions::SessionOptions {
+                sessions: 3,
+                pause: Duration::from_millis(200),
+                // Served ~2 s more once their server drains, then the users leave.
+                after_drain: 10,
+                max_duration: Duration::from_secs(300),
+                backend: BACKEND.to_owned(),
+            },
+        )
+        .context("sessions start")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(SurgeLoad { traffic, sessions })
+    }
+
+    /// Stops both and reports them.
+    pub fn stop(
+        self,
+    ) -> (
+        crate::traffic::TrafficReport,
+        Vec<crate::sessions::SessionReport>,
+    ) {
+        let sessions = self.sessions.stop();
+        (self.traffic.stop(), sessions)
+    }
+}
+
+/// Asserts no request failed and no session was cut.
+pub fn assert_nobody_noticed(
+    report: &crate::traffic::TrafficReport,
+    sessions: &[crate::sessions::SessionReport],
+) {
+    assert!(report.ok > 0, "traffic ran");
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    for s in sessions {
+        assert_eq!(s.failed, 0, "session {s:?}");
+        assert!(s.cut.is_none(), "session cut: {s:?}");
+    }
+}

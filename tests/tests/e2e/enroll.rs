@@ -7,66 +7,15 @@
 //! rollout before any traffic moves, and nothing launched is left running.
 
 use std::path::Path;
-use std::time::Duration;
 
 use handover_tests::agents::{Coordinator, HostSpec, output_text};
 use handover_tests::enroll::{
     FOREIGN_TOKEN, JoinAgent, WRONG_CA_HASH, enable_enroll, join_misbehaves, user_data_token,
 };
 use handover_tests::ports::host_ip;
-use handover_tests::scenario::BACKEND;
-use handover_tests::sessions::{PinnedSessions, SessionOptions, SessionReport};
-use handover_tests::surge::{LaunchedHost, ProviderKind, SurgeFleet, SurgeOptions};
-use handover_tests::traffic::{Traffic, TrafficOptions, TrafficReport};
-
-/// Load through HAProxy plus sessions pinned to the old servers.
-struct Load {
-    traffic: Traffic,
-    sessions: PinnedSessions,
-}
-
-impl Load {
-    fn start(fleet: &SurgeFleet) -> Load {
-        let traffic = Traffic::start(
-            fleet.frontend(),
-            TrafficOptions {
-                clients: 3,
-                pause: Duration::from_millis(25),
-                max_duration: Duration::from_secs(300),
-                ..TrafficOptions::default()
-            },
-        )
-        .expect("traffic starts");
-        let sessions = PinnedSessions::start(
-            fleet.frontend(),
-            fleet.haproxy.admin_socket(),
-            SessionOptions {
-                sessions: 3,
-                pause: Duration::from_millis(200),
-                after_drain: 10,
-                max_duration: Duration::from_secs(300),
-                backend: BACKEND.to_owned(),
-            },
-        )
-        .expect("sessions start");
-        std::thread::sleep(Duration::from_millis(500));
-        Load { traffic, sessions }
-    }
-
-    fn stop(self) -> (TrafficReport, Vec<SessionReport>) {
-        let sessions = self.sessions.stop();
-        (self.traffic.stop(), sessions)
-    }
-}
-
-fn assert_nobody_noticed(report: &TrafficReport, sessions: &[SessionReport]) {
-    assert!(report.ok > 0, "traffic ran");
-    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
-    for s in sessions {
-        assert_eq!(s.failed, 0, "session {s:?}");
-        assert!(s.cut.is_none(), "session cut: {s:?}");
-    }
-}
+use handover_tests::surge::{
+    LaunchedHost, ProviderKind, SurgeFleet, SurgeLoad, SurgeOptions, assert_nobody_noticed,
+};
 
 /// Three old servers, no standby pool (the provider launches the new ones),
 /// and the coordinator holding the CA directory as `[enroll] ca_dir`.
@@ -168,7 +117,7 @@ fn launched_servers_enroll_with_join_tokens_and_a_replayed_token_is_refused() {
         "{shown}"
     );
 
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     let out = fleet
         .coordinator
         .run(&["rollout", &plan, "--yes", "--json"]);
@@ -283,7 +232,7 @@ fn a_launched_server_pinning_a_wrong_ca_hash_stops_the_surge_before_traffic_move
     let fleet = fleet_with_enroll();
     join_misbehaves(&fleet.provider_dir, WRONG_CA_HASH).expect("switch");
     let plan = enroll_plan(&fleet);
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     let out = fleet.coordinator.run(&["rollout", &plan, "--yes"]);
     let (report, sessions) = load.stop();
     let all = output_text(&out);

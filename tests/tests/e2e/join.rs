@@ -3,13 +3,13 @@
 //! used twice, an expired one, a wrong secret and a wrong CA hash are refused with
 //! a message that names the problem, and nothing is issued.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
-use handover_tests::agents::{Coordinator, HostSpec, Pki, bin, handover, output_text};
-use handover_tests::fleet::{free_udp_port, host_ip, serial};
+use handover_tests::agents::{Coordinator, HostSpec, Pki, handover, output_text};
+use handover_tests::enroll::JoinAgent;
+use handover_tests::fleet::{host_ip, serial};
 
 /// `handover ca token create --json` → (token, ca hash).
 fn create_token(pki: &Pki, ttl: &str) -> (String, String) {
@@ -25,98 +25,25 @@ fn create_token(pki: &Pki, ttl: &str) -> (String, String) {
     (token, hash)
 }
 
-/// A host running `handover-agent join`, with no certificate yet; killed on drop.
-struct Joining {
-    name: String,
-    addr: SocketAddr,
-    home: PathBuf,
-    log: PathBuf,
-    child: Child,
+/// A host running `handover-agent join` as `name` on 127.0.1.`n`, with no
+/// certificate yet; killed on drop.
+fn joining(dir: &Path, name: &str, n: u8, token: &str, ca_hash: &str) -> JoinAgent {
+    JoinAgent::start(&dir.join(name), name, host_ip(n), token, ca_hash, "")
+        .expect("start handover-agent join")
 }
 
-impl Joining {
-    fn start(dir: &Path, name: &str, n: u8, token: &str, ca_hash: &str) -> Self {
-        let ip = host_ip(n);
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home).expect("home");
-        let addr = SocketAddr::new(IpAddr::V4(ip), free_udp_port(ip).expect("port"));
-        let path = |f: &str| home.join(f).display().to_string();
-        let config = home.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "name = {name:?}\nlisten = \"{addr}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nstate_dir = {:?}\ncontrol_socket = {:?}\n",
-                path("tls/ca.pem"),
-                path("tls/agent.pem"),
-                path("tls/agent.key"),
-                path("state"),
-                path("control.sock"),
-            ),
-        )
-        .expect("config");
-        let log = home.join("agent.log");
-        let child = Command::new(bin("handover-agent"))
-            .arg("--config")
-            .arg(&config)
-            .args(["join", "--ca-hash", ca_hash])
-            .env("HANDOVER_JOIN_TOKEN", token)
-            .env("HANDOVER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start handover-agent join");
-        Joining {
-            name: name.to_owned(),
-            addr,
-            home,
-            log,
-            child,
-        }
-    }
-
-    fn host(&self) -> HostSpec {
-        HostSpec {
-            name: self.name.clone(),
-            address: self.addr,
-            roles: vec!["app".into()],
-            app: None,
-            extra: String::new(),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the agent serves its control socket (enrolled and running).
-    fn wait_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited with {status}: {}", self.log_text());
-            }
-            if std::os::unix::net::UnixStream::connect(self.home.join("control.sock")).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("agent never served after enrolling: {}", self.log_text());
-    }
-
-    fn has_certificate(&self) -> bool {
-        self.home.join("tls/agent.pem").exists()
+/// The inventory entry of a joining host.
+fn host_of(agent: &JoinAgent) -> HostSpec {
+    HostSpec {
+        name: agent.name.clone(),
+        address: agent.addr,
+        roles: vec!["app".into()],
+        app: None,
+        extra: String::new(),
     }
 }
 
-impl Drop for Joining {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn enroll(coordinator: &Coordinator, pki: &Pki, host: &Joining) -> Output {
+fn enroll(coordinator: &Coordinator, pki: &Pki, host: &JoinAgent) -> Output {
     coordinator.run(&[
         "enroll",
         &host.name,
@@ -130,7 +57,7 @@ fn enroll(coordinator: &Coordinator, pki: &Pki, host: &Joining) -> Output {
 }
 
 /// Nothing was issued to `name`: no certificate file, no line in the ledger.
-fn assert_nothing_issued(pki: &Pki, host: &Joining) {
+fn assert_nothing_issued(pki: &Pki, host: &JoinAgent) {
     assert!(
         !pki.dir.join(format!("{}.pem", host.name)).exists(),
         "a certificate was written for {}",
@@ -152,20 +79,20 @@ fn a_fresh_agent_enrolls_with_a_token_then_serves_status_and_the_token_is_spent(
     let pki = Pki::init(&dir.path().join("pki")).expect("ca init");
     let (token, ca_hash) = create_token(&pki, "30m");
 
-    let mut fresh = Joining::start(dir.path(), "joiner-1", 41, &token, &ca_hash);
-    let replay = Joining::start(dir.path(), "joiner-2", 42, &token, &ca_hash);
+    let mut fresh = joining(dir.path(), "joiner-1", 41, &token, &ca_hash);
+    let replay = joining(dir.path(), "joiner-2", 42, &token, &ca_hash);
     let coordinator = Coordinator::write(
         &dir.path().join("bastion"),
         &pki,
         "ops",
-        &[fresh.host(), replay.host()],
+        &[host_of(&fresh), host_of(&replay)],
     )
     .expect("coordinator");
 
     let out = enroll(&coordinator, &pki, &fresh);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(fresh.has_certificate());
-    fresh.wait_serving();
+    fresh.wait_serving().expect("enrolled and serving");
     let (ok, status) = coordinator.status_json(&["joiner-1"]).expect("status");
     assert!(ok, "status failed after enrolling: {status}");
     assert!(
@@ -212,14 +139,18 @@ fn join_refuses_an_expired_token_a_wrong_secret_and_a_wrong_ca_hash() {
     let mut wrong = good.clone();
     let last = wrong.pop().expect("token");
     wrong.push(if last == 'a' { 'b' } else { 'a' });
-    let wrong_secret = Joining::start(dir.path(), "joiner-3", 43, &wrong, &ca_hash);
-    let expired = Joining::start(dir.path(), "joiner-4", 44, &expiring, &ca_hash);
-    let wrong_pin = Joining::start(dir.path(), "joiner-5", 45, &good, &other_hash);
+    let wrong_secret = joining(dir.path(), "joiner-3", 43, &wrong, &ca_hash);
+    let expired = joining(dir.path(), "joiner-4", 44, &expiring, &ca_hash);
+    let wrong_pin = joining(dir.path(), "joiner-5", 45, &good, &other_hash);
     let coordinator = Coordinator::write(
         &dir.path().join("bastion"),
         &pki,
         "ops",
-        &[wrong_secret.host(), expired.host(), wrong_pin.host()],
+        &[
+            host_of(&wrong_secret),
+            host_of(&expired),
+            host_of(&wrong_pin),
+        ],
     )
     .expect("coordinator");
 

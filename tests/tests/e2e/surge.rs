@@ -5,61 +5,10 @@
 use std::time::Duration;
 
 use handover_tests::agents::output_text;
-use handover_tests::scenario::BACKEND;
-use handover_tests::sessions::{PinnedSessions, SessionOptions, SessionReport};
-use handover_tests::surge::{Misbehave, ProviderKind, SurgeFleet, SurgeOptions};
-use handover_tests::traffic::{Traffic, TrafficOptions, TrafficReport};
-
-/// Load through HAProxy plus long-lived sessions pinned to the old servers.
-struct Load {
-    traffic: Traffic,
-    sessions: PinnedSessions,
-}
-
-impl Load {
-    fn start(fleet: &SurgeFleet) -> Load {
-        let traffic = Traffic::start(
-            fleet.frontend(),
-            TrafficOptions {
-                clients: 3,
-                pause: Duration::from_millis(25),
-                max_duration: Duration::from_secs(300),
-                ..TrafficOptions::default()
-            },
-        )
-        .expect("traffic starts");
-        let sessions = PinnedSessions::start(
-            fleet.frontend(),
-            fleet.haproxy.admin_socket(),
-            SessionOptions {
-                sessions: 3,
-                pause: Duration::from_millis(200),
-                // Served ~2 s more once their server drains, then the users leave.
-                after_drain: 10,
-                max_duration: Duration::from_secs(300),
-                backend: BACKEND.to_owned(),
-            },
-        )
-        .expect("sessions start");
-        std::thread::sleep(Duration::from_millis(500));
-        Load { traffic, sessions }
-    }
-
-    fn stop(self) -> (TrafficReport, Vec<SessionReport>) {
-        let sessions = self.sessions.stop();
-        (self.traffic.stop(), sessions)
-    }
-}
-
-/// Asserts no request failed and no session was cut.
-fn assert_nobody_noticed(report: &TrafficReport, sessions: &[SessionReport]) {
-    assert!(report.ok > 0, "traffic ran");
-    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
-    for s in sessions {
-        assert_eq!(s.failed, 0, "session {s:?}");
-        assert!(s.cut.is_none(), "session cut: {s:?}");
-    }
-}
+use handover_tests::surge::{
+    Misbehave, ProviderKind, SurgeFleet, SurgeLoad, SurgeOptions, assert_nobody_noticed,
+};
+use handover_tests::traffic::{Traffic, TrafficOptions};
 
 /// The names HAProxy has UP now.
 fn up_names(fleet: &SurgeFleet) -> Vec<String> {
@@ -103,7 +52,7 @@ fn surge_hands_over_to_standby_hosts_with_no_failed_request_and_no_cut_session()
         assert!(shown.contains(row), "plan shows {row}: {shown}");
     }
 
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     let out = fleet
         .coordinator
         .run(&["rollout", &plan, "--yes", "--json"]);
@@ -170,7 +119,7 @@ fn a_new_server_failing_the_db_check_stops_the_surge_before_traffic_moves() {
             &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
         )
         .expect("plan");
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     let out = fleet
         .coordinator
         .run(&["rollout", &plan.display().to_string(), "--yes"]);
@@ -203,7 +152,7 @@ fn a_5xx_burst_during_the_bake_rolls_back_with_no_failed_request() {
             &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
         )
         .expect("plan");
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     let rollout = fleet
         .coordinator
         .command(&["rollout", &plan.display().to_string(), "--yes"])
@@ -337,7 +286,7 @@ fn sigkill_between_steps_then_resume_finishes_the_surge_and_migrates_once() {
         )
         .expect("plan");
     let plan = plan.display().to_string();
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     // Steps (batch = 1, three new servers): 1 backup, 2 migrate, 3–7 first
     // batch, 8–15 the others, 16 array, 17 attach, 18 drain old, 19 wait,
     // 20 detach, 21–22 array, 23 bake, 24 retire the old servers.
@@ -379,7 +328,7 @@ fn a_launched_server_failing_the_db_check_is_terminated_and_the_array_enabled() 
             &fleet.surge_plan(ProviderKind::Command, "v2", ""),
         )
         .expect("plan");
-    let load = Load::start(&fleet);
+    let load = SurgeLoad::start(&fleet).expect("load starts");
     let out = fleet
         .coordinator
         .run(&["rollout", &plan.display().to_string(), "--yes"]);
