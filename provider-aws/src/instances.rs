@@ -1,6 +1,7 @@
 //! Finding instances: by id, or by `Name` tag (an inventory name), as EC2's
 //! eventually consistent describe shows them.
 
+use aws_sdk_ec2::operation::describe_instances::builders::DescribeInstancesFluentBuilder;
 use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
 use handover_common::aws::InstanceId;
 
@@ -57,34 +58,30 @@ pub async fn find(aws: &Aws, lookup: &Lookup) -> anyhow::Result<Vec<Instance>> {
             call.filters(Filter::builder().name("tag:Name").values(name).build())
         }
     };
+    send_describe(call).await
+}
+
+/// The instances with these ids as describe shows them now (those it does not
+/// show yet are missing from the answer).
+pub async fn describe(aws: &Aws, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
+    send_describe(
+        aws.ec2
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec())),
+    )
+    .await
+}
+
+/// Sends a DescribeInstances call and lists the instances it shows. An id EC2
+/// does not know is nothing found, not an error: gone, or just launched and not
+/// visible yet (EC2 is eventually consistent).
+async fn send_describe(call: DescribeInstancesFluentBuilder) -> anyhow::Result<Vec<Instance>> {
     match call.send().await {
         Ok(out) => Ok(out
             .reservations()
             .iter()
             .flat_map(|r| r.instances().iter().cloned())
             .collect()),
-        // An id that does not exist (any more): nothing found.
-        Err(e) if crate::errors::code(&e) == Some("InvalidInstanceID.NotFound") => Ok(Vec::new()),
-        Err(e) => Err(failed("ec2:DescribeInstances", e)),
-    }
-}
-
-/// The instances with these ids as describe shows them now (those it does not
-/// show yet are missing from the answer).
-pub async fn describe(aws: &Aws, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
-    let out = aws
-        .ec2
-        .describe_instances()
-        .set_instance_ids(Some(ids.to_vec()))
-        .send()
-        .await;
-    match out {
-        Ok(out) => Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances().iter().cloned())
-            .collect()),
-        // Just launched and not visible yet: EC2 is eventually consistent.
         Err(e) if crate::errors::code(&e) == Some("InvalidInstanceID.NotFound") => Ok(Vec::new()),
         Err(e) => Err(failed("ec2:DescribeInstances", e)),
     }
