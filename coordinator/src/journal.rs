@@ -7,7 +7,7 @@
 //! `handover resume` simply runs that one again and carries on.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,9 @@ pub const STEPS: &str = "steps";
 /// The collection of deployment inputs versions (crate::inputs), keyed by the
 /// version number, zero-padded so key order is number order.
 pub const INPUTS: &str = "inputs";
+/// The collection holding the standby pool (crate::provider::standby), one
+/// record: which app hosts are standby now, shared by every bastion.
+pub const STANDBY: &str = "standby";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -205,8 +208,11 @@ fn step_key(id: &str, phase: Phase, index: usize) -> String {
 }
 
 impl Journal {
-    /// The journal in `state_dir` (redb, created on first write).
-    pub fn new(state_dir: &Path) -> Self {
+    /// The journal in `state_dir` (redb, created on first write), for tests:
+    /// commands open the journal where the config's `[state]` says
+    /// ([`Journal::open`]), or a bastion on etcd reads and writes its own disk.
+    #[cfg(test)]
+    pub fn new(state_dir: &std::path::Path) -> Self {
         Journal {
             store: Arc::new(crate::state::redb::RedbStore::new(state_dir)),
         }
@@ -244,8 +250,18 @@ impl Journal {
         self.store.break_lock(holder)
     }
 
+    /// Record `key` of `collection`, raw.
+    pub fn read(&self, collection: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.store.get(collection, key).with_context(|| {
+            format!(
+                "cannot read {collection}/{key} from the {}",
+                self.describe()
+            )
+        })
+    }
+
     /// Decodes a record of this version's format, or says whose it is.
-    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> anyhow::Result<T> {
         let format = serde_json::from_slice::<Format>(bytes)
             .with_context(|| format!("journal record {key} in {} is damaged", self.describe()))?
             .format;

@@ -329,6 +329,32 @@ impl Coordinator {
         Ok(Coordinator { config })
     }
 
+    /// Another "bastion" with this one's inventory and credentials: its config
+    /// in `dir`, its own state_dir (`dir/state`), and `state` (a `[state]`
+    /// section, e.g. [`crate::etcd::Etcd::state_section`]) appended when given.
+    pub fn another_bastion(&self, dir: &Path, state: Option<&str>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("read {}", self.config.display()))?;
+        std::fs::create_dir_all(dir)?;
+        let mut out: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("state_dir = ") {
+                    format!(
+                        "state_dir = {:?}\n",
+                        dir.join("state").display().to_string()
+                    )
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        out.push_str(state.unwrap_or(""));
+        let config = dir.join("handover.toml");
+        std::fs::write(&config, out)?;
+        Ok(Coordinator { config })
+    }
+
     /// Runs `handover --config CONFIG args...`.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args)

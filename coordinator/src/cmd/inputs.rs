@@ -86,9 +86,9 @@ pub enum InputsCommand {
     },
 }
 
-/// Runs an `inputs` command against the journal in the config's state_dir.
+/// Runs an `inputs` command against the journal where the config keeps it.
 pub fn run(config: &CoordinatorConfig, command: InputsCommand) -> anyhow::Result<ExitCode> {
-    let journal = Journal::new(&config.state_dir);
+    let journal = Journal::open(config)?;
     match command {
         InputsCommand::Set {
             assignments,

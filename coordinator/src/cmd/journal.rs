@@ -17,14 +17,14 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 use crate::config::CoordinatorConfig;
-use crate::journal::{INPUTS, Journal, ROLLOUTS, STEPS};
+use crate::journal::{INPUTS, Journal, ROLLOUTS, STANDBY, STEPS};
 use crate::state::Holder;
 
 /// The export format this version writes and reads.
 pub const EXPORT_VERSION: u32 = 1;
 
 /// The collections an export carries, in the order an import writes them.
-const COLLECTIONS: [&str; 3] = [ROLLOUTS, STEPS, INPUTS];
+const COLLECTIONS: [&str; 4] = [ROLLOUTS, STEPS, INPUTS, STANDBY];
 
 /// `handover journal ...`
 #[derive(Debug, Subcommand)]

@@ -1,8 +1,9 @@
 //! `[surge] provider = "standby"`: new servers are pre-provisioned hosts marked
 //! `standby = true` in the inventory, and "terminate" hands the old servers back
 //! to the pool — drained, detached, still running. Blue and green trade places on
-//! every rollout, so which hosts are in service now is state, not config: it is
-//! kept in `state_dir/standby.json` (written when a surge rollout succeeds) and
+//! every rollout, so which hosts are in service now is state, not config: it is a
+//! record in the journal's store (written when a surge rollout succeeds), so every
+//! bastion sharing an etcd store sees the pool the last rollout left, and it is
 //! laid over the inventory's `standby` flags whenever a plan is read.
 
 use std::collections::BTreeSet;
@@ -13,6 +14,7 @@ use handover_common::names::{HostName, HostRole};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CoordinatorConfig;
+use crate::journal::{FORMAT, Journal, STANDBY};
 
 /// Which app hosts are standby now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,14 +24,36 @@ pub struct Pool {
     pub standby: BTreeSet<HostName>,
 }
 
-fn path(state_dir: &Path) -> PathBuf {
+/// The pool as the journal keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct PoolRecord {
+    format: u32,
+    standby: BTreeSet<HostName>,
+}
+
+/// The pool's key in [`STANDBY`].
+const KEY: &str = "pool";
+
+/// Where versions before the pool moved into the journal kept it: read while the
+/// journal has no pool yet, removed once it has.
+fn legacy_path(state_dir: &Path) -> PathBuf {
     state_dir.join("standby.json")
 }
 
 impl Pool {
     /// The pool as the last surge rollout left it, if one did.
-    pub fn load(state_dir: &Path) -> anyhow::Result<Option<Pool>> {
-        let path = path(state_dir);
+    pub fn load(journal: &Journal, state_dir: &Path) -> anyhow::Result<Option<Pool>> {
+        if let Some(bytes) = journal.read(STANDBY, KEY)? {
+            let record: PoolRecord = journal.decode(&format!("{STANDBY}/{KEY}"), &bytes)?;
+            return Ok(Some(Pool {
+                standby: record.standby,
+            }));
+        }
+        Self::load_legacy(state_dir)
+    }
+
+    fn load_legacy(state_dir: &Path) -> anyhow::Result<Option<Pool>> {
+        let path = legacy_path(state_dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -44,16 +68,21 @@ impl Pool {
         Ok(Some(pool))
     }
 
-    /// Writes the pool atomically (a crash leaves the old or the new one).
-    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create {}", state_dir.display()))?;
-        let path = path(state_dir);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+    /// Writes the pool into the journal (one transaction: a crash leaves the old
+    /// or the new one), then removes a pool file an older version left.
+    pub fn save(&self, journal: &Journal, state_dir: &Path) -> anyhow::Result<()> {
+        let record = PoolRecord {
+            format: FORMAT,
+            standby: self.standby.clone(),
+        };
+        journal.write(STANDBY, KEY, &serde_json::to_vec(&record)?)?;
+        let legacy = legacy_path(state_dir);
+        match std::fs::remove_file(&legacy) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", legacy.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The pool after a handover: the new servers left it, the old ones joined it.
@@ -82,9 +111,10 @@ impl Pool {
     }
 }
 
-/// `config` with the standby pool from its state dir laid over it.
+/// `config` with the standby pool from its journal laid over it.
 pub fn current(mut config: CoordinatorConfig) -> anyhow::Result<CoordinatorConfig> {
-    if let Some(pool) = Pool::load(&config.state_dir)? {
+    let journal = Journal::open(&config)?;
+    if let Some(pool) = Pool::load(&journal, &config.state_dir)? {
         pool.apply(&mut config);
     }
     Ok(config)
@@ -123,8 +153,11 @@ mod tests {
             names(&["web-1", "web-2"]).into_iter().collect()
         );
         let dir = tempfile::tempdir().expect("dir");
-        pool.save(dir.path()).expect("save");
-        let loaded = Pool::load(dir.path()).expect("load").expect("some");
+        let journal = Journal::new(dir.path());
+        pool.save(&journal, dir.path()).expect("save");
+        let loaded = Pool::load(&journal, dir.path())
+            .expect("load")
+            .expect("some");
         assert_eq!(loaded, pool);
         loaded.apply(&mut config);
         let standby: Vec<&str> = config
@@ -147,10 +180,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_file_an_older_version_left_is_read_until_the_journal_has_the_pool() {
+        let dir = tempfile::tempdir().expect("dir");
+        let journal = Journal::new(dir.path());
+        let file = dir.path().join("standby.json");
+        std::fs::write(&file, r#"{"standby":["web-1"]}"#).expect("write");
+        let old = Pool::load(&journal, dir.path())
+            .expect("load")
+            .expect("some");
+        assert_eq!(old.standby, names(&["web-1"]).into_iter().collect());
+        let new = Pool {
+            standby: names(&["web-2"]).into_iter().collect(),
+        };
+        new.save(&journal, dir.path()).expect("save");
+        assert!(
+            !file.exists(),
+            "the old file is gone once the journal has the pool"
+        );
+        let loaded = Pool::load(&journal, dir.path()).expect("load");
+        assert_eq!(loaded, Some(new));
+    }
+
+    #[test]
     fn a_damaged_pool_file_is_named_with_the_fix() {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("standby.json"), "{").expect("write");
-        let err = format!("{:#}", Pool::load(dir.path()).expect_err("refused"));
+        let journal = Journal::new(dir.path());
+        let err = format!(
+            "{:#}",
+            Pool::load(&journal, dir.path()).expect_err("refused")
+        );
         assert!(
             err.contains("standby.json") && err.contains("remove it"),
             "{err}"

@@ -182,7 +182,7 @@ impl Engine {
         original: &RolloutRecord,
         json: bool,
     ) -> anyhow::Result<Self> {
-        let journal = Journal::new(&config.state_dir);
+        let journal = Journal::open(&config)?;
         let journaled = journal.steps(&original.id)?;
         let forward = surge::forward(&plan);
         let gone = surge::old_servers_gone(&forward, |i| {

@@ -644,7 +644,8 @@ async fn terminate_old_servers(
         }
         _ => {
             let new = new_names(ctx.plan, None);
-            Pool::after_handover(ctx.config, old, &new).save(&ctx.config.state_dir)?;
+            let journal = crate::journal::Journal::open(ctx.config)?;
+            Pool::after_handover(ctx.config, old, &new).save(&journal, &ctx.config.state_dir)?;
             Ok(Outputs::from([("standby".into(), names(old))]))
         }
     }

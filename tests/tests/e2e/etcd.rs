@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use handover_tests::agents::{Coordinator, output_text, spawn_lines};
 use handover_tests::etcd::Etcd;
-use handover_tests::scenario::{AppHost, Scenario};
+use handover_tests::run::releases_of;
+use handover_tests::scenario::Scenario;
 
 use crate::faults::{assert_no_failed_request, assert_settled, scenario, traffic};
 
@@ -22,26 +23,9 @@ const BOUND: Duration = Duration::from_secs(180);
 /// Another bastion: the scenario's coordinator config with its own state_dir
 /// (`DIR/NAME/state`) and, when `state` is given, that `[state]` section.
 fn bastion(s: &Scenario, name: &str, state: Option<&str>) -> Coordinator {
-    let text = std::fs::read_to_string(&s.coordinator.config).expect("the scenario's config");
-    let dir = s.dir().join(name);
-    std::fs::create_dir_all(&dir).expect("bastion dir");
-    let mut out: String = text
-        .lines()
-        .map(|line| {
-            if line.starts_with("state_dir = ") {
-                format!(
-                    "state_dir = {:?}\n",
-                    dir.join("state").display().to_string()
-                )
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
-    out.push_str(state.unwrap_or(""));
-    let config = dir.join("handover.toml");
-    std::fs::write(&config, out).expect("write the bastion's config");
-    Coordinator { config }
+    s.coordinator
+        .another_bastion(&s.dir().join(name), state)
+        .expect("another bastion's config")
 }
 
 fn state_dir(c: &Coordinator) -> PathBuf {
@@ -49,17 +33,6 @@ fn state_dir(c: &Coordinator) -> PathBuf {
         .parent()
         .map(|d| d.join("state"))
         .expect("config in a dir")
-}
-
-/// The complete releases under `app`'s `releases/`.
-fn releases_of(app: &AppHost) -> BTreeSet<String> {
-    std::fs::read_dir(app.root.join("releases"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Every host got exactly one new release since `before`: none was built twice.

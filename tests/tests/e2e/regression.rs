@@ -1610,3 +1610,111 @@ mod web2 {
         assert_eq!(seen["rollout"]["id"], id, "{seen}\n{}", page.log_text());
     }
 }
+
+// --- bastions ---
+/// Issue 17, "rollouts from any bastion": state that stayed on one bastion when
+/// the journal and the deploy lock moved to etcd.
+mod bastions {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use handover_tests::agents::{Coordinator, HostSpec, Pki, output_text};
+    use handover_tests::etcd::Etcd;
+    use handover_tests::ports::host_ip;
+    use handover_tests::run::Run;
+    use handover_tests::surge::{
+        ProviderKind, SurgeFleet, SurgeLoad, SurgeOptions, assert_nobody_noticed,
+    };
+
+    /// Two bastions' configs for one inventory, both on `etcd` under `prefix`.
+    fn two_bastions(first: &Coordinator, dir: &Path, etcd: &Etcd) -> (Coordinator, Coordinator) {
+        let state = etcd.state_section("/handover/bastions");
+        let make = |name: &str| {
+            first
+                .another_bastion(&dir.join(name), Some(&state))
+                .expect("a bastion's config")
+        };
+        (make("bastion-a"), make("bastion-b"))
+    }
+
+    /// `handover inputs` wrote and read the redb journal in state_dir whatever
+    /// `[state]` said: inputs set on one bastion were not seen from another, nor
+    /// by the rollouts, which record their inputs in etcd.
+    #[test]
+    fn inputs_set_on_one_bastion_are_the_inputs_every_bastion_sees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etcd = Etcd::start(&dir.path().join("etcd")).expect("etcd starts");
+        let pki = Pki::init(&dir.path().join("pki")).expect("CA");
+        let host = HostSpec {
+            name: "web-1".into(),
+            address: SocketAddr::from((host_ip(177), 9)),
+            roles: vec!["app".into()],
+            app: None,
+            extra: String::new(),
+        };
+        let first =
+            Coordinator::write(&dir.path().join("ops"), &pki, "ops", &[host]).expect("config");
+        let (a, b) = two_bastions(&first, dir.path(), &etcd);
+
+        let out = a.run(&["inputs", "set", "APP_ENV=production"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let out = b.run(&["inputs", "export", "--csv"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
+            "key,value\nAPP_ENV,production\n",
+            "bastion B sees what A set"
+        );
+        assert!(
+            !dir.path().join("bastion-a/state/journal.redb").exists(),
+            "nothing was written on bastion A's disk"
+        );
+    }
+
+    /// A surge with the standby provider, started on bastion A, SIGKILLed after
+    /// the migration and finished from bastion B (issue 17's "migrate not run
+    /// twice", on the runbook itself). Then bastion A must see the pool as B left
+    /// it: the standby pool was kept in the state_dir of the bastion that ran
+    /// step 18, so A's next plan would have taken the servers now in service as
+    /// its "new" ones. And `handover rollback` read the surge's steps from redb,
+    /// so on etcd it could not see step 18 was done and did not say that going
+    /// back is now a new rollout.
+    #[test]
+    fn a_surge_finished_from_another_bastion_leaves_one_pool_for_every_bastion() {
+        let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
+        let etcd = Etcd::start(&fleet.dir().join("etcd")).expect("etcd starts");
+        let (a, b) = two_bastions(&fleet.coordinator, fleet.dir(), &etcd);
+        let text = fleet.surge_plan(ProviderKind::Standby, "v2", "");
+        let plan = fleet.write_plan("surge.toml", &text).expect("plan");
+        let plan = plan.display().to_string();
+        let load = SurgeLoad::start(&fleet).expect("load starts");
+
+        let mut run = Run::start_with(&a, &["rollout", &plan, "--yes"]);
+        let past_migration = run.wait_for(handover_tests::run::BOUND, |e| {
+            e["event"] == "step-done" && e["number"] == 3
+        });
+        assert!(past_migration, "{:#?}", run.last_events());
+        let killed = run.kill();
+        assert!(killed.landed, "A was still running when killed");
+        let out = b.run(&["resume"]);
+        let (report, sessions) = load.stop();
+        assert!(out.status.success(), "resume on B: {}", output_text(&out));
+        assert_nobody_noticed(&report, &sessions);
+        assert_eq!(fleet.migrate_runs().expect("db"), 1, "migrated once");
+
+        let out = a.run(&["plan", &plan, "--offline"]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains("replace web-4, web-5, web-6"),
+            "A's next surge replaces the servers B put in service: {shown}"
+        );
+        let out = a.run(&["rollback", "--yes"]);
+        assert!(!out.status.success(), "{}", output_text(&out));
+        assert!(
+            output_text(&out).contains("new rollout of the previous revision"),
+            "{}",
+            output_text(&out)
+        );
+    }
+}
