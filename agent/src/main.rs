@@ -270,14 +270,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Logs to stderr; colour only on a terminal (journald and log files get plain
 /// text) and never when `NO_COLOR` is set.
 fn init_logging() {
-    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour)
+        .with_ansi(handover_common::stderr_wants_colour())
         .init();
 }
 

@@ -28,5 +28,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Default UDP port agents listen on.
 pub const DEFAULT_PORT: u16 = 7443;
 
+/// Whether log lines on stderr may carry colour: only on a terminal (journald,
+/// log files, pipes and CI get plain text) and never when `NO_COLOR` is set.
+/// Both binaries' loggers ask this.
+pub fn stderr_wants_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 #[cfg(feature = "cli-docs")]
 pub mod clidocs;

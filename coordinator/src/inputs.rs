@@ -397,33 +397,9 @@ pub fn from_csv(bytes: &[u8]) -> Result<Inputs, BadInput> {
 
 // --- the store -------------------------------------------------------------
 
-/// Who makes a change: `user@bastion`, the user as sudo or the login named them,
-/// else by the process's uid.
+/// Who makes a change: `user@bastion`.
 pub fn who() -> String {
-    let named = ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|u| !u.is_empty() && !u.chars().any(char::is_control));
-    let user = named.unwrap_or_else(user_of_uid);
-    format!("{user}@{}", crate::rollout::lease::this_host())
-}
-
-/// This process's user name from /etc/passwd, or `uid N`.
-fn user_of_uid() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return "unknown".into();
-    };
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
-            })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
+    crate::rollout::lease::who()
 }
 
 fn decode(number: u64, bytes: &[u8]) -> anyhow::Result<InputsVersion> {

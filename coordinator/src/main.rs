@@ -356,12 +356,15 @@ fn parse_agent_address(text: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an address: give IP or IP:PORT"))
 }
 
+/// Logs to stderr, warnings and up unless `HANDOVER_LOG` says otherwise; colour
+/// only on a terminal.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HANDOVER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(handover_common::stderr_wants_colour())
         .init();
 }
 

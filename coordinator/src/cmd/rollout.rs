@@ -381,7 +381,7 @@ pub async fn rollback(
 /// Takes the deploy lock for `rollout` (on this bastion for redb, fleet-wide on
 /// etcd), waiting for a gone holder (`--takeover`) or breaking it (`--break-lease`).
 async fn lock(journal: &Journal, rollout: &str, takeover: Takeover) -> anyhow::Result<DeployLock> {
-    let holder = Holder::this(rollout, &local_user());
+    let holder = Holder::this(rollout, &crate::rollout::lease::who());
     if takeover == Takeover::Break {
         return journal.break_lock(&holder);
     }
@@ -398,14 +398,6 @@ async fn lock(journal: &Journal, rollout: &str, takeover: Takeover) -> anyhow::R
         }
         Err(held) => Err(held.into()),
     }
-}
-
-/// "alice@bastion-1": who holds a deploy lock, as others see it.
-fn local_user() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "?".into());
-    format!("{user}@{}", crate::rollout::lease::this_host())
 }
 
 /// What `rollback` will do, as `rollout` shows its plan: the hosts, newest wave

@@ -54,6 +54,39 @@ pub fn this_host() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Who runs this process: the user sudo or the login named, else the name of
+/// the process's uid in /etc/passwd (a cron job or a service has no `USER`).
+pub fn operator() -> String {
+    let named = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty() && !u.chars().any(char::is_control));
+    named.unwrap_or_else(user_of_uid)
+}
+
+/// "alice@bastion-1": who runs this process, as journals and locks name them.
+pub fn who() -> String {
+    format!("{}@{}", operator(), this_host())
+}
+
+/// This process's user name from /etc/passwd, or `uid N`.
+fn user_of_uid() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
 /// Whether process `pid` runs on this host.
 fn pid_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
@@ -70,10 +103,7 @@ pub struct Process {
 impl Process {
     /// This process, running with certificate `name`.
     pub fn this(name: &str) -> anyhow::Result<Self> {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .ok()
-            .filter(|u| !u.is_empty());
+        let user = Some(operator());
         let mut bytes = [0u8; 16];
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))

@@ -7,6 +7,9 @@
 //!   persistence cookie are served until they end) and are handed back to the pool.
 //!   Ends with `requests: N ok, M failed; sessions cut: K`.
 //! * `--in-place`: three app servers upgraded in waves (drain, switch, attach).
+//! * `--etcd`: two bastions sharing the journal on a real etcd: the first is
+//!   SIGKILLed mid-rollout and the second finishes it; then both start the next
+//!   rollout at once and one is refused (issue 17).
 //!
 //! At the end it prints what the clients saw and what HAProxy reported, and exits
 //! non-zero if a request failed or a session was cut.
@@ -19,6 +22,8 @@ use handover_tests::monitor::UpMonitor;
 use handover_tests::scenario::{BACKEND, Scenario, ScenarioOptions};
 use handover_tests::traffic::{Traffic, TrafficOptions};
 
+#[path = "demo/bastions.rs"]
+mod bastions_demo;
 #[path = "demo/surge.rs"]
 mod surge_demo;
 
@@ -27,22 +32,24 @@ const DEFAULT_SURGE: bool = true;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let surge = match args
+    let demo = match args
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>()
         .as_slice()
     {
-        [] => DEFAULT_SURGE,
-        ["--surge"] => true,
-        ["--in-place"] => false,
+        [] if DEFAULT_SURGE => surge_demo::run,
+        [] => run,
+        ["--surge"] => surge_demo::run,
+        ["--in-place"] => run,
+        ["--etcd"] => bastions_demo::run,
         _ => {
-            eprintln!("usage: handover-demo [--surge | --in-place]");
+            eprintln!("usage: handover-demo [--surge | --in-place | --etcd]");
             return ExitCode::from(2);
         }
     };
     stop_cleanly_on_ctrl_c();
-    let result = if surge { surge_demo::run() } else { run() };
+    let result = demo();
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -1718,3 +1718,34 @@ mod bastions {
         );
     }
 }
+
+// --- logs ---
+/// The coordinator's log lines carried ANSI colour codes when stderr was a pipe
+/// or a file (the agent had been fixed in issue 18, the coordinator not): a
+/// takeover warning read `[33m WARN[0m` in a terminal log or CI output.
+#[test]
+fn the_coordinators_log_has_no_colour_off_a_terminal() {
+    use handover_tests::agents::{Coordinator, HostSpec, Pki};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::init(&dir.path().join("pki")).expect("CA");
+    let host = HostSpec {
+        name: "web-1".into(),
+        address: std::net::SocketAddr::from((handover_tests::ports::host_ip(178), 9)),
+        roles: vec!["app".into()],
+        app: None,
+        extra: String::new(),
+    };
+    let c = Coordinator::write(&dir.path().join("ops"), &pki, "ops", &[host]).expect("config");
+    let out = c
+        .command(&["status", "web-1"])
+        .env("HANDOVER_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("handover runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEBUG"), "a log line was written: {err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes in a piped log: {err:?}"
+    );
+}

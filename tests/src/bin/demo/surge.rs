@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use handover_tests::monitor::UpReport;
 use handover_tests::scenario::{AppHost, BACKEND};
-use handover_tests::sessions::{PinnedSessions, SessionOptions};
+use handover_tests::sessions::{PinnedSessions, SessionOptions, SessionReport};
 use handover_tests::surge::{ProviderKind, SurgeFleet, SurgeOptions};
-use handover_tests::traffic::{Traffic, TrafficOptions};
+use handover_tests::traffic::{Traffic, TrafficOptions, TrafficReport};
 
 use super::{interrupted, step};
 
@@ -86,43 +87,7 @@ pub fn run() -> anyhow::Result<bool> {
     let capacity = fleet.check_capacity();
 
     step("what the clients, the sessions and HAProxy saw");
-    let session_ok: u64 = sessions.iter().map(|s| s.ok).sum();
-    let session_failed: u64 = sessions.iter().map(|s| s.failed).sum();
-    let (ok, failed) = (report.ok + session_ok, report.failed + session_failed);
-    let cut = sessions.iter().filter(|s| s.cut.is_some()).count();
-    for f in &report.failures {
-        println!("    failed: {f}");
-    }
-    for (i, s) in sessions.iter().enumerate() {
-        println!(
-            "    session {i}: pinned to {} ({}), {} requests served, {} while it drained{}",
-            name_of(&fleet, &s.server),
-            s.cookie,
-            s.ok,
-            s.while_draining,
-            s.cut
-                .as_deref()
-                .map(|c| format!(", CUT: {c}"))
-                .unwrap_or_default()
-        );
-    }
-    match &capacity {
-        Ok(up) => println!(
-            "    fewest servers UP in {BACKEND} at any 100 ms sample: {} (3 needed, {} samples)",
-            up.min_up.get(BACKEND).copied().unwrap_or(0),
-            up.samples
-        ),
-        Err(e) => println!("    capacity: {e:#}"),
-    }
-    let up: Vec<String> = fleet
-        .up_addresses()?
-        .iter()
-        .map(|a| name_of(&fleet, a))
-        .collect();
-    println!("    in HAProxy now: {}", up.join(", "));
-    for h in fleet.apps.iter().chain(&fleet.standby) {
-        println!("    {} runs {}", h.name, h.version());
-    }
+    let seen = what_was_seen(&fleet, &report, &sessions, &capacity)?;
     let migrations = fleet.migrate_runs()?;
     let backups = fleet.backups()?.len();
     println!("    db-1: {backups} backup(s), migrate ran {migrations} time(s)");
@@ -131,12 +96,10 @@ pub fn run() -> anyhow::Result<bool> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
     let new_on_v2 = fleet.standby.iter().all(|h| h.version() == "v2");
-    let old_out = fleet.apps.iter().all(|h| !up.contains(&h.name));
-    println!("\nrequests: {ok} ok, {failed} failed; sessions cut: {cut}");
+    let old_out = fleet.apps.iter().all(|h| !seen.up.contains(&h.name));
+    println!("\n{}", seen.summary());
     let good = status.success()
-        && failed == 0
-        && cut == 0
-        && capacity.is_ok()
+        && seen.nobody_noticed()
         && new_on_v2
         && old_out
         && migrations == 1
@@ -149,6 +112,83 @@ pub fn run() -> anyhow::Result<bool> {
         step("the demo did not go as it should: see above");
     }
     Ok(good)
+}
+
+/// What the clients, the pinned sessions and HAProxy saw, printed as it is read.
+pub struct Seen {
+    ok: u64,
+    failed: u64,
+    cut: usize,
+    capacity_kept: bool,
+    /// The hosts HAProxy has UP at the end.
+    pub up: Vec<String>,
+}
+
+impl Seen {
+    /// The demo's last line.
+    pub fn summary(&self) -> String {
+        format!(
+            "requests: {} ok, {} failed; sessions cut: {}",
+            self.ok, self.failed, self.cut
+        )
+    }
+
+    /// No request failed, no session was cut, capacity was kept at every sample.
+    pub fn nobody_noticed(&self) -> bool {
+        self.failed == 0 && self.cut == 0 && self.capacity_kept
+    }
+}
+
+/// Prints each failure, each pinned session's story, the capacity and who is in
+/// HAProxy and on which release now.
+pub fn what_was_seen(
+    fleet: &SurgeFleet,
+    report: &TrafficReport,
+    sessions: &[SessionReport],
+    capacity: &anyhow::Result<UpReport>,
+) -> anyhow::Result<Seen> {
+    let session_ok: u64 = sessions.iter().map(|s| s.ok).sum();
+    let session_failed: u64 = sessions.iter().map(|s| s.failed).sum();
+    for f in &report.failures {
+        println!("    failed: {f}");
+    }
+    for (i, s) in sessions.iter().enumerate() {
+        println!(
+            "    session {i}: pinned to {} ({}), {} requests served, {} while it drained{}",
+            name_of(fleet, &s.server),
+            s.cookie,
+            s.ok,
+            s.while_draining,
+            s.cut
+                .as_deref()
+                .map(|c| format!(", CUT: {c}"))
+                .unwrap_or_default()
+        );
+    }
+    match capacity {
+        Ok(up) => println!(
+            "    fewest servers UP in {BACKEND} at any 100 ms sample: {} (3 needed, {} samples)",
+            up.min_up.get(BACKEND).copied().unwrap_or(0),
+            up.samples
+        ),
+        Err(e) => println!("    capacity: {e:#}"),
+    }
+    let up: Vec<String> = fleet
+        .up_addresses()?
+        .iter()
+        .map(|a| name_of(fleet, a))
+        .collect();
+    println!("    in HAProxy now: {}", up.join(", "));
+    for h in fleet.apps.iter().chain(&fleet.standby) {
+        println!("    {} runs {}", h.name, h.version());
+    }
+    Ok(Seen {
+        ok: report.ok + session_ok,
+        failed: report.failed + session_failed,
+        cut: sessions.iter().filter(|s| s.cut.is_some()).count(),
+        capacity_kept: capacity.is_ok(),
+        up,
+    })
 }
 
 /// The host whose Apache is at `addr` (as HAProxy writes it), else `addr`.
