@@ -5,7 +5,8 @@
 # hosts and they take over from the old servers while clients send requests and
 # long sessions stay pinned to the old servers by the persistence cookie. Ends with
 # "requests: N ok, M failed; sessions cut: K"; exits non-zero if M or K > 0.
-# `--in-place` upgrades the same servers in waves instead.
+# `--in-place` upgrades the same servers in waves instead; `--etcd` runs two
+# bastions on one etcd (the first killed mid-rollout, the second finishes it).
 # Everything runs on loopback in a temporary directory and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."

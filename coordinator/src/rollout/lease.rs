@@ -281,11 +281,32 @@ async fn renew(fleet: &Fleet, hosts: &[HostEntry], rollout: &str, p: &Process) -
     (!refused.is_empty()).then(|| refusals(&refused))
 }
 
-/// "web-1: held by rollout R, run by ...; web-2: ..."
+/// "web-1, web-2: held by rollout R, run by ...; web-3: held by ...": the hosts
+/// one holder holds named together (a whole fleet is usually held by one
+/// rollout), each holder with its lease that expires last.
 fn refusals(refused: &[(HostEntry, LeaseInfo, u64)]) -> String {
-    refused
+    let mut groups: Vec<(Vec<&str>, &LeaseInfo, u64)> = Vec::new();
+    for (host, lease, now) in refused {
+        let same = |g: &&mut (Vec<&str>, &LeaseInfo, u64)| {
+            g.1.rollout == lease.rollout && g.1.holder == lease.holder
+        };
+        match groups.iter_mut().find(same) {
+            Some(group) => {
+                group.0.push(host.name.as_str());
+                if lease.expires_unix.saturating_sub(*now)
+                    > group.1.expires_unix.saturating_sub(group.2)
+                {
+                    (group.1, group.2) = (lease, *now);
+                }
+            }
+            None => groups.push((vec![host.name.as_str()], lease, *now)),
+        }
+    }
+    groups
         .iter()
-        .map(|(h, lease, now)| format!("{}: held by {}", h.name, lease.describe(*now)))
+        .map(|(hosts, lease, now)| {
+            format!("{}: held by {}", hosts.join(", "), lease.describe(*now))
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -441,6 +462,30 @@ mod tests {
             renewed_unix: 0,
             expires_unix: 60,
         }
+    }
+
+    fn entry(name: &str) -> HostEntry {
+        let text = format!(
+            "ca = \"a\"\ncert = \"b\"\nkey = \"c\"\nstate_dir = \"d\"\n[[hosts]]\nname = \"{name}\"\naddress = \"127.0.1.1:7443\"\nroles = [\"app\"]\n"
+        );
+        let config: crate::config::CoordinatorConfig = toml::from_str(&text).expect("inventory");
+        config.hosts.iter().next().expect("a host").clone()
+    }
+
+    #[test]
+    fn a_refusal_names_the_hosts_of_one_holder_together() {
+        let mut later = lease("r-1", "bastion-1", 42);
+        later.expires_unix = 90;
+        let refused = [
+            (entry("web-1"), lease("r-1", "bastion-1", 42), 10),
+            (entry("web-2"), later, 10),
+            (entry("db-1"), lease("r-2", "bastion-2", 7), 10),
+        ];
+        assert_eq!(
+            refusals(&refused),
+            "web-1, web-2: held by rollout r-1, run by ops (on bastion-1, pid 42): taken 10s ago, renewed 10s ago, expires in 80s; \
+             db-1: held by rollout r-2, run by ops (on bastion-2, pid 7): taken 10s ago, renewed 10s ago, expires in 50s"
+        );
     }
 
     #[test]

@@ -164,6 +164,7 @@ fn run() -> anyhow::Result<bool> {
     let out = s.coordinator.run(&["history"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
+    println!("\nrequests: {} ok, {} failed", report.ok, report.failed);
     let ok = status.success()
         && report.failed == 0
         && up.violations.is_empty()

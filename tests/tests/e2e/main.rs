@@ -4,6 +4,7 @@
 mod adopt;
 mod aws;
 mod dayone;
+mod demo;
 mod deploy;
 mod drain;
 mod enroll;

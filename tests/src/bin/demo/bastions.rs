@@ -140,7 +140,7 @@ fn both_start_the_next_rollout(
             let text = String::from_utf8_lossy(&out.stdout);
             let result = text
                 .lines()
-                .find(|l| l.starts_with("rollout r-"))
+                .rfind(|l| l.starts_with("rollout r-"))
                 .unwrap_or("(no result line)");
             println!("    {name} ran it: {result}");
         } else {
