@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use handover_tests::agents::output_text;
-use handover_tests::inputs::PlainFleet;
 use handover_tests::monitor::UpMonitor;
+use handover_tests::plain::PlainFleet;
 use handover_tests::scenario::BACKEND;
 use handover_tests::traffic::{Traffic, TrafficOptions};
 
