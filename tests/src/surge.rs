@@ -289,6 +289,10 @@ pub struct SurgeOptions {
     pub standby: u8,
     /// The capacity invariant the whole test keeps.
     pub capacity: Capacity,
+    /// The app servers are plain `server web-N ADDR check` lines in haproxy.cfg
+    /// (a fleet as Handover first finds it: no slots, nothing attached by
+    /// Handover) instead of slots the fixture attaches them to.
+    pub plain_config: bool,
 }
 
 impl Default for SurgeOptions {
@@ -298,6 +302,7 @@ impl Default for SurgeOptions {
             standby: 3,
             // A surge never has fewer servers UP than the old fleet.
             capacity: Capacity::MinHealthy(3),
+            plain_config: false,
         }
     }
 }
@@ -400,7 +405,18 @@ impl SurgeFleet {
         }
         let haproxy = Haproxy::start(HaproxyOptions {
             ip: host_ip(100),
-            backends: vec![BackendSpec::slots(BACKEND, 16)],
+            backends: vec![if options.plain_config {
+                BackendSpec {
+                    name: BACKEND.to_owned(),
+                    slots: 0,
+                    servers: apps
+                        .iter()
+                        .map(|h| (h.name.clone(), h.apache.addr()))
+                        .collect(),
+                }
+            } else {
+                BackendSpec::slots(BACKEND, 16)
+            }],
             parent: Some(work.path().to_owned()),
             extra_defaults: vec![
                 format!("source {}", host_ip(100)),
@@ -437,11 +453,13 @@ impl SurgeFleet {
         specs.push(HostSpec::of(&lb_agent, &["lb"]));
         let coordinator = Coordinator::write(&work.subdir("ops")?, &pki, "ops", &specs)?;
 
-        let mut args = vec!["attach"];
-        args.extend(apps.iter().map(|h| h.name.as_str()));
-        let out = coordinator.run(&args);
-        if !out.status.success() {
-            bail!("initial attach failed: {}", output_text(&out));
+        if !options.plain_config {
+            let mut args = vec!["attach"];
+            args.extend(apps.iter().map(|h| h.name.as_str()));
+            let out = coordinator.run(&args);
+            if !out.status.success() {
+                bail!("initial attach failed: {}", output_text(&out));
+            }
         }
         let (monitor, unchecked) = match options.capacity {
             Capacity::MinHealthy(n) => {

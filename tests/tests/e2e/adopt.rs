@@ -171,3 +171,51 @@ fn a_server_named_otherwise_is_adopted_by_address_on_attach_and_keeps_serving() 
         "no second server for web-3"
     );
 }
+
+/// The first surge on a fleet of plain `server web-N` lines, which Handover never
+/// attached: the standby hosts come in as dynamic servers, the plain servers are
+/// drained and detached by host name (no `handover attach` of them first), with
+/// traffic and cookie-pinned sessions on them throughout: nothing failed, no
+/// session cut, 3 servers UP at every sample, and the plain servers out of
+/// rotation at the end.
+#[test]
+fn a_first_surge_on_plain_server_lines_hands_over_without_attaching_them_first() {
+    use handover_tests::surge::{
+        ProviderKind, SurgeFleet, SurgeLoad, SurgeOptions, assert_nobody_noticed,
+    };
+    let fleet = SurgeFleet::start(SurgeOptions {
+        plain_config: true,
+        ..SurgeOptions::default()
+    })
+    .expect("fleet");
+    let plan = fleet
+        .write_plan(
+            "surge.toml",
+            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
+        )
+        .expect("plan");
+    let load = SurgeLoad::start(&fleet).expect("load starts");
+    let out = fleet
+        .coordinator
+        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let (report, sessions) = load.stop();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_nobody_noticed(&report, &sessions);
+    fleet.check_capacity().expect("3 UP at every sample");
+    let up = fleet.up_addresses().expect("stats");
+    for h in &fleet.standby {
+        assert!(
+            up.contains(&h.apache.addr().to_string()),
+            "{} serves: {up:?}",
+            h.name
+        );
+        assert_eq!(h.version(), "v2", "{}", h.name);
+    }
+    for h in &fleet.apps {
+        assert!(
+            !up.contains(&h.apache.addr().to_string()),
+            "{} left: {up:?}",
+            h.name
+        );
+    }
+}
