@@ -515,6 +515,24 @@ impl SurgeFleet {
         Ok(path)
     }
 
+    /// Waits until no `migrate` hook runs on the db host, as an operator does
+    /// before checking the database after a coordinator died: the agent carries
+    /// on a hook it started even when the coordinator that asked for it is gone,
+    /// and a request already on its way when the coordinator was killed starts the
+    /// hook within milliseconds (hence the half second first).
+    pub fn wait_until_no_migration_runs(&self) -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(500));
+        let script = self.kit.hooks.join("migrate.sh").display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !crate::process::command_lines_containing(&script).is_empty() {
+            if Instant::now() > deadline {
+                bail!("{script} still runs after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// How many times `migrate` ran (rows of `migration_runs`; 0 before the first).
     pub fn migrate_runs(&self) -> anyhow::Result<u64> {
         let out = sqlite(

@@ -655,10 +655,21 @@ impl Runner {
         if !a.runs_once() || !tried {
             return Ok(None);
         }
+        let db = step
+            .hosts
+            .first()
+            .map_or_else(|| "the db host".to_owned(), |h| h.to_string());
+        let hook = self
+            .plan
+            .file
+            .db
+            .as_ref()
+            .and_then(|d| d.migrate.as_ref())
+            .map_or_else(|| "migrate".to_owned(), |h| h.to_string());
+        let id = &self.record.id;
         let error = format!(
-            "step {} (runbook 2, the migration) was tried by an earlier run that did not end well, so it may have run (in part): it is not run twice. Check the database; if the migration finished, mark it done with `handover resume {} --migrated`, otherwise restore the backup recorded in step 1 and start a new rollout",
+            "step {} (runbook 2, the migration) was tried by an earlier run that did not end well, so it may have run (in part): it is not run twice. The agent on {db} finishes a hook it started even when the coordinator is gone: once hook {hook} no longer runs there, check the database. Migrated: `handover resume {id} --migrated` records it done. Not migrated at all: `handover hook {db} {hook}`, then the same. Stopped part-way: restore the backup recorded in step 1 and start a new rollout",
             i + 1,
-            self.record.id
         );
         self.journal.step_ended(
             &self.record.id,

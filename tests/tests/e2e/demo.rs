@@ -7,22 +7,7 @@
 use std::process::Command;
 
 use handover_tests::agents::{bin, output_text};
-
-/// Processes whose command line names `dir` (HAProxy, Apache, agents, etcd).
-fn processes_using(dir: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            e.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(dir).then_some(cmdline)
-        })
-        .collect()
-}
+use handover_tests::process::command_lines_containing;
 
 /// Runs `handover-demo ARGS` and checks how it ended (its summary line ends
 /// with `summary_end`) and what it left.
@@ -46,7 +31,11 @@ fn demo_ends_well(args: &[&str], summary_end: &str) {
         .map(str::trim)
         .unwrap_or_else(|| panic!("the demo names its work dir: {text}"));
     assert!(dir.len() > 5, "{dir}");
-    assert_eq!(processes_using(dir), Vec::<String>::new(), "left running");
+    assert_eq!(
+        command_lines_containing(dir),
+        Vec::<String>::new(),
+        "left running"
+    );
     assert!(!std::path::Path::new(dir).exists(), "{dir} removed");
 }
 

@@ -421,9 +421,11 @@ fn rollout_state(fleet: &SurgeFleet) -> String {
 
 /// A SIGKILL after step 1 can land once step 2, the migration, has been
 /// journaled as started: `resume` then halts rather than migrate twice (the
-/// README's rule). The test does what the halt tells the operator: it checks the
-/// database and, migrated, says so with `--migrated`; not migrated (the hook never
-/// ran), it runs the migration by hand first.
+/// README's rule). The test does what the halt tells the operator: it waits until
+/// the hook no longer runs on the db host (the agent finishes a hook it started
+/// even when the coordinator is gone), checks the database and, migrated, says so
+/// with `--migrated`; not migrated (the hook never ran), it runs the migration by
+/// hand first.
 fn resume_after_a_halted_migration(
     fleet: &SurgeFleet,
     output: &str,
@@ -433,6 +435,9 @@ fn resume_after_a_halted_migration(
         output.contains("(runbook 2, the migration)") && output.contains("--migrated"),
         "the halt names the migration and the way on: {output}"
     );
+    fleet
+        .wait_until_no_migration_runs()
+        .expect("the db host settles");
     match fleet.migrate_runs().expect("db") {
         1 => {}
         0 => {
@@ -520,10 +525,17 @@ fn a_rollout_killed_during_the_migration_halts_until_the_operator_says_migrated(
         e["event"] == "step-started" && e["number"] == 2
     });
     assert!(killed, "killed during step 2: {status}");
+    fleet
+        .wait_until_no_migration_runs()
+        .expect("the db host settles");
     let migrated_before = fleet.migrate_runs().expect("db");
     eprintln!("the migration had run {migrated_before} time(s) when the SIGKILL landed");
     let (status, killed) = run_until(&fleet, &["resume"], None);
     assert!(!killed && !status.starts_with("exit status: 0"), "{status}");
+    assert!(
+        !status.contains("step-started"),
+        "resume started no step: {status}"
+    );
     assert_eq!(rollout_state(&fleet), "halted", "{status}");
     assert_eq!(
         fleet.migrate_runs().expect("db"),
