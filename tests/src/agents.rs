@@ -329,6 +329,24 @@ impl Coordinator {
         Ok(Coordinator { config })
     }
 
+    /// `dir/ops/handover.toml` with one app host, `web-1`, at `ip` port 9 where
+    /// nothing answers: for commands that need a valid config and no fleet
+    /// (`handover web`, `inputs`, `journal`, a log line).
+    pub fn with_one_quiet_host(
+        dir: &Path,
+        pki: &Pki,
+        ip: std::net::Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        let host = HostSpec {
+            name: "web-1".into(),
+            address: SocketAddr::from((ip, 9)),
+            roles: vec!["app".into()],
+            app: None,
+            extra: String::new(),
+        };
+        Self::write(&dir.join("ops"), pki, "ops", &[host])
+    }
+
     /// Another "bastion" with this one's inventory and credentials: its config
     /// in `dir`, its own state_dir (`dir/state`), and `state` (a `[state]`
     /// section, e.g. [`crate::etcd::Etcd::state_section`]) appended when given.

@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use crate::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use crate::apache::{Apache, ApacheOptions};
 use crate::fleet::SerialGuard;
-use crate::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
+use crate::haproxy::{BackendSpec, Haproxy};
 use crate::ports::{free_tcp_port, host_ip};
-use crate::scenario::{AppHost, BACKEND};
+use crate::scenario::{AppHost, BACKEND, start_lb_host};
 use crate::workdir::{Workdir, write_public};
 
 /// The running plain-config fleet; everything stops on drop.
@@ -78,32 +78,12 @@ impl PlainFleet {
             planned.push((name, app, root, health, agent, server_name(n)));
         }
 
-        let haproxy = Haproxy::start(HaproxyOptions {
-            ip: host_ip(100),
-            backends: vec![BackendSpec {
-                name: BACKEND.to_owned(),
-                slots: 0,
-                servers: planned.iter().map(|p| (p.5.clone(), p.1)).collect(),
-            }],
-            parent: Some(work.path().to_owned()),
-            extra_defaults: vec![
-                format!("source {}", host_ip(100)),
-                "option idle-close-on-response".to_owned(),
-            ],
-            ..HaproxyOptions::default()
-        })?;
-        let lb_agent = AgentProcess::start(
-            &agents_dir,
-            &pki,
-            AgentSpec {
-                name: "lb-1",
-                ip: host_ip(100),
-                extra: format!(
-                    "\n[haproxy]\nsocket = {:?}\nbackend = {BACKEND:?}\n",
-                    haproxy.admin_socket().display().to_string()
-                ),
-            },
-        )?;
+        let backend = BackendSpec {
+            name: BACKEND.to_owned(),
+            slots: 0,
+            servers: planned.iter().map(|p| (p.5.clone(), p.1)).collect(),
+        };
+        let (haproxy, lb_agent) = start_lb_host(work.path(), &agents_dir, &pki, "lb-1", backend)?;
 
         let mut hosts: Vec<HostSpec> = planned
             .iter()

@@ -147,42 +147,9 @@ impl Scenario {
             planned.push((name, ip, port, root, health, agent));
         }
 
-        let haproxy = Haproxy::start(HaproxyOptions {
-            ip: host_ip(100),
-            // A slot for every app host (the rollout bench runs 10).
-            backends: vec![BackendSpec::slots(
-                BACKEND,
-                usize::from(options.apps).max(8),
-            )],
-            parent: Some(work.path().to_owned()),
-            // HAProxy reaches the app servers from the LB host's own address, as on
-            // a real network: the drain wait tells its pooled connections apart.
-            // A keep-alive client is answered across a reload, as docs/haproxy.md
-            // recommends (without it, an idle connection closed at the reload
-            // instant fails the request sent on it then).
-            extra_defaults: vec![
-                format!("source {}", host_ip(100)),
-                "option idle-close-on-response".to_owned(),
-            ],
-            ..HaproxyOptions::default()
-        })?;
-        let lb_agent = AgentProcess::start(
-            &agents_dir,
-            &pki,
-            AgentSpec {
-                name: "lb-1",
-                ip: host_ip(100),
-                extra: AgentSections {
-                    haproxy: Some(Lb {
-                        socket: haproxy.admin_socket().to_owned(),
-                        backend: Some(BACKEND.to_owned()),
-                        ..Lb::default()
-                    }),
-                    ..AgentSections::default()
-                }
-                .render(),
-            },
-        )?;
+        // A slot for every app host (the rollout bench runs 10).
+        let backend = BackendSpec::slots(BACKEND, usize::from(options.apps).max(8));
+        let (haproxy, lb_agent) = start_lb_host(work.path(), &agents_dir, &pki, "lb-1", backend)?;
 
         let mut hosts: Vec<HostSpec> = planned
             .iter()
@@ -437,4 +404,47 @@ fn up_count(haproxy: &Haproxy) -> anyhow::Result<usize> {
 /// Loopback address `127.0.1.n` (re-exported for scenario users).
 pub fn ip(n: u8) -> Ipv4Addr {
     host_ip(n)
+}
+
+/// The load balancer host every fleet has: HAProxy on 127.0.1.100 with `backend`,
+/// and its agent `name` driving it through the admin socket. HAProxy reaches the
+/// app servers from the LB host's own address, as on a real network: the drain
+/// wait tells its pooled connections apart. A keep-alive client is answered
+/// across a reload, as docs/haproxy.md recommends (without it, an idle connection
+/// closed at the reload instant fails the request sent on it then).
+pub fn start_lb_host(
+    parent: &Path,
+    agents_dir: &Path,
+    pki: &Pki,
+    name: &str,
+    backend: BackendSpec,
+) -> anyhow::Result<(Haproxy, AgentProcess)> {
+    let haproxy = Haproxy::start(HaproxyOptions {
+        ip: host_ip(100),
+        backends: vec![backend],
+        parent: Some(parent.to_owned()),
+        extra_defaults: vec![
+            format!("source {}", host_ip(100)),
+            "option idle-close-on-response".to_owned(),
+        ],
+        ..HaproxyOptions::default()
+    })?;
+    let agent = AgentProcess::start(
+        agents_dir,
+        pki,
+        AgentSpec {
+            name,
+            ip: host_ip(100),
+            extra: AgentSections {
+                haproxy: Some(Lb {
+                    socket: haproxy.admin_socket().to_owned(),
+                    backend: Some(BACKEND.to_owned()),
+                    ..Lb::default()
+                }),
+                ..AgentSections::default()
+            }
+            .render(),
+        },
+    )?;
+    Ok((haproxy, agent))
 }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::agents::{AgentProcess, AgentSpec, Coordinator, HostSpec, Pki, output_text};
 use crate::apache::{Apache, ApacheOptions};
 use crate::fleet::SerialGuard;
-use crate::haproxy::{BackendSpec, Haproxy, HaproxyOptions};
+use crate::haproxy::{BackendSpec, Haproxy};
 use crate::monitor::{UpMonitor, UpReport};
 use crate::ports::{free_tcp_port, host_ip};
 use crate::scenario::{AppHost, BACKEND, Capacity};
@@ -403,39 +403,20 @@ impl SurgeFleet {
                 standby.push(host);
             }
         }
-        let haproxy = Haproxy::start(HaproxyOptions {
-            ip: host_ip(100),
-            backends: vec![if options.plain_config {
-                BackendSpec {
-                    name: BACKEND.to_owned(),
-                    slots: 0,
-                    servers: apps
-                        .iter()
-                        .map(|h| (h.name.clone(), h.apache.addr()))
-                        .collect(),
-                }
-            } else {
-                BackendSpec::slots(BACKEND, 16)
-            }],
-            parent: Some(work.path().to_owned()),
-            extra_defaults: vec![
-                format!("source {}", host_ip(100)),
-                "option idle-close-on-response".to_owned(),
-            ],
-            ..HaproxyOptions::default()
-        })?;
-        let lb_agent = AgentProcess::start(
-            &hosts_dir,
-            &pki,
-            AgentSpec {
-                name: LB_HOST,
-                ip: host_ip(100),
-                extra: format!(
-                    "\n[haproxy]\nsocket = {:?}\nbackend = {BACKEND:?}\n",
-                    haproxy.admin_socket().display().to_string()
-                ),
-            },
-        )?;
+        let backend = if options.plain_config {
+            BackendSpec {
+                name: BACKEND.to_owned(),
+                slots: 0,
+                servers: apps
+                    .iter()
+                    .map(|h| (h.name.clone(), h.apache.addr()))
+                    .collect(),
+            }
+        } else {
+            BackendSpec::slots(BACKEND, 16)
+        };
+        let (haproxy, lb_agent) =
+            crate::scenario::start_lb_host(work.path(), &hosts_dir, &pki, LB_HOST, backend)?;
         let mut specs: Vec<HostSpec> = Vec::new();
         for (host, is_standby) in apps
             .iter()
@@ -509,6 +490,18 @@ impl SurgeFleet {
             "strategy = \"surge\"\nroles = [\"app\"]\n\n[revision]\nrepo = {repo:?}\nref = {reference:?}\n\n[rollout]\nmin_healthy = 3\ndrain_timeout = \"20s\"\nquiet = \"500ms\"\nattach_timeout = \"20s\"\n\n[health]\npath = \"/VERSION\"\nexpect = 200\nrise = 2\ninterval = \"200ms\"\ntimeout = \"10s\"\n\n[db]\nbackup = {BACKUP_HOOK:?}\nmigrate = {MIGRATE_HOOK:?}\ncheck = {DBCHECK_HOOK:?}\n\n[bake]\nduration = \"3s\"\nmax_5xx_ratio = 0.01\n\n[inputs]\nAPP_ENV = \"test\"\n\n[surge]\nbatch = 1\nterminate_after = \"30m\"\n{provider_section}{extra}",
             repo = self.repo,
         )
+    }
+
+    /// Writes [`Self::surge_plan`] to `surge.toml` in the fixture's directory
+    /// and returns its path, as the command line takes it.
+    pub fn write_surge_plan(
+        &self,
+        provider: ProviderKind,
+        reference: &str,
+        extra: &str,
+    ) -> anyhow::Result<String> {
+        let path = self.write_plan("surge.toml", &self.surge_plan(provider, reference, extra))?;
+        Ok(path.display().to_string())
     }
 
     /// Writes a plan file into the fixture's directory and returns its path.

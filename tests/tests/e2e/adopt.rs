@@ -189,15 +189,10 @@ fn a_first_surge_on_plain_server_lines_hands_over_without_attaching_them_first()
     })
     .expect("fleet");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Standby, "v2", "")
         .expect("plan");
     let load = SurgeLoad::start(&fleet).expect("load starts");
-    let out = fleet
-        .coordinator
-        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let out = fleet.coordinator.run(&["rollout", &plan, "--yes"]);
     let (report, sessions) = load.stop();
     assert!(out.status.success(), "{}", output_text(&out));
     assert_nobody_noticed(&report, &sessions);

@@ -1557,9 +1557,8 @@ mod hooks {
 
 // --- web2 ---
 mod web2 {
-    use std::net::SocketAddr;
 
-    use handover_tests::agents::{Coordinator, HostSpec, Pki, output_text};
+    use handover_tests::agents::{Coordinator, Pki, output_text};
     use handover_tests::etcd::Etcd;
     use handover_tests::ports::host_ip;
     use handover_tests::web::WebPage;
@@ -1572,15 +1571,8 @@ mod web2 {
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = Etcd::start(&dir.path().join("etcd")).expect("etcd starts");
         let pki = Pki::init(&dir.path().join("pki")).expect("CA");
-        let host = HostSpec {
-            name: "web-1".into(),
-            address: SocketAddr::from((host_ip(176), 9)),
-            roles: vec!["app".into()],
-            app: None,
-            extra: String::new(),
-        };
         let coordinator =
-            Coordinator::write(&dir.path().join("ops"), &pki, "ops", &[host]).expect("config");
+            Coordinator::with_one_quiet_host(dir.path(), &pki, host_ip(176)).expect("config");
         let mut text = std::fs::read_to_string(&coordinator.config).expect("config");
         text.push_str(&etcd.state_section("/handover/web2"));
         std::fs::write(&coordinator.config, text).expect("write config");
@@ -1615,10 +1607,9 @@ mod web2 {
 /// Issue 17, "rollouts from any bastion": state that stayed on one bastion when
 /// the journal and the deploy lock moved to etcd.
 mod bastions {
-    use std::net::SocketAddr;
     use std::path::Path;
 
-    use handover_tests::agents::{Coordinator, HostSpec, Pki, output_text};
+    use handover_tests::agents::{Coordinator, Pki, output_text};
     use handover_tests::etcd::Etcd;
     use handover_tests::ports::host_ip;
     use handover_tests::run::Run;
@@ -1645,15 +1636,8 @@ mod bastions {
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = Etcd::start(&dir.path().join("etcd")).expect("etcd starts");
         let pki = Pki::init(&dir.path().join("pki")).expect("CA");
-        let host = HostSpec {
-            name: "web-1".into(),
-            address: SocketAddr::from((host_ip(177), 9)),
-            roles: vec!["app".into()],
-            app: None,
-            extra: String::new(),
-        };
         let first =
-            Coordinator::write(&dir.path().join("ops"), &pki, "ops", &[host]).expect("config");
+            Coordinator::with_one_quiet_host(dir.path(), &pki, host_ip(177)).expect("config");
         let (a, b) = two_bastions(&first, dir.path(), &etcd);
 
         let out = a.run(&["inputs", "set", "APP_ENV=production"]);
@@ -1684,9 +1668,9 @@ mod bastions {
         let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
         let etcd = Etcd::start(&fleet.dir().join("etcd")).expect("etcd starts");
         let (a, b) = two_bastions(&fleet.coordinator, fleet.dir(), &etcd);
-        let text = fleet.surge_plan(ProviderKind::Standby, "v2", "");
-        let plan = fleet.write_plan("surge.toml", &text).expect("plan");
-        let plan = plan.display().to_string();
+        let plan = fleet
+            .write_surge_plan(ProviderKind::Standby, "v2", "")
+            .expect("plan");
         let load = SurgeLoad::start(&fleet).expect("load starts");
 
         let mut run = Run::start_with(&a, &["rollout", &plan, "--yes"]);
@@ -1725,17 +1709,11 @@ mod bastions {
 /// takeover warning read `[33m WARN[0m` in a terminal log or CI output.
 #[test]
 fn the_coordinators_log_has_no_colour_off_a_terminal() {
-    use handover_tests::agents::{Coordinator, HostSpec, Pki};
+    use handover_tests::agents::{Coordinator, Pki};
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::init(&dir.path().join("pki")).expect("CA");
-    let host = HostSpec {
-        name: "web-1".into(),
-        address: std::net::SocketAddr::from((handover_tests::ports::host_ip(178), 9)),
-        roles: vec!["app".into()],
-        app: None,
-        extra: String::new(),
-    };
-    let c = Coordinator::write(&dir.path().join("ops"), &pki, "ops", &[host]).expect("config");
+    let c = Coordinator::with_one_quiet_host(dir.path(), &pki, handover_tests::ports::host_ip(178))
+        .expect("config");
     let out = c
         .command(&["status", "web-1"])
         .env("HANDOVER_LOG", "debug")

@@ -35,12 +35,8 @@ fn text(out: &std::process::Output) -> String {
 fn surge_hands_over_to_standby_hosts_with_no_failed_request_and_no_cut_session() {
     let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Standby, "v2", "")
         .expect("plan");
-    let plan = plan.display().to_string();
     let out = fleet.coordinator.run(&["plan", &plan, "--offline"]);
     assert!(out.status.success(), "{}", text(&out));
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -223,15 +219,10 @@ fn a_new_server_failing_the_db_check_stops_the_surge_before_traffic_moves() {
     let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
     fleet.fail_dbcheck_on("web-5").expect("switch");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Standby, "v2", "")
         .expect("plan");
     let load = SurgeLoad::start(&fleet).expect("load starts");
-    let out = fleet
-        .coordinator
-        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let out = fleet.coordinator.run(&["rollout", &plan, "--yes"]);
     let (report, sessions) = load.stop();
     assert_eq!(out.status.code(), Some(1), "aborted: {}", text(&out));
     assert!(text(&out).contains("web-5"), "{}", text(&out));
@@ -256,15 +247,12 @@ fn a_new_server_failing_the_db_check_stops_the_surge_before_traffic_moves() {
 fn a_5xx_burst_during_the_bake_rolls_back_with_no_failed_request() {
     let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Standby, "v2", "")
         .expect("plan");
     let load = SurgeLoad::start(&fleet).expect("load starts");
     let rollout = fleet
         .coordinator
-        .command(&["rollout", &plan.display().to_string(), "--yes"])
+        .command(&["rollout", &plan, "--yes"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -315,12 +303,8 @@ fn a_misbehaving_provider_is_named_with_the_step_and_nothing_moves() {
     let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
     let extra = "timeout = \"3s\"\n";
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Command, "v2", extra),
-        )
+        .write_surge_plan(ProviderKind::Command, "v2", extra)
         .expect("plan");
-    let plan = plan.display().to_string();
     for (how, says) in [
         (Misbehave::Fail, "failed"),
         (Misbehave::Garbage, "no JSON list"),
@@ -460,12 +444,8 @@ fn resume_after_a_halted_migration(
 fn sigkill_between_every_two_steps_then_resume_finishes_the_surge_and_migrates_once() {
     let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Standby, "v2", "")
         .expect("plan");
-    let plan = plan.display().to_string();
     let steps = planned_steps(&fleet, &plan);
     assert!(
         steps[1].1.starts_with("runbook 2"),
@@ -514,12 +494,8 @@ fn sigkill_between_every_two_steps_then_resume_finishes_the_surge_and_migrates_o
 fn a_rollout_killed_during_the_migration_halts_until_the_operator_says_migrated() {
     let fleet = SurgeFleet::start(SurgeOptions::default()).expect("fleet");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Standby, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Standby, "v2", "")
         .expect("plan");
-    let plan = plan.display().to_string();
     let load = SurgeLoad::start(&fleet).expect("load starts");
     let (status, killed) = run_until_event(&fleet, &["rollout", &plan, "--yes"], |e| {
         e["event"] == "step-started" && e["number"] == 2
@@ -564,15 +540,10 @@ fn a_launched_server_failing_the_db_check_is_terminated_and_the_array_enabled() 
     // The test provider names its hosts web-20, web-21... in launch order.
     fleet.fail_dbcheck_on("web-21").expect("switch");
     let plan = fleet
-        .write_plan(
-            "surge.toml",
-            &fleet.surge_plan(ProviderKind::Command, "v2", ""),
-        )
+        .write_surge_plan(ProviderKind::Command, "v2", "")
         .expect("plan");
     let load = SurgeLoad::start(&fleet).expect("load starts");
-    let out = fleet
-        .coordinator
-        .run(&["rollout", &plan.display().to_string(), "--yes"]);
+    let out = fleet.coordinator.run(&["rollout", &plan, "--yes"]);
     let (report, sessions) = load.stop();
     assert_eq!(out.status.code(), Some(1), "aborted: {}", text(&out));
     assert!(text(&out).contains("web-21"), "{}", text(&out));

@@ -2,23 +2,15 @@
 //! HTTPS with a `web` certificate of the fleet's CA, read only by holders of a
 //! `viewer` certificate or the token, checked with a real TLS client (curl).
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use handover_tests::agents::{Coordinator, HostSpec, Pki, bin, output_text};
+use handover_tests::agents::{Coordinator, Pki, bin, output_text};
 use handover_tests::ports::{free_tcp_port, host_ip};
 use handover_tests::web2::{Fetched, SecurePage, curl, with_cert};
 
 /// A coordinator config whose one host does not answer (the page needs none).
 fn quiet_coordinator(dir: &Path, pki: &Pki, n: u8) -> Coordinator {
-    let host = HostSpec {
-        name: "web-1".into(),
-        address: SocketAddr::from((host_ip(n), 9)),
-        roles: vec!["app".into()],
-        app: None,
-        extra: String::new(),
-    };
-    Coordinator::write(&dir.join("ops"), pki, "ops", &[host]).expect("config")
+    Coordinator::with_one_quiet_host(dir, pki, host_ip(n)).expect("config")
 }
 
 fn get(page: &SecurePage, ca: &Path, extra: &[String], path: &str) -> Fetched {
